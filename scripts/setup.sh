@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages needed to build and test the module (idempotent) and keeps the distro nginx service stopped.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+sudo=(); [[ $EUID -eq 0 ]] || sudo=(sudo)
+pkgs=(nginx nginx-dev libclang-dev libpcre2-dev libssl-dev zlib1g-dev clang curl procps iproute2)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  # Keep the package's maintainer scripts from starting the nginx service (standard policy-rc.d hook).
+  policy=/usr/sbin/policy-rc.d
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null && "${sudo[@]}" chmod 755 "$policy"
+    trap '"${sudo[@]}" rm -f "$policy"' EXIT
+  fi
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "setup: cargo not found (install rustup)" >&2; exit 1; }
+# Stop and disable the distro nginx service so it neither holds port 80 nor shows up as a stray nginx process.
+if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+  "${sudo[@]}" systemctl disable --now nginx >/dev/null 2>&1 || true
+else
+  [[ -e /run/nginx.pid ]] && { "${sudo[@]}" service nginx stop >/dev/null 2>&1 || true; }
+  command -v update-rc.d >/dev/null && { "${sudo[@]}" update-rc.d nginx disable >/dev/null 2>&1 || true; }
+fi
+if [[ -s /run/nginx.pid ]]; then
+  pid=$(cat /run/nginx.pid)
+  if kill -0 "$pid" 2>/dev/null; then
+    "${sudo[@]}" kill -QUIT "$pid" || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && "${sudo[@]}" kill -KILL "$pid" || true
+  fi
+fi
+exit 0

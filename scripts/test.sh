@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every test: setup, then per target (vendored, debian) build + integration tests; unit tests once (vendored). Usage: test.sh [FILTER]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+filter=("$@")
+log_dir=target/test-logs
+scripts/setup.sh
+mkdir -p "$log_dir"
+summary=(); passed=0; failed=0
+
+# run NAME CMD...: runs a cargo test command (bounded to 30 min), tees its output, adds its counts to the summary.
+run() {
+  local name=$1 t0=$SECONDS rc=0 p f; shift
+  echo "=== $name: $*" >&2
+  timeout --kill-after=30 1800 "$@" 2>&1 | tee "$log_dir/$name.log" || rc=$?
+  p=$(grep -oE '^test result: .* ([0-9]+) passed' "$log_dir/$name.log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+  f=$(grep -oE '^test result: .* ([0-9]+) failed' "$log_dir/$name.log" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+  passed=$((passed + p)); failed=$((failed + f))
+  summary+=("$(printf '%-22s %s: %d passed, %d failed (%ds)' "$name" "$([[ $rc == 0 ]] && echo ok || echo FAILED)" "$p" "$f" $((SECONDS - t0)))")
+  if [[ $rc != 0 ]]; then
+    printf '%s\n' "--- summary ---" "${summary[@]}" "FAILED: $name (exit $rc), log: $log_dir/$name.log" >&2
+    exit 1
+  fi
+}
+
+for target in vendored debian; do
+  t0=$SECONDS
+  env_out=$(scripts/build.sh "$target") || { echo "FAILED: build.sh $target" >&2; exit 1; }
+  eval "$(grep '^NGX_HC_' <<<"$env_out")"
+  export NGX_HC_NGINX NGX_HC_MODULE NGX_HC_TARGET=$target
+  summary+=("$(printf '%-22s ok (%ds): %s' "build $target" $((SECONDS - t0)) "$NGX_HC_NGINX")")
+  if [[ $target == vendored ]]; then
+    cargo=(env -u NGINX_BUILD_DIR -u NGINX_SOURCE_DIR cargo test --features vendored --target-dir target/vendored)
+    run "unit-$target" "${cargo[@]}" --lib -- "${filter[@]}"
+  else
+    cargo=(env -u NGINX_SOURCE_DIR NGINX_BUILD_DIR="$PWD/target/debian-src/objs" cargo test --target-dir target/debian)
+  fi
+  run "integration-$target" "${cargo[@]}" --test '*' -- --test-threads=4 "${filter[@]}"
+done
+printf '%s\n' "--- summary ---" "${summary[@]}"
+echo "total: $passed passed, $failed failed"

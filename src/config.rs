@@ -1,0 +1,136 @@
+//! Typed configuration of the module, with every default in one place.
+
+/// What a probe does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckType {
+    /// A connect within the timeout is success.
+    Tcp,
+    /// Connect, send the request, judge the status line.
+    Http,
+}
+
+impl CheckType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckType::Tcp => "tcp",
+            CheckType::Http => "http",
+        }
+    }
+}
+
+/// Parameters of `upstream_healthcheck`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckParams {
+    pub check_type: CheckType,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub fall: u32,
+    pub rise: u32,
+    /// Port to probe instead of the peer's own.
+    pub port: Option<u16>,
+    /// Up to this much random delay is added to every interval.
+    pub jitter_ms: u64,
+    /// Path of the default request.
+    pub uri: String,
+    /// Host header of the default request; the upstream's name when `None`.
+    pub host: Option<String>,
+    /// Peers seen for the first time start down and need `rise` good probes.
+    pub default_down: bool,
+}
+
+impl Default for CheckParams {
+    fn default() -> Self {
+        CheckParams {
+            check_type: CheckType::Http,
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            fall: 3,
+            rise: 2,
+            port: None,
+            jitter_ms: 0,
+            uri: "/".to_owned(),
+            host: None,
+            default_down: false,
+        }
+    }
+}
+
+/// One entry of `upstream_healthcheck_valid_statuses`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusRange {
+    pub lo: u16,
+    pub hi: u16,
+    /// A `!` entry: statuses in the range are invalid.
+    pub negated: bool,
+}
+
+/// Which HTTP statuses mean the peer is healthy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidStatuses {
+    pub entries: Vec<StatusRange>,
+}
+
+impl Default for ValidStatuses {
+    /// 200-399, as in NGINX Plus and the Lua checkers.
+    fn default() -> Self {
+        ValidStatuses { entries: vec![StatusRange { lo: 200, hi: 399, negated: false }] }
+    }
+}
+
+impl ValidStatuses {
+    /// A status is valid when it matches a positive entry (or there is none) and matches no
+    /// `!` entry.
+    pub fn is_valid(&self, status: u16) -> bool {
+        let within = |e: &&StatusRange| (e.lo..=e.hi).contains(&status);
+        let mut positive = self.entries.iter().filter(|e| !e.negated).peekable();
+        let allowed = positive.peek().is_none() || positive.any(|e| within(&e));
+        allowed && !self.entries.iter().filter(|e| e.negated).any(|e| within(&e))
+    }
+}
+
+/// The request sent by an http probe when `upstream_healthcheck_request` is not given.
+pub fn default_request(uri: &str, host: &str) -> Vec<u8> {
+    format!(
+        "GET {uri} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: nginx-upstream-healthcheck/{}\r\n\
+         Connection: close\r\n\r\n",
+        env!("CARGO_PKG_VERSION")
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(lo: u16, hi: u16, negated: bool) -> StatusRange {
+        StatusRange { lo, hi, negated }
+    }
+
+    #[test]
+    fn default_statuses_are_200_to_399() {
+        let v = ValidStatuses::default();
+        assert!(v.is_valid(200) && v.is_valid(302) && v.is_valid(399));
+        assert!(!v.is_valid(199) && !v.is_valid(400) && !v.is_valid(502));
+    }
+
+    #[test]
+    fn exclusions_alone_allow_everything_else() {
+        let v = ValidStatuses { entries: vec![r(502, 502, true)] };
+        assert!(v.is_valid(200) && v.is_valid(500) && v.is_valid(404));
+        assert!(!v.is_valid(502));
+    }
+
+    #[test]
+    fn positive_and_negative_entries_combine() {
+        let v = ValidStatuses { entries: vec![r(200, 299, false), r(204, 204, true), r(302, 302, false)] };
+        assert!(v.is_valid(200) && v.is_valid(302));
+        assert!(!v.is_valid(204) && !v.is_valid(301) && !v.is_valid(500));
+    }
+
+    #[test]
+    fn default_request_has_host_and_closes() {
+        let req = String::from_utf8(default_request("/health", "backend")).unwrap();
+        assert!(req.starts_with("GET /health HTTP/1.0\r\nHost: backend\r\n"));
+        assert!(req.contains("\r\nConnection: close\r\n") && req.ends_with("\r\n\r\n"));
+    }
+}

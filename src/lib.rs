@@ -1,0 +1,16 @@
+//! Active health checks for nginx upstreams: crate root, wiring the pure core to the nginx glue.
+//!
+//! Everything but `module` is the pure core: it calls no nginx function and reads no clock, so
+//! `cargo test` links and runs it anywhere. `module` is the nginx glue, left out of unit tests.
+
+pub mod config;
+pub mod health;
+pub mod key;
+pub mod outcome;
+pub mod parse;
+pub mod render;
+pub mod schedule;
+pub mod status_line;
+
+#[cfg(not(test))]
+mod module;

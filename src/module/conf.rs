@@ -1,0 +1,122 @@
+//! Configuration as stored by nginx: main, upstream and location levels, and the one place
+//! that reports configuration errors.
+
+use core::ffi::c_char;
+use core::fmt::Display;
+use core::ptr;
+
+use ngx::core::NGX_CONF_ERROR;
+use ngx::ffi::{
+    ngx_conf_t, ngx_http_upstream_srv_conf_t, ngx_shm_zone_t, ngx_uint_t, NGX_LOG_EMERG,
+};
+
+use crate::config::{CheckParams, ValidStatuses};
+use crate::module::zone::ZoneHeader;
+
+/// Where a directive was written, for errors found after the whole block was read.
+#[derive(Clone, Debug, Default)]
+pub struct ConfPos {
+    pub file: String,
+    pub line: ngx_uint_t,
+}
+
+impl ConfPos {
+    /// The position of the directive nginx is parsing now.
+    pub fn here(cf: &ngx_conf_t) -> ConfPos {
+        // SAFETY: while a directive is parsed, cf->conf_file points to the open file.
+        let Some(file) = (unsafe { cf.conf_file.as_ref() }) else {
+            return ConfPos::default();
+        };
+        ConfPos {
+            file: String::from_utf8_lossy(file.file.name.as_bytes()).into_owned(),
+            line: file.line,
+        }
+    }
+}
+
+/// Reports a configuration error at the directive being parsed, as nginx's own modules do:
+/// `[emerg] <message> in <file>:<line>`. Returns the value a directive handler returns.
+pub fn conf_error(cf: *mut ngx_conf_t, err: impl Display) -> *mut c_char {
+    ngx::ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", err);
+    NGX_CONF_ERROR
+}
+
+/// Reports a configuration error found after parsing, at the position it was written.
+pub fn conf_error_at(cf: *mut ngx_conf_t, pos: &ConfPos, err: impl Display) {
+    // SAFETY: cf is the live configuration context passed to postconfiguration.
+    let log = unsafe { (*cf).log };
+    ngx::ngx_log_error!(NGX_LOG_EMERG, log, "{} in {}:{}", err, pos.file, pos.line);
+}
+
+/// `http {}` level: the zone and the list of upstreams built after parsing.
+pub struct MainConf {
+    /// `upstream_healthcheck_zone`, where it was written.
+    pub zone_size: Option<(usize, ConfPos)>,
+    /// Every `upstream {}` block in configuration order (filled in postconfiguration).
+    pub upstreams: Vec<UpstreamConf>,
+    /// The shared zone, when any upstream is checked.
+    pub shm_zone: *mut ngx_shm_zone_t,
+    /// Set by the zone's init: the state in shared memory.
+    pub header: *mut ZoneHeader,
+}
+
+impl Default for MainConf {
+    fn default() -> Self {
+        MainConf {
+            zone_size: None,
+            upstreams: Vec::new(),
+            shm_zone: ptr::null_mut(),
+            header: ptr::null_mut(),
+        }
+    }
+}
+
+impl MainConf {
+    /// Number of slots (checked peers) in the shared zone.
+    pub fn slots(&self) -> usize {
+        self.upstreams.iter().filter(|u| u.check.is_some()).map(|u| u.peers.len()).sum()
+    }
+}
+
+/// `upstream {}` level, as the directives set it.
+#[derive(Default)]
+pub struct SrvConf {
+    /// `upstream_healthcheck` was given (`Some(None)` for `off`).
+    pub check: Option<Option<CheckParams>>,
+    pub request: Option<(Vec<u8>, ConfPos)>,
+    pub valid: Option<(ValidStatuses, ConfPos)>,
+}
+
+/// `location {}` level.
+#[derive(Default)]
+pub struct LocConf {
+    pub status: bool,
+}
+
+/// One upstream block as the module sees it after parsing.
+pub struct UpstreamConf {
+    pub name: String,
+    pub uscf: *mut ngx_http_upstream_srv_conf_t,
+    /// `None` for an upstream without checks.
+    pub check: Option<Check>,
+    /// Primary peers then backup peers, in nginx's order (checked upstreams only).
+    pub peers: Vec<PeerConf>,
+}
+
+/// What to do when probing the peers of one upstream.
+pub struct Check {
+    pub params: CheckParams,
+    /// The bytes an http probe sends.
+    pub request: Vec<u8>,
+    pub valid: ValidStatuses,
+}
+
+/// One peer of a checked upstream.
+pub struct PeerConf {
+    pub name: String,
+    /// Marked `down` in nginx.conf: never probed, never brought up.
+    pub config_down: bool,
+    pub key: u64,
+    /// Index of its slot in the shared zone.
+    pub slot: usize,
+}

@@ -1,0 +1,173 @@
+//! The directive table and its handlers: nginx arguments in, typed configuration out.
+
+use core::ffi::{c_char, c_void};
+use core::ptr;
+
+use ngx::core::NGX_CONF_OK;
+use ngx::ffi::{
+    ngx_command_t, ngx_conf_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_ANY,
+    NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
+};
+use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
+use ngx::ngx_string;
+
+use crate::config::CheckType;
+use crate::module::conf::{conf_error, ConfPos, LocConf, MainConf, SrvConf};
+use crate::module::status::status_handler;
+use crate::parse;
+
+type SetFn = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
+
+const fn command(name: ngx_str_t, type_: u32, set: SetFn, conf: usize) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_: type_ as ngx_uint_t,
+        set: Some(set),
+        conf: conf as ngx_uint_t,
+        offset: 0,
+        post: ptr::null_mut(),
+    }
+}
+
+const UPS: u32 = NGX_HTTP_UPS_CONF;
+
+pub static mut COMMANDS: [ngx_command_t; 6] = [
+    command(ngx_string!("upstream_healthcheck"), UPS | NGX_CONF_ANY, set_check, NGX_HTTP_SRV_CONF_OFFSET),
+    command(ngx_string!("upstream_healthcheck_request"), UPS | NGX_CONF_TAKE1, set_request, NGX_HTTP_SRV_CONF_OFFSET),
+    command(ngx_string!("upstream_healthcheck_valid_statuses"), UPS | NGX_CONF_1MORE, set_valid, NGX_HTTP_SRV_CONF_OFFSET),
+    command(ngx_string!("upstream_healthcheck_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_zone, NGX_HTTP_MAIN_CONF_OFFSET),
+    command(ngx_string!("upstream_healthcheck_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1, set_status, NGX_HTTP_LOC_CONF_OFFSET),
+    ngx_command_t::empty(),
+];
+
+/// The arguments after the directive name, and the name itself.
+///
+/// # Safety
+/// `cf` must be the context of the directive being parsed.
+unsafe fn args<'a>(cf: *mut ngx_conf_t) -> (&'a [u8], Vec<&'a [u8]>) {
+    // SAFETY: nginx fills cf->args with the directive and its arguments before calling set.
+    let all: &[ngx_str_t] = unsafe { (*(*cf).args).as_slice() };
+    let name = all.first().map(|s| s.as_bytes()).unwrap_or_default();
+    (name, all.iter().skip(1).map(|s| s.as_bytes()).collect())
+}
+
+fn duplicate(name: &[u8]) -> String {
+    format!("\"{}\" directive is duplicate", String::from_utf8_lossy(name))
+}
+
+fn http_only(name: &str) -> String {
+    format!("\"{name}\" directive applies to type=http only, but \"upstream_healthcheck\" sets type=tcp")
+}
+
+extern "C" fn set_check(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's upstream-level conf for NGX_HTTP_SRV_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<SrvConf>() };
+    // SAFETY: called by nginx while parsing this directive.
+    let (name, args) = unsafe { args(cf) };
+    if conf.check.is_some() {
+        return conf_error(cf, duplicate(name));
+    }
+    let params = match parse::parse_healthcheck(&args) {
+        Ok(p) => p,
+        Err(e) => return conf_error(cf, e),
+    };
+    if let Some(p) = &params {
+        if p.check_type == CheckType::Tcp {
+            if conf.request.is_some() {
+                return conf_error(cf, http_only("upstream_healthcheck_request"));
+            }
+            if conf.valid.is_some() {
+                return conf_error(cf, http_only("upstream_healthcheck_valid_statuses"));
+            }
+        }
+    }
+    conf.check = Some(params);
+    NGX_CONF_OK
+}
+
+fn is_tcp(conf: &SrvConf) -> bool {
+    matches!(&conf.check, Some(Some(p)) if p.check_type == CheckType::Tcp)
+}
+
+extern "C" fn set_request(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's upstream-level conf for NGX_HTTP_SRV_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<SrvConf>() };
+    // SAFETY: called by nginx while parsing this directive.
+    let (name, args) = unsafe { args(cf) };
+    if conf.request.is_some() {
+        return conf_error(cf, duplicate(name));
+    }
+    if is_tcp(conf) {
+        return conf_error(cf, http_only("upstream_healthcheck_request"));
+    }
+    match parse::parse_request(args.first().copied().unwrap_or_default()) {
+        // SAFETY: cf is valid during parsing.
+        Ok(req) => conf.request = Some((req, ConfPos::here(unsafe { &*cf }))),
+        Err(e) => return conf_error(cf, e),
+    }
+    NGX_CONF_OK
+}
+
+extern "C" fn set_valid(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's upstream-level conf for NGX_HTTP_SRV_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<SrvConf>() };
+    // SAFETY: called by nginx while parsing this directive.
+    let (name, args) = unsafe { args(cf) };
+    if conf.valid.is_some() {
+        return conf_error(cf, duplicate(name));
+    }
+    if is_tcp(conf) {
+        return conf_error(cf, http_only("upstream_healthcheck_valid_statuses"));
+    }
+    match parse::parse_valid_statuses(&args) {
+        // SAFETY: cf is valid during parsing.
+        Ok(v) => conf.valid = Some((v, ConfPos::here(unsafe { &*cf }))),
+        Err(e) => return conf_error(cf, e),
+    }
+    NGX_CONF_OK
+}
+
+extern "C" fn set_zone(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's main conf for NGX_HTTP_MAIN_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<MainConf>() };
+    // SAFETY: called by nginx while parsing this directive.
+    let (name, args) = unsafe { args(cf) };
+    if conf.zone_size.is_some() {
+        return conf_error(cf, duplicate(name));
+    }
+    match parse::parse_zone_size(args.first().copied().unwrap_or_default()) {
+        // SAFETY: cf is valid during parsing.
+        Ok(size) => conf.zone_size = Some((size, ConfPos::here(unsafe { &*cf }))),
+        Err(e) => return conf_error(cf, e),
+    }
+    NGX_CONF_OK
+}
+
+extern "C" fn set_status(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<LocConf>() };
+    // SAFETY: called by nginx while parsing this directive.
+    let (name, args) = unsafe { args(cf) };
+    if conf.status {
+        return conf_error(cf, duplicate(name));
+    }
+    if let Some(format) = args.first() {
+        if *format != b"text" {
+            return conf_error(
+                cf,
+                format!(
+                    "invalid parameter \"{}\" in \"upstream_healthcheck_status\" directive, the format must be \"text\"",
+                    String::from_utf8_lossy(format)
+                ),
+            );
+        }
+    }
+    // SAFETY: cf is valid during parsing; the core module's location conf always exists.
+    let Some(clcf) = NgxHttpCoreModule::location_conf_mut(unsafe { &*cf }) else {
+        return conf_error(cf, "no location configuration for \"upstream_healthcheck_status\"");
+    };
+    clcf.handler = Some(status_handler);
+    conf.status = true;
+    NGX_CONF_OK
+}

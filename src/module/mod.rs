@@ -1,0 +1,204 @@
+//! The nginx module: its statics, configuration hooks and process hooks.
+
+use core::ffi::c_void;
+use std::collections::HashMap;
+
+use ngx::core::Status;
+use ngx::ffi::{
+    ngx_conf_t, ngx_http_module_t, ngx_http_upstream_rr_peers_t, ngx_http_upstream_srv_conf_t,
+    ngx_int_t, ngx_module_t, ngx_shared_memory_add, ngx_str_t, NGX_HTTP_MODULE,
+};
+use ngx::http::{
+    HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf,
+    NgxHttpUpstreamModule,
+};
+
+use crate::config::default_request;
+use crate::key::peer_key;
+use crate::module::conf::{conf_error_at, Check, LocConf, MainConf, PeerConf, SrvConf, UpstreamConf};
+
+mod conf;
+mod directives;
+mod log;
+mod peers;
+mod probe;
+mod status;
+mod worker;
+mod zone;
+
+pub struct Module;
+
+static CTX: ngx_http_module_t = ngx_http_module_t {
+    preconfiguration: None,
+    postconfiguration: Some(Module::postconfiguration),
+    create_main_conf: Some(Module::create_main_conf),
+    init_main_conf: None,
+    create_srv_conf: Some(Module::create_srv_conf),
+    merge_srv_conf: None,
+    create_loc_conf: Some(Module::create_loc_conf),
+    merge_loc_conf: None,
+};
+
+ngx::ngx_modules!(ngx_http_upstream_healthcheck_module);
+
+#[used]
+#[allow(non_upper_case_globals)]
+#[no_mangle]
+pub static mut ngx_http_upstream_healthcheck_module: ngx_module_t = ngx_module_t {
+    ctx: &raw const CTX as _,
+    // SAFETY: taking the address of the command table; nginx only reads it.
+    commands: unsafe { &raw mut directives::COMMANDS[0] },
+    type_: NGX_HTTP_MODULE as _,
+    init_process: Some(worker::init_process),
+    exit_process: Some(worker::exit_process),
+    ..ngx_module_t::default()
+};
+
+impl HttpModule for Module {
+    fn module() -> &'static ngx_module_t {
+        // SAFETY: the module static lives for the life of the process; nginx writes its
+        // indexes before any configuration callback runs.
+        unsafe { &*core::ptr::addr_of!(ngx_http_upstream_healthcheck_module) }
+    }
+
+    unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+        // SAFETY: nginx calls postconfiguration with the http block's configuration context.
+        match unsafe { build_upstreams(cf) } {
+            Ok(()) => Status::NGX_OK.into(),
+            Err(()) => Status::NGX_ERROR.into(),
+        }
+    }
+}
+
+// SAFETY: the types match what create_*_conf allocate for this module.
+unsafe impl HttpModuleMainConf for Module {
+    type MainConf = MainConf;
+}
+// SAFETY: as above.
+unsafe impl HttpModuleServerConf for Module {
+    type ServerConf = SrvConf;
+}
+// SAFETY: as above.
+unsafe impl HttpModuleLocationConf for Module {
+    type LocationConf = LocConf;
+}
+
+fn text(s: &ngx_str_t) -> String {
+    String::from_utf8_lossy(s.as_bytes()).into_owned()
+}
+
+/// The peers of an upstream as nginx's round robin built them, primary then backup: their
+/// names and whether nginx.conf marks them `down`.
+///
+/// # Safety
+/// `uscf` must be an initialized upstream whose peer.data is round-robin peers (or null).
+unsafe fn config_peers(uscf: &ngx_http_upstream_srv_conf_t) -> Vec<(String, bool)> {
+    // SAFETY: per the contract.
+    unsafe { peers::live_peers(uscf.peer.data as *mut ngx_http_upstream_rr_peers_t) }
+        .into_iter()
+        // SAFETY: live_peers returns valid peers.
+        .map(|(_, rr)| unsafe { (text(&(*rr).name), (*rr).down != 0) })
+        .collect()
+}
+
+/// Builds the module's view of every upstream block, then sizes and adds the shared zone.
+///
+/// # Safety
+/// `cf` must be the http block's configuration context in postconfiguration.
+unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
+    // SAFETY: cf is valid; both main confs exist inside http {}.
+    let cfr = unsafe { &*cf };
+    let main = Module::main_conf_mut(cfr).ok_or(())?;
+    let umcf = NgxHttpUpstreamModule::main_conf(cfr).ok_or(())?;
+    // SAFETY: the upstreams array holds upstream srv conf pointers.
+    let all: &[*mut ngx_http_upstream_srv_conf_t] = unsafe { umcf.upstreams.as_slice() };
+
+    let mut next_slot = 0;
+    for &uscf in all {
+        // SAFETY: every entry is a valid upstream configuration.
+        let us = unsafe { &*uscf };
+        if us.srv_conf.is_null() {
+            continue; // an implicit upstream made by proxy_pass, not an upstream {} block
+        }
+        let name = text(&us.host);
+        let sc = Module::server_conf(us).ok_or(())?;
+        let params = match &sc.check {
+            Some(Some(p)) => Some(p.clone()),
+            Some(None) => None,
+            None => {
+                for (directive, pos) in [
+                    ("upstream_healthcheck_request", sc.request.as_ref().map(|r| &r.1)),
+                    ("upstream_healthcheck_valid_statuses", sc.valid.as_ref().map(|v| &v.1)),
+                ] {
+                    if let Some(pos) = pos {
+                        conf_error_at(
+                            cf,
+                            pos,
+                            format!("\"{directive}\" directive needs \"upstream_healthcheck\" in upstream \"{name}\""),
+                        );
+                        return Err(());
+                    }
+                }
+                None
+            }
+        };
+
+        let Some(params) = params else {
+            main.upstreams.push(UpstreamConf { name, uscf, check: None, peers: Vec::new() });
+            continue;
+        };
+        let host = params.host.clone().unwrap_or_else(|| name.clone());
+        let check = Check {
+            request: sc.request.as_ref().map_or_else(|| default_request(&params.uri, &host), |r| r.0.clone()),
+            valid: sc.valid.as_ref().map(|v| v.0.clone()).unwrap_or_default(),
+            params,
+        };
+        let mut seen: HashMap<String, u32> = HashMap::new();
+        // SAFETY: upstream init_main_conf ran before postconfiguration and built the peers.
+        let peers = unsafe { config_peers(us) }
+            .into_iter()
+            .map(|(peer_name, config_down)| {
+                let n = seen.entry(peer_name.clone()).or_default();
+                let key = peer_key(name.as_bytes(), peer_name.as_bytes(), *n);
+                *n += 1;
+                next_slot += 1;
+                PeerConf { name: peer_name, config_down, key, slot: next_slot - 1 }
+            })
+            .collect();
+        main.upstreams.push(UpstreamConf { name, uscf, check: Some(check), peers });
+    }
+
+    let n = main.slots();
+    if n == 0 {
+        return Ok(());
+    }
+    let need = zone::required_size(n);
+    let size = match &main.zone_size {
+        Some((size, pos)) if *size < need => {
+            conf_error_at(
+                cf,
+                pos,
+                format!(
+                    "\"upstream_healthcheck_zone\" size {}k is too small for {n} checked peers, at least {}k is needed",
+                    size / 1024,
+                    need.div_ceil(1024)
+                ),
+            );
+            return Err(());
+        }
+        Some((size, _)) => *size,
+        None => need,
+    };
+    let mut name = ngx::ngx_string!("upstream_healthcheck");
+    // SAFETY: cf is valid; the tag is this module's static, the same across reloads.
+    let shm = unsafe {
+        ngx_shared_memory_add(cf, &mut name, size, Module::module() as *const _ as *mut c_void)
+    };
+    // SAFETY: a non-null zone returned by nginx is ours to set up until the cycle starts.
+    let Some(shm) = (unsafe { shm.as_mut() }) else { return Err(()) };
+    shm.init = Some(zone::init_zone);
+    shm.data = main as *mut MainConf as *mut c_void;
+    shm.noreuse = 1;
+    main.shm_zone = shm;
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! The per-worker probe loop: a cancellable timer that applies verdicts, claims due peers in the
+//! shared schedule and starts their probes; and the bookkeeping when a probe ends.
+
+use core::ptr;
+use std::time::Instant;
+
+use ngx::ffi::{
+    ngx_current_msec, ngx_cycle_t, ngx_event_t, ngx_exiting, ngx_int_t, ngx_log_t, ngx_pid,
+    ngx_process, ngx_quit, ngx_random, ngx_terminate, ngx_timeofday, NGX_LOG_CRIT, NGX_OK,
+    NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
+};
+use ngx::http::HttpModuleMainConf;
+
+use crate::health::Transition;
+use crate::module::conf::{Check, MainConf, PeerConf, UpstreamConf};
+use crate::module::log::hc_log;
+use crate::module::peers::{self, Target};
+use crate::module::probe;
+use crate::module::zone::ZoneHeader;
+use crate::module::Module;
+use crate::outcome::Outcome;
+use crate::schedule::{tick_ms, MAX_TICK_MS};
+
+/// Everything one worker needs to run probes; lives from init_process to exit_process.
+pub struct Worker {
+    pub main: &'static MainConf,
+    pub header: &'static ZoneHeader,
+    pub pid: i32,
+    timer: ngx_event_t,
+    /// The log probe connections use: the cycle's, quietened to `crit` so that a refused
+    /// connect, the very thing being checked for, does not flood the error log.
+    pub probe_log: ngx_log_t,
+    in_flight: usize,
+    max_in_flight: usize,
+    applied_generation: u64,
+    /// Indexed by slot.
+    pub targets: Vec<Target>,
+}
+
+static mut WORKER: *mut Worker = ptr::null_mut();
+
+fn exiting() -> bool {
+    // SAFETY: plain reads of nginx's process-state globals.
+    unsafe { ngx_exiting != 0 || ngx_quit != 0 || ngx_terminate != 0 }
+}
+
+fn now_msec() -> u64 {
+    // SAFETY: nginx's cached monotonic time, updated by the event loop.
+    unsafe { ngx_current_msec as u64 }
+}
+
+fn unix_msec() -> u64 {
+    let tp = ngx_timeofday();
+    tp.sec as u64 * 1000 + tp.msec as u64
+}
+
+/// `ngx_module_t.init_process`: workers (and the single process) start probing; the cache
+/// manager and loader do nothing.
+pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: nginx's process type global is set before init_process runs.
+    let process = unsafe { ngx_process } as u32;
+    if process != NGX_PROCESS_WORKER && process != NGX_PROCESS_SINGLE {
+        return NGX_OK as ngx_int_t;
+    }
+    // SAFETY: cycle is the running cycle; the main conf lives as long as it.
+    let Some(main) = Module::main_conf(unsafe { &*cycle }) else {
+        return NGX_OK as ngx_int_t;
+    };
+    // SAFETY: set by the zone init in this cycle, mapped before the fork.
+    let Some(header) = (unsafe { main.header.as_ref() }) else {
+        return NGX_OK as ngx_int_t;
+    };
+    // SAFETY: cycle->log is valid for the cycle.
+    let cycle_log = unsafe { &*(*cycle).log };
+    let mut probe_log = *cycle_log;
+    probe_log.log_level = probe_log.log_level.min(NGX_LOG_CRIT as _);
+    probe_log.next = ptr::null_mut();
+
+    let targets = peers::targets(main);
+    // SAFETY: connection_n is the worker_connections setting.
+    let connections = unsafe { (*cycle).connection_n };
+    let worker = Box::new(Worker {
+        main,
+        header,
+        // SAFETY: ngx_pid is this process's pid.
+        pid: unsafe { ngx_pid },
+        // SAFETY: an all-zero ngx_event_t is its idle state (ngx_pcalloc'ed events are too).
+        timer: unsafe { core::mem::zeroed() },
+        probe_log,
+        in_flight: 0,
+        max_in_flight: (connections / 2).max(1),
+        applied_generation: 0,
+        targets,
+    });
+    let w = Box::into_raw(worker);
+    // SAFETY: w is a fresh, exclusively owned allocation; the event is initialised before it
+    // is armed, and WORKER is only touched from this single-threaded process.
+    unsafe {
+        let w = &mut *w;
+        w.timer.handler = Some(on_tick);
+        w.timer.data = w as *mut Worker as *mut _;
+        w.timer.log = (*cycle).log;
+        w.timer.set_cancelable(1);
+        WORKER = w;
+        // Verdicts first, so a new worker never proxies to a peer already known down.
+        peers::apply(w);
+        ngx::ffi::ngx_add_timer(&mut w.timer, 1);
+    }
+    NGX_OK as ngx_int_t
+}
+
+/// `ngx_module_t.exit_process`: drop the timer and the worker state.
+pub extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
+    // SAFETY: single-threaded; WORKER was set by init_process of this process or is null.
+    unsafe {
+        let w = WORKER;
+        if w.is_null() {
+            return;
+        }
+        WORKER = ptr::null_mut();
+        if (*w).timer.timer_set() != 0 {
+            ngx::ffi::ngx_del_timer(&mut (*w).timer);
+        }
+        // In-flight probes still point at the worker; the process ends right after this
+        // hook, so they are never resumed. Leak rather than free under them.
+        if (*w).in_flight == 0 {
+            drop(Box::from_raw(w));
+        }
+    }
+}
+
+extern "C" fn on_tick(ev: *mut ngx_event_t) {
+    // SAFETY: the timer's data is the worker that owns it, alive until exit_process.
+    let w = unsafe { &mut *((*ev).data as *mut Worker) };
+    if exiting() {
+        return; // never re-armed once nginx is exiting
+    }
+    // SAFETY: w holds valid targets for this cycle.
+    unsafe { peers::apply(w) };
+    let wake = w.scan();
+    // SAFETY: the timer event belongs to w and is not set (it just fired).
+    unsafe { ngx::ffi::ngx_add_timer(&mut w.timer, tick_ms(wake) as _) };
+}
+
+impl Worker {
+    pub fn check_of(&self, slot: usize) -> (&'static UpstreamConf, &'static Check, &'static PeerConf) {
+        let t = &self.targets[slot];
+        let up = &self.main.upstreams[t.upstream];
+        let check = up.check.as_ref().expect("targets are built from checked upstreams");
+        (up, check, &up.peers[t.peer])
+    }
+
+    /// Claims and starts every due probe; returns the time until the next one is due.
+    fn scan(&mut self) -> Option<u64> {
+        let now = now_msec();
+        let mut wake: Option<u64> = None;
+        let mut soonest = |w: u64| wake = Some(wake.map_or(w, |x: u64| x.min(w)));
+        for slot in 0..self.targets.len() {
+            if self.targets[slot].config_down {
+                continue;
+            }
+            let due = self.header.due_hint(slot);
+            if due > now {
+                soonest(due - now);
+                continue;
+            }
+            if self.in_flight >= self.max_in_flight {
+                soonest(1);
+                break;
+            }
+            let (_, check, _) = self.check_of(slot);
+            let claimed = {
+                let mut locked = self.header.lock();
+                let s = &mut locked.slots()[slot].sched;
+                let ok = s.claim(now, self.pid, check.params.interval_ms, check.params.timeout_ms);
+                if !ok {
+                    soonest(s.wake_in(now));
+                }
+                ok
+            };
+            if claimed {
+                self.in_flight += 1;
+                probe::start(self, slot, Instant::now());
+            }
+        }
+        wake
+    }
+
+    /// Records the end of the probe of `slot` and logs and applies a change of verdict.
+    pub fn finish(&mut self, slot: usize, outcome: Outcome, started: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let (up, check, peer) = self.check_of(slot);
+        let p = &check.params;
+        let now = now_msec();
+        let duration_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        let (transition, health, next_due) = {
+            let mut locked = self.header.lock();
+            let s = &mut locked.slots()[slot];
+            let random = ngx_random() as u64;
+            if !s.sched.finish(now, self.pid, p.interval_ms, p.jitter_ms, random) {
+                return; // the lease was taken over: another worker owns this peer now
+            }
+            let t = s.health.record(outcome, unix_msec(), duration_us, p.rise, p.fall);
+            if t.is_some() {
+                self.header.bump_generation();
+            }
+            (t, s.health, s.sched.next_due_ms)
+        };
+        match transition {
+            Some(Transition::Down) => {
+                let status = health.last_status().map(|s| format!(" (status {s})")).unwrap_or_default();
+                let error = health.last_error().map(|e| e.to_string()).unwrap_or_default();
+                hc_log!(
+                    NGX_LOG_WARN,
+                    "peer {} in upstream \"{}\" is DOWN after {} failed checks, last error: {error}{status}",
+                    peer.name,
+                    up.name,
+                    health.fall_count
+                );
+            }
+            Some(Transition::Up) => {
+                hc_log!(
+                    NGX_LOG_WARN,
+                    "peer {} in upstream \"{}\" is UP after {} successful checks",
+                    peer.name,
+                    up.name,
+                    health.rise_count
+                );
+            }
+            None => {}
+        }
+        if transition.is_some() {
+            // SAFETY: targets are valid for this cycle.
+            unsafe { peers::apply(self) };
+        }
+        if !exiting() {
+            let wait = next_due.saturating_sub(now).clamp(1, MAX_TICK_MS);
+            let fires_at = self.timer.timer.key as u64;
+            if self.timer.timer_set() == 0 || fires_at > now + wait {
+                // SAFETY: re-arming this worker's own timer; ngx_add_timer keeps an armed
+                // timer that is within its lazy delay, so delete it first.
+                unsafe {
+                    if self.timer.timer_set() != 0 {
+                        ngx::ffi::ngx_del_timer(&mut self.timer);
+                    }
+                    ngx::ffi::ngx_add_timer(&mut self.timer, wait as _);
+                }
+            }
+        }
+    }
+
+    /// The generation of verdicts last applied; see `peers::apply`.
+    pub fn applied_generation(&mut self) -> &mut u64 {
+        &mut self.applied_generation
+    }
+}

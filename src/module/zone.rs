@@ -1,0 +1,190 @@
+//! The one shared memory zone: its layout, its lock, and its init, which carries the state of
+//! peers that exist before and after a reload over from the previous cycle's zone.
+
+use core::ffi::c_void;
+use core::mem::size_of;
+use core::ptr;
+use core::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+
+use ngx::ffi::{
+    ngx_current_msec, ngx_cycle, ngx_int_t, ngx_list_part_t, ngx_random, ngx_shm_zone_t,
+    ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_alloc, ngx_slab_pool_t, NGX_ERROR, NGX_OK,
+};
+
+use crate::health::PeerHealth;
+use crate::key::zone_size_for;
+use crate::module::conf::MainConf;
+use crate::module::log::hc_log;
+use crate::schedule::Schedule;
+
+/// The zone's name as `ngx_shared_memory_add` knows it.
+pub const ZONE_NAME: &str = "upstream_healthcheck";
+
+/// State of one checked peer.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct Slot {
+    pub key: u64,
+    pub health: PeerHealth,
+    pub sched: Schedule,
+}
+
+/// The start of the zone's data.
+#[repr(C)]
+pub struct ZoneHeader {
+    /// Bumped on every verdict change, so workers re-apply flags only when needed.
+    pub generation: AtomicU64,
+    pub nslots: usize,
+    slots: *mut Slot,
+    shpool: *mut ngx_slab_pool_t,
+}
+
+/// Bytes of shared memory needed for `peers` checked peers.
+pub fn required_size(peers: usize) -> usize {
+    zone_size_for(peers, size_of::<Slot>(), size_of::<ZoneHeader>())
+}
+
+/// Holds the zone lock (the slab pool's mutex, which the master force-unlocks if a worker
+/// dies holding it) and gives access to the slots.
+pub struct Locked<'a> {
+    header: &'a ZoneHeader,
+}
+
+impl ZoneHeader {
+    pub fn lock(&self) -> Locked<'_> {
+        // SAFETY: shpool is the zone's slab pool, mapped for the life of the cycle.
+        unsafe { ngx_shmtx_lock(&mut (*self.shpool).mutex) };
+        Locked { header: self }
+    }
+
+    /// The next-due time of a slot, read without the lock (a hint for scans).
+    pub fn due_hint(&self, i: usize) -> u64 {
+        // SAFETY: i < nslots; an aligned u64 read cannot tear on the targets nginx runs on and
+        // a stale value only delays the scan's decision to take the lock.
+        unsafe { ptr::read_volatile(&(*self.slots.add(i)).sched.next_due_ms) }
+    }
+
+    pub fn bump_generation(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    pub fn current_generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
+impl Locked<'_> {
+    pub fn slots(&mut self) -> &mut [Slot] {
+        // SAFETY: the slot array was allocated with nslots entries in init_zone, and the lock
+        // serializes every access to it across processes.
+        unsafe { core::slice::from_raw_parts_mut(self.header.slots, self.header.nslots) }
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        // SAFETY: this guard holds the lock taken in ZoneHeader::lock.
+        unsafe { ngx_shmtx_unlock(&mut (*self.header.shpool).mutex) };
+    }
+}
+
+/// Finds the state kept by the previous cycle: its zone is still mapped while the new
+/// cycle's zones are initialized (the old cycle is `ngx_cycle` then).
+///
+/// # Safety
+/// Must run inside a zone init callback.
+unsafe fn previous_header(this: *mut ngx_shm_zone_t) -> Option<&'static ZoneHeader> {
+    // SAFETY: ngx_cycle is the running (old) cycle; on first start it is the zeroed init
+    // cycle whose list has no parts with elements.
+    let mut part: *const ngx_list_part_t = unsafe { &(*ngx_cycle).shared_memory.part };
+    let tag = unsafe { (*this).tag };
+    while !part.is_null() {
+        // SAFETY: list parts hold nelts shm zones.
+        let zones = unsafe {
+            let p = &*part;
+            if p.elts.is_null() {
+                &[][..]
+            } else {
+                core::slice::from_raw_parts(p.elts as *const ngx_shm_zone_t, p.nelts)
+            }
+        };
+        for z in zones {
+            if z.tag == tag && !ptr::eq(z, this) && z.shm.name.as_bytes() == ZONE_NAME.as_bytes() {
+                // SAFETY: zones with our tag carry our MainConf in data, allocated from the
+                // old cycle's pool, which outlives this init.
+                let main = unsafe { (z.data as *const MainConf).as_ref() }?;
+                // SAFETY: the header lives in the old zone, still mapped.
+                return unsafe { main.header.as_ref() };
+            }
+        }
+        // SAFETY: parts form a null-terminated chain.
+        part = unsafe { (*part).next };
+    }
+    None
+}
+
+/// `ngx_shm_zone_t.init`: lays out the slots for this cycle's checked peers, keeping the state
+/// of peers the previous cycle had (same upstream and address) and starting new ones per
+/// `default_down`, with their first probe at a random point of the first interval.
+pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_void) -> ngx_int_t {
+    // SAFETY: postconfiguration stored this cycle's MainConf in data before the zone was
+    // initialized; the zone memory is a slab pool set up by nginx.
+    let (main, shpool) = unsafe {
+        (&mut *((*shm_zone).data as *mut MainConf), (*shm_zone).shm.addr as *mut ngx_slab_pool_t)
+    };
+    // SAFETY: called by nginx from zone init.
+    let previous: HashMap<u64, Slot> = match unsafe { previous_header(shm_zone) } {
+        Some(old) => old.lock().slots().iter().map(|s| (s.key, *s)).collect(),
+        None => HashMap::new(),
+    };
+
+    let n = main.slots();
+    // SAFETY: shpool is valid; allocation failures are checked below.
+    let (header, slots) = unsafe {
+        (
+            ngx_slab_alloc(shpool, size_of::<ZoneHeader>()) as *mut ZoneHeader,
+            ngx_slab_alloc(shpool, n.max(1) * size_of::<Slot>()) as *mut Slot,
+        )
+    };
+    if header.is_null() || slots.is_null() {
+        // SAFETY: shm_zone is valid.
+        let size = unsafe { (*shm_zone).shm.size };
+        hc_log!(
+            NGX_LOG_EMERG,
+            "zone \"{ZONE_NAME}\" of {size} bytes is too small for {n} checked peers, at least {} bytes are needed",
+            required_size(n)
+        );
+        return NGX_ERROR as ngx_int_t;
+    }
+
+    // SAFETY: reading the monotonic clock nginx keeps; this runs in the master.
+    let now = unsafe { ngx_current_msec } as u64;
+    let mut i = 0;
+    for up in &main.upstreams {
+        let Some(check) = &up.check else { continue };
+        for peer in &up.peers {
+            let slot = match previous.get(&peer.key) {
+                Some(old) => Slot {
+                    key: peer.key,
+                    health: old.health,
+                    sched: Schedule { next_due_ms: old.sched.next_due_ms, ..Schedule::default() },
+                },
+                None => Slot {
+                    key: peer.key,
+                    health: PeerHealth::new(!check.params.default_down),
+                    sched: Schedule::first(now, check.params.interval_ms, ngx_random() as u64),
+                },
+            };
+            // SAFETY: i < n == number of slots allocated above.
+            unsafe { slots.add(i).write(slot) };
+            i += 1;
+        }
+    }
+    // SAFETY: header was allocated above with room for a ZoneHeader.
+    unsafe {
+        header.write(ZoneHeader { generation: AtomicU64::new(1), nslots: n, slots, shpool });
+    }
+    main.header = header;
+    NGX_OK as ngx_int_t
+}

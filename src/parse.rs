@@ -1,0 +1,941 @@
+//! Parsing of the directives' arguments into typed configuration, with errors worded like nginx's.
+//!
+//! The glue hands over the arguments after the directive name, already un-escaped by nginx.
+//! Every error is a full message for `ngx_conf_log_error`; nginx appends the file and line.
+//! Arguments echoed in a message are escaped (`\r`, `\n`, `\t`, `\"`, `\\`, `\xNN` for other
+//! control and non-ASCII bytes) so that a message is always one printable line.
+
+use core::fmt;
+
+use crate::config::{CheckParams, CheckType, StatusRange, ValidStatuses};
+
+/// The longest `interval`, `timeout` or `jitter` accepted: anything longer is a typo.
+pub const MAX_TIME_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// The largest `fall` and `rise`.
+pub const MAX_COUNT: u32 = 1_000_000;
+
+/// The smallest `upstream_healthcheck_zone` size.
+pub const MIN_ZONE_SIZE: usize = 32 * 1024;
+
+const HEALTHCHECK: &str = "upstream_healthcheck";
+const VALID_STATUSES: &str = "upstream_healthcheck_valid_statuses";
+const REQUEST: &str = "upstream_healthcheck_request";
+const ZONE: &str = "upstream_healthcheck_zone";
+
+/// A configuration error; its `Display` is the whole message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError(String);
+
+impl ParseError {
+    /// The message, as `Display` writes it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `invalid parameter "ARG" in "DIRECTIVE" directive`
+    fn invalid(directive: &str, arg: &[u8]) -> ParseError {
+        ParseError(format!(
+            "invalid parameter \"{}\" in \"{directive}\" directive",
+            escape(arg)
+        ))
+    }
+
+    /// `invalid parameter "ARG" in "DIRECTIVE" directive, REASON`
+    fn invalid_because(directive: &str, arg: &[u8], reason: &str) -> ParseError {
+        let mut e = ParseError::invalid(directive, arg);
+        e.0.push_str(", ");
+        e.0.push_str(reason);
+        e
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Makes an argument safe to quote in a one-line message.
+fn escape(v: &[u8]) -> String {
+    let mut s = String::with_capacity(v.len());
+    for &b in v {
+        match b {
+            b'\r' => s.push_str("\\r"),
+            b'\n' => s.push_str("\\n"),
+            b'\t' => s.push_str("\\t"),
+            b'"' => s.push_str("\\\""),
+            b'\\' => s.push_str("\\\\"),
+            0x20..=0x7e => s.push(char::from(b)),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                s.push_str("\\x");
+                s.push(char::from(HEX[usize::from(b >> 4)]));
+                s.push(char::from(HEX[usize::from(b & 0xf)]));
+            }
+        }
+    }
+    s
+}
+
+/// Parses a time in nginx's units into milliseconds.
+///
+/// Units are `ms`, `s`, `m`, `h`, `d`, `w`, `M` (30 days) and `y` (365 days), each at most
+/// once and from the largest down, as in `ngx_parse_time`: `1m30s`, `1s 500ms` (spaces may
+/// follow a unit). A bare number is milliseconds, and only as the whole value: `1m30` is
+/// rejected rather than guessed. `None` on an empty value, a sign, an unknown unit or overflow.
+pub fn parse_time_ms(v: &[u8]) -> Option<u64> {
+    let mut total: u64 = 0;
+    let mut last_rank = u8::MAX;
+    let mut i = 0;
+    while i < v.len() {
+        let start = i;
+        let mut n: u64 = 0;
+        while let Some(&d) = v.get(i).filter(|d| d.is_ascii_digit()) {
+            n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        if i == v.len() {
+            // A bare number: milliseconds, but not after other parts.
+            return (last_rank == u8::MAX).then_some(n);
+        }
+        let (rank, scale, len): (u8, u64, usize) = match (v[i], v.get(i + 1)) {
+            (b'm', Some(b's')) => (0, 1, 2),
+            (b's', _) => (1, 1000, 1),
+            (b'm', _) => (2, 60 * 1000, 1),
+            (b'h', _) => (3, 60 * 60 * 1000, 1),
+            (b'd', _) => (4, 24 * 60 * 60 * 1000, 1),
+            (b'w', _) => (5, 7 * 24 * 60 * 60 * 1000, 1),
+            (b'M', _) => (6, 30 * 24 * 60 * 60 * 1000, 1),
+            (b'y', _) => (7, 365 * 24 * 60 * 60 * 1000, 1),
+            _ => return None,
+        };
+        if rank >= last_rank {
+            return None;
+        }
+        last_rank = rank;
+        i += len;
+        total = total.checked_add(n.checked_mul(scale)?)?;
+        while v.get(i) == Some(&b' ') {
+            i += 1;
+        }
+    }
+    (last_rank != u8::MAX).then_some(total)
+}
+
+/// Parses a size like `ngx_parse_size`: bytes, or a number with `k`/`K`, `m`/`M`, `g`/`G`.
+pub fn parse_size(v: &[u8]) -> Option<usize> {
+    let (digits, scale): (&[u8], usize) = match v.split_last()? {
+        (b'k' | b'K', rest) => (rest, 1 << 10),
+        (b'm' | b'M', rest) => (rest, 1 << 20),
+        (b'g' | b'G', rest) => (rest, 1 << 30),
+        _ => (v, 1),
+    };
+    parse_digits(digits)
+        .and_then(|n| usize::try_from(n).ok())?
+        .checked_mul(scale)
+}
+
+/// A non-empty run of ASCII digits, `None` on anything else or overflow.
+fn parse_digits(v: &[u8]) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &d| {
+        if d.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+/// The parameters of `upstream_healthcheck`, in the order of the `seen` flags.
+const KEYS: [&str; 10] = [
+    "type",
+    "interval",
+    "timeout",
+    "fall",
+    "rise",
+    "port",
+    "jitter",
+    "uri",
+    "host",
+    "default_down",
+];
+
+/// Parses the arguments of `upstream_healthcheck`: `Ok(None)` for `off`, the defaults of
+/// `CheckParams::default()` for what is not given.
+pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseError> {
+    if args.iter().any(|a| *a == b"off") {
+        if args.len() == 1 {
+            return Ok(None);
+        }
+        return Err(ParseError::invalid_because(
+            HEALTHCHECK,
+            b"off",
+            "\"off\" takes no other parameters",
+        ));
+    }
+
+    let mut params = CheckParams::default();
+    let mut seen = [false; KEYS.len()];
+    for &arg in args {
+        let Some(eq) = arg.iter().position(|&b| b == b'=') else {
+            return Err(ParseError::invalid(HEALTHCHECK, arg));
+        };
+        let (key, value) = (&arg[..eq], &arg[eq + 1..]);
+        let Some(k) = KEYS.iter().position(|name| name.as_bytes() == key) else {
+            return Err(ParseError::invalid(HEALTHCHECK, arg));
+        };
+        let name = KEYS[k];
+        let bad = |reason: &str| ParseError::invalid_because(HEALTHCHECK, arg, reason);
+        if seen[k] {
+            return Err(bad(&format!("{name} is given twice")));
+        }
+        seen[k] = true;
+
+        match name {
+            "type" => {
+                params.check_type = match value {
+                    b"tcp" => CheckType::Tcp,
+                    b"http" => CheckType::Http,
+                    _ => return Err(bad("type must be \"tcp\" or \"http\"")),
+                }
+            }
+            "interval" | "timeout" | "jitter" => {
+                let ms = parse_time_ms(value)
+                    .filter(|&ms| ms > 0 || name == "jitter")
+                    .ok_or_else(|| {
+                        let what = if name == "jitter" {
+                            "time"
+                        } else {
+                            "positive time"
+                        };
+                        bad(&format!(
+                            "{name} must be a {what} (e.g. 2s, 500ms; a bare number means \
+                             milliseconds)"
+                        ))
+                    })?;
+                if ms > MAX_TIME_MS {
+                    return Err(bad(&format!("{name} must be at most 24h")));
+                }
+                match name {
+                    "interval" => params.interval_ms = ms,
+                    "timeout" => params.timeout_ms = ms,
+                    _ => params.jitter_ms = ms,
+                }
+            }
+            "fall" | "rise" => {
+                let n = parse_digits(value)
+                    .filter(|n| (1..=u64::from(MAX_COUNT)).contains(n))
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| {
+                        bad(&format!("{name} must be a number from 1 to {MAX_COUNT}"))
+                    })?;
+                if name == "fall" {
+                    params.fall = n;
+                } else {
+                    params.rise = n;
+                }
+            }
+            "port" => {
+                let port = parse_digits(value)
+                    .and_then(|n| u16::try_from(n).ok())
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| bad("port must be from 1 to 65535"))?;
+                params.port = Some(port);
+            }
+            "uri" => {
+                if value.first() != Some(&b'/') {
+                    return Err(bad("uri must start with \"/\""));
+                }
+                if !value.iter().all(u8::is_ascii_graphic) {
+                    return Err(bad(
+                        "uri must not contain spaces, control characters or non-ASCII bytes",
+                    ));
+                }
+                params.uri = ascii_string(value);
+            }
+            "host" => {
+                if value.is_empty() {
+                    return Err(bad("host must not be empty"));
+                }
+                if !value.iter().all(u8::is_ascii_graphic) {
+                    return Err(bad(
+                        "host must not contain whitespace, control characters or non-ASCII bytes",
+                    ));
+                }
+                params.host = Some(ascii_string(value));
+            }
+            _ => {
+                params.default_down = match value {
+                    b"on" => true,
+                    b"off" => false,
+                    _ => return Err(bad("default_down must be \"on\" or \"off\"")),
+                }
+            }
+        }
+    }
+    Ok(Some(params))
+}
+
+/// A string from bytes already checked to be printable ASCII.
+fn ascii_string(v: &[u8]) -> String {
+    v.iter().map(|&b| char::from(b)).collect()
+}
+
+/// Parses the arguments of `upstream_healthcheck_valid_statuses`: `200`, `200-399`, `2xx`, each
+/// optionally negated with a leading `!`.
+pub fn parse_valid_statuses(args: &[&[u8]]) -> Result<ValidStatuses, ParseError> {
+    if args.is_empty() {
+        return Err(ParseError(format!(
+            "invalid number of arguments in \"{VALID_STATUSES}\" directive"
+        )));
+    }
+    let entries = args
+        .iter()
+        .map(|&arg| {
+            parse_status_entry(arg).ok_or_else(|| {
+                ParseError::invalid_because(
+                    VALID_STATUSES,
+                    arg,
+                    "expected a status (200), a range (200-399 or 2xx) or an exclusion (!502)",
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ValidStatuses { entries })
+}
+
+fn parse_status_entry(arg: &[u8]) -> Option<StatusRange> {
+    let (negated, v) = match arg.split_first() {
+        Some((b'!', rest)) => (true, rest),
+        _ => (false, arg),
+    };
+    let code = |s: &[u8]| {
+        (s.len() == 3)
+            .then(|| parse_digits(s))
+            .flatten()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| (100..=599).contains(n))
+    };
+    let (lo, hi) = match v {
+        [d @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => {
+            let lo = u16::from(d - b'0') * 100;
+            (lo, lo + 99)
+        }
+        _ => match v.iter().position(|&b| b == b'-') {
+            Some(dash) => (code(&v[..dash])?, code(&v[dash + 1..])?),
+            None => (code(v)?, code(v)?),
+        },
+    };
+    (lo <= hi).then_some(StatusRange { lo, hi, negated })
+}
+
+/// Parses the argument of `upstream_healthcheck_request`: a whole raw request, starting with a
+/// method and a space, ending with an empty line.
+pub fn parse_request(arg: &[u8]) -> Result<Vec<u8>, ParseError> {
+    let method = arg.iter().take_while(|&&b| is_tchar(b)).count();
+    let ok = method > 0
+        && arg.get(method) == Some(&b' ')
+        && (arg.ends_with(b"\r\n\r\n") || arg.ends_with(b"\n\n"));
+    if !ok {
+        return Err(ParseError(format!(
+            "invalid value in \"{REQUEST}\" directive, the request must start with a method and \
+             end with \"\\r\\n\\r\\n\""
+        )));
+    }
+    Ok(arg.to_vec())
+}
+
+/// A byte of an HTTP token (RFC 9110 `tchar`).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Parses the argument of `upstream_healthcheck_zone`: a size of at least 32k.
+pub fn parse_zone_size(arg: &[u8]) -> Result<usize, ParseError> {
+    let size = parse_size(arg).ok_or_else(|| {
+        ParseError(format!(
+            "invalid zone size \"{}\" in \"{ZONE}\" directive",
+            escape(arg)
+        ))
+    })?;
+    if size < MIN_ZONE_SIZE {
+        return Err(ParseError(format!(
+            "\"{ZONE}\" size \"{}\" is too small, the minimum is 32k",
+            escape(arg)
+        )));
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hc(args: &[&str]) -> Result<Option<CheckParams>, ParseError> {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        parse_healthcheck(&args)
+    }
+
+    fn hc_ok(args: &[&str]) -> CheckParams {
+        hc(args).unwrap().unwrap()
+    }
+
+    fn hc_err(args: &[&str]) -> String {
+        hc(args).unwrap_err().to_string()
+    }
+
+    fn invalid(arg: &str) -> String {
+        format!("invalid parameter \"{arg}\" in \"upstream_healthcheck\" directive")
+    }
+
+    fn bad(arg: &str, reason: &str) -> String {
+        format!("{}, {reason}", invalid(arg))
+    }
+
+    fn time_reason(name: &str) -> String {
+        format!("{name} must be a positive time (e.g. 2s, 500ms; a bare number means milliseconds)")
+    }
+
+    fn vs(args: &[&str]) -> Result<ValidStatuses, ParseError> {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        parse_valid_statuses(&args)
+    }
+
+    fn r(lo: u16, hi: u16, negated: bool) -> StatusRange {
+        StatusRange { lo, hi, negated }
+    }
+
+    // --- parse_time_ms
+
+    #[test]
+    fn time_single_units() {
+        let t = |s: &str| parse_time_ms(s.as_bytes());
+        assert_eq!(t("500ms"), Some(500));
+        assert_eq!(t("2s"), Some(2000));
+        assert_eq!(t("3m"), Some(180_000));
+        assert_eq!(t("1h"), Some(3_600_000));
+        assert_eq!(t("1d"), Some(86_400_000));
+        assert_eq!(t("1w"), Some(7 * 86_400_000));
+        assert_eq!(t("1M"), Some(30 * 86_400_000));
+        assert_eq!(t("1y"), Some(365 * 86_400_000));
+        assert_eq!(t("0s"), Some(0));
+        assert_eq!(t("0"), Some(0));
+    }
+
+    #[test]
+    fn time_bare_number_is_milliseconds() {
+        assert_eq!(parse_time_ms(b"1500"), Some(1500));
+        assert_eq!(parse_time_ms(b"007"), Some(7));
+    }
+
+    #[test]
+    fn time_combinations() {
+        let t = |s: &str| parse_time_ms(s.as_bytes());
+        assert_eq!(t("1m30s"), Some(90_000));
+        assert_eq!(t("1s 500ms"), Some(1500));
+        assert_eq!(t("1s500ms"), Some(1500));
+        assert_eq!(t("1h 2m 3s 4ms"), Some(3_723_004));
+        assert_eq!(t("1d1h"), Some(90_000_000));
+        assert_eq!(t("2s "), Some(2000));
+        assert_eq!(t("1m5ms"), Some(60_005));
+    }
+
+    #[test]
+    fn time_rejects_garbage() {
+        for s in [
+            "",
+            " ",
+            " 1s",
+            "-1s",
+            "-1",
+            "+1s",
+            "1.5s",
+            "s",
+            "ms",
+            "1x",
+            "1S",
+            "1H",
+            "1 s",
+            "1s1s",
+            "1ms1s",
+            "1s1m",
+            "1m30",
+            "1s 500",
+            "1mss",
+            "abc",
+            "1s,2s",
+            "1\ts",
+            "99999999999999999999",
+            "18446744073709551615s",
+            "999999999999y",
+        ] {
+            assert_eq!(parse_time_ms(s.as_bytes()), None, "{s:?}");
+        }
+        assert_eq!(parse_time_ms(b"18446744073709551615"), Some(u64::MAX));
+    }
+
+    // --- parse_size
+
+    #[test]
+    fn sizes() {
+        let z = |s: &str| parse_size(s.as_bytes());
+        assert_eq!(z("0"), Some(0));
+        assert_eq!(z("4096"), Some(4096));
+        assert_eq!(z("32k"), Some(32 * 1024));
+        assert_eq!(z("32K"), Some(32 * 1024));
+        assert_eq!(z("1m"), Some(1 << 20));
+        assert_eq!(z("1M"), Some(1 << 20));
+        assert_eq!(z("1g"), Some(1 << 30));
+        assert_eq!(z("2G"), Some(2 << 30));
+        for s in [
+            "",
+            "k",
+            "-1",
+            "1.5m",
+            "1 k",
+            " 1k",
+            "1kb",
+            "1t",
+            "abc",
+            "99999999999999999999",
+            "1x",
+        ] {
+            assert_eq!(z(s), None, "{s:?}");
+        }
+        assert_eq!(z("18446744073709551615k"), None);
+    }
+
+    // --- upstream_healthcheck
+
+    #[test]
+    fn healthcheck_no_args_is_defaults() {
+        assert_eq!(hc_ok(&[]), CheckParams::default());
+    }
+
+    #[test]
+    fn healthcheck_off() {
+        assert_eq!(hc(&["off"]).unwrap(), None);
+        let msg = "invalid parameter \"off\" in \"upstream_healthcheck\" directive, \"off\" takes \
+                   no other parameters";
+        assert_eq!(hc_err(&["off", "fall=2"]), msg);
+        assert_eq!(hc_err(&["fall=2", "off"]), msg);
+        assert_eq!(hc_err(&["off", "off"]), msg);
+    }
+
+    #[test]
+    fn healthcheck_all_parameters() {
+        let p = hc_ok(&[
+            "type=tcp",
+            "interval=5s",
+            "timeout=300ms",
+            "fall=5",
+            "rise=1",
+            "port=8080",
+            "jitter=1s",
+            "uri=/health?full=1",
+            "host=example.com:8080",
+            "default_down=on",
+        ]);
+        assert_eq!(
+            p,
+            CheckParams {
+                check_type: CheckType::Tcp,
+                interval_ms: 5000,
+                timeout_ms: 300,
+                fall: 5,
+                rise: 1,
+                port: Some(8080),
+                jitter_ms: 1000,
+                uri: "/health?full=1".to_owned(),
+                host: Some("example.com:8080".to_owned()),
+                default_down: true,
+            }
+        );
+    }
+
+    #[test]
+    fn healthcheck_type() {
+        assert_eq!(hc_ok(&["type=http"]).check_type, CheckType::Http);
+        assert_eq!(hc_ok(&["type=tcp"]).check_type, CheckType::Tcp);
+        for a in ["type=udp", "type=", "type=HTTP", "type=tcp "] {
+            assert_eq!(
+                hc_err(&[a]),
+                bad(&escape(a.as_bytes()), "type must be \"tcp\" or \"http\"")
+            );
+        }
+    }
+
+    #[test]
+    fn healthcheck_interval_and_timeout() {
+        for name in ["interval", "timeout"] {
+            let get = |p: CheckParams| {
+                if name == "interval" {
+                    p.interval_ms
+                } else {
+                    p.timeout_ms
+                }
+            };
+            assert_eq!(get(hc_ok(&[&format!("{name}=2s")])), 2000);
+            assert_eq!(get(hc_ok(&[&format!("{name}=500")])), 500);
+            assert_eq!(get(hc_ok(&[&format!("{name}=1m30s")])), 90_000);
+            assert_eq!(get(hc_ok(&[&format!("{name}=1s 500ms")])), 1500);
+            assert_eq!(get(hc_ok(&[&format!("{name}=1ms")])), 1);
+            assert_eq!(get(hc_ok(&[&format!("{name}=24h")])), MAX_TIME_MS);
+            for v in ["0", "0s", "-1s", "", "abc", "1.5s", "1m30"] {
+                let a = format!("{name}={v}");
+                assert_eq!(hc_err(&[&a]), bad(&a, &time_reason(name)));
+            }
+            for v in ["25h", "86400001", "1d1ms", "1w"] {
+                let a = format!("{name}={v}");
+                assert_eq!(
+                    hc_err(&[&a]),
+                    bad(&a, &format!("{name} must be at most 24h"))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn healthcheck_interval_exact_messages() {
+        assert_eq!(
+            hc_err(&["interval=0"]),
+            "invalid parameter \"interval=0\" in \"upstream_healthcheck\" directive, interval \
+             must be a positive time (e.g. 2s, 500ms; a bare number means milliseconds)"
+        );
+        assert_eq!(
+            hc_err(&["timeout=-1s"]),
+            "invalid parameter \"timeout=-1s\" in \"upstream_healthcheck\" directive, timeout \
+             must be a positive time (e.g. 2s, 500ms; a bare number means milliseconds)"
+        );
+    }
+
+    #[test]
+    fn healthcheck_timeout_may_exceed_interval() {
+        let p = hc_ok(&["interval=1s", "timeout=5s"]);
+        assert_eq!((p.interval_ms, p.timeout_ms), (1000, 5000));
+    }
+
+    #[test]
+    fn healthcheck_jitter() {
+        assert_eq!(hc_ok(&["jitter=0"]).jitter_ms, 0);
+        assert_eq!(hc_ok(&["jitter=0s"]).jitter_ms, 0);
+        assert_eq!(hc_ok(&["jitter=250"]).jitter_ms, 250);
+        assert_eq!(hc_ok(&["jitter=1s 500ms"]).jitter_ms, 1500);
+        let reason = "jitter must be a time (e.g. 2s, 500ms; a bare number means milliseconds)";
+        for a in ["jitter=-1", "jitter=", "jitter=x", "jitter=1q"] {
+            assert_eq!(hc_err(&[a]), bad(a, reason));
+        }
+        assert_eq!(
+            hc_err(&["jitter=2d"]),
+            bad("jitter=2d", "jitter must be at most 24h")
+        );
+    }
+
+    #[test]
+    fn healthcheck_fall_and_rise() {
+        assert_eq!(hc_ok(&["fall=1"]).fall, 1);
+        assert_eq!(hc_ok(&["fall=1000000"]).fall, 1_000_000);
+        assert_eq!(hc_ok(&["rise=7"]).rise, 7);
+        assert_eq!(hc_ok(&["rise=1000000"]).rise, 1_000_000);
+        for name in ["fall", "rise"] {
+            for v in [
+                "0",
+                "-1",
+                "",
+                "abc",
+                "1.5",
+                "1000001",
+                "99999999999999999999",
+                " 3",
+                "+3",
+            ] {
+                let a = format!("{name}={v}");
+                assert_eq!(
+                    hc_err(&[&a]),
+                    bad(&a, &format!("{name} must be a number from 1 to 1000000"))
+                );
+            }
+        }
+        assert_eq!(
+            hc_err(&["fall=0"]),
+            "invalid parameter \"fall=0\" in \"upstream_healthcheck\" directive, fall must be a \
+             number from 1 to 1000000"
+        );
+    }
+
+    #[test]
+    fn healthcheck_port() {
+        assert_eq!(hc_ok(&["port=1"]).port, Some(1));
+        assert_eq!(hc_ok(&["port=65535"]).port, Some(65535));
+        assert_eq!(hc_ok(&[]).port, None);
+        for a in [
+            "port=0",
+            "port=65536",
+            "port=-1",
+            "port=",
+            "port=http",
+            "port=80 ",
+        ] {
+            assert_eq!(
+                hc_err(&[a]),
+                bad(&escape(a.as_bytes()), "port must be from 1 to 65535")
+            );
+        }
+    }
+
+    #[test]
+    fn healthcheck_default_down() {
+        assert!(hc_ok(&["default_down=on"]).default_down);
+        assert!(!hc_ok(&["default_down=off"]).default_down);
+        for a in [
+            "default_down=yes",
+            "default_down=",
+            "default_down=ON",
+            "default_down=1",
+        ] {
+            assert_eq!(
+                hc_err(&[a]),
+                bad(a, "default_down must be \"on\" or \"off\"")
+            );
+        }
+    }
+
+    #[test]
+    fn healthcheck_uri() {
+        assert_eq!(hc_ok(&["uri=/"]).uri, "/");
+        assert_eq!(hc_ok(&["uri=/status?x=1&y=%20"]).uri, "/status?x=1&y=%20");
+        for a in ["uri=", "uri=health", "uri=*", "uri=http://x/"] {
+            assert_eq!(hc_err(&[a]), bad(a, "uri must start with \"/\""));
+        }
+        let reason = "uri must not contain spaces, control characters or non-ASCII bytes";
+        assert_eq!(hc_err(&["uri=/a b"]), bad("uri=/a b", reason));
+        assert_eq!(hc_err(&["uri=/a\tb"]), bad("uri=/a\\tb", reason));
+        assert_eq!(hc_err(&["uri=/a\x7f"]), bad("uri=/a\\x7F", reason));
+        assert_eq!(hc_err(&["uri=/é"]), bad("uri=/\\xC3\\xA9", reason));
+        assert_eq!(
+            hc_err(&["uri=/x HTTP/1.0\r\nX: y"]),
+            bad("uri=/x HTTP/1.0\\r\\nX: y", reason)
+        );
+    }
+
+    #[test]
+    fn healthcheck_host() {
+        assert_eq!(
+            hc_ok(&["host=example.com"]).host.as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            hc_ok(&["host=[::1]:8080"]).host.as_deref(),
+            Some("[::1]:8080")
+        );
+        assert_eq!(hc_ok(&[]).host, None);
+        assert_eq!(hc_err(&["host="]), bad("host=", "host must not be empty"));
+        let reason = "host must not contain whitespace, control characters or non-ASCII bytes";
+        assert_eq!(hc_err(&["host=a b"]), bad("host=a b", reason));
+        assert_eq!(
+            hc_err(&["host=a\r\nX-Evil: 1"]),
+            bad("host=a\\r\\nX-Evil: 1", reason)
+        );
+        assert_eq!(hc_err(&["host=\0"]), bad("host=\\x00", reason));
+    }
+
+    #[test]
+    fn healthcheck_unknown_and_malformed() {
+        for a in [
+            "foo=1", "fall", "=1", "", "Fall=1", "interval", "off=1", "fall =1", "uri",
+        ] {
+            assert_eq!(hc_err(&[a]), invalid(a), "{a:?}");
+        }
+        assert_eq!(
+            hc_err(&["foo=1"]),
+            "invalid parameter \"foo=1\" in \"upstream_healthcheck\" directive"
+        );
+    }
+
+    #[test]
+    fn healthcheck_each_parameter_at_most_once() {
+        for (first, second) in [
+            ("type=tcp", "type=http"),
+            ("interval=1s", "interval=1s"),
+            ("timeout=1s", "timeout=2s"),
+            ("fall=3", "fall=0"),
+            ("rise=3", "rise=3"),
+            ("port=80", "port=81"),
+            ("jitter=0", "jitter=1s"),
+            ("uri=/", "uri=/a"),
+            ("host=a", "host=b"),
+            ("default_down=on", "default_down=off"),
+        ] {
+            let name = first.split('=').next().unwrap();
+            assert_eq!(
+                hc_err(&[first, second]),
+                bad(second, &format!("{name} is given twice"))
+            );
+        }
+        assert_eq!(
+            hc_err(&["fall=3", "fall=4"]),
+            "invalid parameter \"fall=4\" in \"upstream_healthcheck\" directive, fall is given twice"
+        );
+    }
+
+    #[test]
+    fn healthcheck_first_error_wins() {
+        assert_eq!(
+            hc_err(&["fall=0", "foo=1"]),
+            bad("fall=0", "fall must be a number from 1 to 1000000")
+        );
+        assert_eq!(hc_err(&["foo=1", "fall=0"]), invalid("foo=1"));
+    }
+
+    #[test]
+    fn messages_escape_quotes_backslashes_and_control_bytes() {
+        assert_eq!(hc_err(&["a\"b=1"]), invalid("a\\\"b=1"));
+        assert_eq!(hc_err(&["a\\b=1"]), invalid("a\\\\b=1"));
+        assert_eq!(
+            hc_err(&["x\r\n\t\x01\x1b\x7f\u{ff}"]),
+            invalid("x\\r\\n\\t\\x01\\x1B\\x7F\\xC3\\xBF")
+        );
+        let raw: &[u8] = b"x=\x80\xff";
+        let msg = parse_healthcheck(&[raw]).unwrap_err().to_string();
+        assert_eq!(msg, invalid("x=\\x80\\xFF"));
+        for msg in [msg, hc_err(&["type=\r\n"]), hc_err(&["\r\n"])] {
+            assert!(!msg.bytes().any(|b| b.is_ascii_control()), "{msg:?}");
+        }
+    }
+
+    #[test]
+    fn parse_error_is_an_error() {
+        let e = hc(&["foo=1"]).unwrap_err();
+        assert_eq!(e.as_str(), e.to_string());
+        let _: &dyn std::error::Error = &e;
+    }
+
+    // --- upstream_healthcheck_valid_statuses
+
+    #[test]
+    fn valid_statuses_forms() {
+        assert_eq!(vs(&["200"]).unwrap().entries, vec![r(200, 200, false)]);
+        assert_eq!(vs(&["200-399"]).unwrap().entries, vec![r(200, 399, false)]);
+        assert_eq!(vs(&["204-204"]).unwrap().entries, vec![r(204, 204, false)]);
+        assert_eq!(vs(&["2xx"]).unwrap().entries, vec![r(200, 299, false)]);
+        assert_eq!(vs(&["1xx"]).unwrap().entries, vec![r(100, 199, false)]);
+        assert_eq!(vs(&["5XX"]).unwrap().entries, vec![r(500, 599, false)]);
+        assert_eq!(vs(&["!502"]).unwrap().entries, vec![r(502, 502, true)]);
+        assert_eq!(vs(&["!500-503"]).unwrap().entries, vec![r(500, 503, true)]);
+        assert_eq!(vs(&["!4xx"]).unwrap().entries, vec![r(400, 499, true)]);
+        assert_eq!(
+            vs(&["100", "599"]).unwrap().entries,
+            vec![r(100, 100, false), r(599, 599, false)]
+        );
+        let v = vs(&["2xx", "3xx", "!302"]).unwrap();
+        assert_eq!(
+            v.entries,
+            vec![r(200, 299, false), r(300, 399, false), r(302, 302, true)]
+        );
+        assert!(v.is_valid(200) && v.is_valid(301) && !v.is_valid(302) && !v.is_valid(404));
+    }
+
+    #[test]
+    fn valid_statuses_rejected() {
+        let reason = "expected a status (200), a range (200-399 or 2xx) or an exclusion (!502)";
+        for a in [
+            "abc", "", "!", "!!200", "99", "099", "600", "1000", "20", "2000", "0xx", "6xx", "2x",
+            "2xxx", "x00", "20x", "399-200", "200-", "-200", "200-600", "200--300", "200-3xx",
+            "2xx-3xx", " 200", "200 ", "+200", "2 00", "!abc", "200,300",
+        ] {
+            assert_eq!(
+                vs(&[a]).unwrap_err().to_string(),
+                format!("invalid parameter \"{a}\" in \"upstream_healthcheck_valid_statuses\" directive, {reason}"),
+                "{a:?}"
+            );
+        }
+        assert_eq!(
+            vs(&["200", "abc"]).unwrap_err().to_string(),
+            "invalid parameter \"abc\" in \"upstream_healthcheck_valid_statuses\" directive, \
+             expected a status (200), a range (200-399 or 2xx) or an exclusion (!502)"
+        );
+        assert_eq!(
+            vs(&["2\r\n"]).unwrap_err().to_string(),
+            format!("invalid parameter \"2\\r\\n\" in \"upstream_healthcheck_valid_statuses\" directive, {reason}")
+        );
+        assert_eq!(
+            vs(&[]).unwrap_err().to_string(),
+            "invalid number of arguments in \"upstream_healthcheck_valid_statuses\" directive"
+        );
+    }
+
+    // --- upstream_healthcheck_request
+
+    #[test]
+    fn request_accepted() {
+        for req in [
+            &b"GET / HTTP/1.0\r\n\r\n"[..],
+            b"HEAD /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"GET / HTTP/1.0\n\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"M-SEARCH * HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(parse_request(req).unwrap(), req);
+        }
+    }
+
+    #[test]
+    fn request_rejected() {
+        let msg = "invalid value in \"upstream_healthcheck_request\" directive, the request must \
+                   start with a method and end with \"\\r\\n\\r\\n\"";
+        for req in [
+            &b""[..],
+            b"\r\n\r\n",
+            b" GET / HTTP/1.0\r\n\r\n",
+            b"GET",
+            b"GET / HTTP/1.0",
+            b"GET / HTTP/1.0\r\n",
+            b"GET / HTTP/1.0\r\nHost: x\r\n",
+            b"GET\t/ HTTP/1.0\r\n\r\n",
+            b"GET/ HTTP/1.0\r\n\r\n",
+            b"G(T / HTTP/1.0\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n ",
+        ] {
+            let e = parse_request(req).unwrap_err().to_string();
+            assert_eq!(e, msg, "{req:?}");
+            assert!(!e.bytes().any(|b| b.is_ascii_control()));
+        }
+    }
+
+    // --- upstream_healthcheck_zone
+
+    #[test]
+    fn zone_size() {
+        assert_eq!(parse_zone_size(b"32k").unwrap(), 32 * 1024);
+        assert_eq!(parse_zone_size(b"32768").unwrap(), 32768);
+        assert_eq!(parse_zone_size(b"1m").unwrap(), 1 << 20);
+        assert_eq!(parse_zone_size(b"1G").unwrap(), 1 << 30);
+        for a in ["abc", "", "1.5m", "-1m", "10 m", "1mb"] {
+            assert_eq!(
+                parse_zone_size(a.as_bytes()).unwrap_err().to_string(),
+                format!("invalid zone size \"{a}\" in \"upstream_healthcheck_zone\" directive")
+            );
+        }
+        assert_eq!(
+            parse_zone_size(b"1m\n").unwrap_err().to_string(),
+            "invalid zone size \"1m\\n\" in \"upstream_healthcheck_zone\" directive"
+        );
+        for a in ["8k", "0", "32767", "31K"] {
+            assert_eq!(
+                parse_zone_size(a.as_bytes()).unwrap_err().to_string(),
+                format!(
+                    "\"upstream_healthcheck_zone\" size \"{a}\" is too small, the minimum is 32k"
+                )
+            );
+        }
+    }
+}

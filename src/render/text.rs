@@ -1,0 +1,155 @@
+//! The text status page, in the exact format of lua-resty-upstream-healthcheck's `status_page()`.
+
+use core::fmt::{self, Write};
+
+use super::{PeerSnapshot, Snapshot};
+
+/// Writes the page: per upstream a header line, then its primary and backup peers, each with
+/// ` up` or ` DOWN`; one empty line between upstreams.
+pub fn render_text(out: &mut impl Write, snap: &Snapshot) -> fmt::Result {
+    for (i, u) in snap.upstreams.iter().enumerate() {
+        if i > 0 {
+            out.write_str("\n")?;
+        }
+        out.write_str("Upstream ")?;
+        out.write_str(&u.name)?;
+        if !u.checked {
+            out.write_str(" (NO checkers)")?;
+        }
+        out.write_str("\n    Primary Peers\n")?;
+        peers(out, &u.primary)?;
+        out.write_str("    Backup Peers\n")?;
+        peers(out, &u.backup)?;
+    }
+    Ok(())
+}
+
+fn peers(out: &mut impl Write, list: &[PeerSnapshot]) -> fmt::Result {
+    for p in list {
+        out.write_str("        ")?;
+        out.write_str(&p.name)?;
+        out.write_str(if p.down { " DOWN\n" } else { " up\n" })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::UpstreamSnapshot;
+
+    fn peer(name: &str, down: bool) -> PeerSnapshot {
+        PeerSnapshot {
+            name: name.to_owned(),
+            down,
+            ..PeerSnapshot::default()
+        }
+    }
+
+    fn render(snap: &Snapshot) -> String {
+        let mut s = String::new();
+        render_text(&mut s, snap).unwrap();
+        s
+    }
+
+    #[test]
+    fn empty_snapshot_renders_nothing() {
+        assert_eq!(render(&Snapshot::default()), "");
+    }
+
+    #[test]
+    fn checked_upstream() {
+        let snap = Snapshot {
+            upstreams: vec![UpstreamSnapshot {
+                name: "backend".to_owned(),
+                checked: true,
+                primary: vec![peer("127.0.0.1:8081", false), peer("127.0.0.1:8082", true)],
+                backup: vec![peer("127.0.0.1:8083", false)],
+            }],
+        };
+        assert_eq!(
+            render(&snap),
+            "Upstream backend\n\
+             \x20   Primary Peers\n\
+             \x20       127.0.0.1:8081 up\n\
+             \x20       127.0.0.1:8082 DOWN\n\
+             \x20   Backup Peers\n\
+             \x20       127.0.0.1:8083 up\n"
+        );
+    }
+
+    #[test]
+    fn checked_and_unchecked_upstreams_with_empty_lists() {
+        let snap = Snapshot {
+            upstreams: vec![
+                UpstreamSnapshot {
+                    name: "foo.com".to_owned(),
+                    checked: true,
+                    primary: vec![
+                        peer("127.0.0.1:12354", false),
+                        peer("127.0.0.1:12355", true),
+                    ],
+                    backup: vec![],
+                },
+                UpstreamSnapshot {
+                    name: "bar.com".to_owned(),
+                    checked: false,
+                    primary: vec![peer("127.0.0.1:12356", true)],
+                    backup: vec![peer("127.0.0.1:12357", false)],
+                },
+                UpstreamSnapshot {
+                    name: "empty".to_owned(),
+                    checked: false,
+                    primary: vec![],
+                    backup: vec![],
+                },
+                UpstreamSnapshot {
+                    name: "backup_only".to_owned(),
+                    checked: true,
+                    primary: vec![],
+                    backup: vec![peer("[::1]:8080", true)],
+                },
+            ],
+        };
+        let expected = "\
+Upstream foo.com
+    Primary Peers
+        127.0.0.1:12354 up
+        127.0.0.1:12355 DOWN
+    Backup Peers
+
+Upstream bar.com (NO checkers)
+    Primary Peers
+        127.0.0.1:12356 DOWN
+    Backup Peers
+        127.0.0.1:12357 up
+
+Upstream empty (NO checkers)
+    Primary Peers
+    Backup Peers
+
+Upstream backup_only
+    Primary Peers
+    Backup Peers
+        [::1]:8080 DOWN
+";
+        assert_eq!(render(&snap), expected);
+    }
+
+    #[test]
+    fn write_errors_are_passed_on() {
+        struct Full;
+        impl Write for Full {
+            fn write_str(&mut self, _: &str) -> fmt::Result {
+                Err(fmt::Error)
+            }
+        }
+        let snap = Snapshot {
+            upstreams: vec![UpstreamSnapshot {
+                name: "u".to_owned(),
+                ..Default::default()
+            }],
+        };
+        assert_eq!(render_text(&mut Full, &snap), Err(fmt::Error));
+    }
+}

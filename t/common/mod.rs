@@ -1,0 +1,1093 @@
+//! Integration-test harness shared by every test in `t/` (`mod common;`): runs a real nginx with
+//! the module loaded, scriptable HTTP backends, and small HTTP/polling helpers. std only.
+//!
+//! The nginx binary and module come from `NGX_HC_NGINX` / `NGX_HC_MODULE`, which
+//! `scripts/test.sh` exports for each target (`NGX_HC_TARGET` = vendored | debian).
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const START_DEADLINE: Duration = Duration::from_secs(10);
+const RELOAD_DEADLINE: Duration = Duration::from_secs(10);
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(20);
+
+fn env_path(var: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => panic!(
+            "{var} is not set: run the integration tests through scripts/test.sh \
+             (it builds nginx + the module for each target and exports NGX_HC_NGINX / NGX_HC_MODULE)"
+        ),
+    }
+}
+
+/// The nginx binary under test (`NGX_HC_NGINX`).
+pub fn nginx_bin() -> PathBuf {
+    env_path("NGX_HC_NGINX")
+}
+
+/// The module `.so` under test (`NGX_HC_MODULE`).
+pub fn module_path() -> PathBuf {
+    env_path("NGX_HC_MODULE")
+}
+
+/// `vendored` or `debian` (`NGX_HC_TARGET`), "unknown" when unset.
+pub fn target_name() -> String {
+    std::env::var("NGX_HC_TARGET").unwrap_or_else(|_| "unknown".into())
+}
+
+/// `load_module <module>;`, for hand-written full configs (`nginx_test_raw`).
+pub fn load_module_line() -> String {
+    format!("load_module {};", module_path().display())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Temp dirs and ports
+
+/// A unique directory under `std::env::temp_dir()`, world-traversable (nginx workers run as
+/// `nobody` when the master is root). Removed on drop, unless the thread is panicking: then it is
+/// kept and its path printed.
+pub struct TempPrefix {
+    path: PathBuf,
+}
+
+impl TempPrefix {
+    pub fn new() -> TempPrefix {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        for _ in 0..100 {
+            let n = SEQ.fetch_add(1, Ordering::Relaxed);
+            let path = std::env::temp_dir().join(format!(
+                "ngx-hc-{}-{}-{:08x}",
+                std::process::id(),
+                n,
+                nanos
+            ));
+            match fs::create_dir(&path) {
+                Ok(()) => {
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                        .expect("chmod temp prefix");
+                    return TempPrefix { path };
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => panic!("cannot create temp prefix {}: {e}", path.display()),
+            }
+        }
+        panic!("cannot create a unique temp prefix");
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Default for TempPrefix {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempPrefix {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("test failed: keeping nginx prefix {}", self.path.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1, never the same twice in this process. Ports are picked below the
+/// kernel's ephemeral range (when there is room), so nginx's own outgoing connections (proxying,
+/// health probes) cannot grab a port between this call and the moment nginx binds it.
+pub fn free_port() -> u16 {
+    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let given = GIVEN.get_or_init(|| Mutex::new(HashSet::new()));
+    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u32>().ok())
+        })
+        .unwrap_or(32768);
+    let (base, span) = if low > 12000 {
+        (10000u32, low - 10000)
+    } else {
+        (0, 0)
+    };
+    let seed = std::process::id() as u64 * 7919
+        + SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+    for _ in 0..1000 {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let candidate = if span > 0 {
+            (base as u64 + (seed.wrapping_add(n.wrapping_mul(2654435761)) % span as u64)) as u16
+        } else {
+            0
+        };
+        let Ok(listener) = TcpListener::bind(("127.0.0.1", candidate)) else {
+            continue;
+        };
+        let port = listener.local_addr().expect("local_addr").port();
+        drop(listener);
+        if given.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
+    panic!("free_port: no free port found");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Polling and HTTP client
+
+/// Polls `f` every 20 ms until it returns true; panics with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// `GET path` over HTTP/1.0 to 127.0.0.1:port; returns (status, headers, body). 5 s timeout.
+pub fn http_get(port: u16, path: &str) -> io::Result<(u16, String, String)> {
+    http_request(port, "GET", path, "")
+}
+
+/// One HTTP/1.0 request to 127.0.0.1:port (Content-Length sent when `body` is non-empty or the
+/// method is POST/PUT); returns (status, headers, body). Headers are the raw header lines after
+/// the status line. 5 s timeout for connect, write and the whole read.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> io::Result<(u16, String, String)> {
+    let timeout = Duration::from_secs(5);
+    let deadline = Instant::now() + timeout;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: ngx-hc-test\r\n"
+    );
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        req.push_str(&format!(
+            "Content-Type: text/plain\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "http_request: response not complete after 5 s",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> io::Result<(u16, String, String)> {
+    let bad = |msg: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{msg}: {:?}", String::from_utf8_lossy(raw)),
+        )
+    };
+    let end = find(raw, b"\r\n\r\n").ok_or_else(|| bad("no end of response headers"))?;
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let body = String::from_utf8_lossy(&raw[end + 4..]).into_owned();
+    let (status_line, headers) = head.split_once("\r\n").unwrap_or((head.as_str(), ""));
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| bad("bad status line"))?;
+    Ok((status, headers.to_string(), body))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn port_accepts(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// nginx
+
+/// The full nginx.conf the harness writes: module, `worker_processes 1;` (unless `main_extra`
+/// sets worker_processes), error log at info, pid, lock file, events, and an http block with
+/// `access_log off;` and every temp path inside `prefix`, then `http_body`.
+pub fn render_conf(prefix: &Path, main_extra: &str, http_body: &str) -> String {
+    let p = prefix.display();
+    let workers = if main_extra.contains("worker_processes") {
+        ""
+    } else {
+        "worker_processes 1;\n"
+    };
+    format!(
+        "{load}\n{workers}error_log {p}/error.log info;\npid {p}/nginx.pid;\nlock_file {p}/nginx.lock;\n{main_extra}\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n    access_log off;\n\
+         \x20   client_body_temp_path {p}/temp/client_body;\n    proxy_temp_path {p}/temp/proxy;\n\
+         \x20   fastcgi_temp_path {p}/temp/fastcgi;\n    uwsgi_temp_path {p}/temp/uwsgi;\n\
+         \x20   scgi_temp_path {p}/temp/scgi;\n\n{http_body}\n}}\n",
+        load = load_module_line(),
+    )
+}
+
+/// Ports of every `listen 127.0.0.1:PORT` in a config.
+fn listen_ports(conf: &str) -> Vec<u16> {
+    let mut ports = Vec::new();
+    let mut rest = conf;
+    while let Some(i) = rest.find("listen") {
+        rest = &rest[i + "listen".len()..];
+        let t = rest.trim_start();
+        if t.len() == rest.len() {
+            continue; // part of a longer word
+        }
+        if let Some(addr) = t.strip_prefix("127.0.0.1:") {
+            let digits: String = addr.chars().take_while(|c| c.is_ascii_digit()).collect();
+            if let Ok(port) = digits.parse::<u16>() {
+                if !ports.contains(&port) {
+                    ports.push(port);
+                }
+            }
+        }
+    }
+    ports
+}
+
+fn prepare_prefix(prefix: &Path) {
+    for d in ["temp", "logs"] {
+        let dir = prefix.join(d);
+        fs::create_dir_all(&dir).expect("create prefix dir");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod prefix dir");
+    }
+}
+
+fn run_nginx_t(prefix: &TempPrefix, conf: &str) -> (bool, String) {
+    prepare_prefix(prefix.path());
+    let conf_path = prefix.path().join("nginx.conf");
+    fs::write(&conf_path, conf).expect("write nginx.conf");
+    let out = Command::new(nginx_bin())
+        .arg("-t")
+        .arg("-p")
+        .arg(prefix.path())
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-e")
+        .arg(prefix.path().join("error.log"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nginx -t");
+    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stdout));
+    (out.status.success(), text)
+}
+
+/// `nginx -t` on the config `Nginx::start(http_body)` would write: (success, stderr + stdout).
+pub fn nginx_test(http_body: &str) -> (bool, String) {
+    let _ = (nginx_bin(), module_path());
+    let prefix = TempPrefix::new();
+    let conf = render_conf(prefix.path(), "", http_body);
+    run_nginx_t(&prefix, &conf)
+}
+
+/// `nginx -t` on `full_conf` verbatim (add `load_module_line()` yourself). The prefix (`-p`) is
+/// a fresh temp dir, so relative paths in the config land there.
+pub fn nginx_test_raw(full_conf: &str) -> (bool, String) {
+    let _ = nginx_bin();
+    let prefix = TempPrefix::new();
+    run_nginx_t(&prefix, full_conf)
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // A zombie still has /proc/<pid>; treat it as gone.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, r)| !r.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// (pid, cmdline) of every live child of `ppid`.
+fn children_of(ppid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after "(comm)": state ppid ...
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let parent = fields.next().and_then(|s| s.parse::<u32>().ok());
+        if parent != Some(ppid) || state == "Z" {
+            continue;
+        }
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        out.push((pid, cmdline));
+    }
+    out.sort();
+    out
+}
+
+fn signal(sig: &str, pid: u32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A running nginx (master in the foreground with `daemon off`, as a child of the test process)
+/// in its own `TempPrefix`. Dropping it stops every nginx process it started.
+pub struct Nginx {
+    prefix: TempPrefix,
+    main_extra: String,
+    conf: String,
+    child: Option<Child>,
+    master: u32,
+    /// Every worker pid seen, so Drop can kill orphans as a last resort.
+    seen_workers: HashSet<u32>,
+}
+
+impl Nginx {
+    /// Starts nginx with `http_body` inside `http { }` (see `render_conf`).
+    pub fn start(http_body: &str) -> Nginx {
+        Nginx::start_with("", http_body)
+    }
+
+    /// Like `start`, with extra main-context directives (e.g. `worker_processes 4;`).
+    pub fn start_with(main_extra: &str, http_body: &str) -> Nginx {
+        let (bin, _) = (nginx_bin(), module_path()); // panic on missing env before making a prefix
+        let prefix = TempPrefix::new();
+        prepare_prefix(prefix.path());
+        let conf = render_conf(prefix.path(), main_extra, http_body);
+        let conf_path = prefix.path().join("nginx.conf");
+        fs::write(&conf_path, &conf).expect("write nginx.conf");
+        let stderr = fs::File::create(prefix.path().join("stderr.log")).expect("create stderr.log");
+        let child = Command::new(&bin)
+            .arg("-p")
+            .arg(prefix.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(prefix.path().join("error.log"))
+            .arg("-g")
+            .arg("daemon off;")
+            .stdin(Stdio::null())
+            .stdout(stderr.try_clone().expect("dup stderr.log"))
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+        let master = child.id();
+        let mut nginx = Nginx {
+            prefix,
+            main_extra: main_extra.to_string(),
+            conf,
+            child: Some(child),
+            master,
+            seen_workers: HashSet::new(),
+        };
+        nginx.wait_ready();
+        nginx
+    }
+
+    fn expected_workers(&self) -> usize {
+        let Some(i) = self.main_extra.find("worker_processes") else {
+            return 1;
+        };
+        let v: String = self.main_extra[i + "worker_processes".len()..]
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
+        v.parse().unwrap_or(1)
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
+            Ok(Some(status)) => Some(format!("{status}")),
+            _ => None,
+        }
+    }
+
+    fn startup_failure(&mut self, why: &str) -> ! {
+        let stderr = fs::read_to_string(self.prefix.path().join("stderr.log")).unwrap_or_default();
+        panic!(
+            "nginx ({}, target {}) {why}\n--- stderr ---\n{stderr}\n--- error.log ---\n{}\n--- nginx.conf ---\n{}",
+            nginx_bin().display(),
+            target_name(),
+            self.error_log(),
+            self.conf
+        );
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_DEADLINE;
+        let pid_file = self.prefix.path().join("nginx.pid");
+        let ports = listen_ports(&self.conf);
+        let want = self.expected_workers();
+        loop {
+            if let Some(status) = self.exited() {
+                self.startup_failure(&format!("exited during startup ({status})"));
+            }
+            let ready = pid_file.exists()
+                && self.worker_pids().len() >= want
+                && ports.iter().all(|&p| port_accepts(p));
+            if ready {
+                return;
+            }
+            if Instant::now() >= deadline {
+                self.startup_failure(&format!(
+                    "not ready after {START_DEADLINE:?} (pid file, {want} worker(s), ports {ports:?})"
+                ));
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    pub fn prefix(&self) -> &Path {
+        self.prefix.path()
+    }
+
+    /// The current contents of `<prefix>/error.log`.
+    pub fn error_log(&self) -> String {
+        fs::read_to_string(self.prefix.path().join("error.log")).unwrap_or_default()
+    }
+
+    pub fn master_pid(&self) -> u32 {
+        self.master
+    }
+
+    /// Live worker processes of the master ("nginx: worker process", not those already
+    /// "is shutting down"; cache manager/loader excluded).
+    pub fn worker_pids(&mut self) -> Vec<u32> {
+        let pids: Vec<u32> = children_of(self.master)
+            .into_iter()
+            .filter(|(_, cmd)| {
+                cmd.starts_with("nginx: worker process") && !cmd.contains("shutting down")
+            })
+            .map(|(pid, _)| pid)
+            .collect();
+        self.seen_workers.extend(pids.iter().copied());
+        pids
+    }
+
+    /// Every live child of the master (workers, shutting-down workers, cache processes).
+    fn all_children(&mut self) -> Vec<u32> {
+        let pids: Vec<u32> = children_of(self.master)
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .collect();
+        self.seen_workers.extend(pids.iter().copied());
+        pids
+    }
+
+    /// Rewrites nginx.conf with a new http body (same main_extra); takes effect on `reload()`.
+    pub fn rewrite_conf(&mut self, http_body: &str) {
+        let main_extra = self.main_extra.clone();
+        self.rewrite_conf_with(&main_extra, http_body);
+    }
+
+    /// Rewrites nginx.conf with new main-context extras and http body.
+    pub fn rewrite_conf_with(&mut self, main_extra: &str, http_body: &str) {
+        self.main_extra = main_extra.to_string();
+        self.conf = render_conf(self.prefix.path(), main_extra, http_body);
+        fs::write(self.prefix.path().join("nginx.conf"), &self.conf).expect("rewrite nginx.conf");
+    }
+
+    /// SIGHUP; waits until the worker set is entirely new, the old workers are gone and every
+    /// `listen 127.0.0.1:PORT` accepts — or 10 s pass, or a new `[emerg]` shows up in the error log
+    /// (rejected config: old workers keep running). Returns the time taken.
+    pub fn reload(&mut self) -> Duration {
+        let start = Instant::now();
+        let old: Vec<u32> = self.all_children();
+        let log_len = self.error_log().len();
+        let ports = listen_ports(&self.conf);
+        signal("HUP", self.master);
+        let deadline = start + RELOAD_DEADLINE;
+        while Instant::now() < deadline {
+            let now = self.worker_pids();
+            let fresh = !now.is_empty() && now.iter().all(|p| !old.contains(p));
+            let old_gone = old.iter().all(|&p| !pid_alive(p));
+            if fresh && old_gone && ports.iter().all(|&p| port_accepts(p)) {
+                break;
+            }
+            if self
+                .error_log()
+                .get(log_len..)
+                .is_some_and(|s| s.contains("[emerg]"))
+            {
+                break;
+            }
+            thread::sleep(POLL);
+        }
+        start.elapsed()
+    }
+
+    /// SIGQUIT (graceful), waits up to 10 s for master and workers to exit, then asserts the
+    /// error log has no `[alert]`, `[crit]` or `[emerg]` line. Returns the error log.
+    pub fn stop(mut self) -> String {
+        let graceful = self.shutdown();
+        let log = self.error_log();
+        assert!(
+            graceful,
+            "nginx did not exit within {STOP_DEADLINE:?} of SIGQUIT (graceful shutdown blocked?); it was killed.\n{log}"
+        );
+        let bad: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("[alert]") || l.contains("[crit]") || l.contains("[emerg]"))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "error log has alert/crit/emerg lines:\n{}\n--- full log ---\n{log}",
+            bad.join("\n")
+        );
+        log
+    }
+
+    /// Like `stop`, without the error-log assertions (for tests that expect such lines).
+    pub fn stop_unchecked(mut self) -> String {
+        self.shutdown();
+        self.error_log()
+    }
+
+    /// SIGQUIT and wait; force-kill on timeout. True if everything exited gracefully in time.
+    fn shutdown(&mut self) -> bool {
+        if self.child.is_none() {
+            return true;
+        }
+        self.all_children();
+        signal("QUIT", self.master);
+        let graceful = self.wait_all_gone(STOP_DEADLINE);
+        if !graceful {
+            signal("TERM", self.master);
+            if !self.wait_all_gone(Duration::from_secs(2)) {
+                for &pid in &self.seen_workers {
+                    if pid_alive(pid) {
+                        signal("KILL", pid);
+                    }
+                }
+                if let Some(child) = self.child.as_mut() {
+                    let _ = child.kill();
+                }
+                self.wait_all_gone(Duration::from_secs(2));
+            }
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        graceful
+    }
+
+    fn wait_all_gone(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.all_children();
+            let master_gone = self.exited().is_some();
+            if master_gone && self.seen_workers.iter().all(|&p| !pid_alive(p)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(POLL);
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if self.child.is_some() && !self.shutdown() {
+            eprintln!(
+                "nginx in {} did not stop gracefully; killed",
+                self.prefix.path().display()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backends
+
+/// How a `Backend` answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Reads the request and answers with this status, a short body naming the port
+    /// (`backend <port> status <code>`), header `X-Backend: <port>` and `Connection: close`.
+    Status(u16),
+    /// Reads the request and never answers, until the mode changes (then answers per the new
+    /// mode) or the backend is stopped/dropped (then closes).
+    Hang,
+    /// Reads the request (at most 1 s), then closes cleanly (FIN) without answering.
+    Close,
+    /// Waits for the request, then closes with the request still unread, so Linux sends RST.
+    Reset,
+}
+
+struct BackendShared {
+    port: u16,
+    mode: Mutex<Mode>,
+    path_modes: Mutex<HashMap<String, Mode>>,
+    health_path: Mutex<String>,
+    /// Arrival time of every request, by path (query string removed).
+    arrivals: Mutex<HashMap<String, Vec<Instant>>>,
+    proxied: AtomicUsize,
+    connections: AtomicUsize,
+    listener: Mutex<Option<TcpListener>>,
+    /// Bumped by stop()/drop: hanging connections of an older generation close.
+    generation: AtomicU64,
+    shutdown: AtomicBool,
+    changed: Condvar,
+    changed_lock: Mutex<()>,
+}
+
+/// A small threaded HTTP/1.x server on 127.0.0.1 whose behaviour can be switched at runtime; one
+/// request per connection. Counts requests per path and records their arrival times.
+pub struct Backend {
+    shared: Arc<BackendShared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+fn bind_retry(port: u16) -> TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(("127.0.0.1", port)) {
+            Ok(l) => {
+                l.set_nonblocking(true).expect("set_nonblocking");
+                return l;
+            }
+            Err(e) if Instant::now() >= deadline => {
+                panic!("backend cannot bind 127.0.0.1:{port}: {e}")
+            }
+            Err(_) => thread::sleep(POLL),
+        }
+    }
+}
+
+impl Backend {
+    /// A backend on a fresh `free_port()`, answering `Mode::Status(200)`.
+    pub fn new() -> Backend {
+        Backend::on_port(free_port())
+    }
+
+    /// A backend on `port`, answering `Mode::Status(200)`.
+    pub fn on_port(port: u16) -> Backend {
+        let shared = Arc::new(BackendShared {
+            port,
+            mode: Mutex::new(Mode::Status(200)),
+            path_modes: Mutex::new(HashMap::new()),
+            health_path: Mutex::new("/health".to_string()),
+            arrivals: Mutex::new(HashMap::new()),
+            proxied: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            listener: Mutex::new(Some(bind_retry(port))),
+            generation: AtomicU64::new(0),
+            shutdown: AtomicBool::new(false),
+            changed: Condvar::new(),
+            changed_lock: Mutex::new(()),
+        });
+        let s = Arc::clone(&shared);
+        let acceptor = thread::Builder::new()
+            .name(format!("backend-{port}"))
+            .spawn(move || accept_loop(s))
+            .expect("spawn backend thread");
+        Backend {
+            shared,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.shared.port
+    }
+
+    /// `127.0.0.1:<port>`, as used in `server` lines of an upstream block.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.shared.port)
+    }
+
+    /// Switches the behaviour for every path without a per-path mode.
+    pub fn set_mode(&self, mode: Mode) {
+        *self.shared.mode.lock().unwrap() = mode;
+        self.shared.notify();
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.shared.mode.lock().unwrap().clone()
+    }
+
+    /// Overrides the behaviour for one path (e.g. fail `/health` while proxied traffic works).
+    pub fn set_path_mode(&self, path: &str, mode: Mode) {
+        self.shared
+            .path_modes
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), mode);
+        self.shared.notify();
+    }
+
+    pub fn clear_path_modes(&self) {
+        self.shared.path_modes.lock().unwrap().clear();
+        self.shared.notify();
+    }
+
+    /// The path counted as health probes (default `/health`); all others count as `proxied()`.
+    pub fn set_health_path(&self, path: &str) {
+        *self.shared.health_path.lock().unwrap() = path.to_string();
+    }
+
+    /// Requests seen for `path` (query string ignored).
+    pub fn hits(&self, path: &str) -> usize {
+        self.shared
+            .arrivals
+            .lock()
+            .unwrap()
+            .get(path)
+            .map_or(0, |v| v.len())
+    }
+
+    /// Arrival time of every request for `path`, in order.
+    pub fn arrivals(&self, path: &str) -> Vec<Instant> {
+        self.shared
+            .arrivals
+            .lock()
+            .unwrap()
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Requests whose path is not the health path.
+    pub fn proxied(&self) -> usize {
+        self.shared.proxied.load(Ordering::SeqCst)
+    }
+
+    /// Accepted TCP connections (including ones that never sent a request).
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Forgets all counts and arrival times.
+    pub fn reset_counts(&self) {
+        self.shared.arrivals.lock().unwrap().clear();
+        self.shared.proxied.store(0, Ordering::SeqCst);
+        self.shared.connections.store(0, Ordering::SeqCst);
+    }
+
+    /// Closes the listening socket (the port then refuses connections) and closes hanging
+    /// connections.
+    pub fn stop(&self) {
+        *self.shared.listener.lock().unwrap() = None;
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        self.shared.notify();
+    }
+
+    /// Reopens the listening socket on the same port.
+    pub fn start(&self) {
+        let mut l = self.shared.listener.lock().unwrap();
+        if l.is_none() {
+            *l = Some(bind_retry(self.shared.port));
+        }
+    }
+
+    pub fn is_listening(&self) -> bool {
+        self.shared.listener.lock().unwrap().is_some()
+    }
+}
+
+impl Default for Backend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.stop();
+        if let Some(h) = self.acceptor.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl BackendShared {
+    fn notify(&self) {
+        let _g = self.changed_lock.lock().unwrap();
+        self.changed.notify_all();
+    }
+
+    fn mode_for(&self, path: &str) -> Mode {
+        if let Some(m) = self.path_modes.lock().unwrap().get(path) {
+            return m.clone();
+        }
+        self.mode.lock().unwrap().clone()
+    }
+
+    fn record(&self, path: &str) {
+        self.arrivals
+            .lock()
+            .unwrap()
+            .entry(path.to_string())
+            .or_default()
+            .push(Instant::now());
+        if path != *self.health_path.lock().unwrap() {
+            self.proxied.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn accept_loop(s: Arc<BackendShared>) {
+    while !s.shutdown.load(Ordering::SeqCst) {
+        let accepted = match s.listener.lock().unwrap().as_ref() {
+            Some(l) => l.accept().ok(),
+            None => None,
+        };
+        match accepted {
+            Some((stream, _)) => {
+                s.connections.fetch_add(1, Ordering::SeqCst);
+                let s2 = Arc::clone(&s);
+                let _ = thread::Builder::new()
+                    .name(format!("backend-{}-conn", s.port))
+                    .spawn(move || {
+                        let _ = handle_conn(&s2, stream);
+                    });
+            }
+            None => thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// A request head seen on a connection.
+struct Head {
+    path: String,
+    version: String,
+    /// Bytes of head plus body (Content-Length) to consume.
+    len: usize,
+}
+
+/// Waits (peeking, nothing consumed) until the request head has arrived; None when the peer
+/// closes first, sends no complete head within `timeout`, or sends more than 16 KiB of head.
+fn peek_head(stream: &TcpStream, timeout: Duration) -> io::Result<Option<Head>> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 16384];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = match stream.peek(&mut buf) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        if let Some(end) = find(&buf[..n], b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let mut parts = head.lines().next().unwrap_or("").split_whitespace();
+            let _method = parts.next();
+            let path = parts
+                .next()
+                .unwrap_or("/")
+                .split('?')
+                .next()
+                .unwrap_or("/")
+                .to_string();
+            let version = parts.next().unwrap_or("HTTP/1.0").to_string();
+            let body = head
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            return Ok(Some(Head {
+                path,
+                version,
+                len: end + 4 + body,
+            }));
+        }
+        if n == buf.len() {
+            return Ok(None);
+        }
+        // Incomplete head: peek returns at once while data is pending, so wait a little.
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Consumes `len` bytes (the request) so that closing later sends FIN, not RST.
+fn consume(stream: &mut TcpStream, mut len: usize) -> io::Result<()> {
+    let mut buf = [0u8; 8192];
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    while len > 0 {
+        let n = stream.read(&mut buf[..len.min(8192)])?;
+        if n == 0 {
+            break;
+        }
+        len -= n;
+    }
+    Ok(())
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
+}
+
+fn handle_conn(s: &BackendShared, mut stream: TcpStream) -> io::Result<()> {
+    let gen = s.generation.load(Ordering::SeqCst);
+    let wait = if s.mode_for("") == Mode::Close {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(5)
+    };
+    let Some(head) = peek_head(&stream, wait)? else {
+        return Ok(());
+    };
+    s.record(&head.path);
+    let mut mode = s.mode_for(&head.path);
+    if mode == Mode::Reset {
+        // Close with the request still unread: Linux answers with RST.
+        drop(stream);
+        return Ok(());
+    }
+    consume(&mut stream, head.len)?;
+    while mode == Mode::Hang {
+        if s.shutdown.load(Ordering::SeqCst) || s.generation.load(Ordering::SeqCst) != gen {
+            return Ok(());
+        }
+        let g = s.changed_lock.lock().unwrap();
+        let _ = s
+            .changed
+            .wait_timeout(g, Duration::from_millis(50))
+            .unwrap();
+        mode = s.mode_for(&head.path);
+    }
+    match mode {
+        Mode::Status(code) => {
+            let body = format!("backend {} status {}\n", s.port, code);
+            let version = if head.version.starts_with("HTTP/1.") {
+                head.version.as_str()
+            } else {
+                "HTTP/1.0"
+            };
+            let resp = format!(
+                "{version} {code} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Backend: {}\r\nConnection: close\r\n\r\n{body}",
+                reason(code),
+                body.len(),
+                s.port
+            );
+            stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(resp.as_bytes())?;
+            stream.flush()?;
+        }
+        Mode::Reset => {
+            // Switched from Hang to Reset after the request was consumed: abort abruptly.
+            let _ = stream.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+        Mode::Close | Mode::Hang => {}
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+    // Let the peer close first (bounded), so our close never turns into an RST.
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut sink = [0u8; 1024];
+    while let Ok(n) = stream.read(&mut sink) {
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
