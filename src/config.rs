@@ -73,7 +73,13 @@ pub struct ValidStatuses {
 impl Default for ValidStatuses {
     /// 200-399, as in NGINX Plus and the Lua checkers.
     fn default() -> Self {
-        ValidStatuses { entries: vec![StatusRange { lo: 200, hi: 399, negated: false }] }
+        ValidStatuses {
+            entries: vec![StatusRange {
+                lo: 200,
+                hi: 399,
+                negated: false,
+            }],
+        }
     }
 }
 
@@ -84,7 +90,12 @@ impl ValidStatuses {
         let within = |e: &&StatusRange| (e.lo..=e.hi).contains(&status);
         let mut positive = self.entries.iter().filter(|e| !e.negated).peekable();
         let allowed = positive.peek().is_none() || positive.any(|e| within(&e));
-        allowed && !self.entries.iter().filter(|e| e.negated).any(|e| within(&e))
+        allowed
+            && !self
+                .entries
+                .iter()
+                .filter(|e| e.negated)
+                .any(|e| within(&e))
     }
 }
 
@@ -115,14 +126,18 @@ mod tests {
 
     #[test]
     fn exclusions_alone_allow_everything_else() {
-        let v = ValidStatuses { entries: vec![r(502, 502, true)] };
+        let v = ValidStatuses {
+            entries: vec![r(502, 502, true)],
+        };
         assert!(v.is_valid(200) && v.is_valid(500) && v.is_valid(404));
         assert!(!v.is_valid(502));
     }
 
     #[test]
     fn positive_and_negative_entries_combine() {
-        let v = ValidStatuses { entries: vec![r(200, 299, false), r(204, 204, true), r(302, 302, false)] };
+        let v = ValidStatuses {
+            entries: vec![r(200, 299, false), r(204, 204, true), r(302, 302, false)],
+        };
         assert!(v.is_valid(200) && v.is_valid(302));
         assert!(!v.is_valid(204) && !v.is_valid(301) && !v.is_valid(500));
     }

@@ -45,7 +45,10 @@ pub struct PeerHealth {
 impl PeerHealth {
     /// A fresh peer, up or down as `default_down` says.
     pub fn new(up: bool) -> PeerHealth {
-        PeerHealth { up: up as u8, ..PeerHealth::default() }
+        PeerHealth {
+            up: up as u8,
+            ..PeerHealth::default()
+        }
     }
 
     pub fn is_up(&self) -> bool {
@@ -114,12 +117,24 @@ impl PeerHealth {
 mod tests {
     use super::*;
 
-    const OK: Outcome = Outcome { failure: None, status: Some(200) };
-    const REFUSED: Outcome = Outcome { failure: Some(Failure::Refused), status: None };
-    const BAD: Outcome = Outcome { failure: Some(Failure::BadStatus), status: Some(500) };
+    const OK: Outcome = Outcome {
+        failure: None,
+        status: Some(200),
+    };
+    const REFUSED: Outcome = Outcome {
+        failure: Some(Failure::Refused),
+        status: None,
+    };
+    const BAD: Outcome = Outcome {
+        failure: Some(Failure::BadStatus),
+        status: Some(500),
+    };
 
     fn run(h: &mut PeerHealth, seq: &[Outcome], rise: u32, fall: u32) -> Vec<Option<Transition>> {
-        seq.iter().enumerate().map(|(i, &o)| h.record(o, 1000 + i as u64, 5, rise, fall)).collect()
+        seq.iter()
+            .enumerate()
+            .map(|(i, &o)| h.record(o, 1000 + i as u64, 5, rise, fall))
+            .collect()
     }
 
     #[test]

@@ -78,10 +78,16 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn ok(status: Option<u16>) -> Outcome {
-        Outcome { failure: None, status }
+        Outcome {
+            failure: None,
+            status,
+        }
     }
 
     pub fn failed(failure: Failure, status: Option<u16>) -> Outcome {
-        Outcome { failure: Some(failure), status }
+        Outcome {
+            failure: Some(failure),
+            status,
+        }
     }
 }

@@ -785,6 +785,10 @@ mod tests {
             hc_err(&["fall=3", "fall=4"]),
             "invalid parameter \"fall=4\" in \"upstream_healthcheck\" directive, fall is given twice"
         );
+        assert_eq!(
+            hc_err(&["rise=2", "uri=/x", "timeout=1s", "rise=2"]),
+            bad("rise=2", "rise is given twice")
+        );
     }
 
     #[test]

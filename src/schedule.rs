@@ -31,7 +31,10 @@ impl Schedule {
     /// The schedule of a peer seen for the first time: its first probe falls at a random point
     /// of the first interval, so a fresh start spreads probes instead of sending them at once.
     pub fn first(now_ms: u64, interval_ms: u64, random: u64) -> Schedule {
-        Schedule { next_due_ms: now_ms + random % interval_ms.max(1), ..Schedule::default() }
+        Schedule {
+            next_due_ms: now_ms + random % interval_ms.max(1),
+            ..Schedule::default()
+        }
     }
 
     /// True when no probe is in flight (or its lease ran out).
@@ -50,7 +53,9 @@ impl Schedule {
         if !self.is_due(now_ms) {
             return false;
         }
-        self.busy_until_ms = now_ms.saturating_add(lease_ms(interval_ms, timeout_ms)).max(1);
+        self.busy_until_ms = now_ms
+            .saturating_add(lease_ms(interval_ms, timeout_ms))
+            .max(1);
         self.owner_pid = pid;
         true
     }
@@ -70,7 +75,11 @@ impl Schedule {
         if self.owner_pid != pid || self.busy_until_ms == 0 {
             return false;
         }
-        let jitter = if jitter_ms == 0 { 0 } else { random % (jitter_ms + 1) };
+        let jitter = if jitter_ms == 0 {
+            0
+        } else {
+            random % (jitter_ms + 1)
+        };
         self.next_due_ms = self.next_due_ms.saturating_add(interval_ms).max(now_ms) + jitter;
         self.busy_until_ms = 0;
         self.owner_pid = 0;
@@ -80,7 +89,11 @@ impl Schedule {
     /// Milliseconds until this peer next needs a look: its due time when idle, the end of
     /// the lease when a probe is in flight (a takeover may be needed then).
     pub fn wake_in(&self, now_ms: u64) -> u64 {
-        let at = if self.is_idle(now_ms) { self.next_due_ms } else { self.busy_until_ms };
+        let at = if self.is_idle(now_ms) {
+            self.next_due_ms
+        } else {
+            self.busy_until_ms
+        };
         at.saturating_sub(now_ms)
     }
 }
@@ -97,14 +110,19 @@ mod tests {
 
     #[test]
     fn first_probes_are_spread_over_one_interval() {
-        let dues: Vec<u64> = (0..10).map(|r| Schedule::first(1000, 2000, r * 397).next_due_ms).collect();
+        let dues: Vec<u64> = (0..10)
+            .map(|r| Schedule::first(1000, 2000, r * 397).next_due_ms)
+            .collect();
         assert!(dues.iter().all(|&d| (1000..3000).contains(&d)));
         assert!(dues.windows(2).any(|w| w[0] != w[1]));
     }
 
     #[test]
     fn only_one_worker_claims_a_due_peer() {
-        let mut s = Schedule { next_due_ms: 100, ..Schedule::default() };
+        let mut s = Schedule {
+            next_due_ms: 100,
+            ..Schedule::default()
+        };
         assert!(!s.claim(99, 1, 1000, 500));
         assert!(s.claim(100, 1, 1000, 500));
         assert!(!s.claim(101, 2, 1000, 500));
@@ -113,7 +131,10 @@ mod tests {
 
     #[test]
     fn next_probe_keeps_cadence_and_waits_for_a_slow_probe() {
-        let mut s = Schedule { next_due_ms: 1000, ..Schedule::default() };
+        let mut s = Schedule {
+            next_due_ms: 1000,
+            ..Schedule::default()
+        };
         assert!(s.claim(1010, 7, 1000, 500));
         assert!(s.finish(1020, 7, 1000, 0, 0));
         assert_eq!(s.next_due_ms, 2000);
@@ -126,7 +147,10 @@ mod tests {
 
     #[test]
     fn a_dead_workers_lease_is_taken_over_within_two_intervals() {
-        let mut s = Schedule { next_due_ms: 0, ..Schedule::default() };
+        let mut s = Schedule {
+            next_due_ms: 0,
+            ..Schedule::default()
+        };
         assert!(s.claim(0, 1, 1000, 1000));
         assert!(!s.claim(1999, 2, 1000, 1000));
         assert!(s.claim(2000, 2, 1000, 1000));
@@ -138,7 +162,10 @@ mod tests {
     #[test]
     fn jitter_adds_at_most_its_value() {
         for r in [0, 1, 99, 100, 12345] {
-            let mut s = Schedule { next_due_ms: 1000, ..Schedule::default() };
+            let mut s = Schedule {
+                next_due_ms: 1000,
+                ..Schedule::default()
+            };
             assert!(s.claim(1000, 1, 1000, 100));
             assert!(s.finish(1001, 1, 1000, 100, r));
             assert!((2000..=2100).contains(&s.next_due_ms));
@@ -147,7 +174,10 @@ mod tests {
 
     #[test]
     fn wake_and_tick_are_bounded() {
-        let s = Schedule { next_due_ms: 5000, ..Schedule::default() };
+        let s = Schedule {
+            next_due_ms: 5000,
+            ..Schedule::default()
+        };
         assert_eq!(s.wake_in(1000), 4000);
         assert_eq!(tick_ms(Some(s.wake_in(1000))), MAX_TICK_MS);
         assert_eq!(tick_ms(Some(0)), 1);

@@ -74,7 +74,11 @@ impl Default for MainConf {
 impl MainConf {
     /// Number of slots (checked peers) in the shared zone.
     pub fn slots(&self) -> usize {
-        self.upstreams.iter().filter(|u| u.check.is_some()).map(|u| u.peers.len()).sum()
+        self.upstreams
+            .iter()
+            .filter(|u| u.check.is_some())
+            .map(|u| u.peers.len())
+            .sum()
     }
 }
 

@@ -33,11 +33,36 @@ const fn command(name: ngx_str_t, type_: u32, set: SetFn, conf: usize) -> ngx_co
 const UPS: u32 = NGX_HTTP_UPS_CONF;
 
 pub static mut COMMANDS: [ngx_command_t; 6] = [
-    command(ngx_string!("upstream_healthcheck"), UPS | NGX_CONF_ANY, set_check, NGX_HTTP_SRV_CONF_OFFSET),
-    command(ngx_string!("upstream_healthcheck_request"), UPS | NGX_CONF_TAKE1, set_request, NGX_HTTP_SRV_CONF_OFFSET),
-    command(ngx_string!("upstream_healthcheck_valid_statuses"), UPS | NGX_CONF_1MORE, set_valid, NGX_HTTP_SRV_CONF_OFFSET),
-    command(ngx_string!("upstream_healthcheck_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_zone, NGX_HTTP_MAIN_CONF_OFFSET),
-    command(ngx_string!("upstream_healthcheck_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1, set_status, NGX_HTTP_LOC_CONF_OFFSET),
+    command(
+        ngx_string!("upstream_healthcheck"),
+        UPS | NGX_CONF_ANY,
+        set_check,
+        NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_request"),
+        UPS | NGX_CONF_TAKE1,
+        set_request,
+        NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_valid_statuses"),
+        UPS | NGX_CONF_1MORE,
+        set_valid,
+        NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_zone"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        set_zone,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_status"),
+        NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1,
+        set_status,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
     ngx_command_t::empty(),
 ];
 
@@ -53,14 +78,21 @@ unsafe fn args<'a>(cf: *mut ngx_conf_t) -> (&'a [u8], Vec<&'a [u8]>) {
 }
 
 fn duplicate(name: &[u8]) -> String {
-    format!("\"{}\" directive is duplicate", String::from_utf8_lossy(name))
+    format!(
+        "\"{}\" directive is duplicate",
+        String::from_utf8_lossy(name)
+    )
 }
 
 fn http_only(name: &str) -> String {
     format!("\"{name}\" directive applies to type=http only, but \"upstream_healthcheck\" sets type=tcp")
 }
 
-extern "C" fn set_check(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+extern "C" fn set_check(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's upstream-level conf for NGX_HTTP_SRV_CONF_OFFSET.
     let conf = unsafe { &mut *conf.cast::<SrvConf>() };
     // SAFETY: called by nginx while parsing this directive.
@@ -90,7 +122,11 @@ fn is_tcp(conf: &SrvConf) -> bool {
     matches!(&conf.check, Some(Some(p)) if p.check_type == CheckType::Tcp)
 }
 
-extern "C" fn set_request(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+extern "C" fn set_request(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's upstream-level conf for NGX_HTTP_SRV_CONF_OFFSET.
     let conf = unsafe { &mut *conf.cast::<SrvConf>() };
     // SAFETY: called by nginx while parsing this directive.
@@ -109,7 +145,11 @@ extern "C" fn set_request(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut
     NGX_CONF_OK
 }
 
-extern "C" fn set_valid(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+extern "C" fn set_valid(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's upstream-level conf for NGX_HTTP_SRV_CONF_OFFSET.
     let conf = unsafe { &mut *conf.cast::<SrvConf>() };
     // SAFETY: called by nginx while parsing this directive.
@@ -128,7 +168,11 @@ extern "C" fn set_valid(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c
     NGX_CONF_OK
 }
 
-extern "C" fn set_zone(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+extern "C" fn set_zone(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's main conf for NGX_HTTP_MAIN_CONF_OFFSET.
     let conf = unsafe { &mut *conf.cast::<MainConf>() };
     // SAFETY: called by nginx while parsing this directive.
@@ -144,7 +188,11 @@ extern "C" fn set_zone(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_
     NGX_CONF_OK
 }
 
-extern "C" fn set_status(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+extern "C" fn set_status(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
     let conf = unsafe { &mut *conf.cast::<LocConf>() };
     // SAFETY: called by nginx while parsing this directive.
@@ -165,7 +213,10 @@ extern "C" fn set_status(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut 
     }
     // SAFETY: cf is valid during parsing; the core module's location conf always exists.
     let Some(clcf) = NgxHttpCoreModule::location_conf_mut(unsafe { &*cf }) else {
-        return conf_error(cf, "no location configuration for \"upstream_healthcheck_status\"");
+        return conf_error(
+            cf,
+            "no location configuration for \"upstream_healthcheck_status\"",
+        );
     };
     clcf.handler = Some(status_handler);
     conf.status = true;

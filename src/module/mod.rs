@@ -15,7 +15,9 @@ use ngx::http::{
 
 use crate::config::default_request;
 use crate::key::peer_key;
-use crate::module::conf::{conf_error_at, Check, LocConf, MainConf, PeerConf, SrvConf, UpstreamConf};
+use crate::module::conf::{
+    conf_error_at, Check, LocConf, MainConf, PeerConf, SrvConf, UpstreamConf,
+};
 
 mod conf;
 mod directives;
@@ -127,8 +129,14 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
             Some(None) => None,
             None => {
                 for (directive, pos) in [
-                    ("upstream_healthcheck_request", sc.request.as_ref().map(|r| &r.1)),
-                    ("upstream_healthcheck_valid_statuses", sc.valid.as_ref().map(|v| &v.1)),
+                    (
+                        "upstream_healthcheck_request",
+                        sc.request.as_ref().map(|r| &r.1),
+                    ),
+                    (
+                        "upstream_healthcheck_valid_statuses",
+                        sc.valid.as_ref().map(|v| &v.1),
+                    ),
                 ] {
                     if let Some(pos) = pos {
                         conf_error_at(
@@ -144,12 +152,20 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
         };
 
         let Some(params) = params else {
-            main.upstreams.push(UpstreamConf { name, uscf, check: None, peers: Vec::new() });
+            main.upstreams.push(UpstreamConf {
+                name,
+                uscf,
+                check: None,
+                peers: Vec::new(),
+            });
             continue;
         };
         let host = params.host.clone().unwrap_or_else(|| name.clone());
         let check = Check {
-            request: sc.request.as_ref().map_or_else(|| default_request(&params.uri, &host), |r| r.0.clone()),
+            request: sc
+                .request
+                .as_ref()
+                .map_or_else(|| default_request(&params.uri, &host), |r| r.0.clone()),
             valid: sc.valid.as_ref().map(|v| v.0.clone()).unwrap_or_default(),
             params,
         };
@@ -162,10 +178,20 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
                 let key = peer_key(name.as_bytes(), peer_name.as_bytes(), *n);
                 *n += 1;
                 next_slot += 1;
-                PeerConf { name: peer_name, config_down, key, slot: next_slot - 1 }
+                PeerConf {
+                    name: peer_name,
+                    config_down,
+                    key,
+                    slot: next_slot - 1,
+                }
             })
             .collect();
-        main.upstreams.push(UpstreamConf { name, uscf, check: Some(check), peers });
+        main.upstreams.push(UpstreamConf {
+            name,
+            uscf,
+            check: Some(check),
+            peers,
+        });
     }
 
     let n = main.slots();
@@ -192,10 +218,17 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
     let mut name = ngx::ngx_string!("upstream_healthcheck");
     // SAFETY: cf is valid; the tag is this module's static, the same across reloads.
     let shm = unsafe {
-        ngx_shared_memory_add(cf, &mut name, size, Module::module() as *const _ as *mut c_void)
+        ngx_shared_memory_add(
+            cf,
+            &mut name,
+            size,
+            Module::module() as *const _ as *mut c_void,
+        )
     };
     // SAFETY: a non-null zone returned by nginx is ours to set up until the cycle starts.
-    let Some(shm) = (unsafe { shm.as_mut() }) else { return Err(()) };
+    let Some(shm) = (unsafe { shm.as_mut() }) else {
+        return Err(());
+    };
     shm.init = Some(zone::init_zone);
     shm.data = main as *mut MainConf as *mut c_void;
     shm.noreuse = 1;

@@ -3,8 +3,8 @@
 use core::ptr;
 
 use ngx::ffi::{
-    ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_rwlock_unlock,
-    ngx_rwlock_wlock, ngx_uint_t,
+    ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_rwlock_unlock, ngx_rwlock_wlock,
+    ngx_uint_t,
 };
 
 use crate::module::conf::MainConf;
@@ -30,7 +30,10 @@ pub struct Target {
 /// `primary` must be null or round-robin peers valid for the cycle.
 pub unsafe fn live_peers(
     primary: *mut ngx_http_upstream_rr_peers_t,
-) -> Vec<(*mut ngx_http_upstream_rr_peers_t, *mut ngx_http_upstream_rr_peer_t)> {
+) -> Vec<(
+    *mut ngx_http_upstream_rr_peers_t,
+    *mut ngx_http_upstream_rr_peer_t,
+)> {
     let mut out = Vec::new();
     // SAFETY: per the contract, the lists and their peers are valid and linked by `next`.
     unsafe {
@@ -65,7 +68,13 @@ pub fn targets(main: &MainConf) -> Vec<Target> {
                 // SAFETY: rr comes from the live list above.
                 .filter(|&(_, rr)| unsafe { (*rr).name.as_bytes() } == peer.name.as_bytes())
                 .unwrap_or((ptr::null_mut(), ptr::null_mut()));
-            out.push(Target { upstream: ui, peer: pi, config_down: peer.config_down, rr, list });
+            out.push(Target {
+                upstream: ui,
+                peer: pi,
+                config_down: peer.config_down,
+                rr,
+                list,
+            });
         }
     }
     out
@@ -81,7 +90,13 @@ pub unsafe fn apply(w: &mut Worker) {
     if *w.applied_generation() == generation {
         return;
     }
-    let up: Vec<bool> = w.header.lock().slots().iter().map(|s| s.health.is_up()).collect();
+    let up: Vec<bool> = w
+        .header
+        .lock()
+        .slots()
+        .iter()
+        .map(|s| s.health.is_up())
+        .collect();
     for (t, up) in w.targets.iter().zip(up) {
         if t.rr.is_null() || t.config_down {
             continue;

@@ -8,9 +8,9 @@ use std::time::Instant;
 use ngx::ffi::{
     getsockopt, ngx_close_connection, ngx_connection_t, ngx_event_connect_peer, ngx_event_get_peer,
     ngx_event_t, ngx_handle_read_event, ngx_handle_write_event, ngx_peer_connection_t,
-    ngx_socket_errno, ngx_str_t, recv, send, sockaddr, sockaddr_in, sockaddr_in6,
-    sockaddr_storage, socklen_t, AF_INET, AF_INET6, EAGAIN, ECONNREFUSED, EINTR, MSG_NOSIGNAL,
-    NGX_AGAIN, NGX_OK, SOL_SOCKET, SO_ERROR,
+    ngx_socket_errno, ngx_str_t, recv, send, sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage,
+    socklen_t, AF_INET, AF_INET6, EAGAIN, ECONNREFUSED, EINTR, MSG_NOSIGNAL, NGX_AGAIN, NGX_OK,
+    SOL_SOCKET, SO_ERROR,
 };
 
 use crate::config::CheckType;
@@ -69,7 +69,11 @@ pub fn start(w: &mut Worker, slot: usize, started: Instant) {
     unsafe {
         let rr = &*rr;
         let len = (rr.socklen as usize).min(size_of::<sockaddr_storage>());
-        ptr::copy_nonoverlapping(rr.sockaddr as *const u8, &mut probe.sockaddr as *mut _ as *mut u8, len);
+        ptr::copy_nonoverlapping(
+            rr.sockaddr as *const u8,
+            &mut probe.sockaddr as *mut _ as *mut u8,
+            len,
+        );
         probe.name = rr.name;
         if let Some(port) = check.params.port {
             set_port(&mut probe.sockaddr, port);
@@ -139,7 +143,13 @@ fn socket_error(c: &ngx_connection_t) -> i32 {
     let mut len = size_of::<i32>() as socklen_t;
     // SAFETY: fd is the connection's socket; err and len are valid out-parameters.
     let rc = unsafe {
-        getsockopt(c.fd, SOL_SOCKET as i32, SO_ERROR as i32, &mut err as *mut i32 as *mut c_void, &mut len)
+        getsockopt(
+            c.fd,
+            SOL_SOCKET as i32,
+            SO_ERROR as i32,
+            &mut err as *mut i32 as *mut c_void,
+            &mut len,
+        )
     };
     if rc == -1 {
         ngx_socket_errno()
@@ -187,7 +197,14 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) {
         while probe.sent < probe.request.len() {
             let rest = &probe.request[probe.sent..];
             // SAFETY: fd is a connected socket; rest is a valid buffer.
-            let n = unsafe { send(conn.fd, rest.as_ptr() as *const c_void, rest.len(), MSG_NOSIGNAL as i32) };
+            let n = unsafe {
+                send(
+                    conn.fd,
+                    rest.as_ptr() as *const c_void,
+                    rest.len(),
+                    MSG_NOSIGNAL as i32,
+                )
+            };
             if n > 0 {
                 probe.sent += n as usize;
                 continue;

@@ -5,8 +5,8 @@ use core::ptr;
 use ngx::ffi::{
     ngx_chain_t, ngx_create_temp_buf, ngx_http_discard_request_body, ngx_http_output_filter,
     ngx_http_request_t, ngx_http_send_header, ngx_http_upstream_rr_peers_t, ngx_int_t,
-    ngx_rwlock_rlock, ngx_rwlock_unlock, ngx_str_t, off_t, NGX_ERROR, NGX_HTTP_GET,
-    NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK, NGX_OK,
+    ngx_rwlock_rlock, ngx_rwlock_unlock, ngx_str_t, off_t, NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK, NGX_OK,
 };
 use ngx::http::HttpModuleMainConf;
 
@@ -28,7 +28,11 @@ fn snapshot(main: &MainConf) -> Snapshot {
     for up in &main.upstreams {
         // SAFETY: uscf is valid for the cycle; its peer data is round-robin peers.
         let primary = unsafe { (*up.uscf).peer.data as *mut ngx_http_upstream_rr_peers_t };
-        let mut out = UpstreamSnapshot { name: up.name.clone(), checked: up.check.is_some(), ..Default::default() };
+        let mut out = UpstreamSnapshot {
+            name: up.name.clone(),
+            checked: up.check.is_some(),
+            ..Default::default()
+        };
         // SAFETY: as above.
         for (i, (list, rr)) in unsafe { live_peers(primary) }.into_iter().enumerate() {
             // SAFETY: list and rr are live; zone peers are read under the list's read lock.
@@ -109,8 +113,10 @@ unsafe fn send(r: *mut ngx_http_request_t, content_type: &'static str, body: &[u
         let req = &mut *r;
         req.headers_out.status = NGX_HTTP_OK as _;
         req.headers_out.content_length_n = body.len() as off_t;
-        req.headers_out.content_type =
-            ngx_str_t { len: content_type.len(), data: content_type.as_ptr() as *mut u8 };
+        req.headers_out.content_type = ngx_str_t {
+            len: content_type.len(),
+            data: content_type.as_ptr() as *mut u8,
+        };
         req.headers_out.content_type_len = content_type.len();
         req.headers_out.content_type_lowcase = ptr::null_mut();
 
@@ -128,7 +134,10 @@ unsafe fn send(r: *mut ngx_http_request_t, content_type: &'static str, body: &[u
             (*b).set_last_buf(1);
         }
         (*b).set_last_in_chain(1);
-        let mut out = ngx_chain_t { buf: b, next: ptr::null_mut() };
+        let mut out = ngx_chain_t {
+            buf: b,
+            next: ptr::null_mut(),
+        };
         ngx_http_output_filter(r, &mut out)
     }
 }

@@ -143,10 +143,16 @@ extern "C" fn on_tick(ev: *mut ngx_event_t) {
 }
 
 impl Worker {
-    pub fn check_of(&self, slot: usize) -> (&'static UpstreamConf, &'static Check, &'static PeerConf) {
+    pub fn check_of(
+        &self,
+        slot: usize,
+    ) -> (&'static UpstreamConf, &'static Check, &'static PeerConf) {
         let t = &self.targets[slot];
         let up = &self.main.upstreams[t.upstream];
-        let check = up.check.as_ref().expect("targets are built from checked upstreams");
+        let check = up
+            .check
+            .as_ref()
+            .expect("targets are built from checked upstreams");
         (up, check, &up.peers[t.peer])
     }
 
@@ -172,7 +178,12 @@ impl Worker {
             let claimed = {
                 let mut locked = self.header.lock();
                 let s = &mut locked.slots()[slot].sched;
-                let ok = s.claim(now, self.pid, check.params.interval_ms, check.params.timeout_ms);
+                let ok = s.claim(
+                    now,
+                    self.pid,
+                    check.params.interval_ms,
+                    check.params.timeout_ms,
+                );
                 if !ok {
                     soonest(s.wake_in(now));
                 }
@@ -197,10 +208,15 @@ impl Worker {
             let mut locked = self.header.lock();
             let s = &mut locked.slots()[slot];
             let random = ngx_random() as u64;
-            if !s.sched.finish(now, self.pid, p.interval_ms, p.jitter_ms, random) {
+            if !s
+                .sched
+                .finish(now, self.pid, p.interval_ms, p.jitter_ms, random)
+            {
                 return; // the lease was taken over: another worker owns this peer now
             }
-            let t = s.health.record(outcome, unix_msec(), duration_us, p.rise, p.fall);
+            let t = s
+                .health
+                .record(outcome, unix_msec(), duration_us, p.rise, p.fall);
             if t.is_some() {
                 self.header.bump_generation();
             }
@@ -208,8 +224,14 @@ impl Worker {
         };
         match transition {
             Some(Transition::Down) => {
-                let status = health.last_status().map(|s| format!(" (status {s})")).unwrap_or_default();
-                let error = health.last_error().map(|e| e.to_string()).unwrap_or_default();
+                let status = health
+                    .last_status()
+                    .map(|s| format!(" (status {s})"))
+                    .unwrap_or_default();
+                let error = health
+                    .last_error()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
                 hc_log!(
                     NGX_LOG_WARN,
                     "peer {} in upstream \"{}\" is DOWN after {} failed checks, last error: {error}{status}",

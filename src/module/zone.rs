@@ -131,7 +131,10 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
     // SAFETY: postconfiguration stored this cycle's MainConf in data before the zone was
     // initialized; the zone memory is a slab pool set up by nginx.
     let (main, shpool) = unsafe {
-        (&mut *((*shm_zone).data as *mut MainConf), (*shm_zone).shm.addr as *mut ngx_slab_pool_t)
+        (
+            &mut *((*shm_zone).data as *mut MainConf),
+            (*shm_zone).shm.addr as *mut ngx_slab_pool_t,
+        )
     };
     // SAFETY: called by nginx from zone init.
     let previous: HashMap<u64, Slot> = match unsafe { previous_header(shm_zone) } {
@@ -168,7 +171,10 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
                 Some(old) => Slot {
                     key: peer.key,
                     health: old.health,
-                    sched: Schedule { next_due_ms: old.sched.next_due_ms, ..Schedule::default() },
+                    sched: Schedule {
+                        next_due_ms: old.sched.next_due_ms,
+                        ..Schedule::default()
+                    },
                 },
                 None => Slot {
                     key: peer.key,
@@ -183,7 +189,12 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
     }
     // SAFETY: header was allocated above with room for a ZoneHeader.
     unsafe {
-        header.write(ZoneHeader { generation: AtomicU64::new(1), nslots: n, slots, shpool });
+        header.write(ZoneHeader {
+            generation: AtomicU64::new(1),
+            nslots: n,
+            slots,
+            shpool,
+        });
     }
     main.header = header;
     NGX_OK as ngx_int_t
