@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod health;
+pub mod histogram;
 pub mod key;
 pub mod outcome;
 pub mod parse;

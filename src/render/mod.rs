@@ -1,8 +1,32 @@
 //! Plain-data snapshots of upstreams and peers, and the renderers of the status formats.
 
 use crate::health::PeerHealth;
+use crate::histogram::Histogram;
 
 pub mod text;
+
+/// Whether this host runs probes under `upstream_healthcheck_ha_address`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HaMode {
+    /// The directive is absent.
+    #[default]
+    Disabled,
+    /// This host holds the address: it probes.
+    Master,
+    /// It does not: no probes, peers keep nginx's own flags.
+    Slaver,
+}
+
+impl HaMode {
+    /// The names lua-resty-uh uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HaMode::Disabled => "Disabled",
+            HaMode::Master => "Master",
+            HaMode::Slaver => "Slaver",
+        }
+    }
+}
 
 /// One peer as the status page shows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -23,6 +47,10 @@ pub struct PeerSnapshot {
     pub fails: u64,
     /// `None` for a peer of an unchecked upstream.
     pub health: Option<PeerHealth>,
+    /// Forced down at run time (gray release); `down` is true then.
+    pub manual_down: bool,
+    /// Seconds left of a manual down, `None` when it does not expire.
+    pub manual_down_ttl: Option<u64>,
 }
 
 /// One upstream block.
@@ -33,10 +61,15 @@ pub struct UpstreamSnapshot {
     pub checked: bool,
     pub primary: Vec<PeerSnapshot>,
     pub backup: Vec<PeerSnapshot>,
+    /// Durations of this upstream's probes; `None` when unchecked.
+    pub probe_durations: Option<Histogram>,
 }
 
 /// Everything a status page renders, upstreams in configuration order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
+    /// Unix time of the snapshot in milliseconds.
+    pub now_ms: u64,
+    pub ha_mode: HaMode,
     pub upstreams: Vec<UpstreamSnapshot>,
 }

@@ -65,7 +65,9 @@ mod tests {
                 checked: true,
                 primary: vec![peer("127.0.0.1:8081", false), peer("127.0.0.1:8082", true)],
                 backup: vec![peer("127.0.0.1:8083", false)],
+                ..Default::default()
             }],
+            ..Default::default()
         };
         assert_eq!(
             render(&snap),
@@ -90,26 +92,31 @@ mod tests {
                         peer("127.0.0.1:12355", true),
                     ],
                     backup: vec![],
+                    ..Default::default()
                 },
                 UpstreamSnapshot {
                     name: "bar.com".to_owned(),
                     checked: false,
                     primary: vec![peer("127.0.0.1:12356", true)],
                     backup: vec![peer("127.0.0.1:12357", false)],
+                    ..Default::default()
                 },
                 UpstreamSnapshot {
                     name: "empty".to_owned(),
                     checked: false,
                     primary: vec![],
                     backup: vec![],
+                    ..Default::default()
                 },
                 UpstreamSnapshot {
                     name: "backup_only".to_owned(),
                     checked: true,
                     primary: vec![],
                     backup: vec![peer("[::1]:8080", true)],
+                    ..Default::default()
                 },
             ],
+            ..Default::default()
         };
         let expected = "\
 Upstream foo.com
@@ -149,6 +156,7 @@ Upstream backup_only
                 name: "u".to_owned(),
                 ..Default::default()
             }],
+            ..Default::default()
         };
         assert_eq!(render_text(&mut Full, &snap), Err(fmt::Error));
     }
