@@ -53,7 +53,7 @@ fn snapshot(main: &MainConf) -> Snapshot {
                     current_weight: rr.current_weight as i64,
                     effective_weight: rr.effective_weight as i64,
                     fails: rr.fails as u64,
-                    health: None,
+                    ..PeerSnapshot::default()
                 };
                 if shared {
                     ngx_rwlock_unlock(&mut (*list).rwlock);
