@@ -17,7 +17,10 @@ pub struct Histogram {
 
 impl Histogram {
     pub fn observe(&mut self, us: u64) {
-        let i = BUCKETS_US.iter().position(|&le| us <= le).unwrap_or(BUCKETS_US.len());
+        let i = BUCKETS_US
+            .iter()
+            .position(|&le| us <= le)
+            .unwrap_or(BUCKETS_US.len());
         self.counts[i] = self.counts[i].wrapping_add(1);
         self.count = self.count.wrapping_add(1);
         self.sum_us = self.sum_us.wrapping_add(us);
@@ -49,6 +52,9 @@ mod tests {
         assert_eq!(cum[BUCKETS_US.len() - 1], 5);
         assert_eq!(*cum.last().unwrap(), 6);
         assert_eq!(h.count, 6);
-        assert_eq!(h.sum_us, 1_000 + 1_001 + 9_999_999 + 10_000_000 + 10_000_001);
+        assert_eq!(
+            h.sum_us,
+            1_000 + 1_001 + 9_999_999 + 10_000_000 + 10_000_001
+        );
     }
 }

@@ -72,13 +72,9 @@ impl Default for MainConf {
 }
 
 impl MainConf {
-    /// Number of slots (checked peers) in the shared zone.
+    /// Number of peer slots in the shared zone: every peer of every upstream block.
     pub fn slots(&self) -> usize {
-        self.upstreams
-            .iter()
-            .filter(|u| u.check.is_some())
-            .map(|u| u.peers.len())
-            .sum()
+        self.upstreams.iter().map(|u| u.peers.len()).sum()
     }
 }
 
@@ -103,7 +99,7 @@ pub struct UpstreamConf {
     pub uscf: *mut ngx_http_upstream_srv_conf_t,
     /// `None` for an upstream without checks.
     pub check: Option<Check>,
-    /// Primary peers then backup peers, in nginx's order (checked upstreams only).
+    /// Primary peers then backup peers, in nginx's order.
     pub peers: Vec<PeerConf>,
 }
 
@@ -115,7 +111,7 @@ pub struct Check {
     pub valid: ValidStatuses,
 }
 
-/// One peer of a checked upstream.
+/// One peer of an upstream block.
 pub struct PeerConf {
     pub name: String,
     /// Marked `down` in nginx.conf: never probed, never brought up.

@@ -151,24 +151,19 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
             }
         };
 
-        let Some(params) = params else {
-            main.upstreams.push(UpstreamConf {
-                name,
-                uscf,
-                check: None,
-                peers: Vec::new(),
-            });
-            continue;
-        };
-        let host = params.host.clone().unwrap_or_else(|| name.clone());
-        let check = Check {
-            request: sc
-                .request
-                .as_ref()
-                .map_or_else(|| default_request(&params.uri, &host), |r| r.0.clone()),
-            valid: sc.valid.as_ref().map(|v| v.0.clone()).unwrap_or_default(),
-            params,
-        };
+        let check = params.map(|params| {
+            let host = params.host.clone().unwrap_or_else(|| name.clone());
+            Check {
+                request: sc
+                    .request
+                    .as_ref()
+                    .map_or_else(|| default_request(&params.uri, &host), |r| r.0.clone()),
+                valid: sc.valid.as_ref().map(|v| v.0.clone()).unwrap_or_default(),
+                params,
+            }
+        });
+        // Every peer gets a slot, checked or not, so run-time state (a manual down) can
+        // apply to any of them.
         let mut seen: HashMap<String, u32> = HashMap::new();
         // SAFETY: upstream init_main_conf ran before postconfiguration and built the peers.
         let peers = unsafe { config_peers(us) }
@@ -189,23 +184,23 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
         main.upstreams.push(UpstreamConf {
             name,
             uscf,
-            check: Some(check),
+            check,
             peers,
         });
     }
 
     let n = main.slots();
-    if n == 0 {
+    if !main.upstreams.iter().any(|u| u.check.is_some()) {
         return Ok(());
     }
-    let need = zone::required_size(n);
+    let need = zone::required_size(n, main.upstreams.len());
     let size = match &main.zone_size {
         Some((size, pos)) if *size < need => {
             conf_error_at(
                 cf,
                 pos,
                 format!(
-                    "\"upstream_healthcheck_zone\" size {}k is too small for {n} checked peers, at least {}k is needed",
+                    "\"upstream_healthcheck_zone\" size {}k is too small for {n} peers, at least {}k is needed",
                     size / 1024,
                     need.div_ceil(1024)
                 ),

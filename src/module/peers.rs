@@ -16,6 +16,8 @@ pub struct Target {
     pub upstream: usize,
     /// Index of the peer in that upstream's `peers`.
     pub peer: usize,
+    /// The upstream has checks.
+    pub checked: bool,
     pub config_down: bool,
     /// The round-robin peer (this worker's copy, or the one in the upstream's zone); null
     /// when it could not be matched.
@@ -55,9 +57,6 @@ pub unsafe fn live_peers(
 pub fn targets(main: &MainConf) -> Vec<Target> {
     let mut out = Vec::with_capacity(main.slots());
     for (ui, up) in main.upstreams.iter().enumerate() {
-        if up.check.is_none() {
-            continue;
-        }
         // SAFETY: uscf is valid for the cycle; after the zone init, peer.data points at the
         // zone copy for upstreams with `zone`, or the cycle's own peers.
         let live = unsafe { live_peers((*up.uscf).peer.data as *mut ngx_http_upstream_rr_peers_t) };
@@ -71,6 +70,7 @@ pub fn targets(main: &MainConf) -> Vec<Target> {
             out.push(Target {
                 upstream: ui,
                 peer: pi,
+                checked: up.check.is_some(),
                 config_down: peer.config_down,
                 rr,
                 list,
@@ -98,7 +98,7 @@ pub unsafe fn apply(w: &mut Worker) {
         .map(|s| s.health.is_up())
         .collect();
     for (t, up) in w.targets.iter().zip(up) {
-        if t.rr.is_null() || t.config_down {
+        if t.rr.is_null() || t.config_down || !t.checked {
             continue;
         }
         let down = (!up) as ngx_uint_t;

@@ -11,8 +11,10 @@ use ngx::ffi::{
 use ngx::http::HttpModuleMainConf;
 
 use crate::health::PeerHealth;
+use crate::histogram::Histogram;
 use crate::module::conf::MainConf;
 use crate::module::peers::live_peers;
+use crate::module::worker::unix_msec;
 use crate::module::Module;
 use crate::render::text::render_text;
 use crate::render::{PeerSnapshot, Snapshot, UpstreamSnapshot};
@@ -21,16 +23,31 @@ use crate::render::{PeerSnapshot, Snapshot, UpstreamSnapshot};
 /// shared health of checked peers.
 fn snapshot(main: &MainConf) -> Snapshot {
     // SAFETY: the header, when set, points into the zone mapped for this cycle.
-    let health: Vec<PeerHealth> = unsafe { main.header.as_ref() }
-        .map(|h| h.lock().slots().iter().map(|s| s.health).collect())
+    let (health, records): (Vec<PeerHealth>, Vec<Histogram>) = unsafe { main.header.as_ref() }
+        .map(|h| {
+            let mut locked = h.lock();
+            let health = locked.slots().iter().map(|s| s.health).collect();
+            (
+                health,
+                locked
+                    .upstreams()
+                    .iter()
+                    .map(|u| u.probe_durations)
+                    .collect(),
+            )
+        })
         .unwrap_or_default();
-    let mut snap = Snapshot::default();
-    for up in &main.upstreams {
+    let mut snap = Snapshot {
+        now_ms: unix_msec(),
+        ..Snapshot::default()
+    };
+    for (ui, up) in main.upstreams.iter().enumerate() {
         // SAFETY: uscf is valid for the cycle; its peer data is round-robin peers.
         let primary = unsafe { (*up.uscf).peer.data as *mut ngx_http_upstream_rr_peers_t };
         let mut out = UpstreamSnapshot {
             name: up.name.clone(),
             checked: up.check.is_some(),
+            probe_durations: up.check.as_ref().and(records.get(ui).copied()),
             ..Default::default()
         };
         // SAFETY: as above.

@@ -49,7 +49,7 @@ fn now_msec() -> u64 {
     unsafe { ngx_current_msec as u64 }
 }
 
-fn unix_msec() -> u64 {
+pub fn unix_msec() -> u64 {
     let tp = ngx_timeofday();
     tp.sec as u64 * 1000 + tp.msec as u64
 }
@@ -162,7 +162,8 @@ impl Worker {
         let mut wake: Option<u64> = None;
         let mut soonest = |w: u64| wake = Some(wake.map_or(w, |x: u64| x.min(w)));
         for slot in 0..self.targets.len() {
-            if self.targets[slot].config_down {
+            let t = &self.targets[slot];
+            if t.config_down || !t.checked {
                 continue;
             }
             let due = self.header.due_hint(slot);

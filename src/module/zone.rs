@@ -13,7 +13,8 @@ use ngx::ffi::{
 };
 
 use crate::health::PeerHealth;
-use crate::key::zone_size_for;
+use crate::histogram::Histogram;
+use crate::key::{peer_key, zone_size_for};
 use crate::module::conf::MainConf;
 use crate::module::log::hc_log;
 use crate::schedule::Schedule;
@@ -30,6 +31,14 @@ pub struct Slot {
     pub sched: Schedule,
 }
 
+/// State of one upstream block.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct UpstreamRecord {
+    pub key: u64,
+    pub probe_durations: Histogram,
+}
+
 /// The start of the zone's data.
 #[repr(C)]
 pub struct ZoneHeader {
@@ -37,12 +46,20 @@ pub struct ZoneHeader {
     pub generation: AtomicU64,
     pub nslots: usize,
     slots: *mut Slot,
+    pub nupstreams: usize,
+    upstreams: *mut UpstreamRecord,
     shpool: *mut ngx_slab_pool_t,
 }
 
-/// Bytes of shared memory needed for `peers` checked peers.
-pub fn required_size(peers: usize) -> usize {
-    zone_size_for(peers, size_of::<Slot>(), size_of::<ZoneHeader>())
+/// Bytes of shared memory needed for `peers` peers in `upstreams` upstream blocks.
+pub fn required_size(peers: usize, upstreams: usize) -> usize {
+    let header = size_of::<ZoneHeader>() + upstreams * size_of::<UpstreamRecord>();
+    zone_size_for(peers, size_of::<Slot>(), header)
+}
+
+/// The key of an upstream's record: its name.
+fn upstream_key(name: &str) -> u64 {
+    peer_key(name.as_bytes(), b"", u32::MAX)
 }
 
 /// Holds the zone lock (the slab pool's mutex, which the master force-unlocks if a worker
@@ -79,6 +96,12 @@ impl Locked<'_> {
         // SAFETY: the slot array was allocated with nslots entries in init_zone, and the lock
         // serializes every access to it across processes.
         unsafe { core::slice::from_raw_parts_mut(self.header.slots, self.header.nslots) }
+    }
+
+    /// One record per upstream block, in `MainConf::upstreams` order.
+    pub fn upstreams(&mut self) -> &mut [UpstreamRecord] {
+        // SAFETY: as for slots.
+        unsafe { core::slice::from_raw_parts_mut(self.header.upstreams, self.header.nupstreams) }
     }
 }
 
@@ -137,26 +160,34 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
         )
     };
     // SAFETY: called by nginx from zone init.
-    let previous: HashMap<u64, Slot> = match unsafe { previous_header(shm_zone) } {
-        Some(old) => old.lock().slots().iter().map(|s| (s.key, *s)).collect(),
-        None => HashMap::new(),
-    };
+    let (old_slots, old_upstreams): (HashMap<u64, Slot>, HashMap<u64, UpstreamRecord>) =
+        match unsafe { previous_header(shm_zone) } {
+            Some(old) => {
+                let mut locked = old.lock();
+                let slots = locked.slots().iter().map(|s| (s.key, *s)).collect();
+                let upstreams = locked.upstreams().iter().map(|u| (u.key, *u)).collect();
+                (slots, upstreams)
+            }
+            None => Default::default(),
+        };
 
     let n = main.slots();
+    let nup = main.upstreams.len();
     // SAFETY: shpool is valid; allocation failures are checked below.
-    let (header, slots) = unsafe {
+    let (header, slots, records) = unsafe {
         (
             ngx_slab_alloc(shpool, size_of::<ZoneHeader>()) as *mut ZoneHeader,
             ngx_slab_alloc(shpool, n.max(1) * size_of::<Slot>()) as *mut Slot,
+            ngx_slab_alloc(shpool, nup.max(1) * size_of::<UpstreamRecord>()) as *mut UpstreamRecord,
         )
     };
-    if header.is_null() || slots.is_null() {
+    if header.is_null() || slots.is_null() || records.is_null() {
         // SAFETY: shm_zone is valid.
         let size = unsafe { (*shm_zone).shm.size };
         hc_log!(
             NGX_LOG_EMERG,
-            "zone \"{ZONE_NAME}\" of {size} bytes is too small for {n} checked peers, at least {} bytes are needed",
-            required_size(n)
+            "zone \"{ZONE_NAME}\" of {size} bytes is too small for {n} peers, at least {} bytes are needed",
+            required_size(n, nup)
         );
         return NGX_ERROR as ngx_int_t;
     }
@@ -164,10 +195,23 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
     // SAFETY: reading the monotonic clock nginx keeps; this runs in the master.
     let now = unsafe { ngx_current_msec } as u64;
     let mut i = 0;
-    for up in &main.upstreams {
-        let Some(check) = &up.check else { continue };
+    for (ui, up) in main.upstreams.iter().enumerate() {
+        let key = upstream_key(&up.name);
+        let record = old_upstreams.get(&key).map_or(
+            UpstreamRecord {
+                key,
+                ..Default::default()
+            },
+            |r| *r,
+        );
+        // SAFETY: ui < nup == number of records allocated above.
+        unsafe { records.add(ui).write(record) };
+        let (interval, up_at_start) = match &up.check {
+            Some(c) => (c.params.interval_ms, !c.params.default_down),
+            None => (1, true),
+        };
         for peer in &up.peers {
-            let slot = match previous.get(&peer.key) {
+            let slot = match old_slots.get(&peer.key) {
                 Some(old) => Slot {
                     key: peer.key,
                     health: old.health,
@@ -178,8 +222,8 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
                 },
                 None => Slot {
                     key: peer.key,
-                    health: PeerHealth::new(!check.params.default_down),
-                    sched: Schedule::first(now, check.params.interval_ms, ngx_random() as u64),
+                    health: PeerHealth::new(up_at_start),
+                    sched: Schedule::first(now, interval, ngx_random() as u64),
                 },
             };
             // SAFETY: i < n == number of slots allocated above.
@@ -193,6 +237,8 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
             generation: AtomicU64::new(1),
             nslots: n,
             slots,
+            nupstreams: nup,
+            upstreams: records,
             shpool,
         });
     }
