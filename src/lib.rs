@@ -9,6 +9,7 @@ pub mod histogram;
 pub mod key;
 pub mod outcome;
 pub mod parse;
+pub mod query;
 pub mod render;
 pub mod schedule;
 pub mod status_line;

@@ -12,6 +12,7 @@ use ngx::ffi::{
 
 use crate::config::{CheckParams, ValidStatuses};
 use crate::module::zone::ZoneHeader;
+use crate::query::Format;
 
 /// Where a directive was written, for errors found after the whole block was read.
 #[derive(Clone, Debug, Default)]
@@ -90,7 +91,8 @@ pub struct SrvConf {
 /// `location {}` level.
 #[derive(Default)]
 pub struct LocConf {
-    pub status: bool,
+    /// `upstream_healthcheck_status`: the default format of the status handler.
+    pub status: Option<Format>,
 }
 
 /// One upstream block as the module sees it after parsing.

@@ -16,6 +16,7 @@ use crate::config::CheckType;
 use crate::module::conf::{conf_error, ConfPos, LocConf, MainConf, SrvConf};
 use crate::module::status::status_handler;
 use crate::parse;
+use crate::query::Format;
 
 type SetFn = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
@@ -197,20 +198,25 @@ extern "C" fn set_status(
     let conf = unsafe { &mut *conf.cast::<LocConf>() };
     // SAFETY: called by nginx while parsing this directive.
     let (name, args) = unsafe { args(cf) };
-    if conf.status {
+    if conf.status.is_some() {
         return conf_error(cf, duplicate(name));
     }
-    if let Some(format) = args.first() {
-        if *format != b"text" {
-            return conf_error(
-                cf,
-                format!(
-                    "invalid parameter \"{}\" in \"upstream_healthcheck_status\" directive, the format must be \"text\"",
-                    String::from_utf8_lossy(format)
-                ),
-            );
-        }
-    }
+    let format = match args.first() {
+        None => Format::Text,
+        Some(v) => match Format::parse(v) {
+            Some(f) => f,
+            None => {
+                return conf_error(
+                    cf,
+                    format!(
+                        "invalid parameter \"{}\" in \"upstream_healthcheck_status\" directive, \
+                         the format must be \"text\", \"json\", \"prometheus\" or \"html\"",
+                        String::from_utf8_lossy(v)
+                    ),
+                )
+            }
+        },
+    };
     // SAFETY: cf is valid during parsing; the core module's location conf always exists.
     let Some(clcf) = NgxHttpCoreModule::location_conf_mut(unsafe { &*cf }) else {
         return conf_error(
@@ -219,6 +225,6 @@ extern "C" fn set_status(
         );
     };
     clcf.handler = Some(status_handler);
-    conf.status = true;
+    conf.status = Some(format);
     NGX_CONF_OK
 }

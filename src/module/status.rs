@@ -8,7 +8,7 @@ use ngx::ffi::{
     ngx_rwlock_rlock, ngx_rwlock_unlock, ngx_str_t, off_t, NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD,
     NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK, NGX_OK,
 };
-use ngx::http::HttpModuleMainConf;
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf};
 
 use crate::health::PeerHealth;
 use crate::histogram::Histogram;
@@ -16,6 +16,10 @@ use crate::module::conf::MainConf;
 use crate::module::peers::live_peers;
 use crate::module::worker::unix_msec;
 use crate::module::Module;
+use crate::query::{filter, parse_status_query, Format};
+use crate::render::html::render_html;
+use crate::render::json::{render_json, render_json_error};
+use crate::render::prometheus::render_prometheus;
 use crate::render::text::render_text;
 use crate::render::{PeerSnapshot, Snapshot, UpstreamSnapshot};
 
@@ -51,6 +55,7 @@ fn snapshot(main: &MainConf) -> Snapshot {
             ..Default::default()
         };
         // SAFETY: as above.
+        let mut backup_index = 0;
         for (i, (list, rr)) in unsafe { live_peers(primary) }.into_iter().enumerate() {
             // SAFETY: list and rr are live; zone peers are read under the list's read lock.
             let peer = unsafe {
@@ -87,8 +92,11 @@ fn snapshot(main: &MainConf) -> Snapshot {
                 }
             }
             if list == primary {
+                peer.id = i;
                 out.primary.push(peer);
             } else {
+                peer.id = backup_index;
+                backup_index += 1;
                 out.backup.push(peer);
             }
         }
@@ -97,7 +105,9 @@ fn snapshot(main: &MainConf) -> Snapshot {
     snap
 }
 
-/// The content handler of `upstream_healthcheck_status`.
+/// The content handler of `upstream_healthcheck_status`: always 200 with the document when it
+/// can be rendered, whatever the peers' health, so scrapers never mistake a down backend for a
+/// broken endpoint.
 pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls content handlers with a live request.
     let req = unsafe { &mut *r };
@@ -109,26 +119,76 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     if rc != NGX_OK as ngx_int_t {
         return rc;
     }
-    let Some(main) = Module::main_conf(req) else {
+    let (Some(main), Some(loc)) = (Module::main_conf(req), Module::location_conf(req)) else {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     };
+    let default = loc.status.unwrap_or(Format::Text);
+    let query = parse_status_query(req.args.as_bytes(), default)
+        .and_then(|q| Ok((filter(snapshot(main), &q)?, q)));
+    let (snap, q) = match query {
+        Ok(v) => v,
+        Err(e) => {
+            let format = Format::parse(arg(req.args.as_bytes(), "format")).unwrap_or(default);
+            return error(r, format, e.status, &e.message);
+        }
+    };
     let mut body = String::new();
-    if render_text(&mut body, &snapshot(main)).is_err() {
+    let rendered = match q.format {
+        Format::Text => render_text(&mut body, &snap),
+        Format::Json => render_json(&mut body, &snap),
+        Format::Prometheus => render_prometheus(&mut body, &snap),
+        Format::Html => render_html(&mut body, &snap, q.refresh),
+    };
+    if rendered.is_err() {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     }
     // SAFETY: as above.
-    unsafe { send(r, "text/plain", body.as_bytes()) }
+    unsafe {
+        send(
+            r,
+            NGX_HTTP_OK as usize,
+            q.format.content_type(),
+            body.as_bytes(),
+        )
+    }
 }
 
-/// Sends a complete 200 response.
+/// The raw value of query argument `name`, empty when absent.
+fn arg<'a>(args: &'a [u8], name: &str) -> &'a [u8] {
+    args.split(|&b| b == b'&')
+        .find_map(|kv| kv.strip_prefix(name.as_bytes())?.strip_prefix(b"="))
+        .unwrap_or_default()
+}
+
+/// Answers a bad request: a JSON error envelope for JSON clients, a line of text otherwise.
+fn error(r: *mut ngx_http_request_t, format: Format, status: u16, message: &str) -> ngx_int_t {
+    let mut body = String::new();
+    let content_type = if format == Format::Json {
+        let _ = render_json_error(&mut body, message);
+        Format::Json.content_type()
+    } else {
+        body.push_str(message);
+        body.push('\n');
+        "text/plain"
+    };
+    // SAFETY: r is the live request of the calling handler.
+    unsafe { send(r, status as usize, content_type, body.as_bytes()) }
+}
+
+/// Sends a complete response.
 ///
 /// # Safety
 /// `r` must be a live request in its content phase.
-unsafe fn send(r: *mut ngx_http_request_t, content_type: &'static str, body: &[u8]) -> ngx_int_t {
+pub unsafe fn send(
+    r: *mut ngx_http_request_t,
+    status: usize,
+    content_type: &'static str,
+    body: &[u8],
+) -> ngx_int_t {
     // SAFETY: per the contract; buffers come from the request pool.
     unsafe {
         let req = &mut *r;
-        req.headers_out.status = NGX_HTTP_OK as _;
+        req.headers_out.status = status;
         req.headers_out.content_length_n = body.len() as off_t;
         req.headers_out.content_type = ngx_str_t {
             len: content_type.len(),

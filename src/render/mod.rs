@@ -3,6 +3,10 @@
 use crate::health::PeerHealth;
 use crate::histogram::Histogram;
 
+pub mod html;
+pub mod json;
+mod num;
+pub mod prometheus;
 pub mod text;
 
 /// Whether this host runs probes under `upstream_healthcheck_ha_address`.
@@ -31,6 +35,8 @@ impl HaMode {
 /// One peer as the status page shows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeerSnapshot {
+    /// Its index in the primary or backup list, kept when a filter drops other peers.
+    pub id: usize,
     /// As nginx names it: `127.0.0.1:8081`.
     pub name: String,
     /// Marked `down` in nginx.conf.

@@ -2,11 +2,17 @@
 
 use core::fmt::{self, Write};
 
-use super::{PeerSnapshot, Snapshot};
+use super::{HaMode, PeerSnapshot, Snapshot};
 
 /// Writes the page: per upstream a header line, then its primary and backup peers, each with
-/// ` up` or ` DOWN`; one empty line between upstreams.
+/// ` up`, ` DOWN` or ` DOWN (manual)`; one empty line between upstreams. Under HA the page starts
+/// with `HA Mode: Master` (or `Slaver`) and an empty line.
 pub fn render_text(out: &mut impl Write, snap: &Snapshot) -> fmt::Result {
+    if snap.ha_mode != HaMode::Disabled {
+        out.write_str("HA Mode: ")?;
+        out.write_str(snap.ha_mode.as_str())?;
+        out.write_str("\n\n")?;
+    }
     for (i, u) in snap.upstreams.iter().enumerate() {
         if i > 0 {
             out.write_str("\n")?;
@@ -28,7 +34,13 @@ fn peers(out: &mut impl Write, list: &[PeerSnapshot]) -> fmt::Result {
     for p in list {
         out.write_str("        ")?;
         out.write_str(&p.name)?;
-        out.write_str(if p.down { " DOWN\n" } else { " up\n" })?;
+        out.write_str(if p.manual_down {
+            " DOWN (manual)\n"
+        } else if p.down {
+            " DOWN\n"
+        } else {
+            " up\n"
+        })?;
     }
     Ok(())
 }
@@ -141,6 +153,49 @@ Upstream backup_only
         [::1]:8080 DOWN
 ";
         assert_eq!(render(&snap), expected);
+    }
+
+    #[test]
+    fn ha_mode_header_and_manual_down() {
+        let mut snap = Snapshot {
+            ha_mode: HaMode::Master,
+            upstreams: vec![UpstreamSnapshot {
+                name: "backend".to_owned(),
+                checked: true,
+                primary: vec![
+                    peer("127.0.0.1:8081", false),
+                    PeerSnapshot {
+                        manual_down: true,
+                        ..peer("127.0.0.1:8082", true)
+                    },
+                ],
+                backup: vec![peer("127.0.0.1:8083", true)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let body = "\
+Upstream backend
+    Primary Peers
+        127.0.0.1:8081 up
+        127.0.0.1:8082 DOWN (manual)
+    Backup Peers
+        127.0.0.1:8083 DOWN
+";
+        assert_eq!(render(&snap), format!("HA Mode: Master\n\n{body}"));
+        snap.ha_mode = HaMode::Slaver;
+        assert_eq!(render(&snap), format!("HA Mode: Slaver\n\n{body}"));
+        snap.ha_mode = HaMode::Disabled;
+        assert_eq!(render(&snap), body);
+    }
+
+    #[test]
+    fn ha_mode_header_on_an_empty_page() {
+        let snap = Snapshot {
+            ha_mode: HaMode::Slaver,
+            ..Default::default()
+        };
+        assert_eq!(render(&snap), "HA Mode: Slaver\n\n");
     }
 
     #[test]

@@ -1,0 +1,590 @@
+//! The Prometheus metrics page (text exposition format 0.0.4), lua-resty-upstream-healthcheck's gauge first.
+
+use core::fmt::{self, Write};
+
+use super::num::write_decimal;
+use super::{PeerSnapshot, Snapshot, UpstreamSnapshot};
+use crate::health::PeerHealth;
+use crate::histogram::{Histogram, BUCKETS_US};
+use crate::outcome::Failure;
+
+const P: &str = "nginx_upstream_healthcheck_";
+
+/// Writes every metric family once, its `# HELP` and `# TYPE` lines followed by all its samples.
+///
+/// `nginx_upstream_status_info` is lua-resty-upstream-healthcheck's gauge, line for line: per
+/// checked upstream its peers' `UP`/`DOWN` pairs then the upstream's `UP`/`DOWN`/`UNKNOWN`
+/// triple; per unchecked upstream only the triple, `UNKNOWN` set. The other families cover
+/// checked upstreams only. A peer listed twice in one upstream (same name) counts once: the
+/// first one wins, so no series is ever duplicated.
+pub fn render_prometheus(out: &mut impl Write, snap: &Snapshot) -> fmt::Result {
+    let ups = unique(snap);
+
+    family(
+        out,
+        "nginx_upstream_status_info",
+        "The running status of nginx upstream",
+        "gauge",
+    )?;
+    for u in &ups {
+        if u.checked {
+            for (p, role) in &u.peers {
+                let role = if *role { "BACKUP" } else { "PRIMARY" };
+                for (status, v) in [("UP", !p.down), ("DOWN", p.down)] {
+                    out.write_str("nginx_upstream_status_info{name=\"")?;
+                    label(out, u.name)?;
+                    out.write_str("\",endpoint=\"")?;
+                    label(out, &p.name)?;
+                    writeln!(out, "\",status=\"{status}\",role=\"{role}\"}} {}", v as u8)?;
+                }
+            }
+        }
+        let any_up = u.peers.iter().any(|(p, _)| !p.down);
+        let (up, down, unknown) = match (u.checked, any_up) {
+            (false, _) => (0, 0, 1),
+            (true, true) => (1, 0, 0),
+            (true, false) => (0, 1, 0),
+        };
+        for (status, v) in [("UP", up), ("DOWN", down), ("UNKNOWN", unknown)] {
+            out.write_str("nginx_upstream_status_info{name=\"")?;
+            label(out, u.name)?;
+            writeln!(out, "\",status=\"{status}\"}} {v}")?;
+        }
+    }
+
+    let checked: Vec<&Upstream> = ups.iter().filter(|u| u.checked).collect();
+
+    family(
+        out,
+        "nginx_upstream_healthcheck_peer_up",
+        "Whether the peer is up for the balancer (1) or down (0).",
+        "gauge",
+    )?;
+    for u in &checked {
+        for (p, backup) in &u.peers {
+            peer_sample(out, "peer_up", u, p)?;
+            let role = if *backup { "backup" } else { "primary" };
+            writeln!(out, ",role=\"{role}\"}} {}", !p.down as u8)?;
+        }
+    }
+
+    family(
+        out,
+        "nginx_upstream_healthcheck_peer_manual_down",
+        "Whether the peer is forced down at run time (1) or not (0).",
+        "gauge",
+    )?;
+    for u in &checked {
+        for (p, _) in &u.peers {
+            peer_sample(out, "peer_manual_down", u, p)?;
+            writeln!(out, "}} {}", p.manual_down as u8)?;
+        }
+    }
+
+    family(
+        out,
+        "nginx_upstream_healthcheck_checks_total",
+        "Health check probes completed.",
+        "counter",
+    )?;
+    for (u, p, h) in health_of(&checked) {
+        peer_sample(out, "checks_total", u, p)?;
+        writeln!(out, "}} {}", h.checks)?;
+    }
+
+    family(
+        out,
+        "nginx_upstream_healthcheck_failures_total",
+        "Failed health check probes by reason.",
+        "counter",
+    )?;
+    for (u, p, h) in health_of(&checked) {
+        for f in Failure::ALL {
+            peer_sample(out, "failures_total", u, p)?;
+            writeln!(
+                out,
+                ",reason=\"{}\"}} {}",
+                f.as_str(),
+                h.failures[f.index()]
+            )?;
+        }
+    }
+
+    family(
+        out,
+        "nginx_upstream_healthcheck_transitions_total",
+        "Changes of the health verdict, by the state changed to.",
+        "counter",
+    )?;
+    for (u, p, h) in health_of(&checked) {
+        for (to, n) in [("up", h.transitions_up), ("down", h.transitions_down)] {
+            peer_sample(out, "transitions_total", u, p)?;
+            writeln!(out, ",to=\"{to}\"}} {n}")?;
+        }
+    }
+
+    family(
+        out,
+        "nginx_upstream_healthcheck_last_check_timestamp_seconds",
+        "Unix time the last probe ended.",
+        "gauge",
+    )?;
+    for (u, p, h) in health_of(&checked) {
+        if h.last_check_ms != 0 {
+            peer_sample(out, "last_check_timestamp_seconds", u, p)?;
+            out.write_str("} ")?;
+            write_decimal(out, h.last_check_ms, 3, 0)?;
+            out.write_char('\n')?;
+        }
+    }
+
+    family(
+        out,
+        "nginx_upstream_healthcheck_last_duration_seconds",
+        "Duration of the last probe.",
+        "gauge",
+    )?;
+    for (u, p, h) in health_of(&checked) {
+        if h.last_check_ms != 0 {
+            peer_sample(out, "last_duration_seconds", u, p)?;
+            out.write_str("} ")?;
+            write_decimal(out, u64::from(h.last_duration_us), 6, 0)?;
+            out.write_char('\n')?;
+        }
+    }
+
+    family(
+        out,
+        "nginx_upstream_healthcheck_last_change_timestamp_seconds",
+        "Unix time of the last change of the health verdict.",
+        "gauge",
+    )?;
+    for (u, p, h) in health_of(&checked) {
+        if h.last_change_ms != 0 {
+            peer_sample(out, "last_change_timestamp_seconds", u, p)?;
+            out.write_str("} ")?;
+            write_decimal(out, h.last_change_ms, 3, 0)?;
+            out.write_char('\n')?;
+        }
+    }
+
+    family(
+        out,
+        "nginx_upstream_healthcheck_probe_duration_seconds",
+        "Durations of the upstream's health check probes.",
+        "histogram",
+    )?;
+    for u in &checked {
+        if let Some(h) = u.probe_durations {
+            histogram(out, u.name, h)?;
+        }
+    }
+    Ok(())
+}
+
+/// One upstream with its peers (and whether each is a backup), duplicates removed.
+struct Upstream<'a> {
+    name: &'a str,
+    checked: bool,
+    peers: Vec<(&'a PeerSnapshot, bool)>,
+    probe_durations: Option<&'a Histogram>,
+}
+
+fn unique(snap: &Snapshot) -> Vec<Upstream<'_>> {
+    let mut ups: Vec<Upstream<'_>> = Vec::with_capacity(snap.upstreams.len());
+    for u in &snap.upstreams {
+        if ups.iter().any(|seen| seen.name == u.name) {
+            continue;
+        }
+        ups.push(dedup_peers(u));
+    }
+    ups
+}
+
+fn dedup_peers(u: &UpstreamSnapshot) -> Upstream<'_> {
+    let mut peers: Vec<(&PeerSnapshot, bool)> = Vec::new();
+    let all = u.primary.iter().map(|p| (p, false));
+    for (p, backup) in all.chain(u.backup.iter().map(|p| (p, true))) {
+        if !peers.iter().any(|(q, _)| q.name == p.name) {
+            peers.push((p, backup));
+        }
+    }
+    Upstream {
+        name: &u.name,
+        checked: u.checked,
+        peers,
+        probe_durations: u.probe_durations.as_ref(),
+    }
+}
+
+/// The peers of checked upstreams that have a health record.
+fn health_of<'a>(
+    ups: &'a [&'a Upstream<'a>],
+) -> impl Iterator<Item = (&'a Upstream<'a>, &'a PeerSnapshot, &'a PeerHealth)> + 'a {
+    ups.iter().flat_map(|u| {
+        u.peers
+            .iter()
+            .filter_map(move |(p, _)| p.health.as_ref().map(|h| (*u, *p, h)))
+    })
+}
+
+fn family(out: &mut impl Write, name: &str, help: &str, kind: &str) -> fmt::Result {
+    writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}")
+}
+
+/// Writes `nginx_upstream_healthcheck_<metric>{upstream="..",peer=".."`, leaving the label set
+/// open for more labels.
+fn peer_sample(out: &mut impl Write, metric: &str, u: &Upstream, p: &PeerSnapshot) -> fmt::Result {
+    write!(out, "{P}{metric}{{upstream=\"")?;
+    label(out, u.name)?;
+    out.write_str("\",peer=\"")?;
+    label(out, &p.name)?;
+    out.write_char('"')
+}
+
+fn histogram(out: &mut impl Write, upstream: &str, h: &Histogram) -> fmt::Result {
+    let mut total = 0;
+    for (i, n) in h.cumulative().enumerate() {
+        write!(out, "{P}probe_duration_seconds_bucket{{upstream=\"")?;
+        label(out, upstream)?;
+        out.write_str("\",le=\"")?;
+        match BUCKETS_US.get(i) {
+            Some(&le) => write_decimal(out, le, 6, 0)?,
+            None => out.write_str("+Inf")?,
+        }
+        writeln!(out, "\"}} {n}")?;
+        total = n;
+    }
+    write!(out, "{P}probe_duration_seconds_sum{{upstream=\"")?;
+    label(out, upstream)?;
+    out.write_str("\"} ")?;
+    write_decimal(out, h.sum_us, 6, 0)?;
+    // `_count` repeats the `+Inf` bucket, so the two always agree.
+    write!(out, "\n{P}probe_duration_seconds_count{{upstream=\"")?;
+    label(out, upstream)?;
+    writeln!(out, "\"}} {total}")
+}
+
+/// Writes a label value escaped per the exposition format: `\` `"` and newline.
+fn label(out: &mut impl Write, s: &str) -> fmt::Result {
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        let esc = match c {
+            '\\' => "\\\\",
+            '"' => "\\\"",
+            '\n' => "\\n",
+            _ => continue,
+        };
+        out.write_str(&s[start..i])?;
+        out.write_str(esc)?;
+        start = i + 1;
+    }
+    out.write_str(&s[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(snap: &Snapshot) -> String {
+        let mut s = String::new();
+        render_prometheus(&mut s, snap).unwrap();
+        s
+    }
+
+    fn peer(name: &str, down: bool) -> PeerSnapshot {
+        PeerSnapshot {
+            name: name.to_owned(),
+            down,
+            health: Some(PeerHealth::new(!down)),
+            ..PeerSnapshot::default()
+        }
+    }
+
+    const HEADERS: [&str; 10] = [
+        "# HELP nginx_upstream_status_info The running status of nginx upstream\n\
+         # TYPE nginx_upstream_status_info gauge\n",
+        "# HELP nginx_upstream_healthcheck_peer_up Whether the peer is up for the balancer (1) or down (0).\n\
+         # TYPE nginx_upstream_healthcheck_peer_up gauge\n",
+        "# HELP nginx_upstream_healthcheck_peer_manual_down Whether the peer is forced down at run time (1) or not (0).\n\
+         # TYPE nginx_upstream_healthcheck_peer_manual_down gauge\n",
+        "# HELP nginx_upstream_healthcheck_checks_total Health check probes completed.\n\
+         # TYPE nginx_upstream_healthcheck_checks_total counter\n",
+        "# HELP nginx_upstream_healthcheck_failures_total Failed health check probes by reason.\n\
+         # TYPE nginx_upstream_healthcheck_failures_total counter\n",
+        "# HELP nginx_upstream_healthcheck_transitions_total Changes of the health verdict, by the state changed to.\n\
+         # TYPE nginx_upstream_healthcheck_transitions_total counter\n",
+        "# HELP nginx_upstream_healthcheck_last_check_timestamp_seconds Unix time the last probe ended.\n\
+         # TYPE nginx_upstream_healthcheck_last_check_timestamp_seconds gauge\n",
+        "# HELP nginx_upstream_healthcheck_last_duration_seconds Duration of the last probe.\n\
+         # TYPE nginx_upstream_healthcheck_last_duration_seconds gauge\n",
+        "# HELP nginx_upstream_healthcheck_last_change_timestamp_seconds Unix time of the last change of the health verdict.\n\
+         # TYPE nginx_upstream_healthcheck_last_change_timestamp_seconds gauge\n",
+        "# HELP nginx_upstream_healthcheck_probe_duration_seconds Durations of the upstream's health check probes.\n\
+         # TYPE nginx_upstream_healthcheck_probe_duration_seconds histogram\n",
+    ];
+
+    #[test]
+    fn empty_snapshot_has_every_family_header_and_nothing_else() {
+        assert_eq!(render(&Snapshot::default()), HEADERS.concat());
+    }
+
+    #[test]
+    fn golden_mixed_page() {
+        let mut busy = PeerHealth::new(true);
+        busy.checks = 120;
+        busy.failures[Failure::Refused.index()] = 2;
+        busy.failures[Failure::BadStatus.index()] = 1;
+        busy.transitions_up = 1;
+        busy.transitions_down = 2;
+        busy.last_check_ms = 1_763_700_000_123;
+        busy.last_duration_us = 400;
+        busy.last_change_ms = 1_763_690_000_000;
+        let mut hist = Histogram::default();
+        hist.observe(400);
+        hist.observe(3_000);
+        hist.observe(20_000_000);
+        let snap = Snapshot {
+            upstreams: vec![
+                UpstreamSnapshot {
+                    name: "unknown.com".to_owned(),
+                    checked: false,
+                    primary: vec![PeerSnapshot {
+                        name: "127.0.0.1:12366".to_owned(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                UpstreamSnapshot {
+                    name: "backend".to_owned(),
+                    checked: true,
+                    primary: vec![
+                        PeerSnapshot {
+                            health: Some(busy),
+                            ..peer("127.0.0.1:8081", false)
+                        },
+                        PeerSnapshot {
+                            manual_down: true,
+                            ..peer("127.0.0.1:8082", true)
+                        },
+                    ],
+                    backup: vec![peer("127.0.0.1:8083", true)],
+                    probe_durations: Some(hist),
+                },
+                UpstreamSnapshot {
+                    name: "dead".to_owned(),
+                    checked: true,
+                    primary: vec![peer("10.0.0.1:80", true)],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let expected = [
+            HEADERS[0],
+            "nginx_upstream_status_info{name=\"unknown.com\",status=\"UP\"} 0\n",
+            "nginx_upstream_status_info{name=\"unknown.com\",status=\"DOWN\"} 0\n",
+            "nginx_upstream_status_info{name=\"unknown.com\",status=\"UNKNOWN\"} 1\n",
+            "nginx_upstream_status_info{name=\"backend\",endpoint=\"127.0.0.1:8081\",status=\"UP\",role=\"PRIMARY\"} 1\n",
+            "nginx_upstream_status_info{name=\"backend\",endpoint=\"127.0.0.1:8081\",status=\"DOWN\",role=\"PRIMARY\"} 0\n",
+            "nginx_upstream_status_info{name=\"backend\",endpoint=\"127.0.0.1:8082\",status=\"UP\",role=\"PRIMARY\"} 0\n",
+            "nginx_upstream_status_info{name=\"backend\",endpoint=\"127.0.0.1:8082\",status=\"DOWN\",role=\"PRIMARY\"} 1\n",
+            "nginx_upstream_status_info{name=\"backend\",endpoint=\"127.0.0.1:8083\",status=\"UP\",role=\"BACKUP\"} 0\n",
+            "nginx_upstream_status_info{name=\"backend\",endpoint=\"127.0.0.1:8083\",status=\"DOWN\",role=\"BACKUP\"} 1\n",
+            "nginx_upstream_status_info{name=\"backend\",status=\"UP\"} 1\n",
+            "nginx_upstream_status_info{name=\"backend\",status=\"DOWN\"} 0\n",
+            "nginx_upstream_status_info{name=\"backend\",status=\"UNKNOWN\"} 0\n",
+            "nginx_upstream_status_info{name=\"dead\",endpoint=\"10.0.0.1:80\",status=\"UP\",role=\"PRIMARY\"} 0\n",
+            "nginx_upstream_status_info{name=\"dead\",endpoint=\"10.0.0.1:80\",status=\"DOWN\",role=\"PRIMARY\"} 1\n",
+            "nginx_upstream_status_info{name=\"dead\",status=\"UP\"} 0\n",
+            "nginx_upstream_status_info{name=\"dead\",status=\"DOWN\"} 1\n",
+            "nginx_upstream_status_info{name=\"dead\",status=\"UNKNOWN\"} 0\n",
+            HEADERS[1],
+            "nginx_upstream_healthcheck_peer_up{upstream=\"backend\",peer=\"127.0.0.1:8081\",role=\"primary\"} 1\n",
+            "nginx_upstream_healthcheck_peer_up{upstream=\"backend\",peer=\"127.0.0.1:8082\",role=\"primary\"} 0\n",
+            "nginx_upstream_healthcheck_peer_up{upstream=\"backend\",peer=\"127.0.0.1:8083\",role=\"backup\"} 0\n",
+            "nginx_upstream_healthcheck_peer_up{upstream=\"dead\",peer=\"10.0.0.1:80\",role=\"primary\"} 0\n",
+            HEADERS[2],
+            "nginx_upstream_healthcheck_peer_manual_down{upstream=\"backend\",peer=\"127.0.0.1:8081\"} 0\n",
+            "nginx_upstream_healthcheck_peer_manual_down{upstream=\"backend\",peer=\"127.0.0.1:8082\"} 1\n",
+            "nginx_upstream_healthcheck_peer_manual_down{upstream=\"backend\",peer=\"127.0.0.1:8083\"} 0\n",
+            "nginx_upstream_healthcheck_peer_manual_down{upstream=\"dead\",peer=\"10.0.0.1:80\"} 0\n",
+            HEADERS[3],
+            "nginx_upstream_healthcheck_checks_total{upstream=\"backend\",peer=\"127.0.0.1:8081\"} 120\n",
+            "nginx_upstream_healthcheck_checks_total{upstream=\"backend\",peer=\"127.0.0.1:8082\"} 0\n",
+            "nginx_upstream_healthcheck_checks_total{upstream=\"backend\",peer=\"127.0.0.1:8083\"} 0\n",
+            "nginx_upstream_healthcheck_checks_total{upstream=\"dead\",peer=\"10.0.0.1:80\"} 0\n",
+            HEADERS[4],
+            "nginx_upstream_healthcheck_failures_total{upstream=\"backend\",peer=\"127.0.0.1:8081\",reason=\"refused\"} 2\n",
+            "nginx_upstream_healthcheck_failures_total{upstream=\"backend\",peer=\"127.0.0.1:8081\",reason=\"timeout\"} 0\n",
+            "nginx_upstream_healthcheck_failures_total{upstream=\"backend\",peer=\"127.0.0.1:8081\",reason=\"reset\"} 0\n",
+            "nginx_upstream_healthcheck_failures_total{upstream=\"backend\",peer=\"127.0.0.1:8081\",reason=\"closed\"} 0\n",
+            "nginx_upstream_healthcheck_failures_total{upstream=\"backend\",peer=\"127.0.0.1:8081\",reason=\"bad_response\"} 0\n",
+            "nginx_upstream_healthcheck_failures_total{upstream=\"backend\",peer=\"127.0.0.1:8081\",reason=\"bad_status\"} 1\n",
+        ]
+        .concat();
+        let s = render(&snap);
+        assert!(s.starts_with(&expected), "got:\n{s}");
+        let tail = [
+            HEADERS[5],
+            "nginx_upstream_healthcheck_transitions_total{upstream=\"backend\",peer=\"127.0.0.1:8081\",to=\"up\"} 1\n",
+            "nginx_upstream_healthcheck_transitions_total{upstream=\"backend\",peer=\"127.0.0.1:8081\",to=\"down\"} 2\n",
+        ]
+        .concat();
+        assert!(s.contains(&tail), "got:\n{s}");
+        let tail = [
+            HEADERS[6],
+            "nginx_upstream_healthcheck_last_check_timestamp_seconds{upstream=\"backend\",peer=\"127.0.0.1:8081\"} 1763700000.123\n",
+            HEADERS[7],
+            "nginx_upstream_healthcheck_last_duration_seconds{upstream=\"backend\",peer=\"127.0.0.1:8081\"} 0.0004\n",
+            HEADERS[8],
+            "nginx_upstream_healthcheck_last_change_timestamp_seconds{upstream=\"backend\",peer=\"127.0.0.1:8081\"} 1763690000\n",
+            HEADERS[9],
+            "nginx_upstream_healthcheck_probe_duration_seconds_bucket{upstream=\"backend\",le=\"0.001\"} 1\n",
+            "nginx_upstream_healthcheck_probe_duration_seconds_bucket{upstream=\"backend\",le=\"0.0025\"} 1\n",
+            "nginx_upstream_healthcheck_probe_duration_seconds_bucket{upstream=\"backend\",le=\"0.005\"} 2\n",
+            "nginx_upstream_healthcheck_probe_duration_seconds_bucket{upstream=\"backend\",le=\"0.01\"} 2\n",
+            "nginx_upstream_healthcheck_probe_duration_seconds_bucket{upstream=\"backend\",le=\"0.025\"} 2\n",
+            "nginx_upstream_healthcheck_probe_duration_seconds_bucket{upstream=\"backend\",le=\"0.05\"} 2\n",
+            "nginx_upstream_healthcheck_probe_duration_seconds_bucket{upstream=\"backend\",le=\"0.1\"} 2\n",
+            "nginx_upstream_healthcheck_probe_duration_seconds_bucket{upstream=\"backend\",le=\"0.25\"} 2\n",
+            "nginx_upstream_healthcheck_probe_duration_seconds_bucket{upstream=\"backend\",le=\"0.5\"} 2\n",
+            "nginx_upstream_healthcheck_probe_duration_seconds_bucket{upstream=\"backend\",le=\"1\"} 2\n",
+            "nginx_upstream_healthcheck_probe_duration_seconds_bucket{upstream=\"backend\",le=\"2.5\"} 2\n",
+            "nginx_upstream_healthcheck_probe_duration_seconds_bucket{upstream=\"backend\",le=\"5\"} 2\n",
+            "nginx_upstream_healthcheck_probe_duration_seconds_bucket{upstream=\"backend\",le=\"10\"} 2\n",
+            "nginx_upstream_healthcheck_probe_duration_seconds_bucket{upstream=\"backend\",le=\"+Inf\"} 3\n",
+            "nginx_upstream_healthcheck_probe_duration_seconds_sum{upstream=\"backend\"} 20.0034\n",
+            "nginx_upstream_healthcheck_probe_duration_seconds_count{upstream=\"backend\"} 3\n",
+        ]
+        .concat();
+        assert!(s.ends_with(&tail), "got:\n{s}");
+        assert!(!s.contains("unknown.com\",peer"));
+        assert!(!s.contains("12366"));
+        assert_eq!(s.matches("reason=\"refused\"").count(), 4);
+        assert_eq!(s.matches("to=\"down\"").count(), 4);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let snap = Snapshot {
+            upstreams: vec![UpstreamSnapshot {
+                name: "a\\b\"c\nd".to_owned(),
+                checked: true,
+                primary: vec![peer("p\"\\\n\u{e9}", false)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let s = render(&snap);
+        assert!(s.contains(
+            "nginx_upstream_status_info{name=\"a\\\\b\\\"c\\nd\",endpoint=\"p\\\"\\\\\\n\u{e9}\",status=\"UP\",role=\"PRIMARY\"} 1\n"
+        ));
+        assert!(s.contains(
+            "nginx_upstream_healthcheck_checks_total{upstream=\"a\\\\b\\\"c\\nd\",peer=\"p\\\"\\\\\\n\u{e9}\"} 0\n"
+        ));
+        // Every line is a comment or a sample; no raw newline leaked into a label.
+        for line in s.lines() {
+            assert!(
+                line.starts_with('#') || line.starts_with("nginx_upstream_"),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_peers_and_upstreams_are_emitted_once() {
+        let snap = Snapshot {
+            upstreams: vec![
+                UpstreamSnapshot {
+                    name: "u".to_owned(),
+                    checked: true,
+                    primary: vec![peer("a:1", false), peer("a:1", true)],
+                    backup: vec![peer("a:1", true), peer("b:2", true)],
+                    ..Default::default()
+                },
+                UpstreamSnapshot {
+                    name: "u".to_owned(),
+                    checked: false,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let s = render(&snap);
+        let mut seen = std::collections::HashSet::new();
+        for line in s.lines().filter(|l| !l.starts_with('#')) {
+            let series = line.rsplit_once(' ').unwrap().0;
+            assert!(seen.insert(series.to_owned()), "duplicate series {series}");
+        }
+        assert!(s.contains("peer_up{upstream=\"u\",peer=\"a:1\",role=\"primary\"} 1\n"));
+        assert!(s.contains("peer_up{upstream=\"u\",peer=\"b:2\",role=\"backup\"} 0\n"));
+        assert_eq!(s.matches("peer_up{").count(), 2);
+        assert!(s.contains("nginx_upstream_status_info{name=\"u\",status=\"UP\"} 1\n"));
+        assert!(!s.contains("UNKNOWN\"} 1"));
+    }
+
+    #[test]
+    fn never_checked_peers_have_no_time_samples() {
+        let snap = Snapshot {
+            upstreams: vec![UpstreamSnapshot {
+                name: "u".to_owned(),
+                checked: true,
+                primary: vec![peer("a:1", false)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let s = render(&snap);
+        assert!(!s.contains("last_check_timestamp_seconds{"));
+        assert!(!s.contains("last_duration_seconds{"));
+        assert!(!s.contains("last_change_timestamp_seconds{"));
+        assert!(!s.contains("probe_duration_seconds_bucket"));
+        assert!(s.contains("checks_total{upstream=\"u\",peer=\"a:1\"} 0\n"));
+    }
+
+    #[test]
+    fn every_sample_follows_its_family_header() {
+        let mut hist = Histogram::default();
+        hist.observe(1);
+        let snap = Snapshot {
+            upstreams: vec![
+                UpstreamSnapshot {
+                    name: "x".to_owned(),
+                    checked: true,
+                    primary: vec![peer("a:1", false)],
+                    backup: vec![peer("b:1", true)],
+                    probe_durations: Some(hist),
+                },
+                UpstreamSnapshot {
+                    name: "y".to_owned(),
+                    checked: true,
+                    primary: vec![peer("c:1", false)],
+                    probe_durations: Some(hist),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let s = render(&snap);
+        let mut families: Vec<String> = Vec::new();
+        let mut current = String::new();
+        for line in s.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                current = rest.split(' ').next().unwrap().to_owned();
+                assert!(!families.contains(&current), "family {current} twice");
+                families.push(current.clone());
+            } else if !line.starts_with('#') {
+                let name = line.split('{').next().unwrap();
+                let base = name
+                    .strip_suffix("_bucket")
+                    .or_else(|| name.strip_suffix("_sum"))
+                    .or_else(|| name.strip_suffix("_count"))
+                    .filter(|_| current.ends_with("_seconds") && current.contains("probe"))
+                    .unwrap_or(name);
+                assert_eq!(base, current, "{line}");
+            }
+        }
+        assert_eq!(families.len(), 10);
+    }
+}
