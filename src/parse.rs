@@ -6,6 +6,7 @@
 //! control and non-ASCII bytes) so that a message is always one printable line.
 
 use core::fmt;
+use std::net::IpAddr;
 
 use crate::config::{CheckParams, CheckType, StatusRange, ValidStatuses};
 
@@ -22,6 +23,7 @@ const HEALTHCHECK: &str = "upstream_healthcheck";
 const VALID_STATUSES: &str = "upstream_healthcheck_valid_statuses";
 const REQUEST: &str = "upstream_healthcheck_request";
 const ZONE: &str = "upstream_healthcheck_zone";
+const HA_ADDRESS: &str = "upstream_healthcheck_ha_address";
 
 /// A configuration error; its `Display` is the whole message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -374,6 +376,46 @@ pub fn parse_zone_size(arg: &[u8]) -> Result<usize, ParseError> {
         )));
     }
     Ok(size)
+}
+
+/// Parses `upstream_healthcheck_ha_address ADDRESS [interval=T]`: an IPv4 or IPv6 address
+/// (a `/prefix` suffix, as keepalived writes VIPs, is accepted and ignored) and how often to
+/// look for it, 10s by default.
+pub fn parse_ha_address(args: &[&[u8]]) -> Result<(IpAddr, u64), ParseError> {
+    let Some((addr, rest)) = args.split_first() else {
+        return Err(ParseError(format!(
+            "invalid number of arguments in \"{HA_ADDRESS}\" directive"
+        )));
+    };
+    let ip = core::str::from_utf8(addr)
+        .ok()
+        .map(|a| a.split_once('/').map_or(a, |(ip, _)| ip))
+        .and_then(|a| {
+            a.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .ok()
+        })
+        .ok_or_else(|| {
+            ParseError::invalid_because(HA_ADDRESS, addr, "expected an IPv4 or IPv6 address")
+        })?;
+    let mut interval = 10_000;
+    for (i, arg) in rest.iter().enumerate() {
+        let value = arg.strip_prefix(b"interval=").filter(|_| i == 0);
+        let Some(value) = value else {
+            return Err(ParseError::invalid(HA_ADDRESS, arg));
+        };
+        interval = parse_time_ms(value)
+            .filter(|&ms| ms > 0 && ms <= MAX_TIME_MS)
+            .ok_or_else(|| {
+                ParseError::invalid_because(
+                    HA_ADDRESS,
+                    arg,
+                    "interval must be a positive time (e.g. 10s; a bare number means milliseconds)",
+                )
+            })?;
+    }
+    Ok((ip, interval))
 }
 
 #[cfg(test)]
@@ -941,5 +983,36 @@ mod tests {
                 )
             );
         }
+    }
+
+    #[test]
+    fn ha_address() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            parse_ha_address(&[b"10.0.0.5"]).unwrap(),
+            (ip("10.0.0.5"), 10_000)
+        );
+        assert_eq!(
+            parse_ha_address(&[b"10.0.0.5/32", b"interval=200ms"]).unwrap(),
+            (ip("10.0.0.5"), 200)
+        );
+        assert_eq!(
+            parse_ha_address(&[b"fd00::5", b"interval=3000"]).unwrap(),
+            (ip("fd00::5"), 3000)
+        );
+        assert_eq!(
+            parse_ha_address(&[b"vip"]).unwrap_err().to_string(),
+            "invalid parameter \"vip\" in \"upstream_healthcheck_ha_address\" directive, expected an IPv4 or IPv6 address"
+        );
+        assert_eq!(
+            parse_ha_address(&[b"10.0.0.5", b"interval=0"]).unwrap_err().to_string(),
+            "invalid parameter \"interval=0\" in \"upstream_healthcheck_ha_address\" directive, interval must be a positive time (e.g. 10s; a bare number means milliseconds)"
+        );
+        assert_eq!(
+            parse_ha_address(&[b"10.0.0.5", b"every=1s"])
+                .unwrap_err()
+                .to_string(),
+            "invalid parameter \"every=1s\" in \"upstream_healthcheck_ha_address\" directive"
+        );
     }
 }

@@ -4,6 +4,7 @@
 use core::ffi::c_char;
 use core::fmt::Display;
 use core::ptr;
+use std::net::IpAddr;
 
 use ngx::core::NGX_CONF_ERROR;
 use ngx::ffi::{
@@ -59,6 +60,10 @@ pub struct MainConf {
     pub shm_zone: *mut ngx_shm_zone_t,
     /// Set by the zone's init: the state in shared memory.
     pub header: *mut ZoneHeader,
+    /// `upstream_healthcheck_ha_address`: the address and how often to look for it.
+    pub ha: Option<(IpAddr, u64)>,
+    /// Some location has `upstream_healthcheck_admin`.
+    pub admin: bool,
 }
 
 impl Default for MainConf {
@@ -68,6 +73,8 @@ impl Default for MainConf {
             upstreams: Vec::new(),
             shm_zone: ptr::null_mut(),
             header: ptr::null_mut(),
+            ha: None,
+            admin: false,
         }
     }
 }
@@ -93,6 +100,8 @@ pub struct SrvConf {
 pub struct LocConf {
     /// `upstream_healthcheck_status`: the default format of the status handler.
     pub status: Option<Format>,
+    /// `upstream_healthcheck_admin`.
+    pub admin: bool,
 }
 
 /// One upstream block as the module sees it after parsing.

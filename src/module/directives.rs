@@ -6,15 +6,17 @@ use core::ptr;
 use ngx::core::NGX_CONF_OK;
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_ANY,
-    NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
     NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
 };
-use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::ngx_string;
 
 use crate::config::CheckType;
+use crate::module::admin::admin_handler;
 use crate::module::conf::{conf_error, ConfPos, LocConf, MainConf, SrvConf};
 use crate::module::status::status_handler;
+use crate::module::Module;
 use crate::parse;
 use crate::query::Format;
 
@@ -33,7 +35,7 @@ const fn command(name: ngx_str_t, type_: u32, set: SetFn, conf: usize) -> ngx_co
 
 const UPS: u32 = NGX_HTTP_UPS_CONF;
 
-pub static mut COMMANDS: [ngx_command_t; 6] = [
+pub static mut COMMANDS: [ngx_command_t; 8] = [
     command(
         ngx_string!("upstream_healthcheck"),
         UPS | NGX_CONF_ANY,
@@ -62,6 +64,18 @@ pub static mut COMMANDS: [ngx_command_t; 6] = [
         ngx_string!("upstream_healthcheck_status"),
         NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1,
         set_status,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_ha_address"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
+        set_ha_address,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_admin"),
+        NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
+        set_admin,
         NGX_HTTP_LOC_CONF_OFFSET,
     ),
     ngx_command_t::empty(),
@@ -226,5 +240,49 @@ extern "C" fn set_status(
     };
     clcf.handler = Some(status_handler);
     conf.status = Some(format);
+    NGX_CONF_OK
+}
+
+extern "C" fn set_ha_address(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's main conf for NGX_HTTP_MAIN_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<MainConf>() };
+    // SAFETY: called by nginx while parsing this directive.
+    let (name, args) = unsafe { args(cf) };
+    if conf.ha.is_some() {
+        return conf_error(cf, duplicate(name));
+    }
+    match parse::parse_ha_address(&args) {
+        Ok(ha) => conf.ha = Some(ha),
+        Err(e) => return conf_error(cf, e),
+    }
+    NGX_CONF_OK
+}
+
+extern "C" fn set_admin(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<LocConf>() };
+    // SAFETY: called by nginx while parsing this directive.
+    let (name, _) = unsafe { args(cf) };
+    if conf.admin {
+        return conf_error(cf, duplicate(name));
+    }
+    // SAFETY: cf is valid during parsing; both confs exist inside http {}.
+    let (Some(clcf), Some(main)) = (
+        NgxHttpCoreModule::location_conf_mut(unsafe { &*cf }),
+        Module::main_conf_mut(unsafe { &*cf }),
+    ) else {
+        return conf_error(cf, "no configuration for \"upstream_healthcheck_admin\"");
+    };
+    clcf.handler = Some(admin_handler);
+    conf.admin = true;
+    main.admin = true;
     NGX_CONF_OK
 }

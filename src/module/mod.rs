@@ -19,8 +19,10 @@ use crate::module::conf::{
     conf_error_at, Check, LocConf, MainConf, PeerConf, SrvConf, UpstreamConf,
 };
 
+mod admin;
 mod conf;
 mod directives;
+mod ha;
 mod log;
 mod peers;
 mod probe;
@@ -190,7 +192,7 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
     }
 
     let n = main.slots();
-    if !main.upstreams.iter().any(|u| u.check.is_some()) {
+    if !main.admin && !main.upstreams.iter().any(|u| u.check.is_some()) {
         return Ok(());
     }
     let need = zone::required_size(n, main.upstreams.len());

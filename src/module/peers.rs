@@ -80,8 +80,9 @@ pub fn targets(main: &MainConf) -> Vec<Target> {
     out
 }
 
-/// Sets nginx's `down` flag of every checked peer from the shared verdicts, when they changed
-/// since this worker last looked. A peer marked `down` in nginx.conf stays down.
+/// Sets nginx's `down` flag of every peer from the shared state (health verdicts, manual
+/// downs, exclusions, HA mode) when it changed since this worker last looked. A peer marked
+/// `down` in nginx.conf stays down.
 ///
 /// # Safety
 /// The worker's targets must be valid for the running cycle.
@@ -90,18 +91,26 @@ pub unsafe fn apply(w: &mut Worker) {
     if *w.applied_generation() == generation {
         return;
     }
-    let up: Vec<bool> = w
-        .header
-        .lock()
-        .slots()
-        .iter()
-        .map(|s| s.health.is_up())
-        .collect();
-    for (t, up) in w.targets.iter().zip(up) {
-        if t.rr.is_null() || t.config_down || !t.checked {
+    let probing = w.header.probing_allowed();
+    let (slots, excluded): (Vec<(bool, bool)>, Vec<bool>) = {
+        let mut locked = w.header.lock();
+        let slots = locked
+            .slots()
+            .iter()
+            .map(|s| (s.health.is_up(), s.manual_down()))
+            .collect();
+        (
+            slots,
+            locked.upstreams().iter().map(|u| u.excluded()).collect(),
+        )
+    };
+    for (t, (up, manual)) in w.targets.iter().zip(slots) {
+        if t.rr.is_null() || t.config_down {
             continue;
         }
-        let down = (!up) as ngx_uint_t;
+        // Unchecked, excluded and HA-standby upstreams serve as nginx would without checks.
+        let checked = t.checked && probing && !excluded[t.upstream];
+        let down = (manual || (checked && !up)) as ngx_uint_t;
         // SAFETY: rr and list are live peers of this cycle; zone peers are shared between
         // workers and changed only under the list's write lock.
         unsafe {

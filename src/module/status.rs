@@ -1,95 +1,86 @@
 //! The status content handler: a snapshot of every upstream, rendered for the client.
 
 use core::ptr;
+use core::sync::atomic::Ordering;
 
 use ngx::ffi::{
     ngx_chain_t, ngx_create_temp_buf, ngx_http_discard_request_body, ngx_http_output_filter,
-    ngx_http_request_t, ngx_http_send_header, ngx_http_upstream_rr_peers_t, ngx_int_t,
-    ngx_rwlock_rlock, ngx_rwlock_unlock, ngx_str_t, off_t, NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK, NGX_OK,
+    ngx_http_request_t, ngx_http_send_header, ngx_http_upstream_rr_peer_t,
+    ngx_http_upstream_rr_peers_t, ngx_int_t, ngx_rwlock_rlock, ngx_rwlock_unlock, ngx_str_t, off_t,
+    NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED,
+    NGX_HTTP_OK, NGX_OK,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf};
 
-use crate::health::PeerHealth;
-use crate::histogram::Histogram;
+use crate::admin::ttl_left;
 use crate::module::conf::MainConf;
 use crate::module::peers::live_peers;
-use crate::module::worker::unix_msec;
+use crate::module::worker::{now_msec, unix_msec};
+use crate::module::zone::{Slot, UpstreamRecord, HA_MASTER, HA_SLAVER};
 use crate::module::Module;
 use crate::query::{filter, parse_status_query, Format};
 use crate::render::html::render_html;
 use crate::render::json::{render_json, render_json_error};
 use crate::render::prometheus::render_prometheus;
 use crate::render::text::render_text;
-use crate::render::{PeerSnapshot, Snapshot, UpstreamSnapshot};
+use crate::render::{HaMode, PeerSnapshot, Snapshot, UpstreamSnapshot};
 
 /// Copies the state of every upstream block: nginx's peers as this worker sees them, and the
 /// shared health of checked peers.
 fn snapshot(main: &MainConf) -> Snapshot {
-    // SAFETY: the header, when set, points into the zone mapped for this cycle.
-    let (health, records): (Vec<PeerHealth>, Vec<Histogram>) = unsafe { main.header.as_ref() }
-        .map(|h| {
-            let mut locked = h.lock();
-            let health = locked.slots().iter().map(|s| s.health).collect();
-            (
-                health,
-                locked
-                    .upstreams()
-                    .iter()
-                    .map(|u| u.probe_durations)
-                    .collect(),
-            )
-        })
-        .unwrap_or_default();
+    let now = now_msec();
     let mut snap = Snapshot {
         now_ms: unix_msec(),
         ..Snapshot::default()
     };
+    // The shared state, copied under the lock; absent when no zone was needed.
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut records: Vec<UpstreamRecord> = Vec::new();
+    // SAFETY: the header, when set, points into the zone mapped for this cycle.
+    if let Some(h) = unsafe { main.header.as_ref() } {
+        let mut locked = h.lock();
+        slots = locked.slots().to_vec();
+        records = locked.upstreams().to_vec();
+        snap.ha_mode = match h.ha_state.load(Ordering::Acquire) {
+            HA_MASTER => HaMode::Master,
+            HA_SLAVER => HaMode::Slaver,
+            _ => HaMode::Disabled,
+        };
+    }
+    let probing = snap.ha_mode != HaMode::Slaver;
+
     for (ui, up) in main.upstreams.iter().enumerate() {
+        let record = records.get(ui);
+        let checked = up.check.is_some() && probing && !record.is_some_and(|r| r.excluded());
         // SAFETY: uscf is valid for the cycle; its peer data is round-robin peers.
         let primary = unsafe { (*up.uscf).peer.data as *mut ngx_http_upstream_rr_peers_t };
         let mut out = UpstreamSnapshot {
             name: up.name.clone(),
-            checked: up.check.is_some(),
-            probe_durations: up.check.as_ref().and(records.get(ui).copied()),
+            checked,
+            probe_durations: record.filter(|_| checked).map(|r| r.probe_durations),
             ..Default::default()
         };
-        // SAFETY: as above.
         let mut backup_index = 0;
+        // SAFETY: as above.
         for (i, (list, rr)) in unsafe { live_peers(primary) }.into_iter().enumerate() {
             // SAFETY: list and rr are live; zone peers are read under the list's read lock.
-            let peer = unsafe {
-                let shared = !(*list).shpool.is_null();
-                if shared {
-                    ngx_rwlock_rlock(&mut (*list).rwlock);
-                }
-                let rr = &*rr;
-                let p = PeerSnapshot {
-                    name: String::from_utf8_lossy(rr.name.as_bytes()).into_owned(),
-                    config_down: rr.down != 0,
-                    down: rr.down != 0,
-                    weight: rr.weight as i64,
-                    max_fails: rr.max_fails as u64,
-                    fail_timeout: rr.fail_timeout as u64,
-                    conns: rr.conns as u64,
-                    current_weight: rr.current_weight as i64,
-                    effective_weight: rr.effective_weight as i64,
-                    fails: rr.fails as u64,
-                    ..PeerSnapshot::default()
-                };
-                if shared {
-                    ngx_rwlock_unlock(&mut (*list).rwlock);
-                }
-                p
-            };
-            let mut peer = peer;
-            if up.check.is_some() {
-                if let Some(conf) = up.peers.get(i).filter(|c| c.name == peer.name) {
-                    let h = health.get(conf.slot).copied().unwrap_or_default();
-                    peer.config_down = conf.config_down;
-                    peer.down = conf.config_down || !h.is_up();
-                    peer.health = Some(h);
-                }
+            let mut peer = unsafe { read_peer(list, rr) };
+            let slot = up
+                .peers
+                .get(i)
+                .filter(|c| c.name == peer.name)
+                .and_then(|c| {
+                    peer.config_down = c.config_down;
+                    slots.get(c.slot)
+                });
+            if let Some(s) = slot {
+                peer.manual_down = s.manual_down();
+                peer.manual_down_ttl =
+                    (s.manual_until_ms != u64::MAX).then(|| ttl_left(s.manual_until_ms, now));
+                peer.manual_down_ttl = peer.manual_down_ttl.filter(|_| peer.manual_down);
+                let unhealthy = checked && !s.health.is_up();
+                peer.down = peer.config_down || peer.manual_down || unhealthy;
+                peer.health = checked.then_some(s.health);
             }
             if list == primary {
                 peer.id = i;
@@ -103,6 +94,41 @@ fn snapshot(main: &MainConf) -> Snapshot {
         snap.upstreams.push(out);
     }
     snap
+}
+
+/// nginx's view of one peer.
+///
+/// # Safety
+/// `list` and `rr` must be live round-robin peers of the running cycle.
+unsafe fn read_peer(
+    list: *mut ngx_http_upstream_rr_peers_t,
+    rr: *mut ngx_http_upstream_rr_peer_t,
+) -> PeerSnapshot {
+    // SAFETY: per the contract; zone peers are read under the list's read lock.
+    unsafe {
+        let shared = !(*list).shpool.is_null();
+        if shared {
+            ngx_rwlock_rlock(&mut (*list).rwlock);
+        }
+        let rr = &*rr;
+        let p = PeerSnapshot {
+            name: String::from_utf8_lossy(rr.name.as_bytes()).into_owned(),
+            config_down: rr.down != 0,
+            down: rr.down != 0,
+            weight: rr.weight as i64,
+            max_fails: rr.max_fails as u64,
+            fail_timeout: rr.fail_timeout as u64,
+            conns: rr.conns as u64,
+            current_weight: rr.current_weight as i64,
+            effective_weight: rr.effective_weight as i64,
+            fails: rr.fails as u64,
+            ..PeerSnapshot::default()
+        };
+        if shared {
+            ngx_rwlock_unlock(&mut (*list).rwlock);
+        }
+        p
+    }
 }
 
 /// The content handler of `upstream_healthcheck_status`: always 200 with the document when it

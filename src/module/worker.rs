@@ -2,6 +2,7 @@
 //! shared schedule and starts their probes; and the bookkeeping when a probe ends.
 
 use core::ptr;
+use core::sync::atomic::Ordering;
 use std::time::Instant;
 
 use ngx::ffi::{
@@ -13,10 +14,11 @@ use ngx::http::HttpModuleMainConf;
 
 use crate::health::Transition;
 use crate::module::conf::{Check, MainConf, PeerConf, UpstreamConf};
+use crate::module::ha;
 use crate::module::log::hc_log;
 use crate::module::peers::{self, Target};
 use crate::module::probe;
-use crate::module::zone::ZoneHeader;
+use crate::module::zone::{restart_checks, ZoneHeader, HA_MASTER, HA_SLAVER};
 use crate::module::Module;
 use crate::outcome::Outcome;
 use crate::schedule::{tick_ms, MAX_TICK_MS};
@@ -35,6 +37,10 @@ pub struct Worker {
     applied_generation: u64,
     /// Indexed by slot.
     pub targets: Vec<Target>,
+    /// Upstreams excluded from checking at run time, as of the last tick.
+    excluded: Vec<bool>,
+    /// When to look for the HA address next.
+    ha_next_ms: u64,
 }
 
 static mut WORKER: *mut Worker = ptr::null_mut();
@@ -44,7 +50,7 @@ fn exiting() -> bool {
     unsafe { ngx_exiting != 0 || ngx_quit != 0 || ngx_terminate != 0 }
 }
 
-fn now_msec() -> u64 {
+pub fn now_msec() -> u64 {
     // SAFETY: nginx's cached monotonic time, updated by the event loop.
     unsafe { ngx_current_msec as u64 }
 }
@@ -91,6 +97,8 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         max_in_flight: (connections / 2).max(1),
         applied_generation: 0,
         targets,
+        excluded: vec![false; main.upstreams.len()],
+        ha_next_ms: 0,
     });
     let w = Box::into_raw(worker);
     // SAFETY: w is a fresh, exclusively owned allocation; the event is initialised before it
@@ -135,6 +143,7 @@ extern "C" fn on_tick(ev: *mut ngx_event_t) {
     if exiting() {
         return; // never re-armed once nginx is exiting
     }
+    w.housekeeping(now_msec());
     // SAFETY: w holds valid targets for this cycle.
     unsafe { peers::apply(w) };
     let wake = w.scan();
@@ -156,14 +165,85 @@ impl Worker {
         (up, check, &up.peers[t.peer])
     }
 
+    /// Follows the HA address, and ends exclusions and manual downs whose ttl ran out.
+    fn housekeeping(&mut self, now: u64) {
+        let main = self.main;
+        let mut changed = false;
+        if let Some((addr, interval)) = main.ha {
+            if now >= self.ha_next_ms {
+                self.ha_next_ms = now + interval;
+                let want = if ha::host_has_address(addr) {
+                    HA_MASTER
+                } else {
+                    HA_SLAVER
+                };
+                if self.header.ha_state.load(Ordering::Acquire) != want {
+                    let mut locked = self.header.lock();
+                    if self.header.ha_state.swap(want, Ordering::AcqRel) != want {
+                        if want == HA_MASTER {
+                            for ui in 0..main.upstreams.len() {
+                                restart_checks(&mut locked, main, ui, now);
+                            }
+                        }
+                        changed = true;
+                        let mode = if want == HA_MASTER {
+                            "Master"
+                        } else {
+                            "Slaver"
+                        };
+                        hc_log!(
+                            NGX_LOG_WARN,
+                            "HA mode is {mode}: {addr} is {}on this host",
+                            if want == HA_MASTER { "" } else { "not " }
+                        );
+                    }
+                }
+            }
+        }
+        {
+            let mut locked = self.header.lock();
+            for ui in 0..main.upstreams.len() {
+                let until = locked.upstreams()[ui].excluded_until_ms;
+                if until != 0 && until <= now {
+                    locked.upstreams()[ui].excluded_until_ms = 0;
+                    restart_checks(&mut locked, main, ui, now);
+                    changed = true;
+                    hc_log!(
+                        NGX_LOG_NOTICE,
+                        "exclusion of upstream \"{}\" expired",
+                        main.upstreams[ui].name
+                    );
+                }
+                self.excluded[ui] = locked.upstreams()[ui].excluded();
+            }
+        }
+        for slot in 0..self.targets.len() {
+            let until = self.header.manual_hint(slot);
+            if until != 0 && until <= now {
+                let mut locked = self.header.lock();
+                let s = &mut locked.slots()[slot];
+                if s.manual_until_ms != 0 && s.manual_until_ms <= now {
+                    s.manual_until_ms = 0;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.header.bump_generation();
+        }
+    }
+
     /// Claims and starts every due probe; returns the time until the next one is due.
     fn scan(&mut self) -> Option<u64> {
         let now = now_msec();
         let mut wake: Option<u64> = None;
         let mut soonest = |w: u64| wake = Some(wake.map_or(w, |x: u64| x.min(w)));
+        if !self.header.probing_allowed() {
+            return wake;
+        }
         for slot in 0..self.targets.len() {
             let t = &self.targets[slot];
-            if t.config_down || !t.checked {
+            if t.config_down || !t.checked || self.excluded[t.upstream] {
                 continue;
             }
             let due = self.header.due_hint(slot);
@@ -275,5 +355,15 @@ impl Worker {
     /// The generation of verdicts last applied; see `peers::apply`.
     pub fn applied_generation(&mut self) -> &mut u64 {
         &mut self.applied_generation
+    }
+}
+
+/// Applies changed verdicts in this worker now (after a control request); other workers
+/// follow within one tick.
+pub fn apply_now() {
+    // SAFETY: single-threaded; WORKER is null or this process's live worker.
+    if let Some(w) = unsafe { WORKER.as_mut() } {
+        // SAFETY: the worker's targets are valid for the running cycle.
+        unsafe { peers::apply(w) };
     }
 }

@@ -4,7 +4,7 @@
 use core::ffi::c_void;
 use core::mem::size_of;
 use core::ptr;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::collections::HashMap;
 
 use ngx::ffi::{
@@ -16,19 +16,28 @@ use crate::health::PeerHealth;
 use crate::histogram::Histogram;
 use crate::key::{peer_key, zone_size_for};
 use crate::module::conf::MainConf;
+use crate::module::ha;
 use crate::module::log::hc_log;
 use crate::schedule::Schedule;
 
 /// The zone's name as `ngx_shared_memory_add` knows it.
 pub const ZONE_NAME: &str = "upstream_healthcheck";
 
-/// State of one checked peer.
+/// State of one peer.
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
 pub struct Slot {
     pub key: u64,
     pub health: PeerHealth,
     pub sched: Schedule,
+    /// Forced down until this monotonic time (`u64::MAX`: no expiry); 0 when not.
+    pub manual_until_ms: u64,
+}
+
+impl Slot {
+    pub fn manual_down(&self) -> bool {
+        self.manual_until_ms != 0
+    }
 }
 
 /// State of one upstream block.
@@ -36,14 +45,29 @@ pub struct Slot {
 #[repr(C)]
 pub struct UpstreamRecord {
     pub key: u64,
+    /// Excluded from checking until this monotonic time (`u64::MAX`: no expiry); 0 when not.
+    pub excluded_until_ms: u64,
     pub probe_durations: Histogram,
 }
+
+impl UpstreamRecord {
+    pub fn excluded(&self) -> bool {
+        self.excluded_until_ms != 0
+    }
+}
+
+/// `HaMode` as stored in the zone.
+pub const HA_DISABLED: u8 = 0;
+pub const HA_MASTER: u8 = 1;
+pub const HA_SLAVER: u8 = 2;
 
 /// The start of the zone's data.
 #[repr(C)]
 pub struct ZoneHeader {
     /// Bumped on every verdict change, so workers re-apply flags only when needed.
     pub generation: AtomicU64,
+    /// `HA_DISABLED`, `HA_MASTER` or `HA_SLAVER`.
+    pub ha_state: AtomicU8,
     pub nslots: usize,
     slots: *mut Slot,
     pub nupstreams: usize,
@@ -88,6 +112,29 @@ impl ZoneHeader {
 
     pub fn current_generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// False while this host is the HA standby: nothing is probed then.
+    pub fn probing_allowed(&self) -> bool {
+        self.ha_state.load(Ordering::Acquire) != HA_SLAVER
+    }
+
+    /// A hint read without the lock: the slot's manual-down expiry.
+    pub fn manual_hint(&self, i: usize) -> u64 {
+        // SAFETY: as in due_hint.
+        unsafe { ptr::read_volatile(&(*self.slots.add(i)).manual_until_ms) }
+    }
+}
+
+/// Restarts the checks of upstream `ui` with fresh counters: its peers start per
+/// `default_down` and their first probes fall at random points of the next interval.
+pub fn restart_checks(locked: &mut Locked<'_>, main: &MainConf, ui: usize, now: u64) {
+    let up = &main.upstreams[ui];
+    let Some(check) = &up.check else { return };
+    for peer in &up.peers {
+        let s = &mut locked.slots()[peer.slot];
+        s.health = PeerHealth::new(!check.params.default_down);
+        s.sched = Schedule::first(now, check.params.interval_ms, ngx_random() as u64);
     }
 }
 
@@ -194,6 +241,11 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
 
     // SAFETY: reading the monotonic clock nginx keeps; this runs in the master.
     let now = unsafe { ngx_current_msec } as u64;
+    let ha_state = match main.ha {
+        None => HA_DISABLED,
+        Some((addr, _)) if ha::host_has_address(addr) => HA_MASTER,
+        Some(_) => HA_SLAVER,
+    };
     let mut i = 0;
     for (ui, up) in main.upstreams.iter().enumerate() {
         let key = upstream_key(&up.name);
@@ -219,11 +271,13 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
                         next_due_ms: old.sched.next_due_ms,
                         ..Schedule::default()
                     },
+                    manual_until_ms: old.manual_until_ms,
                 },
                 None => Slot {
                     key: peer.key,
                     health: PeerHealth::new(up_at_start),
                     sched: Schedule::first(now, interval, ngx_random() as u64),
+                    manual_until_ms: 0,
                 },
             };
             // SAFETY: i < n == number of slots allocated above.
@@ -235,6 +289,7 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
     unsafe {
         header.write(ZoneHeader {
             generation: AtomicU64::new(1),
+            ha_state: AtomicU8::new(ha_state),
             nslots: n,
             slots,
             nupstreams: nup,

@@ -1,0 +1,231 @@
+//! The control endpoint (`upstream_healthcheck_admin`): reads a GET query or a POST form,
+//! changes exclusions and manual downs in the shared zone, answers in JSON.
+
+use ngx::ffi::{
+    ngx_http_discard_request_body, ngx_http_finalize_request, ngx_http_read_client_request_body,
+    ngx_http_request_t, ngx_int_t, NGX_DONE, NGX_HTTP_GET, NGX_HTTP_HEAD,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_OK, NGX_HTTP_POST, NGX_HTTP_SPECIAL_RESPONSE, NGX_OK,
+};
+use ngx::http::HttpModuleMainConf;
+
+use crate::admin::{
+    expiry, parse_command, render_answer, ttl_left, Action, Answer, Command, Entry, Subject,
+};
+use crate::module::conf::MainConf;
+use crate::module::status::send;
+use crate::module::worker::{apply_now, now_msec};
+use crate::module::zone::{restart_checks, ZoneHeader};
+use crate::module::Module;
+use crate::query::{parse_args, QueryError};
+use crate::render::json::render_json_error;
+
+fn err(status: u16, message: impl Into<String>) -> QueryError {
+    QueryError {
+        status,
+        message: message.into(),
+    }
+}
+
+/// The content handler.
+pub extern "C" fn admin_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx calls content handlers with a live request.
+    let req = unsafe { &mut *r };
+    if req.method & (NGX_HTTP_GET | NGX_HTTP_HEAD | NGX_HTTP_POST) as usize == 0 {
+        return reply(r, Err(err(405, "method not allowed, use GET or POST")));
+    }
+    if req.method & NGX_HTTP_POST as usize != 0 {
+        // SAFETY: reading the body of a live request; nginx calls on_body when it is in.
+        let rc = unsafe { ngx_http_read_client_request_body(r, Some(on_body)) };
+        if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+            return rc;
+        }
+        return NGX_DONE as ngx_int_t;
+    }
+    // SAFETY: as above.
+    let rc = unsafe { ngx_http_discard_request_body(r) };
+    if rc != NGX_OK as ngx_int_t {
+        return rc;
+    }
+    let result = handle(req, &[]);
+    reply(r, result)
+}
+
+extern "C" fn on_body(r: *mut ngx_http_request_t) {
+    // SAFETY: nginx calls the body handler with the live request whose body it read.
+    let req = unsafe { &mut *r };
+    let result = body(req).and_then(|b| handle(req, &b));
+    let rc = reply(r, result);
+    // SAFETY: finalizing the request that read_client_request_body kept alive.
+    unsafe { ngx_http_finalize_request(r, rc) };
+}
+
+/// The request body, which must be a form (or empty) and fit in memory.
+fn body(req: &ngx_http_request_t) -> Result<Vec<u8>, QueryError> {
+    let mut out = Vec::new();
+    // SAFETY: after reading, request_body and its chain are valid for the request.
+    let mut cl = unsafe { req.request_body.as_ref() }.map_or(core::ptr::null_mut(), |b| b.bufs);
+    // SAFETY: walking the request body chain.
+    while let Some(link) = unsafe { cl.as_ref() } {
+        // SAFETY: a chain link holds a valid buffer.
+        let b = unsafe { &*link.buf };
+        if b.in_file() != 0 {
+            return Err(err(413, "request body too large"));
+        }
+        // SAFETY: pos..last are the buffer's valid bytes.
+        out.extend_from_slice(unsafe {
+            core::slice::from_raw_parts(b.pos, b.last.offset_from(b.pos) as usize)
+        });
+        cl = link.next;
+    }
+    if !out.is_empty() {
+        // SAFETY: headers_in.content_type is null or a valid header.
+        let ct = unsafe { req.headers_in.content_type.as_ref() }.map(|h| h.value.as_bytes());
+        let form = b"application/x-www-form-urlencoded";
+        if !ct.is_some_and(|v| v.len() >= form.len() && v[..form.len()].eq_ignore_ascii_case(form))
+        {
+            return Err(err(
+                415,
+                "the body must be application/x-www-form-urlencoded",
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn handle(req: &ngx_http_request_t, body: &[u8]) -> Result<Answer, QueryError> {
+    let mut params = parse_args(req.args.as_bytes())?;
+    params.extend(parse_args(body)?);
+    let command = parse_command(&params)?;
+    if command.changes_state() && req.method & NGX_HTTP_POST as usize == 0 {
+        return Err(err(405, "a=set and a=del must come as POST"));
+    }
+    let main = Module::main_conf(req).ok_or_else(|| err(500, "no configuration"))?;
+    // SAFETY: an admin location makes postconfiguration add the zone, mapped for the cycle.
+    let header = unsafe { main.header.as_ref() }.ok_or_else(|| err(500, "no shared zone"))?;
+    let answer = execute(main, header, command, now_msec())?;
+    if matches!(answer, Answer::Set | Answer::Deleted) {
+        header.bump_generation();
+        apply_now();
+    }
+    Ok(answer)
+}
+
+/// Carries out one command on the shared state.
+fn execute(
+    main: &MainConf,
+    header: &ZoneHeader,
+    command: Command,
+    now: u64,
+) -> Result<Answer, QueryError> {
+    let mut locked = header.lock();
+    let Command::Apply { subject, action } = command else {
+        let mut entries = Vec::new();
+        for (ui, up) in main.upstreams.iter().enumerate() {
+            let until = locked.upstreams()[ui].excluded_until_ms;
+            if until != 0 {
+                let ttl_secs = ttl_left(until, now);
+                entries.push(Entry {
+                    upstream: up.name.clone(),
+                    peer: None,
+                    ttl_secs,
+                });
+            }
+            for peer in &up.peers {
+                let until = locked.slots()[peer.slot].manual_until_ms;
+                if until != 0 {
+                    entries.push(Entry {
+                        upstream: up.name.clone(),
+                        peer: Some(peer.name.clone()),
+                        ttl_secs: ttl_left(until, now),
+                    });
+                }
+            }
+        }
+        return Ok(Answer::List(entries));
+    };
+
+    let name = match &subject {
+        Subject::Exclusion { upstream } | Subject::ManualDown { upstream, .. } => upstream,
+    };
+    let ui = main
+        .upstreams
+        .iter()
+        .position(|u| &u.name == name)
+        .ok_or_else(|| err(404, format!("unknown upstream {name:?}")))?;
+    let up = &main.upstreams[ui];
+
+    match subject {
+        Subject::Exclusion { upstream } => {
+            let record = &mut locked.upstreams()[ui];
+            let until = record.excluded_until_ms;
+            match action {
+                Action::Set { ttl_secs } => {
+                    record.excluded_until_ms = expiry(now, ttl_secs);
+                    Ok(Answer::Set)
+                }
+                Action::Del => {
+                    record.excluded_until_ms = 0;
+                    if until != 0 {
+                        restart_checks(&mut locked, main, ui, now);
+                    }
+                    Ok(Answer::Deleted)
+                }
+                Action::Get => Ok(Answer::Get((until != 0).then(|| Entry {
+                    upstream,
+                    peer: None,
+                    ttl_secs: ttl_left(until, now),
+                }))),
+            }
+        }
+        Subject::ManualDown { upstream, peer } => {
+            let slots: Vec<usize> = up
+                .peers
+                .iter()
+                .filter(|p| p.name == peer)
+                .map(|p| p.slot)
+                .collect();
+            if slots.is_empty() {
+                return Err(err(
+                    404,
+                    format!("unknown peer {peer:?} in upstream {upstream:?}"),
+                ));
+            }
+            match action {
+                Action::Set { ttl_secs } => {
+                    for &s in &slots {
+                        locked.slots()[s].manual_until_ms = expiry(now, ttl_secs);
+                    }
+                    Ok(Answer::Set)
+                }
+                Action::Del => {
+                    for &s in &slots {
+                        locked.slots()[s].manual_until_ms = 0;
+                    }
+                    Ok(Answer::Deleted)
+                }
+                Action::Get => {
+                    let until = locked.slots()[slots[0]].manual_until_ms;
+                    Ok(Answer::Get((until != 0).then(|| Entry {
+                        upstream,
+                        peer: Some(peer),
+                        ttl_secs: ttl_left(until, now),
+                    })))
+                }
+            }
+        }
+    }
+}
+
+/// Sends the JSON answer or error.
+fn reply(r: *mut ngx_http_request_t, result: Result<Answer, QueryError>) -> ngx_int_t {
+    let mut body = String::new();
+    let (status, written) = match &result {
+        Ok(answer) => (NGX_HTTP_OK as usize, render_answer(&mut body, answer)),
+        Err(e) => (e.status as usize, render_json_error(&mut body, &e.message)),
+    };
+    if written.is_err() {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    }
+    // SAFETY: r is the live request being answered.
+    unsafe { send(r, status, "application/json", body.as_bytes()) }
+}
