@@ -24,12 +24,18 @@ case $target in
     [[ "$(sig "$nginx")" == "$(sig "$module")" ]] || { echo "build: module signature differs from $nginx" >&2; exit 1; }
     ;;
   vendored)  # nginx 1.28 built from the nginx-src crate, and the module against it
-    cargo build -q --features vendored --target-dir target/vendored "${flags[@]}"
-    nginx=$(ls -t "$root"/target/vendored/"$profile"/build/nginx-sys-*/out/objs/nginx | head -n1)
+    # The build-script message names the nginx-sys out dir this build really uses (there may be several).
+    out_dir=$(cargo build -q --features vendored --target-dir target/vendored "${flags[@]}" \
+      --message-format=json-render-diagnostics | grep -o '"out_dir":"[^"]*/nginx-sys-[^"]*"' | cut -d'"' -f4 | tail -n1)
+    nginx=$out_dir/objs/nginx
     module=$root/target/vendored/$profile/$so_name
     ;;
   *) echo "usage: $0 debian|vendored [--release]" >&2; exit 2 ;;
 esac
 [[ -x $nginx && -f $module ]] || { echo "build: missing $nginx or $module" >&2; exit 1; }
+# `cargo test` rebuilds the cdylib in place (panic=unwind for the test profile), so hand out a copy.
+out=$root/target/modules/$target-$profile
+mkdir -p "$out" && cp "$module" "$out/ngx_http_upstream_healthcheck_module.so.tmp"
+mv "$out/ngx_http_upstream_healthcheck_module.so.tmp" "$out/ngx_http_upstream_healthcheck_module.so"
 echo "NGX_HC_NGINX=$nginx"
-echo "NGX_HC_MODULE=$module"
+echo "NGX_HC_MODULE=$out/ngx_http_upstream_healthcheck_module.so"

@@ -21,7 +21,8 @@ down_shown() { curl -fsS --max-time 2 "$url" 2>/dev/null | grep '127\.0\.0\.1:90
 
 [[ ${1:-} == stop ]] && { stop_demo; exit 0; }
 scripts/setup.sh
-eval "$(scripts/build.sh debian | grep '^NGX_HC_')"
+env_out=$(scripts/build.sh debian)  # (a failing build stops here; eval "$(...)" alone would hide it)
+eval "$(grep '^NGX_HC_' <<<"$env_out")"
 stop_demo
 mkdir -p "$prefix"/{modules,logs,temp}
 chmod 755 "$prefix" "$prefix"/{modules,logs,temp}

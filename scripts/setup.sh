@@ -16,8 +16,9 @@ if ((${#missing[@]})); then
     printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null && "${sudo[@]}" chmod 755 "$policy"
     trap '"${sudo[@]}" rm -f "$policy"' EXIT
   fi
-  "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt() { local out; out=$("${sudo[@]}" apt-get "$@" 2>&1) || { echo "$out" >&2; exit 1; }; }
+  apt update -qq
+  apt install -y -qq --no-install-recommends "${missing[@]}"
 fi
 command -v cargo >/dev/null || { echo "setup: cargo not found (install rustup)" >&2; exit 1; }
 # Stop and disable the distro nginx service so it neither holds port 80 nor shows up as a stray nginx process.

@@ -8,13 +8,15 @@ scripts/setup.sh
 mkdir -p "$log_dir"
 summary=(); passed=0; failed=0
 
+# count WORD LOG: sum of "N WORD" over the "test result:" lines of a cargo test log.
+count() { grep -E '^test result:' "$2" | grep -oE "[0-9]+ $1" | awk '{s+=$1} END {print s+0}' || true; }
+
 # run NAME CMD...: runs a cargo test command (bounded to 30 min), tees its output, adds its counts to the summary.
 run() {
   local name=$1 t0=$SECONDS rc=0 p f; shift
   echo "=== $name: $*" >&2
   timeout --kill-after=30 1800 "$@" 2>&1 | tee "$log_dir/$name.log" || rc=$?
-  p=$(grep -oE '^test result: .* ([0-9]+) passed' "$log_dir/$name.log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
-  f=$(grep -oE '^test result: .* ([0-9]+) failed' "$log_dir/$name.log" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+  p=$(count passed "$log_dir/$name.log"); f=$(count failed "$log_dir/$name.log")
   passed=$((passed + p)); failed=$((failed + f))
   summary+=("$(printf '%-22s %s: %d passed, %d failed (%ds)' "$name" "$([[ $rc == 0 ]] && echo ok || echo FAILED)" "$p" "$f" $((SECONDS - t0)))")
   if [[ $rc != 0 ]]; then

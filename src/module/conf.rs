@@ -8,7 +8,8 @@ use std::net::IpAddr;
 
 use ngx::core::NGX_CONF_ERROR;
 use ngx::ffi::{
-    ngx_conf_t, ngx_http_upstream_srv_conf_t, ngx_shm_zone_t, ngx_uint_t, NGX_LOG_EMERG,
+    ngx_conf_t, ngx_http_upstream_init_peer_pt, ngx_http_upstream_srv_conf_t, ngx_shm_zone_t,
+    ngx_uint_t, NGX_LOG_EMERG,
 };
 
 use crate::config::{CheckParams, ValidStatuses};
@@ -93,6 +94,8 @@ pub struct SrvConf {
     pub check: Option<Option<CheckParams>>,
     pub request: Option<(Vec<u8>, ConfPos)>,
     pub valid: Option<(ValidStatuses, ConfPos)>,
+    /// The balancer's per-request init, wrapped so a request never sees stale verdicts.
+    pub original_init_peer: ngx_http_upstream_init_peer_pt,
 }
 
 /// `location {}` level.

@@ -229,6 +229,18 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
     shm.init = Some(zone::init_zone);
     shm.data = main as *mut MainConf as *mut c_void;
     shm.noreuse = 1;
+
+    // Wrap every balancer's per-request init, so a worker applies a changed verdict before
+    // choosing a peer: the cost is one atomic load per request.
+    for up in &main.upstreams {
+        // SAFETY: uscf is valid; its balancer's init_upstream ran in init_main_conf.
+        let us = unsafe { &mut *up.uscf };
+        let sc = Module::server_conf_mut(us).ok_or(())?;
+        if sc.original_init_peer.is_none() && us.peer.init.is_some() {
+            sc.original_init_peer = us.peer.init;
+            us.peer.init = Some(worker::init_peer);
+        }
+    }
     main.shm_zone = shm;
     Ok(())
 }

@@ -25,8 +25,9 @@ enum Stage {
     Reading,
 }
 
-/// A probe in flight; owned by its connection's `data` until it ends.
-struct Probe {
+/// A probe in flight; owned by its connection's `data` until it ends, and listed in the
+/// worker's `probes`.
+pub struct Probe {
     worker: *mut Worker,
     slot: usize,
     started: Instant,
@@ -97,6 +98,8 @@ pub fn start(w: &mut Worker, slot: usize, started: Instant) {
         unsafe { end(p, ptr::null_mut(), Outcome::failed(Failure::Refused, None)) };
         return;
     }
+    // SAFETY: p stays valid until end or abort take it off this list.
+    unsafe { (*(*p).worker).probes.push(p) };
     // SAFETY: c is the new connection; its events and log belong to this probe now.
     unsafe {
         (*c).data = p as *mut c_void;
@@ -283,6 +286,22 @@ unsafe fn end(p: *mut Probe, c: *mut ngx_connection_t, outcome: Outcome) {
             ngx_close_connection(c);
         }
         let probe = Box::from_raw(p);
-        (*probe.worker).finish(probe.slot, outcome, probe.started);
+        let w = &mut *probe.worker;
+        w.probes.retain(|&q| q != p);
+        w.finish(probe.slot, outcome, probe.started);
+    }
+}
+
+/// Closes a probe without a verdict, as the worker exits.
+///
+/// # Safety
+/// `p` must be a live probe that has been taken off the worker's list.
+pub unsafe fn abort(p: *mut Probe) {
+    // SAFETY: per the contract, the probe and its connection are live.
+    unsafe {
+        let probe = Box::from_raw(p);
+        if !probe.pc.connection.is_null() {
+            ngx_close_connection(probe.pc.connection);
+        }
     }
 }

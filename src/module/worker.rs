@@ -6,18 +6,19 @@ use core::sync::atomic::Ordering;
 use std::time::Instant;
 
 use ngx::ffi::{
-    ngx_current_msec, ngx_cycle_t, ngx_event_t, ngx_exiting, ngx_int_t, ngx_log_t, ngx_pid,
-    ngx_process, ngx_quit, ngx_random, ngx_terminate, ngx_timeofday, NGX_LOG_CRIT, NGX_OK,
-    NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
+    ngx_current_msec, ngx_cycle_t, ngx_event_t, ngx_exiting, ngx_http_request_t,
+    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_log_t, ngx_pid, ngx_process, ngx_quit, ngx_random,
+    ngx_terminate, ngx_timeofday, NGX_ERROR, NGX_LOG_CRIT, NGX_OK, NGX_PROCESS_SINGLE,
+    NGX_PROCESS_WORKER,
 };
-use ngx::http::HttpModuleMainConf;
+use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
 
 use crate::health::Transition;
 use crate::module::conf::{Check, MainConf, PeerConf, UpstreamConf};
 use crate::module::ha;
 use crate::module::log::hc_log;
 use crate::module::peers::{self, Target};
-use crate::module::probe;
+use crate::module::probe::{self, Probe};
 use crate::module::zone::{restart_checks, ZoneHeader, HA_MASTER, HA_SLAVER};
 use crate::module::Module;
 use crate::outcome::Outcome;
@@ -32,7 +33,8 @@ pub struct Worker {
     /// The log probe connections use: the cycle's, quietened to `crit` so that a refused
     /// connect, the very thing being checked for, does not flood the error log.
     pub probe_log: ngx_log_t,
-    in_flight: usize,
+    /// Probes in flight from this worker, closed by exit_process if nginx exits first.
+    pub probes: Vec<*mut Probe>,
     max_in_flight: usize,
     applied_generation: u64,
     /// Indexed by slot.
@@ -93,7 +95,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         // SAFETY: an all-zero ngx_event_t is its idle state (ngx_pcalloc'ed events are too).
         timer: unsafe { core::mem::zeroed() },
         probe_log,
-        in_flight: 0,
+        probes: Vec::new(),
         max_in_flight: (connections / 2).max(1),
         applied_generation: 0,
         targets,
@@ -117,7 +119,8 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     NGX_OK as ngx_int_t
 }
 
-/// `ngx_module_t.exit_process`: drop the timer and the worker state.
+/// `ngx_module_t.exit_process`: close the probes still in flight (nginx reports sockets left
+/// open by an exiting worker), drop the timer and the worker state.
 pub extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
     // SAFETY: single-threaded; WORKER was set by init_process of this process or is null.
     unsafe {
@@ -129,11 +132,10 @@ pub extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
         if (*w).timer.timer_set() != 0 {
             ngx::ffi::ngx_del_timer(&mut (*w).timer);
         }
-        // In-flight probes still point at the worker; the process ends right after this
-        // hook, so they are never resumed. Leak rather than free under them.
-        if (*w).in_flight == 0 {
-            drop(Box::from_raw(w));
+        for p in core::mem::take(&mut (*w).probes) {
+            probe::abort(p);
         }
+        drop(Box::from_raw(w));
     }
 }
 
@@ -251,7 +253,7 @@ impl Worker {
                 soonest(due - now);
                 continue;
             }
-            if self.in_flight >= self.max_in_flight {
+            if self.probes.len() >= self.max_in_flight {
                 soonest(1);
                 break;
             }
@@ -271,7 +273,6 @@ impl Worker {
                 ok
             };
             if claimed {
-                self.in_flight += 1;
                 probe::start(self, slot, Instant::now());
             }
         }
@@ -280,7 +281,6 @@ impl Worker {
 
     /// Records the end of the probe of `slot` and logs and applies a change of verdict.
     pub fn finish(&mut self, slot: usize, outcome: Outcome, started: Instant) {
-        self.in_flight = self.in_flight.saturating_sub(1);
         let (up, check, peer) = self.check_of(slot);
         let p = &check.params;
         let now = now_msec();
@@ -365,5 +365,24 @@ pub fn apply_now() {
     if let Some(w) = unsafe { WORKER.as_mut() } {
         // SAFETY: the worker's targets are valid for the running cycle.
         unsafe { peers::apply(w) };
+    }
+}
+
+/// The wrapped `peer.init` of every upstream: catch up with the shared verdicts (when they
+/// changed), then let the balancer pick a peer.
+pub extern "C" fn init_peer(
+    r: *mut ngx_http_request_t,
+    us: *mut ngx_http_upstream_srv_conf_t,
+) -> ngx_int_t {
+    apply_now();
+    // SAFETY: nginx passes the upstream the request uses; our srv conf exists for every
+    // upstream block and holds the balancer's own init, set in postconfiguration.
+    let original = unsafe { us.as_ref() }
+        .and_then(|us| Module::server_conf(us))
+        .and_then(|sc| sc.original_init_peer);
+    match original {
+        // SAFETY: calling the balancer's init with the arguments nginx gave us.
+        Some(init) => unsafe { init(r, us) },
+        None => NGX_ERROR as ngx_int_t,
     }
 }

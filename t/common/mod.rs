@@ -416,7 +416,7 @@ pub struct Nginx {
     child: Option<Child>,
     master: u32,
     /// Every worker pid seen, so Drop can kill orphans as a last resort.
-    seen_workers: HashSet<u32>,
+    seen_workers: Mutex<HashSet<u32>>,
 }
 
 impl Nginx {
@@ -455,7 +455,7 @@ impl Nginx {
             conf,
             child: Some(child),
             master,
-            seen_workers: HashSet::new(),
+            seen_workers: Mutex::new(HashSet::new()),
         };
         nginx.wait_ready();
         nginx
@@ -531,7 +531,7 @@ impl Nginx {
 
     /// Live worker processes of the master ("nginx: worker process", not those already
     /// "is shutting down"; cache manager/loader excluded).
-    pub fn worker_pids(&mut self) -> Vec<u32> {
+    pub fn worker_pids(&self) -> Vec<u32> {
         let pids: Vec<u32> = children_of(self.master)
             .into_iter()
             .filter(|(_, cmd)| {
@@ -539,17 +539,23 @@ impl Nginx {
             })
             .map(|(pid, _)| pid)
             .collect();
-        self.seen_workers.extend(pids.iter().copied());
+        self.seen_workers
+            .lock()
+            .unwrap()
+            .extend(pids.iter().copied());
         pids
     }
 
     /// Every live child of the master (workers, shutting-down workers, cache processes).
-    fn all_children(&mut self) -> Vec<u32> {
+    fn all_children(&self) -> Vec<u32> {
         let pids: Vec<u32> = children_of(self.master)
             .into_iter()
             .map(|(pid, _)| pid)
             .collect();
-        self.seen_workers.extend(pids.iter().copied());
+        self.seen_workers
+            .lock()
+            .unwrap()
+            .extend(pids.iter().copied());
         pids
     }
 
@@ -633,7 +639,7 @@ impl Nginx {
         if !graceful {
             signal("TERM", self.master);
             if !self.wait_all_gone(Duration::from_secs(2)) {
-                for &pid in &self.seen_workers {
+                for &pid in self.seen_workers.lock().unwrap().iter() {
                     if pid_alive(pid) {
                         signal("KILL", pid);
                     }
@@ -655,7 +661,14 @@ impl Nginx {
         loop {
             self.all_children();
             let master_gone = self.exited().is_some();
-            if master_gone && self.seen_workers.iter().all(|&p| !pid_alive(p)) {
+            if master_gone
+                && self
+                    .seen_workers
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .all(|&p| !pid_alive(p))
+            {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -1090,4 +1103,205 @@ fn handle_conn(s: &BackendShared, mut stream: TcpStream) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config checks with positions, hand-written configs, status page (added for the workers,
+// reload, config_errors and examples tests)
+
+/// The outcome of `nginx -t` together with the config it checked, so that a test can assert the
+/// `file:line` nginx names in an `[emerg]` line.
+pub struct ConfCheck {
+    pub ok: bool,
+    /// stderr + stdout of `nginx -t`.
+    pub output: String,
+    /// The path of the checked nginx.conf, as nginx names it in messages (the file itself is
+    /// gone once the check returns).
+    pub conf_path: PathBuf,
+    /// The checked config text.
+    pub conf: String,
+}
+
+impl ConfCheck {
+    /// 1-based number of the only line of the config containing `needle`; panics when no line or
+    /// more than one line contains it.
+    pub fn line_of(&self, needle: &str) -> usize {
+        let hits: Vec<usize> = self
+            .conf
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.contains(needle))
+            .map(|(i, _)| i + 1)
+            .collect();
+        assert!(
+            hits.len() == 1,
+            "expected exactly one config line containing {needle:?}, found lines {hits:?}:\n{}",
+            self.conf
+        );
+        hits[0]
+    }
+
+    /// `nginx: [emerg] <msg> in <conf_path>:<line>`, the line nginx prints for a config error.
+    pub fn emerg_line(&self, msg: &str, line: usize) -> String {
+        format!(
+            "nginx: [emerg] {msg} in {}:{line}",
+            self.conf_path.display()
+        )
+    }
+
+    /// The output lines that contain `[emerg]`.
+    pub fn emerg_lines(&self) -> Vec<&str> {
+        self.output
+            .lines()
+            .filter(|l| l.contains("[emerg]"))
+            .collect()
+    }
+}
+
+/// `nginx -t` on the config `Nginx::start_with(main_extra, http_body)` would write, keeping the
+/// config path and text (see `ConfCheck`).
+pub fn nginx_test_conf(main_extra: &str, http_body: &str) -> ConfCheck {
+    let _ = (nginx_bin(), module_path());
+    let prefix = TempPrefix::new();
+    let conf = render_conf(prefix.path(), main_extra, http_body);
+    let (ok, output) = run_nginx_t(&prefix, &conf);
+    ConfCheck {
+        ok,
+        output,
+        conf_path: prefix.path().join("nginx.conf"),
+        conf,
+    }
+}
+
+/// The value of the first `worker_processes N;` in a config, 1 when absent or not a number.
+fn worker_processes_in(conf: &str) -> usize {
+    conf.lines()
+        .map(str::trim_start)
+        .find_map(|l| l.strip_prefix("worker_processes"))
+        .and_then(|rest| {
+            rest.trim_start()
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect::<String>()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(1)
+}
+
+impl Nginx {
+    /// Starts nginx with `full_conf` verbatim as nginx.conf in a fresh prefix (`-p`, so relative
+    /// paths land in the prefix), `daemon off`. Add `load_module_line()` yourself. The config must
+    /// write its pid to `nginx.pid` in the prefix (`pid nginx.pid;`) and its error log to
+    /// `error.log` (`error_log error.log info;`) for readiness and `stop()` to work. Readiness
+    /// as for `start` (pid file, `worker_processes` workers, every `listen 127.0.0.1:PORT`).
+    /// Do not use `rewrite_conf*` on it.
+    pub fn start_raw(full_conf: &str) -> Nginx {
+        let bin = nginx_bin();
+        let prefix = TempPrefix::new();
+        prepare_prefix(prefix.path());
+        let conf_path = prefix.path().join("nginx.conf");
+        fs::write(&conf_path, full_conf).expect("write nginx.conf");
+        let stderr = fs::File::create(prefix.path().join("stderr.log")).expect("create stderr.log");
+        let child = Command::new(&bin)
+            .arg("-p")
+            .arg(prefix.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(prefix.path().join("error.log"))
+            .arg("-g")
+            .arg("daemon off;")
+            .stdin(Stdio::null())
+            .stdout(stderr.try_clone().expect("dup stderr.log"))
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+        let master = child.id();
+        let mut nginx = Nginx {
+            prefix,
+            main_extra: format!("worker_processes {};", worker_processes_in(full_conf)),
+            conf: full_conf.to_string(),
+            child: Some(child),
+            master,
+            seen_workers: Default::default(),
+        };
+        nginx.wait_ready();
+        nginx
+    }
+
+    /// (pid, command line) of every live child of the master: workers (also those "shutting
+    /// down"), cache manager, cache loader.
+    pub fn child_processes(&self) -> Vec<(u32, String)> {
+        self.all_children();
+        children_of(self.master)
+    }
+
+    /// The path of the running nginx.conf.
+    pub fn conf_path(&self) -> PathBuf {
+        self.prefix.path().join("nginx.conf")
+    }
+
+    /// The text of the running (or last rewritten) nginx.conf.
+    pub fn conf_text(&self) -> &str {
+        &self.conf
+    }
+}
+
+/// GET `path` (e.g. `/upstream_status`) on 127.0.0.1:port and return the body; panics unless the
+/// answer is 200.
+pub fn status_page(port: u16, path: &str) -> String {
+    let (status, headers, body) =
+        http_get(port, path).unwrap_or_else(|e| panic!("GET {path} on port {port}: {e}"));
+    assert_eq!(status, 200, "GET {path}: {headers}\n{body}");
+    body
+}
+
+/// The state (`"up"` or `"DOWN"`) of `peer` (`127.0.0.1:PORT`) in `upstream` on a text status
+/// page (`upstream_healthcheck_status`); None when the page does not list it there.
+pub fn peer_state<'a>(page: &'a str, upstream: &str, peer: &str) -> Option<&'a str> {
+    let mut inside = false;
+    for line in page.lines() {
+        if let Some(rest) = line.strip_prefix("Upstream ") {
+            let name = rest.strip_suffix(" (NO checkers)").unwrap_or(rest);
+            inside = name == upstream;
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        if let (Some(addr), Some(state), None) = (parts.next(), parts.next(), parts.next()) {
+            if addr == peer && (state == "up" || state == "DOWN") {
+                return Some(state);
+            }
+        }
+    }
+    None
+}
+
+impl Nginx {
+    /// Like `stop` (SIGQUIT, asserts a graceful exit within the stop deadline), but error-log
+    /// lines with `[alert]`, `[crit]` or `[emerg]` are allowed when `allowed(line)` is true (e.g.
+    /// the master's `worker process N exited on signal 9` after a test killed a worker). Returns
+    /// the error log.
+    pub fn stop_allowing(mut self, allowed: impl Fn(&str) -> bool) -> String {
+        let graceful = self.shutdown();
+        let log = self.error_log();
+        assert!(
+            graceful,
+            "nginx did not exit within {STOP_DEADLINE:?} of SIGQUIT (graceful shutdown blocked?); it was killed.\n{log}"
+        );
+        let bad: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("[alert]") || l.contains("[crit]") || l.contains("[emerg]"))
+            .filter(|l| !allowed(l))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "error log has unexpected alert/crit/emerg lines:\n{}\n--- full log ---\n{log}",
+            bad.join("\n")
+        );
+        log
+    }
 }

@@ -1,0 +1,427 @@
+//! An operator's typos: every malformed use of the module's directives makes `nginx -t` fail
+//! with one `[emerg]` line that names the directive, the bad parameter and the `file:line` of
+//! the directive; well-formed edge cases pass.
+mod common;
+
+use common::*;
+
+/// An upstream `u` with one peer and `directives` inside it, and a server proxying to it.
+fn upstream_with(directives: &str) -> String {
+    format!(
+        "upstream u {{\n    server 127.0.0.1:18081;\n{directives}\n}}\n\
+         server {{\n    listen 127.0.0.1:18080;\n    location / {{ proxy_pass http://u; }}\n}}\n"
+    )
+}
+
+/// `nginx -t` must fail with exactly one `[emerg]` line: `msg` at the config line that contains
+/// `needle` (the offending directive).
+fn assert_rejected_at(check: &ConfCheck, needle: &str, msg: &str) {
+    assert!(
+        !check.ok,
+        "nginx -t accepted a bad config (expected: {msg}):\n{}\n--- config ---\n{}",
+        check.output, check.conf
+    );
+    let want = check.emerg_line(msg, check.line_of(needle));
+    let emerg = check.emerg_lines();
+    assert_eq!(
+        emerg,
+        vec![want.as_str()],
+        "\n--- nginx -t output ---\n{}\n--- config ---\n{}",
+        check.output,
+        check.conf
+    );
+    assert!(check.output.contains("test failed"), "{}", check.output);
+}
+
+/// `nginx -t` of an upstream containing `directives` fails with `msg` at the line of `needle`.
+fn rejected(directives: &str, needle: &str, msg: &str) {
+    let check = nginx_test_conf("", &upstream_with(directives));
+    assert_rejected_at(&check, needle, msg);
+}
+
+/// `invalid parameter "ARG" in "upstream_healthcheck" directive, REASON`
+fn bad_param(arg: &str, reason: &str) -> String {
+    format!("invalid parameter \"{arg}\" in \"upstream_healthcheck\" directive, {reason}")
+}
+
+fn accepted(http_body: &str) {
+    let check = nginx_test_conf("", http_body);
+    assert!(
+        check.ok && check.emerg_lines().is_empty(),
+        "nginx -t rejected a valid config:\n{}\n--- config ---\n{}",
+        check.output,
+        check.conf
+    );
+    assert!(check.output.contains("syntax is ok"), "{}", check.output);
+    assert!(
+        check.output.contains("test is successful"),
+        "{}",
+        check.output
+    );
+}
+
+#[test]
+fn unknown_parameter() {
+    rejected(
+        "    upstream_healthcheck interval=1s foo=1;",
+        "foo=1",
+        "invalid parameter \"foo=1\" in \"upstream_healthcheck\" directive",
+    );
+}
+
+#[test]
+fn bad_counts() {
+    for (arg, name) in [("fall=abc", "fall"), ("fall=0", "fall"), ("rise=0", "rise")] {
+        rejected(
+            &format!("    upstream_healthcheck {arg};"),
+            arg,
+            &bad_param(arg, &format!("{name} must be a number from 1 to 1000000")),
+        );
+    }
+}
+
+#[test]
+fn bad_times() {
+    for (arg, name) in [("interval=0", "interval"), ("timeout=-1s", "timeout")] {
+        rejected(
+            &format!("    upstream_healthcheck {arg};"),
+            arg,
+            &bad_param(
+                arg,
+                &format!(
+                    "{name} must be a positive time (e.g. 2s, 500ms; a bare number means milliseconds)"
+                ),
+            ),
+        );
+    }
+}
+
+#[test]
+fn bad_type_port_default_down_uri() {
+    for (arg, reason) in [
+        ("type=udp", "type must be \"tcp\" or \"http\""),
+        ("port=70000", "port must be from 1 to 65535"),
+        (
+            "default_down=maybe",
+            "default_down must be \"on\" or \"off\"",
+        ),
+        ("uri=health", "uri must start with \"/\""),
+    ] {
+        rejected(
+            &format!("    upstream_healthcheck fall=2 {arg};"),
+            arg,
+            &bad_param(arg, reason),
+        );
+    }
+}
+
+#[test]
+fn repeated_parameter() {
+    rejected(
+        "    upstream_healthcheck fall=1 fall=2;",
+        "fall=1 fall=2",
+        &bad_param("fall=2", "fall is given twice"),
+    );
+}
+
+#[test]
+fn off_with_other_parameters() {
+    for line in [
+        "    upstream_healthcheck off fall=2;",
+        "    upstream_healthcheck fall=2 off;",
+    ] {
+        rejected(
+            line,
+            "upstream_healthcheck ",
+            &bad_param("off", "\"off\" takes no other parameters"),
+        );
+    }
+}
+
+#[test]
+fn healthcheck_outside_an_upstream_block() {
+    let msg = "\"upstream_healthcheck\" directive is not allowed here";
+    // In a server block.
+    let check = nginx_test_conf(
+        "",
+        "server {\n    listen 127.0.0.1:18080;\n    upstream_healthcheck fall=2;\n    location / { return 200; }\n}\n",
+    );
+    assert_rejected_at(&check, "upstream_healthcheck fall=2", msg);
+    // In a location block.
+    let check = nginx_test_conf(
+        "",
+        "server {\n    listen 127.0.0.1:18080;\n    location / {\n        upstream_healthcheck fall=2;\n    }\n}\n",
+    );
+    assert_rejected_at(&check, "upstream_healthcheck fall=2", msg);
+    // At http level.
+    let check = nginx_test_conf(
+        "",
+        &format!("upstream_healthcheck fall=2;\n{}", upstream_with("")),
+    );
+    assert_rejected_at(&check, "upstream_healthcheck fall=2", msg);
+}
+
+#[test]
+fn upstream_directives_outside_an_upstream_block() {
+    for (directive, args) in [
+        (
+            "upstream_healthcheck_request",
+            "\"GET / HTTP/1.0\\r\\n\\r\\n\"",
+        ),
+        ("upstream_healthcheck_valid_statuses", "200"),
+    ] {
+        let check = nginx_test_conf(
+            "",
+            &format!(
+                "server {{\n    listen 127.0.0.1:18080;\n    {directive} {args};\n    location / {{ return 200; }}\n}}\n"
+            ),
+        );
+        assert_rejected_at(
+            &check,
+            directive,
+            &format!("\"{directive}\" directive is not allowed here"),
+        );
+    }
+    // The zone is an http-level directive: not inside an upstream.
+    rejected(
+        "    upstream_healthcheck;\n    upstream_healthcheck_zone 1m;",
+        "upstream_healthcheck_zone",
+        "\"upstream_healthcheck_zone\" directive is not allowed here",
+    );
+}
+
+#[test]
+fn duplicate_healthcheck_in_one_upstream() {
+    rejected(
+        "    upstream_healthcheck interval=1s;\n    upstream_healthcheck fall=2;",
+        "upstream_healthcheck fall=2",
+        "\"upstream_healthcheck\" directive is duplicate",
+    );
+}
+
+#[test]
+fn unknown_status_token() {
+    rejected(
+        "    upstream_healthcheck;\n    upstream_healthcheck_valid_statuses 200 2yy;",
+        "upstream_healthcheck_valid_statuses",
+        "invalid parameter \"2yy\" in \"upstream_healthcheck_valid_statuses\" directive, \
+         expected a status (200), a range (200-399 or 2xx) or an exclusion (!502)",
+    );
+}
+
+#[test]
+fn http_only_directives_with_type_tcp_in_either_order() {
+    for (directive, line) in [
+        (
+            "upstream_healthcheck_request",
+            "    upstream_healthcheck_request \"GET / HTTP/1.0\\r\\n\\r\\n\";",
+        ),
+        (
+            "upstream_healthcheck_valid_statuses",
+            "    upstream_healthcheck_valid_statuses 200;",
+        ),
+    ] {
+        let msg = format!(
+            "\"{directive}\" directive applies to type=http only, but \"upstream_healthcheck\" sets type=tcp"
+        );
+        // type=tcp first: the error is at the http-only directive.
+        rejected(
+            &format!("    upstream_healthcheck type=tcp;\n{line}"),
+            directive,
+            &msg,
+        );
+        // The http-only directive first: the error is at upstream_healthcheck type=tcp.
+        rejected(
+            &format!("{line}\n    upstream_healthcheck type=tcp;"),
+            "type=tcp",
+            &msg,
+        );
+    }
+}
+
+#[test]
+fn request_without_the_final_empty_line() {
+    let msg = "invalid value in \"upstream_healthcheck_request\" directive, the request must \
+               start with a method and end with \"\\r\\n\\r\\n\"";
+    rejected(
+        "    upstream_healthcheck;\n    upstream_healthcheck_request \"GET /status HTTP/1.0\\r\\nHost: foo.com\\r\\n\";",
+        "upstream_healthcheck_request",
+        msg,
+    );
+    // No method either.
+    rejected(
+        "    upstream_healthcheck;\n    upstream_healthcheck_request \"/status\\r\\n\\r\\n\";",
+        "upstream_healthcheck_request",
+        msg,
+    );
+}
+
+#[test]
+fn http_directives_need_upstream_healthcheck() {
+    for (directive, line) in [
+        (
+            "upstream_healthcheck_request",
+            "    upstream_healthcheck_request \"GET / HTTP/1.0\\r\\n\\r\\n\";",
+        ),
+        (
+            "upstream_healthcheck_valid_statuses",
+            "    upstream_healthcheck_valid_statuses 200;",
+        ),
+    ] {
+        rejected(
+            line,
+            directive,
+            &format!("\"{directive}\" directive needs \"upstream_healthcheck\" in upstream \"u\""),
+        );
+    }
+}
+
+#[test]
+fn zone_below_the_minimum() {
+    let check = nginx_test_conf(
+        "",
+        &format!(
+            "upstream_healthcheck_zone 8k;\n{}",
+            upstream_with("    upstream_healthcheck;")
+        ),
+    );
+    assert_rejected_at(
+        &check,
+        "upstream_healthcheck_zone",
+        "\"upstream_healthcheck_zone\" size \"8k\" is too small, the minimum is 32k",
+    );
+    let check = nginx_test_conf(
+        "",
+        &format!(
+            "upstream_healthcheck_zone lots;\n{}",
+            upstream_with("    upstream_healthcheck;")
+        ),
+    );
+    assert_rejected_at(
+        &check,
+        "upstream_healthcheck_zone",
+        "invalid zone size \"lots\" in \"upstream_healthcheck_zone\" directive",
+    );
+}
+
+/// 2000 checked peers: an upstream with 2000 `server` lines.
+fn many_peers(zone: Option<&str>) -> String {
+    let mut body = String::new();
+    if let Some(size) = zone {
+        body.push_str(&format!("upstream_healthcheck_zone {size};\n"));
+    }
+    body.push_str("upstream many {\n");
+    for i in 0..2000 {
+        body.push_str(&format!("    server 127.0.0.1:{};\n", 20000 + i));
+    }
+    body.push_str("    upstream_healthcheck interval=1s;\n}\n");
+    body.push_str(
+        "server {\n    listen 127.0.0.1:18080;\n    location / { proxy_pass http://many; }\n}\n",
+    );
+    body
+}
+
+#[test]
+fn zone_too_small_for_the_peers_names_the_size_needed() {
+    let check = nginx_test_conf("", &many_peers(Some("32k")));
+    assert!(!check.ok, "{}", check.output);
+    let prefix = "\"upstream_healthcheck_zone\" size 32k is too small for 2000 peers, at least ";
+    let emerg = check.emerg_lines();
+    assert_eq!(emerg.len(), 1, "{}", check.output);
+    let msg = emerg[0]
+        .strip_prefix("nginx: [emerg] ")
+        .unwrap_or_else(|| panic!("{}", check.output));
+    let needed_k: usize = msg
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.split_once("k is needed"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected message: {msg}"));
+    assert!(
+        needed_k > 32 && needed_k < 2000,
+        "2000 peers of ~112 bytes need more than 32k and less than 2000k: {msg}"
+    );
+    assert_rejected_at(
+        &check,
+        "upstream_healthcheck_zone",
+        &format!("{prefix}{needed_k}k is needed"),
+    );
+
+    // The size named is enough, and one k less is not.
+    let check = nginx_test_conf("", &many_peers(Some(&format!("{needed_k}k"))));
+    assert!(
+        check.ok,
+        "the size the message names is refused:\n{}",
+        check.output
+    );
+    let check = nginx_test_conf("", &many_peers(Some(&format!("{}k", needed_k - 1))));
+    assert_rejected_at(
+        &check,
+        "upstream_healthcheck_zone",
+        &format!(
+            "\"upstream_healthcheck_zone\" size {}k is too small for 2000 peers, at least {needed_k}k is needed",
+            needed_k - 1
+        ),
+    );
+    // Without the directive the module sizes the zone itself.
+    let check = nginx_test_conf("", &many_peers(None));
+    assert!(check.ok, "{}", check.output);
+}
+
+#[test]
+fn status_with_an_unknown_format() {
+    let check = nginx_test_conf(
+        "",
+        &format!(
+            "{}server {{\n    listen 127.0.0.1:18090;\n    location = /st {{ upstream_healthcheck_status bogus; }}\n}}\n",
+            upstream_with("    upstream_healthcheck;")
+        ),
+    );
+    assert_rejected_at(
+        &check,
+        "upstream_healthcheck_status",
+        "invalid parameter \"bogus\" in \"upstream_healthcheck_status\" directive, \
+         the format must be \"text\", \"json\", \"prometheus\" or \"html\"",
+    );
+    // Outside a location.
+    let check = nginx_test_conf(
+        "",
+        &format!(
+            "{}server {{\n    listen 127.0.0.1:18090;\n    upstream_healthcheck_status;\n}}\n",
+            upstream_with("    upstream_healthcheck;")
+        ),
+    );
+    assert_rejected_at(
+        &check,
+        "upstream_healthcheck_status",
+        "\"upstream_healthcheck_status\" directive is not allowed here",
+    );
+}
+
+#[test]
+fn valid_edge_cases_are_accepted() {
+    // A timeout longer than the interval.
+    accepted(&upstream_with(
+        "    upstream_healthcheck interval=1s timeout=5s;",
+    ));
+    // A bare number is milliseconds.
+    accepted(&upstream_with(
+        "    upstream_healthcheck interval=3000 timeout=500 jitter=100;",
+    ));
+    // off, alone.
+    accepted(&upstream_with("    upstream_healthcheck off;"));
+    // Every parameter at once, a request and statuses, explicit format of the status page.
+    accepted(&format!(
+        "upstream_healthcheck_zone 64k;\n{}server {{\n    listen 127.0.0.1:18090;\n    \
+         location = /st {{ upstream_healthcheck_status text; }}\n}}\n",
+        upstream_with(
+            "    upstream_healthcheck type=http interval=2s timeout=1s fall=3 rise=2 port=18082 \
+             jitter=1s uri=/health host=foo.com default_down=on;\n    \
+             upstream_healthcheck_request \"GET /status HTTP/1.0\\r\\nHost: foo.com\\r\\n\\r\\n\";\n    \
+             upstream_healthcheck_valid_statuses 200 302 2xx !204 300-399;"
+        )
+    ));
+    // type=tcp alone.
+    accepted(&upstream_with(
+        "    upstream_healthcheck type=tcp interval=1m30s;",
+    ));
+}
