@@ -13,7 +13,7 @@ use ngx::ffi::{
     SOL_SOCKET, SO_ERROR,
 };
 
-use crate::config::CheckType;
+use crate::config::{CheckType, ValidStatuses};
 use crate::module::worker::Worker;
 use crate::outcome::{Failure, Outcome};
 use crate::status_line::{judge, Progress, StatusLineParser};
@@ -34,6 +34,7 @@ pub struct Probe {
     stage: Stage,
     check_type: CheckType,
     request: &'static [u8],
+    valid: &'static ValidStatuses,
     sent: usize,
     parser: StatusLineParser,
     sockaddr: sockaddr_storage,
@@ -44,7 +45,9 @@ pub struct Probe {
 /// Starts the probe of `slot`. It reports to `Worker::finish` exactly once, possibly before
 /// this function returns.
 pub fn start(w: &mut Worker, slot: usize, started: Instant) {
-    let (_, check, _) = w.check_of(slot);
+    let Some((_, check, _)) = w.check_of(slot) else {
+        return;
+    };
     let rr = w.targets[slot].rr;
     if rr.is_null() {
         w.finish(slot, Outcome::failed(Failure::Refused, None), started);
@@ -59,6 +62,7 @@ pub fn start(w: &mut Worker, slot: usize, started: Instant) {
         stage: Stage::Connecting,
         check_type: check.params.check_type,
         request: &check.request,
+        valid: &check.valid,
         sent: 0,
         parser: StatusLineParser::new(),
         sockaddr: unsafe { zeroed() },
@@ -238,11 +242,9 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) {
         // SAFETY: fd is a connected socket; buf is writable for its length.
         let n = unsafe { recv(conn.fd, buf.as_mut_ptr() as *mut c_void, buf.len(), 0) };
         if n > 0 {
-            // SAFETY: the worker outlives its probes.
-            let (_, check, _) = unsafe { (*probe.worker).check_of(probe.slot) };
             let outcome = match probe.parser.feed(&buf[..n as usize]) {
                 Progress::NeedMore => continue,
-                Progress::Status(status) => judge(status, &check.valid),
+                Progress::Status(status) => judge(status, probe.valid),
                 Progress::Invalid(_) => Outcome::failed(Failure::BadResponse, None),
             };
             // SAFETY: ending the live probe.

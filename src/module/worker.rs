@@ -154,17 +154,15 @@ extern "C" fn on_tick(ev: *mut ngx_event_t) {
 }
 
 impl Worker {
+    /// The upstream, check and peer behind a slot; `None` for an unchecked upstream.
     pub fn check_of(
         &self,
         slot: usize,
-    ) -> (&'static UpstreamConf, &'static Check, &'static PeerConf) {
-        let t = &self.targets[slot];
-        let up = &self.main.upstreams[t.upstream];
-        let check = up
-            .check
-            .as_ref()
-            .expect("targets are built from checked upstreams");
-        (up, check, &up.peers[t.peer])
+    ) -> Option<(&'static UpstreamConf, &'static Check, &'static PeerConf)> {
+        let t = self.targets.get(slot)?;
+        let main: &'static MainConf = self.main;
+        let up = main.upstreams.get(t.upstream)?;
+        Some((up, up.check.as_ref()?, up.peers.get(t.peer)?))
     }
 
     /// Follows the HA address, and ends exclusions and manual downs whose ttl ran out.
@@ -257,7 +255,9 @@ impl Worker {
                 soonest(1);
                 break;
             }
-            let (_, check, _) = self.check_of(slot);
+            let Some((_, check, _)) = self.check_of(slot) else {
+                continue;
+            };
             let claimed = {
                 let mut locked = self.header.lock();
                 let s = &mut locked.slots()[slot].sched;
@@ -281,7 +281,9 @@ impl Worker {
 
     /// Records the end of the probe of `slot` and logs and applies a change of verdict.
     pub fn finish(&mut self, slot: usize, outcome: Outcome, started: Instant) {
-        let (up, check, peer) = self.check_of(slot);
+        let Some((up, check, peer)) = self.check_of(slot) else {
+            return;
+        };
         let p = &check.params;
         let now = now_msec();
         let duration_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
@@ -301,7 +303,12 @@ impl Worker {
             if t.is_some() {
                 self.header.bump_generation();
             }
-            (t, s.health, s.sched.next_due_ms)
+            let (health, next_due) = (s.health, s.sched.next_due_ms);
+            let upstream = self.targets[slot].upstream;
+            locked.upstreams()[upstream]
+                .probe_durations
+                .observe(u64::from(duration_us));
+            (t, health, next_due)
         };
         match transition {
             Some(Transition::Down) => {
