@@ -15,5 +15,8 @@ pub mod render;
 pub mod schedule;
 pub mod status_line;
 
+#[cfg(test)]
+mod proptests;
+
 #[cfg(not(test))]
 mod module;

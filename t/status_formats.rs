@@ -275,9 +275,7 @@ fn parse_exposition(page: &str) -> Vec<Sample> {
             continue;
         }
         let bad = |why: &str| -> ! { panic!("bad sample line ({why}): {line:?}") };
-        let name_end = line
-            .find(|c| c == '{' || c == ' ')
-            .unwrap_or_else(|| bad("no value"));
+        let name_end = line.find(['{', ' ']).unwrap_or_else(|| bad("no value"));
         let name = line[..name_end].to_owned();
         let mut labels = Vec::new();
         let mut rest = &line[name_end..];
@@ -923,6 +921,9 @@ fn the_directive_sets_the_default_format_and_the_query_overrides_it() {
 // ---------------------------------------------------------------------------------------------
 // 2. JSON
 
+/// Upstreams as (name, primary peers, backup peers), each peer as (id, name).
+type Listing = Vec<(String, Vec<(u64, String)>, Vec<(u64, String)>)>;
+
 #[test]
 fn json_is_strict_and_complete_for_every_filter() {
     let site = Site::start();
@@ -1150,8 +1151,7 @@ fn json_is_strict_and_complete_for_every_filter() {
             assert_eq!(doc["status"], "ok", "{path}");
             assert_eq!(doc["err_msg"], "", "{path}");
             assert_eq!(doc["msg"]["ha_mode"], "Disabled", "{path}");
-            let got: Vec<(String, Vec<(u64, String)>, Vec<(u64, String)>)> = doc["msg"]
-                ["upstreams"]
+            let got: Listing = doc["msg"]["upstreams"]
                 .as_array()
                 .unwrap_or_else(|| panic!("{path}: {doc}"))
                 .iter()
@@ -1181,7 +1181,7 @@ fn json_is_strict_and_complete_for_every_filter() {
                     )
                 })
                 .collect();
-            let want: Vec<(String, Vec<(u64, String)>, Vec<(u64, String)>)> = want
+            let want: Listing = want
                 .iter()
                 .map(|(n, p, b)| {
                     let own = |l: &Vec<(usize, &str)>| {
@@ -1359,34 +1359,6 @@ fn promtool_accepts_the_metrics_page() {
     );
     assert!((ts - now_secs()).abs() < 10.0, "last check {ts}");
 
-    let hist = "nginx_upstream_healthcheck_probe_duration_seconds";
-    let inf = must_sample(
-        &s,
-        &page,
-        &format!("{hist}_bucket"),
-        &[("upstream", "backend"), ("le", "+Inf")],
-    );
-    let count = must_sample(
-        &s,
-        &page,
-        &format!("{hist}_count"),
-        &[("upstream", "backend")],
-    );
-    assert!(inf > 0.0, "no probe in the histogram:\n{page}");
-    assert_eq!(inf, count);
-    let sum = must_sample(
-        &s,
-        &page,
-        &format!("{hist}_sum"),
-        &[("upstream", "backend")],
-    );
-    assert!(sum >= 0.0);
-    let mut prev = 0.0;
-    for b in s.iter().filter(|x| x.name == format!("{hist}_bucket")) {
-        assert!(b.value >= prev, "buckets not cumulative: {b:?}");
-        prev = b.value;
-    }
-
     // Filtered pages and the metrics location are valid exposition too.
     for path in [
         "/metrics",
@@ -1407,6 +1379,40 @@ fn promtool_accepts_the_metrics_page() {
         down_only.contains(&format!("peer=\"{down}\"")),
         "{down_only}"
     );
+
+    // The upstream's probe duration histogram counts every probe of its peers.
+    let hist = "nginx_upstream_healthcheck_probe_duration_seconds";
+    let inf = must_sample(
+        &s,
+        &page,
+        &format!("{hist}_bucket"),
+        &[("upstream", "backend"), ("le", "+Inf")],
+    );
+    let count = must_sample(
+        &s,
+        &page,
+        &format!("{hist}_count"),
+        &[("upstream", "backend")],
+    );
+    let all_checks: f64 = [&up, &down, &cfg, &bk].iter().map(|a| checks(a)).sum();
+    // One snapshot under the zone lock: every completed check is one observation.
+    assert!(
+        inf > 0.0 && inf == all_checks,
+        "the probe duration histogram counts {inf} probes, the peers {all_checks} checks:\n{page}"
+    );
+    assert_eq!(inf, count);
+    let sum = must_sample(
+        &s,
+        &page,
+        &format!("{hist}_sum"),
+        &[("upstream", "backend")],
+    );
+    assert!(sum >= 0.0);
+    let mut prev = 0.0;
+    for b in s.iter().filter(|x| x.name == format!("{hist}_bucket")) {
+        assert!(b.value >= prev, "buckets not cumulative: {b:?}");
+        prev = b.value;
+    }
     site.nginx.stop();
 }
 

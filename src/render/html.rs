@@ -6,7 +6,7 @@ use super::{HaMode, PeerSnapshot, Snapshot, UpstreamSnapshot};
 
 const STYLE: &str = "\
 body{font-family:sans-serif;margin:1em}\
-table.upstream{border-collapse:collapse;margin:1em 0;min-width:60%}\
+table.upstream{border-collapse:collapse;margin:1em 0;width:100%;max-width:64em}\
 caption{text-align:left;font-weight:bold;padding:.3em 0}\
 th,td{border:1px solid #999;padding:.2em .6em;text-align:left}\
 th{background:#eee}\

@@ -1,0 +1,83 @@
+"""1. Request path: wrk through nginx to a local backend, (A) with the module loaded and three
+peers checked every 100 ms vs (B) the same nginx without the module, alternating A/B."""
+
+import re
+
+from lib import Nginx, Row, fmt, http_get, log, median, wrk
+
+BACKEND_PORTS = (8111, 8112, 8113)
+PORT_A, PORT_B = 8101, 8102
+
+
+def backend():
+    listens = "".join(f"        listen 127.0.0.1:{p} backlog=4096;\n" for p in BACKEND_PORTS)
+    return Nginx("rp-backend", f"    server {{\n{listens}"
+                 "        location / { return 200 \"ok\\n\"; }\n    }", workers=1)
+
+
+def proxy(name, port, checked):
+    servers = "".join(f"        server 127.0.0.1:{p};\n" for p in BACKEND_PORTS)
+    check = "        upstream_healthcheck type=http interval=100ms timeout=1s;\n" if checked else ""
+    status = "        location = /status { upstream_healthcheck_status; }\n" if checked else ""
+    http = (f"    upstream app {{\n{servers}{check}        keepalive 32;\n    }}\n"
+            f"    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n"
+            "        location / {\n            proxy_pass http://app;\n"
+            "            proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n"
+            f"        }}\n{status}    }}")
+    return Nginx(name, http, workers=1, module=checked)
+
+
+def run(cfg):
+    rounds, secs = cfg["rp_rounds"], cfg["rp_seconds"]
+    be = backend().start(wait_for=("127.0.0.1", BACKEND_PORTS[0]))
+    a = proxy("rp-A", PORT_A, True).start(wait_for=("127.0.0.1", PORT_A))
+    b = proxy("rp-B", PORT_B, False).start(wait_for=("127.0.0.1", PORT_B))
+    urls = {"A": f"http://127.0.0.1:{PORT_A}/", "B": f"http://127.0.0.1:{PORT_B}/"}
+    for k in "AB":  # warm-up: connections, caches, CPU frequency
+        wrk(urls[k], 1)
+    res = {"A": [], "B": []}
+    for r in range(rounds):
+        order = "AB" if r % 2 == 0 else "BA"  # ABBA... so a drift hits both alike
+        for k in order:
+            w = wrk(urls[k], secs)
+            res[k].append(w)
+            log(f"  request path round {r + 1}/{rounds} {k}: {w['rps']:.0f} req/s, p99 {w['p99']:.2f} ms, "
+                f"failed {w['failed']}")
+    # The module really probed meanwhile: every peer up, with checks counted.
+    _, _, body = http_get("127.0.0.1", PORT_A, "/status?format=json")
+    checks = [int(x) for x in re.findall(rb'"checks":(\d+)', body)]
+    for n in (a, b, be):
+        n.stop()
+
+    rps = {k: median([w["rps"] for w in res[k]]) for k in "AB"}
+    p99 = {k: median([w["p99"] for w in res[k]]) for k in "AB"}
+    p50 = {k: median([w["p50"] for w in res[k]]) for k in "AB"}
+    failed = sum(w["failed"] for k in "AB" for w in res[k])
+    thr_ratio, p99_ratio = rps["A"] / rps["B"], p99["A"] / p99["B"]
+    paired = sorted(x["rps"] / y["rps"] for x, y in zip(res["A"], res["B"]))
+    paired99 = sorted(x["p99"] / y["p99"] for x, y in zip(res["A"], res["B"]))
+    rows = [
+        Row("1. Request path: throughput A/B (module + 3 peers @100ms vs no module)",
+            f"{thr_ratio:.3f} ({fmt(rps['A'], 0)} vs {fmt(rps['B'], 0)} req/s)", "≥ 0.98", thr_ratio >= 0.98),
+        Row("1. Request path: p99 latency A/B",
+            f"{p99_ratio:.3f} ({p99['A']:.2f} vs {p99['B']:.2f} ms)", "≤ 1.05", p99_ratio <= 1.05),
+    ]
+    details = [
+        f"### 1. Request path\n",
+        f"wrk -t1 -c32 --latency, {rounds} rounds of {secs} s per side, A/B alternating (ABBA order), "
+        "worker_processes 1, keepalive 32 to a one-process nginx backend on 3 ports. "
+        f"A's three peers were probed meanwhile (checks counters {checks}).\n",
+        "| round | A req/s | B req/s | A p50 ms | B p50 ms | A p99 ms | B p99 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, (x, y) in enumerate(zip(res["A"], res["B"])):
+        details.append(f"| {i + 1} | {x['rps']:.0f} | {y['rps']:.0f} | {x['p50']:.3f} | {y['p50']:.3f} | "
+                       f"{x['p99']:.3f} | {y['p99']:.3f} |")
+    details += [
+        f"| median | {rps['A']:.0f} | {rps['B']:.0f} | {p50['A']:.3f} | {p50['B']:.3f} | "
+        f"{p99['A']:.3f} | {p99['B']:.3f} |",
+        "",
+        f"Per-round ratios A/B: throughput {', '.join(f'{x:.3f}' for x in paired)}; "
+        f"p99 {', '.join(f'{x:.3f}' for x in paired99)}. Failed responses over all runs: {failed}.\n",
+    ]
+    return rows, details

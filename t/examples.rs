@@ -1,0 +1,227 @@
+//! Every example in nginx-conf/ works: each passes `nginx -t` with the module, and each is run
+//! for real (demo.conf on its own ports; the others with their ports moved to free ones and
+//! real backends behind them) and shows what its comments promise.
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How every example loads the module (relative to the `-p` prefix).
+const MODULE_REF: &str = "modules/ngx_http_upstream_healthcheck_module.so";
+const STATUS: &str = "/upstream_status";
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx-conf")
+}
+
+fn example(name: &str) -> String {
+    let path = examples_dir().join(name);
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// The example with the module under test in place of `modules/…so`.
+fn with_module(name: &str, text: &str) -> String {
+    assert!(
+        text.contains(&format!("load_module {MODULE_REF};")),
+        "{name} must load the module with `load_module {MODULE_REF};`"
+    );
+    text.replace(MODULE_REF, &module_path().display().to_string())
+}
+
+/// The example ready for `Nginx::start_raw`: module under test, pid and error log at the top
+/// of the prefix (where the harness looks for them).
+fn runnable(name: &str, text: &str) -> String {
+    let text = with_module(name, text);
+    for needle in ["pid logs/nginx.pid;", "error_log logs/error.log"] {
+        assert!(text.contains(needle), "{name}: expected `{needle}`");
+    }
+    text.replace("pid logs/nginx.pid;", "pid nginx.pid;")
+        .replace("error_log logs/error.log", "error_log error.log")
+}
+
+/// Moves every `127.0.0.1:PORT` of a config to a fresh free port; returns the new text and the
+/// map from old to new ports.
+fn move_ports(text: &str) -> (String, HashMap<u16, u16>) {
+    const HOST: &str = "127.0.0.1:";
+    let mut map = HashMap::new();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(HOST) {
+        out.push_str(&rest[..i + HOST.len()]);
+        rest = &rest[i + HOST.len()..];
+        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if let Ok(old) = digits.parse::<u16>() {
+            let new = *map.entry(old).or_insert_with(free_port);
+            out.push_str(&new.to_string());
+            rest = &rest[digits.len()..];
+        }
+    }
+    out.push_str(rest);
+    (out, map)
+}
+
+fn state(port: u16, upstream: &str, peer_port: u16) -> Option<String> {
+    peer_state(
+        &status_page(port, STATUS),
+        upstream,
+        &format!("127.0.0.1:{peer_port}"),
+    )
+    .map(str::to_string)
+}
+
+#[test]
+fn every_example_passes_nginx_t() {
+    let mut names: Vec<String> = fs::read_dir(examples_dir())
+        .expect("nginx-conf/")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".conf"))
+        .collect();
+    names.sort();
+    for want in ["basic.conf", "demo.conf", "tcp.conf", "zone.conf"] {
+        assert!(names.iter().any(|n| n == want), "nginx-conf/{want} is missing: {names:?}");
+    }
+    for name in &names {
+        let (ok, out) = nginx_test_raw(&with_module(name, &example(name)));
+        assert!(
+            ok && out.contains("syntax is ok") && out.contains("test is successful"),
+            "nginx -t fails on nginx-conf/{name}:\n{out}"
+        );
+        assert!(!out.contains("[emerg]") && !out.contains("[alert]"), "{name}:\n{out}");
+    }
+}
+
+/// demo.conf as scripts/demo.sh runs it, on its own ports (8080, backends 9081 and 9082 served
+/// by nginx itself, nothing on 9083). Fails if something else holds those ports.
+#[test]
+fn demo_shows_the_missing_backend_down() {
+    let nginx = Nginx::start_raw(&runnable("demo.conf", &example("demo.conf")));
+    wait_until(Duration::from_secs(8), "127.0.0.1:9083 DOWN on the demo's status page", || {
+        state(8080, "backend", 9083).as_deref() == Some("DOWN")
+    });
+    let page = status_page(8080, STATUS);
+    assert_eq!(peer_state(&page, "backend", "127.0.0.1:9081"), Some("up"), "{page}");
+    assert_eq!(peer_state(&page, "backend", "127.0.0.1:9082"), Some("up"), "{page}");
+    // Traffic goes to the two live backends only.
+    for _ in 0..6 {
+        let (status, _, body) = http_get(8080, "/").expect("GET / on the demo");
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body == "hello from backend 9081\n" || body == "hello from backend 9082\n",
+            "{body:?}"
+        );
+    }
+    let log = nginx.stop();
+    assert!(
+        log.contains("peer 127.0.0.1:9083 in upstream \"backend\" is DOWN after 2 failed checks, last error: connection refused"),
+        "{log}"
+    );
+}
+
+#[test]
+fn basic_example_runs() {
+    let (text, ports) = move_ports(&runnable("basic.conf", &example("basic.conf")));
+    let front = ports[&8080];
+    // 8081 and 8082 primary, 8083 backup; 8084 is marked down and has no backend.
+    let peers: Vec<Backend> = [8081u16, 8082, 8083]
+        .iter()
+        .map(|p| Backend::on_port(ports[p]))
+        .collect();
+    for b in &peers {
+        b.set_health_path("/status");
+    }
+    // 302 is a valid status in this example.
+    peers[1].set_path_mode("/status", Mode::Status(302));
+    let nginx = Nginx::start_raw(&text);
+    // interval=2s: every probed peer sees its first probe (the configured request) within 2 s.
+    wait_until(Duration::from_secs(5), "a probe of every peer", || {
+        peers.iter().all(|b| b.hits("/status") >= 1)
+    });
+    let page = status_page(front, STATUS);
+    assert_eq!(
+        page,
+        format!(
+            "Upstream backend\n    Primary Peers\n        127.0.0.1:{} up\n        127.0.0.1:{} up\n        \
+             127.0.0.1:{} DOWN\n    Backup Peers\n        127.0.0.1:{} up\n",
+            ports[&8081], ports[&8082], ports[&8084], ports[&8083]
+        )
+    );
+    for _ in 0..6 {
+        assert_eq!(http_get(front, "/app").unwrap().0, 200);
+    }
+    assert!(peers[0].proxied() > 0 && peers[1].proxied() > 0);
+    assert_eq!(peers[2].proxied(), 0, "the backup took traffic while primaries are up");
+    nginx.stop();
+}
+
+#[test]
+fn tcp_example_runs() {
+    let (text, ports) = move_ports(&runnable("tcp.conf", &example("tcp.conf")));
+    let front = ports[&8080];
+    // 9091 accepts; nothing listens on 9092.
+    let live = Backend::on_port(ports[&9091]);
+    let nginx = Nginx::start_raw(&text);
+    wait_until(Duration::from_secs(5), "9092 DOWN (connections refused)", || {
+        state(front, "app", ports[&9092]).as_deref() == Some("DOWN")
+    });
+    assert_eq!(state(front, "app", ports[&9091]).as_deref(), Some("up"));
+    // A TCP check connects and sends nothing.
+    assert!(live.connections() >= 1);
+    assert_eq!(live.hits("/"), 0);
+    assert_eq!(live.hits("/health"), 0);
+    assert_eq!(live.proxied(), 0);
+    for _ in 0..4 {
+        assert_eq!(http_get(front, "/x").unwrap().0, 200);
+    }
+    assert_eq!(live.proxied(), 4);
+    let log = nginx.stop();
+    assert!(
+        log.contains(&format!(
+            "peer 127.0.0.1:{} in upstream \"app\" is DOWN after 2 failed checks, last error: connection refused",
+            ports[&9092]
+        )),
+        "{log}"
+    );
+}
+
+#[test]
+fn zone_example_runs() {
+    let (text, ports) = move_ports(&runnable("zone.conf", &example("zone.conf")));
+    let front = ports[&8080];
+    let peers: Vec<Backend> = [9101u16, 9102, 9103]
+        .iter()
+        .map(|p| Backend::on_port(ports[p]))
+        .collect();
+    for b in &peers {
+        b.set_health_path("/healthz");
+    }
+    // 204 is excluded (`2xx !204`): 9103 never comes up.
+    peers[2].set_path_mode("/healthz", Mode::Status(204));
+    let nginx = Nginx::start_raw(&text);
+    // default_down=on: everything starts DOWN.
+    let page = status_page(front, STATUS);
+    for p in [9101u16, 9102, 9103] {
+        assert_eq!(
+            peer_state(&page, "app", &format!("127.0.0.1:{}", ports[&p])),
+            Some("DOWN"),
+            "{page}"
+        );
+    }
+    wait_until(Duration::from_secs(6), "9101 and 9102 up after two good probes", || {
+        state(front, "app", ports[&9101]).as_deref() == Some("up")
+            && state(front, "app", ports[&9102]).as_deref() == Some("up")
+    });
+    wait_until(Duration::from_secs(4), "two probes of 9103", || {
+        peers[2].hits("/healthz") >= 2
+    });
+    assert_eq!(state(front, "app", ports[&9103]).as_deref(), Some("DOWN"));
+    for _ in 0..10 {
+        assert_eq!(http_get(front, "/x").unwrap().0, 200);
+    }
+    assert!(peers[0].proxied() + peers[1].proxied() == 10);
+    assert_eq!(peers[2].proxied(), 0);
+    nginx.stop();
+}
