@@ -20,8 +20,7 @@ use crate::status_line::{Progress, StatusLineParser, MAX_INTERIM, MAX_STATUS_LIN
 /// Arbitrary bytes, biased towards the characters the parsers care about.
 fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     let interesting = prop::sample::select(
-        b"0123456789msShdwMykKgG=-!xX ,.;/\\\"'\t\r\n%+&\x00\x7f\xff\xc3\xa9:[]"
-            .to_vec(),
+        b"0123456789msShdwMykKgG=-!xX ,.;/\\\"'\t\r\n%+&\x00\x7f\xff\xc3\xa9:[]".to_vec(),
     );
     vec(prop_oneof![3 => interesting, 1 => any::<u8>()], 0..max)
 }

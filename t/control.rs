@@ -77,7 +77,10 @@ fn exchange(port: u16, raw: &[u8]) -> io::Result<Vec<u8>> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "no complete answer in 5 s"));
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no complete answer in 5 s",
+            ));
         }
         stream.set_read_timeout(Some(left))?;
         match stream.read(&mut buf) {
@@ -95,15 +98,23 @@ fn exchange(port: u16, raw: &[u8]) -> io::Result<Vec<u8>> {
 /// Splits an HTTP answer into (status, header lines, body).
 fn parse_answer(resp: &[u8]) -> io::Result<(u16, String, String)> {
     let text = String::from_utf8_lossy(resp).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("no header end: {text:?}")))?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("no header end: {text:?}"),
+        )
+    })?;
     let (status_line, headers) = head.split_once("\r\n").unwrap_or((head, ""));
     let status = status_line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad status line: {text:?}")))?;
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad status line: {text:?}"),
+            )
+        })?;
     Ok((status, headers.to_owned(), body.to_owned()))
 }
 
@@ -111,7 +122,9 @@ fn parse_answer(resp: &[u8]) -> io::Result<(u16, String, String)> {
 fn header(headers: &str, name: &str) -> Option<String> {
     headers.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
     })
 }
 
@@ -142,9 +155,16 @@ fn admin(port: u16, method: &str, query: &str) -> (u16, String) {
 
 /// POST /admin with `body` as a form (or with `content_type` when given): (status, raw body).
 fn admin_post_body(port: u16, content_type: Option<&str>, body: &[u8]) -> (u16, String) {
-    let headers: Vec<(&str, &str)> = content_type.map(|ct| ("Content-Type", ct)).into_iter().collect();
+    let headers: Vec<(&str, &str)> = content_type
+        .map(|ct| ("Content-Type", ct))
+        .into_iter()
+        .collect();
     let (status, h, b) = request(port, "POST", "/admin", &headers, body);
-    assert_eq!(header(&h, "Content-Type").as_deref(), Some("application/json"), "{status}\n{h}\n{b}");
+    assert_eq!(
+        header(&h, "Content-Type").as_deref(),
+        Some("application/json"),
+        "{status}\n{h}\n{b}"
+    );
     (status, b)
 }
 
@@ -171,7 +191,11 @@ fn get_ttl(port: u16, query: &str) -> Option<u64> {
         (&json!("ok"), &json!(""), &json!("found")),
         "{body}"
     );
-    Some(v["ttl"].as_u64().unwrap_or_else(|| panic!("no ttl: {body}")))
+    Some(
+        v["ttl"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no ttl: {body}")),
+    )
 }
 
 /// GET /admin without parameters: the `msg` object (`exclusions`, `manual_downs`).
@@ -179,7 +203,11 @@ fn list(port: u16) -> Value {
     let (status, body) = admin(port, "GET", "");
     assert_eq!(status, 200, "{body}");
     let v = strict_json(&body);
-    assert_eq!((&v["status"], &v["err_msg"]), (&json!("ok"), &json!("")), "{body}");
+    assert_eq!(
+        (&v["status"], &v["err_msg"]),
+        (&json!("ok"), &json!("")),
+        "{body}"
+    );
     v["msg"].clone()
 }
 
@@ -230,7 +258,11 @@ fn text_state<'a>(page: &'a str, upstream: &str, peer: &str) -> Option<&'a str> 
             continue;
         }
         if inside {
-            if let Some(state) = line.trim_start().strip_prefix(peer).and_then(|r| r.strip_prefix(' ')) {
+            if let Some(state) = line
+                .trim_start()
+                .strip_prefix(peer)
+                .and_then(|r| r.strip_prefix(' '))
+            {
                 return Some(state);
             }
         }
@@ -287,20 +319,27 @@ fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<T, Strin
 
 /// Waits until the text page shows `peer` of `upstream` in `state`.
 fn wait_text_state(port: u16, upstream: &str, peer: &str, state: &str, timeout: Duration) {
-    poll(timeout, &format!("{peer} in {upstream} to be {state:?}"), || {
-        let page = text_page(port);
-        match text_state(&page, upstream, peer) {
-            Some(s) if s == state => Ok(()),
-            _ => Err(page),
-        }
-    });
+    poll(
+        timeout,
+        &format!("{peer} in {upstream} to be {state:?}"),
+        || {
+            let page = text_page(port);
+            match text_state(&page, upstream, peer) {
+                Some(s) if s == state => Ok(()),
+                _ => Err(page),
+            }
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
 // Configs and traffic
 
 fn upstream(name: &str, servers: &[String], check: &str) -> String {
-    let servers: String = servers.iter().map(|s| format!("    server {s};\n")).collect();
+    let servers: String = servers
+        .iter()
+        .map(|s| format!("    server {s};\n"))
+        .collect();
     format!("upstream {name} {{\n{servers}    {check}\n}}\n")
 }
 
@@ -336,7 +375,12 @@ fn proxied_get(port: u16, path: &str) -> (u16, Option<u16>, u32) {
 
 /// Sends at least `min` requests to `path`, and more until every one of `workers` workers
 /// answered at least 5 (5 s deadline). Returns (status, backend, worker) of each.
-fn spread_requests(port: u16, path: &str, min: usize, workers: usize) -> Vec<(u16, Option<u16>, u32)> {
+fn spread_requests(
+    port: u16,
+    path: &str,
+    min: usize,
+    workers: usize,
+) -> Vec<(u16, Option<u16>, u32)> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut out = Vec::new();
     loop {
@@ -381,13 +425,25 @@ fn exclusion_stops_checks_until_deleted_then_checks_restart_fresh() {
     let nginx = Nginx::start(&conf);
 
     wait_text_state(port, "ex1", &dead, "DOWN", Duration::from_secs(3));
-    poll(Duration::from_secs(3), "a few probes of the live peer", || {
-        let n = checks(port, "ex1", &live.addr());
-        if n >= 6 { Ok(()) } else { Err(format!("checks {n}")) }
-    });
+    poll(
+        Duration::from_secs(3),
+        "a few probes of the live peer",
+        || {
+            let n = checks(port, "ex1", &live.addr());
+            if n >= 6 {
+                Ok(())
+            } else {
+                Err(format!("checks {n}"))
+            }
+        },
+    );
     let checks_before = checks(port, "ex1", &live.addr());
     for _ in 0..6 {
-        assert_eq!(proxied_get(port, "/strict/ex1/x").0, 200, "the DOWN peer is skipped");
+        assert_eq!(
+            proxied_get(port, "/strict/ex1/x").0,
+            200,
+            "the DOWN peer is skipped"
+        );
     }
 
     post_ok(port, "t=ex&u=ex1&a=set", SET);
@@ -395,19 +451,29 @@ fn exclusion_stops_checks_until_deleted_then_checks_restart_fresh() {
 
     // The upstream shows as unchecked; the dead peer is not DOWN any more.
     let page = text_page(port);
-    assert_eq!(text_header(&page, "ex1"), Some("Upstream ex1 (NO checkers)"), "{page}");
+    assert_eq!(
+        text_header(&page, "ex1"),
+        Some("Upstream ex1 (NO checkers)"),
+        "{page}"
+    );
     assert_eq!(text_state(&page, "ex1", &dead), Some("up"), "{page}");
     assert_eq!(text_state(&page, "ex1", &live.addr()), Some("up"), "{page}");
     let doc = json_page(port);
     assert_eq!(json_upstream(&doc, "ex1")["checked"], json!(false), "{doc}");
     assert_eq!(json_peer(&doc, "ex1", &dead)["down"], json!(false), "{doc}");
-    assert!(json_peer(&doc, "ex1", &dead).get("health").is_none(), "{doc}");
+    assert!(
+        json_peer(&doc, "ex1", &dead).get("health").is_none(),
+        "{doc}"
+    );
     let prom = prom_page(port);
     for (status, v) in [("UP", 0), ("DOWN", 0), ("UNKNOWN", 1)] {
         let line = format!("nginx_upstream_status_info{{name=\"ex1\",status=\"{status}\"}} {v}");
         assert!(has_sample(&prom, &line), "missing {line}:\n{prom}");
     }
-    assert!(!prom.contains("nginx_upstream_healthcheck_peer_up{upstream=\"ex1\""), "{prom}");
+    assert!(
+        !prom.contains("nginx_upstream_healthcheck_peer_up{upstream=\"ex1\""),
+        "{prom}"
+    );
 
     assert_eq!(get_ttl(port, "t=ex&u=ex1&a=get"), Some(0));
     assert_eq!(
@@ -417,22 +483,37 @@ fn exclusion_stops_checks_until_deleted_then_checks_restart_fresh() {
 
     // The dead peer takes its share of traffic again, as without checks: without retries, the
     // requests nginx sends it fail.
-    let results: Vec<u16> = (0..10).map(|_| proxied_get(port, "/strict/ex1/x").0).collect();
-    assert!(results.contains(&502) && results.contains(&200), "{results:?}");
+    let results: Vec<u16> = (0..10)
+        .map(|_| proxied_get(port, "/strict/ex1/x").0)
+        .collect();
+    assert!(
+        results.contains(&502) && results.contains(&200),
+        "{results:?}"
+    );
 
     // No probe reaches the live backend any more (a probe already under way may still land
     // within one interval of the exclusion); watch for 10 intervals.
     thread::sleep(10 * INTERVAL);
     let late = probes_after(&live, excluded_at + INTERVAL);
-    assert_eq!(late, 0, "{late} probes reached {} after the exclusion", live.addr());
+    assert_eq!(
+        late,
+        0,
+        "{late} probes reached {} after the exclusion",
+        live.addr()
+    );
 
     // Deleting the exclusion restarts the checks with fresh counters.
     post_ok(port, "t=ex&u=ex1&a=del", DELETED);
     let deleted_at = Instant::now();
     let doc = json_page(port);
     assert_eq!(json_upstream(&doc, "ex1")["checked"], json!(true), "{doc}");
-    let fresh = json_peer(&doc, "ex1", &live.addr())["health"]["checks"].as_u64().unwrap();
-    assert!(fresh <= 2 && fresh < checks_before, "checks {fresh} after restart (was {checks_before}): {doc}");
+    let fresh = json_peer(&doc, "ex1", &live.addr())["health"]["checks"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        fresh <= 2 && fresh < checks_before,
+        "checks {fresh} after restart (was {checks_before}): {doc}"
+    );
     assert_eq!(get_ttl(port, "t=ex&u=ex1&a=get"), None);
     assert_eq!(list(port), empty_list());
 
@@ -442,13 +523,28 @@ fn exclusion_stops_checks_until_deleted_then_checks_restart_fresh() {
     let h = &json_peer(&doc, "ex1", &dead)["health"];
     assert_eq!(h["status"], json!("down"), "{doc}");
     let n = h["checks"].as_u64().unwrap();
-    assert!((2..=5).contains(&n), "dead peer DOWN after {n} checks since the restart: {doc}");
-    poll(Duration::from_secs(2), "probes at the live backend again", || {
-        let n = probes_after(&live, deleted_at);
-        if n >= 2 { Ok(()) } else { Err(format!("{n} probes")) }
-    });
+    assert!(
+        (2..=5).contains(&n),
+        "dead peer DOWN after {n} checks since the restart: {doc}"
+    );
+    poll(
+        Duration::from_secs(2),
+        "probes at the live backend again",
+        || {
+            let n = probes_after(&live, deleted_at);
+            if n >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{n} probes"))
+            }
+        },
+    );
     for _ in 0..6 {
-        assert_eq!(proxied_get(port, "/strict/ex1/x").0, 200, "the DOWN peer is skipped again");
+        assert_eq!(
+            proxied_get(port, "/strict/ex1/x").0,
+            200,
+            "the DOWN peer is skipped again"
+        );
     }
     nginx.stop();
 }
@@ -461,11 +557,19 @@ fn manual_down_takes_a_peer_out_of_every_worker_while_probes_continue() {
     let a = Backend::new();
     let b = Backend::new();
     let port = free_port();
-    let conf = format!("{}{}", upstream("g2", &[a.addr(), b.addr()], CHECK), front(port, &["g2"]));
+    let conf = format!(
+        "{}{}",
+        upstream("g2", &[a.addr(), b.addr()], CHECK),
+        front(port, &["g2"])
+    );
     let nginx = Nginx::start_with("worker_processes 2;", &conf);
     poll(Duration::from_secs(3), "first probes of both peers", || {
         let (na, nb) = (checks(port, "g2", &a.addr()), checks(port, "g2", &b.addr()));
-        if na >= 1 && nb >= 1 { Ok(()) } else { Err(format!("{na} {nb}")) }
+        if na >= 1 && nb >= 1 {
+            Ok(())
+        } else {
+            Err(format!("{na} {nb}"))
+        }
     });
 
     let q = format!("t=gray&u=g2&p={}&a=set", b.addr());
@@ -475,12 +579,22 @@ fn manual_down_takes_a_peer_out_of_every_worker_while_probes_continue() {
     // From the very next request, no worker sends anything to b.
     let results = spread_requests(port, "/u/g2/x", 30, 2);
     let to_b: Vec<_> = results.iter().filter(|r| r.1 == Some(b.port())).collect();
-    assert!(to_b.is_empty(), "requests reached the manually downed peer: {to_b:?}");
-    assert!(results.iter().all(|r| r.0 == 200 && r.1 == Some(a.port())), "{results:?}");
+    assert!(
+        to_b.is_empty(),
+        "requests reached the manually downed peer: {to_b:?}"
+    );
+    assert!(
+        results.iter().all(|r| r.0 == 200 && r.1 == Some(a.port())),
+        "{results:?}"
+    );
     assert_eq!(b.proxied(), 0, "proxied requests at {}", b.addr());
 
     let page = text_page(port);
-    assert_eq!(text_state(&page, "g2", &b.addr()), Some("DOWN (manual)"), "{page}");
+    assert_eq!(
+        text_state(&page, "g2", &b.addr()),
+        Some("DOWN (manual)"),
+        "{page}"
+    );
     assert_eq!(text_state(&page, "g2", &a.addr()), Some("up"), "{page}");
     assert_eq!(text_header(&page, "g2"), Some("Upstream g2"), "{page}");
     let doc = json_page(port);
@@ -488,38 +602,69 @@ fn manual_down_takes_a_peer_out_of_every_worker_while_probes_continue() {
     assert_eq!(pb["down"], json!(true), "{doc}");
     assert_eq!(pb["health"]["manual_down"], json!(true), "{doc}");
     assert_eq!(pb["health"]["manual_down_ttl"], Value::Null, "{doc}");
-    assert_eq!(pb["health"]["status"], json!("up"), "the health verdict is untouched: {doc}");
+    assert_eq!(
+        pb["health"]["status"],
+        json!("up"),
+        "the health verdict is untouched: {doc}"
+    );
     let pa = json_peer(&doc, "g2", &a.addr());
     assert_eq!(pa["health"]["manual_down"], json!(false), "{doc}");
     let prom = prom_page(port);
     for (peer, v) in [(b.addr(), 1), (a.addr(), 0)] {
-        let line = format!("nginx_upstream_healthcheck_peer_manual_down{{upstream=\"g2\",peer=\"{peer}\"}} {v}");
+        let line = format!(
+            "nginx_upstream_healthcheck_peer_manual_down{{upstream=\"g2\",peer=\"{peer}\"}} {v}"
+        );
         assert!(has_sample(&prom, &line), "missing {line}:\n{prom}");
     }
-    assert_eq!(get_ttl(port, &format!("t=gray&u=g2&p={}&a=get", b.addr())), Some(0));
+    assert_eq!(
+        get_ttl(port, &format!("t=gray&u=g2&p={}&a=get", b.addr())),
+        Some(0)
+    );
     assert_eq!(
         list(port),
         json!({"exclusions": [], "manual_downs": [{"upstream": "g2", "peer": b.addr(), "ttl": 0}]})
     );
 
     // Probes continue to the downed peer.
-    poll(Duration::from_secs(2), "probes at the manually downed peer", || {
-        let n = probes_after(&b, set_at);
-        if n >= 3 { Ok(()) } else { Err(format!("{n} probes")) }
-    });
+    poll(
+        Duration::from_secs(2),
+        "probes at the manually downed peer",
+        || {
+            let n = probes_after(&b, set_at);
+            if n >= 3 {
+                Ok(())
+            } else {
+                Err(format!("{n} probes"))
+            }
+        },
+    );
 
     // Released: every worker sends it traffic again.
     post_ok(port, &format!("t=gray&u=g2&p={}&a=del", b.addr()), DELETED);
-    assert_eq!(get_ttl(port, &format!("t=gray&u=g2&p={}&a=get", b.addr())), None);
+    assert_eq!(
+        get_ttl(port, &format!("t=gray&u=g2&p={}&a=get", b.addr())),
+        None
+    );
     assert_eq!(list(port), empty_list());
     let page = text_page(port);
     assert_eq!(text_state(&page, "g2", &b.addr()), Some("up"), "{page}");
     let results = spread_requests(port, "/u/g2/x", 30, 2);
-    let workers_to_b: HashSet<u32> = results.iter().filter(|r| r.1 == Some(b.port())).map(|r| r.2).collect();
+    let workers_to_b: HashSet<u32> = results
+        .iter()
+        .filter(|r| r.1 == Some(b.port()))
+        .map(|r| r.2)
+        .collect();
     let workers: HashSet<u32> = results.iter().map(|r| r.2).collect();
-    assert_eq!(workers_to_b, workers, "every worker sends traffic to the released peer: {results:?}");
+    assert_eq!(
+        workers_to_b, workers,
+        "every worker sends traffic to the released peer: {results:?}"
+    );
     let doc = json_page(port);
-    assert_eq!(json_peer(&doc, "g2", &b.addr())["health"]["manual_down"], json!(false), "{doc}");
+    assert_eq!(
+        json_peer(&doc, "g2", &b.addr())["health"]["manual_down"],
+        json!(false),
+        "{doc}"
+    );
     nginx.stop();
 }
 
@@ -531,60 +676,102 @@ fn ttls_expire_by_themselves_even_with_hour_long_intervals() {
     let a = Backend::new();
     let b = Backend::new();
     let port = free_port();
-    let check = "upstream_healthcheck type=http interval=1h timeout=500ms fall=2 rise=1 uri=/health;";
-    let conf = format!("{}{}", upstream("t3", &[a.addr(), b.addr()], check), front(port, &["t3"]));
+    let check =
+        "upstream_healthcheck type=http interval=1h timeout=500ms fall=2 rise=1 uri=/health;";
+    let conf = format!(
+        "{}{}",
+        upstream("t3", &[a.addr(), b.addr()], check),
+        front(port, &["t3"])
+    );
     let nginx = Nginx::start(&conf);
     let get_b = format!("t=gray&u=t3&p={}&a=get", b.addr());
 
     // A manual down for 2 s.
     let before_set = Instant::now();
-    post_ok(port, &format!("t=gray&u=t3&p={}&a=set&ttl=2", b.addr()), SET);
+    post_ok(
+        port,
+        &format!("t=gray&u=t3&p={}&a=set&ttl=2", b.addr()),
+        SET,
+    );
     let ttl = get_ttl(port, &get_b).expect("manual down listed");
     assert!((1..=2).contains(&ttl), "ttl {ttl}");
     let doc = json_page(port);
-    let ttl = json_peer(&doc, "t3", &b.addr())["health"]["manual_down_ttl"].as_u64().unwrap();
+    let ttl = json_peer(&doc, "t3", &b.addr())["health"]["manual_down_ttl"]
+        .as_u64()
+        .unwrap();
     assert!((1..=2).contains(&ttl), "manual_down_ttl {ttl}: {doc}");
-    assert_eq!(text_state(&text_page(port), "t3", &b.addr()), Some("DOWN (manual)"));
+    assert_eq!(
+        text_state(&text_page(port), "t3", &b.addr()),
+        Some("DOWN (manual)")
+    );
     let results: Vec<_> = (0..6).map(|_| proxied_get(port, "/u/t3/x")).collect();
     assert!(results.iter().all(|r| r.1 == Some(a.port())), "{results:?}");
 
-    let gone = poll(Duration::from_secs(5), "the manual down to expire", || match get_ttl(port, &get_b) {
-        None => Ok(before_set.elapsed()),
-        Some(t) => Err(format!("ttl {t}")),
-    });
+    let gone = poll(
+        Duration::from_secs(5),
+        "the manual down to expire",
+        || match get_ttl(port, &get_b) {
+            None => Ok(before_set.elapsed()),
+            Some(t) => Err(format!("ttl {t}")),
+        },
+    );
     assert!(
         gone >= Duration::from_millis(1900) && gone <= Duration::from_millis(3200),
         "a ttl=2 manual down ended {gone:?} after it was set"
     );
     assert_eq!(list(port), empty_list());
     assert_eq!(text_state(&text_page(port), "t3", &b.addr()), Some("up"));
-    poll(Duration::from_secs(3), "traffic at the expired peer", || {
-        let r = proxied_get(port, "/u/t3/x");
-        if r.1 == Some(b.port()) { Ok(()) } else { Err(format!("{r:?}")) }
-    });
+    poll(
+        Duration::from_secs(3),
+        "traffic at the expired peer",
+        || {
+            let r = proxied_get(port, "/u/t3/x");
+            if r.1 == Some(b.port()) {
+                Ok(())
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    );
 
     // An exclusion for 2 s.
     let before_set = Instant::now();
     post_ok(port, "t=ex&u=t3&a=set&ttl=2", SET);
     let ttl = get_ttl(port, "t=ex&u=t3&a=get").expect("exclusion listed");
     assert!((1..=2).contains(&ttl), "ttl {ttl}");
-    assert_eq!(text_header(&text_page(port), "t3"), Some("Upstream t3 (NO checkers)"));
+    assert_eq!(
+        text_header(&text_page(port), "t3"),
+        Some("Upstream t3 (NO checkers)")
+    );
     let l = list(port);
     let ttl = l["exclusions"][0]["ttl"].as_u64().unwrap_or(0);
-    assert!(l["exclusions"][0]["upstream"] == "t3" && (1..=2).contains(&ttl), "{l}");
-    let gone = poll(Duration::from_secs(5), "the exclusion to expire", || match get_ttl(port, "t=ex&u=t3&a=get") {
-        None => Ok(before_set.elapsed()),
-        Some(t) => Err(format!("ttl {t}")),
-    });
+    assert!(
+        l["exclusions"][0]["upstream"] == "t3" && (1..=2).contains(&ttl),
+        "{l}"
+    );
+    let gone = poll(
+        Duration::from_secs(5),
+        "the exclusion to expire",
+        || match get_ttl(port, "t=ex&u=t3&a=get") {
+            None => Ok(before_set.elapsed()),
+            Some(t) => Err(format!("ttl {t}")),
+        },
+    );
     assert!(
         gone >= Duration::from_millis(1900) && gone <= Duration::from_millis(3200),
         "a ttl=2 exclusion ended {gone:?} after it was set"
     );
     assert_eq!(text_header(&text_page(port), "t3"), Some("Upstream t3"));
-    assert_eq!(json_upstream(&json_page(port), "t3")["checked"], json!(true));
+    assert_eq!(
+        json_upstream(&json_page(port), "t3")["checked"],
+        json!(true)
+    );
     assert_eq!(list(port), empty_list());
     let log = nginx.stop();
-    assert!(log.contains("exclusion of upstream \"t3\" expired"), "{log}");
+    assert!(
+        log.contains("exclusion of upstream \"t3\" expired"),
+        "{log}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -595,16 +782,35 @@ fn set_and_del_need_post_and_forms_are_url_decoded() {
     let a = Backend::new();
     let b = Backend::new();
     let port = free_port();
-    let conf = format!("{}{}", upstream("u4", &[a.addr(), b.addr()], CHECK), front(port, &["u4"]));
+    let conf = format!(
+        "{}{}",
+        upstream("u4", &[a.addr(), b.addr()], CHECK),
+        front(port, &["u4"])
+    );
     let nginx = Nginx::start(&conf);
     let must_post = "a=set and a=del must come as POST";
     let peer_q = format!("t=gray&u=u4&p={}", b.addr());
 
     // Over GET, set and del are refused and change nothing.
     assert_eq!(list(port), empty_list());
-    assert_err(admin(port, "GET", "t=ex&u=u4&a=set"), 405, must_post, "GET ex set");
-    assert_err(admin(port, "GET", "t=ex&u=u4&a=set&ttl=60"), 405, must_post, "GET ex set ttl");
-    assert_err(admin(port, "GET", &format!("{peer_q}&a=set")), 405, must_post, "GET gray set");
+    assert_err(
+        admin(port, "GET", "t=ex&u=u4&a=set"),
+        405,
+        must_post,
+        "GET ex set",
+    );
+    assert_err(
+        admin(port, "GET", "t=ex&u=u4&a=set&ttl=60"),
+        405,
+        must_post,
+        "GET ex set ttl",
+    );
+    assert_err(
+        admin(port, "GET", &format!("{peer_q}&a=set")),
+        405,
+        must_post,
+        "GET gray set",
+    );
     assert_eq!(list(port), empty_list());
     assert_eq!(get_ttl(port, "t=ex&u=u4&a=get"), None);
     assert_eq!(get_ttl(port, &format!("{peer_q}&a=get")), None);
@@ -614,7 +820,11 @@ fn set_and_del_need_post_and_forms_are_url_decoded() {
 
     // A POSTed form works; names and values are URL-decoded (`%75%34` is `u4`).
     let form = format!("t=gray&u=%75%34&p=127.0.0.1%3A{}&a=set", b.port());
-    let got = admin_post_body(port, Some("application/x-www-form-urlencoded"), form.as_bytes());
+    let got = admin_post_body(
+        port,
+        Some("application/x-www-form-urlencoded"),
+        form.as_bytes(),
+    );
     assert_eq!(got, (200, SET.to_owned()), "form {form}");
     let got = admin_post_body(
         port,
@@ -628,13 +838,31 @@ fn set_and_del_need_post_and_forms_are_url_decoded() {
     });
     assert_eq!(list(port), state);
     let page = text_page(port);
-    assert_eq!(text_state(&page, "u4", &b.addr()), Some("DOWN (manual)"), "{page}");
-    assert_eq!(text_header(&page, "u4"), Some("Upstream u4 (NO checkers)"), "{page}");
+    assert_eq!(
+        text_state(&page, "u4", &b.addr()),
+        Some("DOWN (manual)"),
+        "{page}"
+    );
+    assert_eq!(
+        text_header(&page, "u4"),
+        Some("Upstream u4 (NO checkers)"),
+        "{page}"
+    );
     assert_eq!(get_ttl(port, "t=ex&u=%75%34&a=get"), Some(0));
 
     // del over GET: refused, nothing deleted.
-    assert_err(admin(port, "GET", &format!("{peer_q}&a=del")), 405, must_post, "GET gray del");
-    assert_err(admin(port, "GET", "t=ex&u=u4&a=del"), 405, must_post, "GET ex del");
+    assert_err(
+        admin(port, "GET", &format!("{peer_q}&a=del")),
+        405,
+        must_post,
+        "GET gray del",
+    );
+    assert_err(
+        admin(port, "GET", "t=ex&u=u4&a=del"),
+        405,
+        must_post,
+        "GET ex del",
+    );
     assert_eq!(list(port), state);
 
     // Other methods: 405, nothing changed.
@@ -652,7 +880,11 @@ fn set_and_del_need_post_and_forms_are_url_decoded() {
 
     // POST del, in the query string and in a form.
     post_ok(port, &format!("{peer_q}&a=del"), DELETED);
-    let got = admin_post_body(port, Some("application/x-www-form-urlencoded"), b"t=ex&u=u4&a=del");
+    let got = admin_post_body(
+        port,
+        Some("application/x-www-form-urlencoded"),
+        b"t=ex&u=u4&a=del",
+    );
     assert_eq!(got, (200, DELETED.to_owned()));
     assert_eq!(list(port), empty_list());
     let page = text_page(port);
@@ -661,48 +893,60 @@ fn set_and_del_need_post_and_forms_are_url_decoded() {
     nginx.stop();
 }
 
-/// What clients send for a POST without a form: `Content-Length: 0` (`curl -d ''`, most HTTP
-/// libraries) or a chunked body (HTTP/1.1 clients streaming the form). Each must be answered,
-/// and no worker may die on it.
-#[test]
-fn post_with_an_empty_or_chunked_body() {
+/// Sends `raw` to the control endpoint of a fresh nginx and asserts the answer is exactly
+/// `want` (200), that the list then is `then`, and that no worker died on the way.
+fn raw_post_is_answered(raw: &[u8], want: &str, setup: &str, then: impl Fn(&str) -> Value) {
     let a = Backend::new();
     let port = free_port();
-    let conf = format!("{}{}", upstream("u4b", &[a.addr()], CHECK), front(port, &["u4b"]));
+    let conf = format!(
+        "{}{}",
+        upstream("u4b", &[a.addr()], CHECK),
+        front(port, &["u4b"])
+    );
     let nginx = Nginx::start(&conf);
+    if !setup.is_empty() {
+        post_ok(port, setup, SET);
+    }
     let workers = nginx.worker_pids();
-
-    let got = exchange(
-        port,
-        b"POST /admin?t=ex&u=u4b&a=set HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
-    )
-    .map(|r| String::from_utf8_lossy(&r).into_owned());
-    let answer = got.as_deref().ok().and_then(|r| parse_answer(r.as_bytes()).ok());
+    let got = exchange(port, raw).map(|r| String::from_utf8_lossy(&r).into_owned());
+    let answer = got
+        .as_deref()
+        .ok()
+        .and_then(|r| parse_answer(r.as_bytes()).ok());
     assert_eq!(
         answer.as_ref().map(|(s, _, b)| (*s, b.as_str())),
-        Some((200, SET)),
-        "POST with Content-Length: 0 answered {got:?}\n{}",
+        Some((200, want)),
+        "{:?} was answered {got:?}\n--- error.log ---\n{}",
+        String::from_utf8_lossy(raw),
         nginx.error_log()
     );
-    assert_eq!(list(port)["exclusions"][0]["upstream"], json!("u4b"));
-
-    let got = exchange(
-        port,
-        b"POST /admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
-          Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n\
-          f\r\nt=ex&u=u4b&a=del\r\n0\r\n\r\n",
-    )
-    .map(|r| String::from_utf8_lossy(&r).into_owned());
-    let answer = got.as_deref().ok().and_then(|r| parse_answer(r.as_bytes()).ok());
-    assert_eq!(
-        answer.as_ref().map(|(s, _, b)| (*s, b.as_str())),
-        Some((200, DELETED)),
-        "chunked POST answered {got:?}\n{}",
-        nginx.error_log()
-    );
-    assert_eq!(list(port), empty_list());
+    assert_eq!(list(port), then(&a.addr()));
     assert_eq!(nginx.worker_pids(), workers, "a worker was replaced");
     nginx.stop();
+}
+
+/// An empty POST as `curl -d ''` and most HTTP libraries send it, with `Content-Length: 0`.
+#[test]
+fn post_with_content_length_0() {
+    raw_post_is_answered(
+        b"POST /admin?t=ex&u=u4b&a=set HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        SET,
+        "",
+        |_| json!({"exclusions": [{"upstream": "u4b", "ttl": 0}], "manual_downs": []}),
+    );
+}
+
+/// A form streamed by an HTTP/1.1 client, `Transfer-Encoding: chunked`.
+#[test]
+fn post_with_a_chunked_form() {
+    raw_post_is_answered(
+        b"POST /admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+          Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n\
+          10\r\nt=ex&u=u4b&a=del\r\n0\r\n\r\n",
+        DELETED,
+        "t=ex&u=u4b&a=set",
+        |_| empty_list(),
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -723,12 +967,19 @@ fn exclusions_and_manual_downs_survive_a_reload() {
     let mut nginx = Nginx::start(&conf);
     post_ok(port, "t=ex&u=r5x&a=set&ttl=30", SET);
     let excluded_at = Instant::now();
-    post_ok(port, &format!("t=gray&u=r5g&p={}&a=set&ttl=30", g2.addr()), SET);
+    post_ok(
+        port,
+        &format!("t=gray&u=r5g&p={}&a=set&ttl=30", g2.addr()),
+        SET,
+    );
     let before = nginx.worker_pids();
 
     let took = nginx.reload();
     let after = nginx.worker_pids();
-    assert!(!after.is_empty() && after.iter().all(|p| !before.contains(p)), "no new workers after {took:?}: {before:?} -> {after:?}");
+    assert!(
+        !after.is_empty() && after.iter().all(|p| !before.contains(p)),
+        "no new workers after {took:?}: {before:?} -> {after:?}"
+    );
     let reloaded_at = Instant::now();
 
     let l = list(port);
@@ -741,10 +992,16 @@ fn exclusions_and_manual_downs_survive_a_reload() {
             "manual_downs": [{"upstream": "r5g", "peer": g2.addr(), "ttl": md_ttl}]
         })
     );
-    assert!((20..=30).contains(&ex_ttl) && (20..=30).contains(&md_ttl), "{l}");
+    assert!(
+        (20..=30).contains(&ex_ttl) && (20..=30).contains(&md_ttl),
+        "{l}"
+    );
     poll(Duration::from_secs(3), "the ttls to count down", || {
         let l = list(port);
-        let (e, m) = (l["exclusions"][0]["ttl"].as_u64(), l["manual_downs"][0]["ttl"].as_u64());
+        let (e, m) = (
+            l["exclusions"][0]["ttl"].as_u64(),
+            l["manual_downs"][0]["ttl"].as_u64(),
+        );
         match (e, m) {
             (Some(e), Some(m)) if e < ex_ttl && m < md_ttl && e >= 1 && m >= 1 => Ok(()),
             _ => Err(l.to_string()),
@@ -753,17 +1010,36 @@ fn exclusions_and_manual_downs_survive_a_reload() {
 
     // Still in effect in the new workers.
     let page = text_page(port);
-    assert_eq!(text_header(&page, "r5x"), Some("Upstream r5x (NO checkers)"), "{page}");
-    assert_eq!(text_state(&page, "r5g", &g2.addr()), Some("DOWN (manual)"), "{page}");
+    assert_eq!(
+        text_header(&page, "r5x"),
+        Some("Upstream r5x (NO checkers)"),
+        "{page}"
+    );
+    assert_eq!(
+        text_state(&page, "r5g", &g2.addr()),
+        Some("DOWN (manual)"),
+        "{page}"
+    );
     assert_eq!(text_state(&page, "r5g", &g1.addr()), Some("up"), "{page}");
     let results: Vec<_> = (0..8).map(|_| proxied_get(port, "/u/r5g/x")).collect();
-    assert!(results.iter().all(|r| r.0 == 200 && r.1 == Some(g1.port())), "{results:?}");
+    assert!(
+        results.iter().all(|r| r.0 == 200 && r.1 == Some(g1.port())),
+        "{results:?}"
+    );
     assert_eq!(g2.proxied(), 0);
     // Probes continue to the downed peer, none reach the excluded upstream.
-    poll(Duration::from_secs(2), "probes at the manually downed peer", || {
-        let n = probes_after(&g2, reloaded_at);
-        if n >= 2 { Ok(()) } else { Err(format!("{n} probes")) }
-    });
+    poll(
+        Duration::from_secs(2),
+        "probes at the manually downed peer",
+        || {
+            let n = probes_after(&g2, reloaded_at);
+            if n >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{n} probes"))
+            }
+        },
+    );
     // More than a second has passed since the exclusion (the ttl counted down).
     assert_eq!(
         probes_after(&x, excluded_at + INTERVAL),
@@ -772,12 +1048,24 @@ fn exclusions_and_manual_downs_survive_a_reload() {
     );
 
     post_ok(port, "t=ex&u=r5x&a=del", DELETED);
-    post_ok(port, &format!("t=gray&u=r5g&p={}&a=del", g2.addr()), DELETED);
+    post_ok(
+        port,
+        &format!("t=gray&u=r5g&p={}&a=del", g2.addr()),
+        DELETED,
+    );
     assert_eq!(list(port), empty_list());
-    poll(Duration::from_secs(3), "traffic at the released peer", || {
-        let r = proxied_get(port, "/u/r5g/x");
-        if r.1 == Some(g2.port()) { Ok(()) } else { Err(format!("{r:?}")) }
-    });
+    poll(
+        Duration::from_secs(3),
+        "traffic at the released peer",
+        || {
+            let r = proxied_get(port, "/u/r5g/x");
+            if r.1 == Some(g2.port()) {
+                Ok(())
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    );
     nginx.stop();
 }
 
@@ -789,7 +1077,11 @@ fn bad_requests_are_refused_with_exact_messages_and_change_nothing() {
     let a = Backend::new();
     let b = Backend::new();
     let port = free_port();
-    let conf = format!("{}{}", upstream("u6", &[a.addr(), b.addr()], CHECK), front(port, &["u6"]));
+    let conf = format!(
+        "{}{}",
+        upstream("u6", &[a.addr(), b.addr()], CHECK),
+        front(port, &["u6"])
+    );
     let nginx = Nginx::start(&conf);
     post_ok(port, "t=ex&u=u6&a=set", SET);
     post_ok(port, &format!("t=gray&u=u6&p={}&a=set", b.addr()), SET);
@@ -806,15 +1098,60 @@ fn bad_requests_are_refused_with_exact_messages_and_change_nothing() {
     let long = "x".repeat(1025);
     let just_fits = "x".repeat(1024);
     let cases: Vec<(&str, String, u16, String)> = vec![
-        ("GET", "t=bogus&u=u6&a=get".into(), 400, r#"unknown t "bogus", expected "ex" or "gray""#.into()),
-        ("POST", "t=ex&u=u6&a=frob".into(), 400, r#"unknown a "frob", expected "set", "del" or "get""#.into()),
-        ("POST", "t=ex&a=del".into(), 400, r#"missing parameter "u""#.into()),
-        ("POST", "t=ex&u=&a=del".into(), 400, r#"missing parameter "u""#.into()),
-        ("POST", "t=gray&u=u6&a=del".into(), 400, r#"missing parameter "p""#.into()),
-        ("POST", "u=u6&a=del".into(), 400, r#"missing parameter "t""#.into()),
-        ("POST", "t=ex&u=u6".into(), 400, r#"missing parameter "a""#.into()),
-        ("POST", "t=ex&u=nope&a=del".into(), 404, r#"unknown upstream "nope""#.into()),
-        ("GET", "t=ex&u=nope&a=get".into(), 404, r#"unknown upstream "nope""#.into()),
+        (
+            "GET",
+            "t=bogus&u=u6&a=get".into(),
+            400,
+            r#"unknown t "bogus", expected "ex" or "gray""#.into(),
+        ),
+        (
+            "POST",
+            "t=ex&u=u6&a=frob".into(),
+            400,
+            r#"unknown a "frob", expected "set", "del" or "get""#.into(),
+        ),
+        (
+            "POST",
+            "t=ex&a=del".into(),
+            400,
+            r#"missing parameter "u""#.into(),
+        ),
+        (
+            "POST",
+            "t=ex&u=&a=del".into(),
+            400,
+            r#"missing parameter "u""#.into(),
+        ),
+        (
+            "POST",
+            "t=gray&u=u6&a=del".into(),
+            400,
+            r#"missing parameter "p""#.into(),
+        ),
+        (
+            "POST",
+            "u=u6&a=del".into(),
+            400,
+            r#"missing parameter "t""#.into(),
+        ),
+        (
+            "POST",
+            "t=ex&u=u6".into(),
+            400,
+            r#"missing parameter "a""#.into(),
+        ),
+        (
+            "POST",
+            "t=ex&u=nope&a=del".into(),
+            404,
+            r#"unknown upstream "nope""#.into(),
+        ),
+        (
+            "GET",
+            "t=ex&u=nope&a=get".into(),
+            404,
+            r#"unknown upstream "nope""#.into(),
+        ),
         (
             "POST",
             "t=gray&u=u6&p=127.0.0.1:1&a=del".into(),
@@ -822,13 +1159,43 @@ fn bad_requests_are_refused_with_exact_messages_and_change_nothing() {
             r#"unknown peer "127.0.0.1:1" in upstream "u6""#.into(),
         ),
         ("POST", "t=ex&u=u6&a=set&ttl=-1".into(), 400, ttl_msg("-1")),
-        ("POST", "t=ex&u=u6&a=set&ttl=abc".into(), 400, ttl_msg("abc")),
-        ("POST", "t=ex&u=u6&a=set&ttl=2592001".into(), 400, ttl_msg("2592001")),
-        ("POST", "t=ex&u=u6&a=set&ttl=1.5".into(), 400, ttl_msg("1.5")),
+        (
+            "POST",
+            "t=ex&u=u6&a=set&ttl=abc".into(),
+            400,
+            ttl_msg("abc"),
+        ),
+        (
+            "POST",
+            "t=ex&u=u6&a=set&ttl=2592001".into(),
+            400,
+            ttl_msg("2592001"),
+        ),
+        (
+            "POST",
+            "t=ex&u=u6&a=set&ttl=1.5".into(),
+            400,
+            ttl_msg("1.5"),
+        ),
         ("POST", "t=ex&u=u6&a=set&ttl=".into(), 400, ttl_msg("")),
-        ("POST", "t=ex&u=u6&a=del&ttl=5".into(), 400, r#"parameter "ttl" is only allowed with a=set"#.into()),
-        ("POST", "t=ex&u=a&u=b&a=del".into(), 400, r#"parameter "u" is repeated"#.into()),
-        ("POST", "t=ex&u=u6&a=del&force=1".into(), 400, r#"unknown parameter "force""#.into()),
+        (
+            "POST",
+            "t=ex&u=u6&a=del&ttl=5".into(),
+            400,
+            r#"parameter "ttl" is only allowed with a=set"#.into(),
+        ),
+        (
+            "POST",
+            "t=ex&u=a&u=b&a=del".into(),
+            400,
+            r#"parameter "u" is repeated"#.into(),
+        ),
+        (
+            "POST",
+            "t=ex&u=u6&a=del&force=1".into(),
+            400,
+            r#"unknown parameter "force""#.into(),
+        ),
         (
             "POST",
             format!("t=ex&p={}&u=u6&a=del", b.addr()),
@@ -841,10 +1208,30 @@ fn bad_requests_are_refused_with_exact_messages_and_change_nothing() {
             400,
             r#"the value of parameter "u" is longer than 1024 bytes"#.into(),
         ),
-        ("POST", format!("t=ex&u={just_fits}&a=del"), 404, format!("unknown upstream \"{just_fits}\"")),
-        ("POST", "t=ex&u=%FF&a=del".into(), 400, r#"the value of parameter "u" is not UTF-8"#.into()),
-        ("POST", "t=ex&u=%G1&a=del".into(), 400, r#"bad percent-encoding in the value of parameter "u""#.into()),
-        ("GET", "t=ex&u=u6%&a=get".into(), 400, r#"bad percent-encoding in the value of parameter "u""#.into()),
+        (
+            "POST",
+            format!("t=ex&u={just_fits}&a=del"),
+            404,
+            format!("unknown upstream \"{just_fits}\""),
+        ),
+        (
+            "POST",
+            "t=ex&u=%FF&a=del".into(),
+            400,
+            r#"the value of parameter "u" is not UTF-8"#.into(),
+        ),
+        (
+            "POST",
+            "t=ex&u=%G1&a=del".into(),
+            400,
+            r#"bad percent-encoding in the value of parameter "u""#.into(),
+        ),
+        (
+            "GET",
+            "t=ex&u=u6%&a=get".into(),
+            400,
+            r#"bad percent-encoding in the value of parameter "u""#.into(),
+        ),
     ];
     for (method, query, status, msg) in &cases {
         let what = format!("{method} /admin?{query}");
@@ -855,11 +1242,30 @@ fn bad_requests_are_refused_with_exact_messages_and_change_nothing() {
     // Bodies: form-encoded only, in memory, and no parameter both in the query and the body.
     let json_body = br#"{"t":"ex","u":"u6","a":"del"}"#;
     let not_form = "the body must be application/x-www-form-urlencoded";
-    assert_err(admin_post_body(port, Some("application/json"), json_body), 415, not_form, "JSON body");
+    assert_err(
+        admin_post_body(port, Some("application/json"), json_body),
+        415,
+        not_form,
+        "JSON body",
+    );
     assert_eq!(list(port), state, "state changed by a JSON body");
-    assert_err(admin_post_body(port, None, b"t=ex&u=u6&a=del"), 415, not_form, "body without Content-Type");
-    assert_eq!(list(port), state, "state changed by a body without Content-Type");
-    assert_err(admin_post_body(port, Some("text/plain"), b"t=ex&u=u6&a=del"), 415, not_form, "text body");
+    assert_err(
+        admin_post_body(port, None, b"t=ex&u=u6&a=del"),
+        415,
+        not_form,
+        "body without Content-Type",
+    );
+    assert_eq!(
+        list(port),
+        state,
+        "state changed by a body without Content-Type"
+    );
+    assert_err(
+        admin_post_body(port, Some("text/plain"), b"t=ex&u=u6&a=del"),
+        415,
+        not_form,
+        "text body",
+    );
     assert_eq!(list(port), state, "state changed by a text/plain body");
     let (status, _, body) = request(
         port,
@@ -868,8 +1274,17 @@ fn bad_requests_are_refused_with_exact_messages_and_change_nothing() {
         &[("Content-Type", "application/x-www-form-urlencoded")],
         b"u=u6&a=del",
     );
-    assert_err((status, body), 400, r#"parameter "u" is repeated"#, "u in query and body");
-    assert_eq!(list(port), state, "state changed by a parameter in both query and body");
+    assert_err(
+        (status, body),
+        400,
+        r#"parameter "u" is repeated"#,
+        "u in query and body",
+    );
+    assert_eq!(
+        list(port),
+        state,
+        "state changed by a parameter in both query and body"
+    );
     let mut big = b"t=ex&u=u6&a=del&".to_vec();
     big.extend(std::iter::repeat(b'&').take(64 * 1024));
     assert_err(
@@ -893,9 +1308,9 @@ struct NetNs {
 fn ip(args: &[&str]) -> std::process::Output {
     match Command::new("ip").args(args).stdin(Stdio::null()).output() {
         Ok(out) => out,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => panic!(
-            "`ip` (iproute2) not found: run scripts/setup.sh, which installs it"
-        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            panic!("`ip` (iproute2) not found: run scripts/setup.sh, which installs it")
+        }
         Err(e) => panic!("cannot run ip {args:?}: {e}"),
     }
 }
@@ -915,7 +1330,11 @@ fn ip_ok(args: &[&str]) {
 impl NetNs {
     fn new() -> NetNs {
         static SEQ: AtomicU64 = AtomicU64::new(0);
-        let name = format!("hc-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "hc-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         ip_ok(&["netns", "add", &name]);
         let ns = NetNs { name };
         ns.exec(&["ip", "link", "set", "lo", "up"]);
@@ -938,7 +1357,13 @@ impl NetNs {
             s.spawn(|| {
                 // SAFETY: setns on a valid namespace fd; it changes this thread only.
                 let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {}: {}", path.display(), io::Error::last_os_error());
+                assert_eq!(
+                    rc,
+                    0,
+                    "setns {}: {}",
+                    path.display(),
+                    io::Error::last_os_error()
+                );
                 f()
             })
             .join()
@@ -951,7 +1376,11 @@ impl Drop for NetNs {
     fn drop(&mut self) {
         let out = ip(&["netns", "del", &self.name]);
         if !out.status.success() {
-            eprintln!("ip netns del {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+            eprintln!(
+                "ip netns del {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 }
@@ -960,11 +1389,19 @@ impl Drop for NetNs {
 fn children(ppid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
         let mut f = rest.split_whitespace();
         let (state, parent) = (f.next(), f.next().and_then(|p| p.parse::<u32>().ok()));
         if parent == Some(ppid) && state != Some("Z") {
@@ -975,7 +1412,10 @@ fn children(ppid: u32) -> Vec<u32> {
 }
 
 fn kill(sig: &str, pid: u32) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 /// nginx run as `ip netns exec NS nginx ... -g 'daemon off;'` (the master is the child
@@ -1010,18 +1450,40 @@ impl NsNginx {
             .stdout(log.try_clone().expect("dup"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run ip netns exec nginx: {e} (run scripts/setup.sh)"));
-        let mut n = NsNginx { prefix, child: Some(child), conf };
+            .unwrap_or_else(|e| {
+                panic!("cannot run ip netns exec nginx: {e} (run scripts/setup.sh)")
+            });
+        let mut n = NsNginx {
+            prefix,
+            child: Some(child),
+            conf,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(st) = n.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("nginx in {} exited during startup ({st}):\n{}\n{}\n{}", ns.name, n.stderr(), n.error_log(), n.conf);
+                panic!(
+                    "nginx in {} exited during startup ({st}):\n{}\n{}\n{}",
+                    ns.name,
+                    n.stderr(),
+                    n.error_log(),
+                    n.conf
+                );
             }
-            let up = ns.run(|| http_get(status_port, "/status").map(|r| r.0 == 200).unwrap_or(false));
+            let up = ns.run(|| {
+                http_get(status_port, "/status")
+                    .map(|r| r.0 == 200)
+                    .unwrap_or(false)
+            });
             if up && n.prefix.path().join("nginx.pid").exists() {
                 return n;
             }
-            assert!(Instant::now() < deadline, "nginx in {} not ready in 10 s:\n{}\n{}", ns.name, n.stderr(), n.error_log());
+            assert!(
+                Instant::now() < deadline,
+                "nginx in {} not ready in 10 s:\n{}\n{}",
+                ns.name,
+                n.stderr(),
+                n.error_log()
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -1043,17 +1505,26 @@ impl NsNginx {
     fn stop(mut self) -> String {
         let graceful = self.shutdown();
         let log = self.error_log();
-        assert!(graceful, "nginx did not exit within 10 s of SIGQUIT:\n{log}");
+        assert!(
+            graceful,
+            "nginx did not exit within 10 s of SIGQUIT:\n{log}"
+        );
         let bad: Vec<&str> = log
             .lines()
             .filter(|l| l.contains("[alert]") || l.contains("[crit]") || l.contains("[emerg]"))
             .collect();
-        assert!(bad.is_empty(), "error log has alert/crit/emerg lines:\n{}\n---\n{log}", bad.join("\n"));
+        assert!(
+            bad.is_empty(),
+            "error log has alert/crit/emerg lines:\n{}\n---\n{log}",
+            bad.join("\n")
+        );
         log
     }
 
     fn shutdown(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return true };
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
         let master = child.id();
         let workers = children(master);
         kill("QUIT", master);
@@ -1075,7 +1546,11 @@ impl NsNginx {
         let _ = child.wait();
         // Workers exit with (or right after) the master.
         let deadline = Instant::now() + Duration::from_secs(2);
-        while workers.iter().any(|w| Path::new(&format!("/proc/{w}")).exists()) && Instant::now() < deadline {
+        while workers
+            .iter()
+            .any(|w| Path::new(&format!("/proc/{w}")).exists())
+            && Instant::now() < deadline
+        {
             thread::sleep(Duration::from_millis(20));
         }
         graceful
@@ -1105,12 +1580,28 @@ fn ha_standby_probes_only_while_this_host_holds_the_address() {
     let nginx = NsNginx::start(&ns, &body, front_port);
     let text = || ns.run(|| text_page(front_port));
     let doc = || ns.run(|| json_page(front_port));
-    let strict = || ns.run(|| (0..10).map(|_| proxied_get(front_port, "/strict/ha7/x").0).collect::<Vec<_>>());
-    let probes = || nginx.file("live.log").lines().filter(|l| l.contains("GET /health ")).count();
+    let strict = || {
+        ns.run(|| {
+            (0..10)
+                .map(|_| proxied_get(front_port, "/strict/ha7/x").0)
+                .collect::<Vec<_>>()
+        })
+    };
+    let probes = || {
+        nginx
+            .file("live.log")
+            .lines()
+            .filter(|l| l.contains("GET /health "))
+            .count()
+    };
     let ha_mode = |want: &'static str| {
         move || {
             let d = doc();
-            if d["msg"]["ha_mode"] == want { Ok(()) } else { Err(d.to_string()) }
+            if d["msg"]["ha_mode"] == want {
+                Ok(())
+            } else {
+                Err(d.to_string())
+            }
         }
     };
 
@@ -1122,45 +1613,96 @@ fn ha_standby_probes_only_while_this_host_holds_the_address() {
     assert_eq!(d["msg"]["ha_mode"], json!("Slaver"), "{d}");
     assert_eq!(json_peer(&d, "ha7", &dead)["down"], json!(false), "{d}");
     thread::sleep(Duration::from_millis(600)); // six probe intervals
-    assert_eq!(probes(), 0, "probes ran on the standby:\n{}", nginx.file("live.log"));
+    assert_eq!(
+        probes(),
+        0,
+        "probes ran on the standby:\n{}",
+        nginx.file("live.log")
+    );
     let r = strict();
-    assert!(r.contains(&502) && r.contains(&200), "the dead peer should take traffic: {r:?}");
+    assert!(
+        r.contains(&502) && r.contains(&200),
+        "the dead peer should take traffic: {r:?}"
+    );
 
     // The address arrives: Master within ~1 s, probes run, the dead peer goes DOWN.
     ns.exec(&["ip", "addr", "add", &format!("{vip}/32"), "dev", "lo"]);
     let added = Instant::now();
-    poll(Duration::from_millis(1500), "ha_mode Master", ha_mode("Master"));
+    poll(
+        Duration::from_millis(1500),
+        "ha_mode Master",
+        ha_mode("Master"),
+    );
     assert!(added.elapsed() <= Duration::from_millis(1500));
     assert!(text().starts_with("HA Mode: Master\n\n"));
     poll(Duration::from_secs(2), "probes on the master", || {
         let n = probes();
-        if n >= 2 { Ok(()) } else { Err(format!("{n} probes")) }
+        if n >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{n} probes"))
+        }
     });
-    poll(Duration::from_secs(2), "the dead peer DOWN on the master", || {
-        let page = text();
-        if text_state(&page, "ha7", &dead) == Some("DOWN") { Ok(()) } else { Err(page) }
-    });
+    poll(
+        Duration::from_secs(2),
+        "the dead peer DOWN on the master",
+        || {
+            let page = text();
+            if text_state(&page, "ha7", &dead) == Some("DOWN") {
+                Ok(())
+            } else {
+                Err(page)
+            }
+        },
+    );
     let d = doc();
     assert_eq!(json_upstream(&d, "ha7")["checked"], json!(true), "{d}");
-    assert_eq!(json_peer(&d, "ha7", &dead)["health"]["status"], json!("down"), "{d}");
-    assert!(json_peer(&d, "ha7", &live)["health"]["checks"].as_u64().unwrap() >= 1, "{d}");
-    assert_eq!(strict(), vec![200; 10], "the DOWN peer is skipped on the master");
+    assert_eq!(
+        json_peer(&d, "ha7", &dead)["health"]["status"],
+        json!("down"),
+        "{d}"
+    );
+    assert!(
+        json_peer(&d, "ha7", &live)["health"]["checks"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{d}"
+    );
+    assert_eq!(
+        strict(),
+        vec![200; 10],
+        "the DOWN peer is skipped on the master"
+    );
 
     // The address leaves: standby again, the dead peer serves again, probes stop.
     ns.exec(&["ip", "addr", "del", &format!("{vip}/32"), "dev", "lo"]);
-    poll(Duration::from_millis(1500), "ha_mode Slaver", ha_mode("Slaver"));
+    poll(
+        Duration::from_millis(1500),
+        "ha_mode Slaver",
+        ha_mode("Slaver"),
+    );
     let page = text();
     assert!(page.starts_with("HA Mode: Slaver\n\n"), "{page}");
     assert_eq!(text_state(&page, "ha7", &dead), Some("up"), "{page}");
     let r = strict();
-    assert!(r.contains(&502) && r.contains(&200), "the dead peer should take traffic again: {r:?}");
+    assert!(
+        r.contains(&502) && r.contains(&200),
+        "the dead peer should take traffic again: {r:?}"
+    );
     thread::sleep(2 * INTERVAL); // a probe under way when the address left may still land
     let settled = probes();
     thread::sleep(Duration::from_millis(600));
     assert_eq!(probes(), settled, "probes continued on the standby");
 
     let log = nginx.stop();
-    assert!(log.contains(&format!("HA mode is Master: {vip} is on this host")), "{log}");
-    assert!(log.contains(&format!("HA mode is Slaver: {vip} is not on this host")), "{log}");
+    assert!(
+        log.contains(&format!("HA mode is Master: {vip} is on this host")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("HA mode is Slaver: {vip} is not on this host")),
+        "{log}"
+    );
     drop(ns);
 }

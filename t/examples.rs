@@ -82,7 +82,10 @@ fn every_example_passes_nginx_t() {
         .collect();
     names.sort();
     for want in ["basic.conf", "demo.conf", "tcp.conf", "zone.conf"] {
-        assert!(names.iter().any(|n| n == want), "nginx-conf/{want} is missing: {names:?}");
+        assert!(
+            names.iter().any(|n| n == want),
+            "nginx-conf/{want} is missing: {names:?}"
+        );
     }
     for name in &names {
         let (ok, out) = nginx_test_raw(&with_module(name, &example(name)));
@@ -90,7 +93,10 @@ fn every_example_passes_nginx_t() {
             ok && out.contains("syntax is ok") && out.contains("test is successful"),
             "nginx -t fails on nginx-conf/{name}:\n{out}"
         );
-        assert!(!out.contains("[emerg]") && !out.contains("[alert]"), "{name}:\n{out}");
+        assert!(
+            !out.contains("[emerg]") && !out.contains("[alert]"),
+            "{name}:\n{out}"
+        );
     }
 }
 
@@ -99,12 +105,22 @@ fn every_example_passes_nginx_t() {
 #[test]
 fn demo_shows_the_missing_backend_down() {
     let nginx = Nginx::start_raw(&runnable("demo.conf", &example("demo.conf")));
-    wait_until(Duration::from_secs(8), "127.0.0.1:9083 DOWN on the demo's status page", || {
-        state(8080, "backend", 9083).as_deref() == Some("DOWN")
-    });
+    wait_until(
+        Duration::from_secs(8),
+        "127.0.0.1:9083 DOWN on the demo's status page",
+        || state(8080, "backend", 9083).as_deref() == Some("DOWN"),
+    );
     let page = status_page(8080, STATUS);
-    assert_eq!(peer_state(&page, "backend", "127.0.0.1:9081"), Some("up"), "{page}");
-    assert_eq!(peer_state(&page, "backend", "127.0.0.1:9082"), Some("up"), "{page}");
+    assert_eq!(
+        peer_state(&page, "backend", "127.0.0.1:9081"),
+        Some("up"),
+        "{page}"
+    );
+    assert_eq!(
+        peer_state(&page, "backend", "127.0.0.1:9082"),
+        Some("up"),
+        "{page}"
+    );
     // Traffic goes to the two live backends only.
     for _ in 0..6 {
         let (status, _, body) = http_get(8080, "/").expect("GET / on the demo");
@@ -153,7 +169,11 @@ fn basic_example_runs() {
         assert_eq!(http_get(front, "/app").unwrap().0, 200);
     }
     assert!(peers[0].proxied() > 0 && peers[1].proxied() > 0);
-    assert_eq!(peers[2].proxied(), 0, "the backup took traffic while primaries are up");
+    assert_eq!(
+        peers[2].proxied(),
+        0,
+        "the backup took traffic while primaries are up"
+    );
     nginx.stop();
 }
 
@@ -164,9 +184,11 @@ fn tcp_example_runs() {
     // 9091 accepts; nothing listens on 9092.
     let live = Backend::on_port(ports[&9091]);
     let nginx = Nginx::start_raw(&text);
-    wait_until(Duration::from_secs(5), "9092 DOWN (connections refused)", || {
-        state(front, "app", ports[&9092]).as_deref() == Some("DOWN")
-    });
+    wait_until(
+        Duration::from_secs(5),
+        "9092 DOWN (connections refused)",
+        || state(front, "app", ports[&9092]).as_deref() == Some("DOWN"),
+    );
     assert_eq!(state(front, "app", ports[&9091]).as_deref(), Some("up"));
     // A TCP check connects and sends nothing.
     assert!(live.connections() >= 1);
@@ -210,10 +232,14 @@ fn zone_example_runs() {
             "{page}"
         );
     }
-    wait_until(Duration::from_secs(6), "9101 and 9102 up after two good probes", || {
-        state(front, "app", ports[&9101]).as_deref() == Some("up")
-            && state(front, "app", ports[&9102]).as_deref() == Some("up")
-    });
+    wait_until(
+        Duration::from_secs(6),
+        "9101 and 9102 up after two good probes",
+        || {
+            state(front, "app", ports[&9101]).as_deref() == Some("up")
+                && state(front, "app", ports[&9102]).as_deref() == Some("up")
+        },
+    );
     wait_until(Duration::from_secs(4), "two probes of 9103", || {
         peers[2].hits("/healthz") >= 2
     });

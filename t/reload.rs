@@ -35,6 +35,32 @@ fn front(port: u16, u: &str) -> String {
     )
 }
 
+/// The `health` object of `peer` in `upstream` on the JSON status page.
+fn health_json(port: u16, upstream: &str, peer: &str) -> serde_json::Value {
+    let body = status_page(port, &format!("{STATUS}?format=json"));
+    let doc: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("status JSON: {e}\n{body}"));
+    doc["msg"]["upstreams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|u| u["name"] == upstream)
+        .flat_map(|u| {
+            let mut peers = u["primary"].as_array().cloned().unwrap_or_default();
+            peers.extend(u["backup"].as_array().cloned().unwrap_or_default());
+            peers
+        })
+        .find(|p| p["name"] == peer)
+        .map(|p| p["health"].clone())
+        .unwrap_or_else(|| panic!("no {peer} in upstream {upstream}: {body}"))
+}
+
+fn counter(h: &serde_json::Value, name: &str) -> u64 {
+    h[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("health.{name} is not a count: {h}"))
+}
+
 fn state(port: u16, upstream: &str, peer: &str) -> Option<String> {
     peer_state(&status_page(port, STATUS), upstream, peer).map(str::to_string)
 }
@@ -133,6 +159,12 @@ fn reload_keeps_a_down_peer_down_without_a_single_failed_request() {
     wait_state(port, "u", &dead, "DOWN", Duration::from_secs(3));
     assert_eq!(state(port, "u", &a.addr()).as_deref(), Some("up"));
 
+    // Its counters and the time it went down, as the JSON page shows them.
+    let mut before = health_json(port, "u", &dead);
+    assert_eq!(before["status"], "down", "{before}");
+    let went_down = before["last_change"].clone();
+    assert!(went_down.is_number(), "{before}");
+
     let client = Client::start(port);
     client.wait_more(20);
     let down_line = format!("peer {dead} in upstream \"u\" is DOWN after 3 failed checks");
@@ -156,8 +188,30 @@ fn reload_keeps_a_down_peer_down_without_a_single_failed_request() {
             Some("up"),
             "reload {i}:\n{page}"
         );
+        // Its counters continue and it went down when it did before: the state was carried.
+        let h = health_json(port, "u", &dead);
+        assert_eq!(h["status"], "down", "reload {i}: {h}");
+        assert_eq!(
+            h["last_change"], went_down,
+            "reload {i}: {h} (before: {before})"
+        );
+        for name in ["checks", "failures", "fall_count"] {
+            assert!(
+                counter(&h, name) >= counter(&before, name),
+                "reload {i}: {name} went back: {h} (before: {before})"
+            );
+        }
+        assert_eq!(counter(&h, "checks"), counter(&h, "failures"), "{h}");
+        before = h;
         client.wait_more(20);
     }
+    // And they go on counting after the reloads.
+    let last = counter(&before, "checks");
+    wait_until(
+        Duration::from_secs(3),
+        "more checks of the dead peer",
+        || counter(&health_json(port, "u", &dead), "checks") > last,
+    );
     let results = client.finish();
     let bad: Vec<(usize, &Result<u16, String>)> = results
         .iter()

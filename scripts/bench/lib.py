@@ -296,14 +296,22 @@ def _ms(value, unit):
     return float(value) * _UNIT[unit]
 
 
-def wrk(url, seconds, conns=32, threads=1, timeout_s=None):
-    """Runs `wrk -tT -cC -dSs --latency URL` and parses its report."""
-    args = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency"]
-    if timeout_s:
-        args.append(f"--timeout={timeout_s}s")
-    p = spawn(args + [url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, _ = p.communicate(timeout=seconds + 60)
+def wrk_start(url, seconds, conns=32, threads=1):
+    """Starts `wrk -tT -cC -dSs --latency URL` in the background; finish with wrk_result()."""
+    args = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", url]
+    p = spawn(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p.seconds = seconds
+    return p
+
+
+def wrk_result(p):
+    out, _ = p.communicate(timeout=p.seconds + 60)
     return parse_wrk(out)
+
+
+def wrk(url, seconds, conns=32, threads=1):
+    """Runs wrk in the foreground and parses its report."""
+    return wrk_result(wrk_start(url, seconds, conns, threads))
 
 
 def parse_wrk(out):

@@ -71,10 +71,14 @@ fn body(req: &ngx_http_request_t) -> Result<Vec<u8>, QueryError> {
         if b.in_file() != 0 {
             return Err(err(413, "request body too large"));
         }
-        // SAFETY: pos..last are the buffer's valid bytes.
-        out.extend_from_slice(unsafe {
-            core::slice::from_raw_parts(b.pos, b.last.offset_from(b.pos) as usize)
-        });
+        // An empty last buffer (Content-Length: 0, the end of a chunked body) may have null
+        // pointers.
+        if !b.pos.is_null() && b.last > b.pos {
+            // SAFETY: pos..last are the buffer's valid bytes.
+            out.extend_from_slice(unsafe {
+                core::slice::from_raw_parts(b.pos, b.last.offset_from(b.pos) as usize)
+            });
+        }
         cl = link.next;
     }
     if !out.is_empty() {

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): builds the module in release mode for Debian's nginx, runs the six
+# measurements (request path, probe cost, detection, errors during an outage, memory, duplicate
+# probes) inside a network namespace of its own, prints a Markdown table and writes it to
+# target/bench/results.md. Needs root and the packages of scripts/setup.sh.
+# Usage: scripts/bench.sh [--quick] [--only 1,3,...] [--profile]
+#   --quick    ~3-minute smoke run (shorter windows, fewer rounds); the full run takes ~12 minutes
+#   --only     run only these measurements (numbers as in the table)
+#   --profile  also record a perf profile of the workers at 10,000 peers (needs linux-perf)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ $EUID -eq 0 ]] || { echo "bench: run as root (it creates a network namespace)" >&2; exit 1; }
+for tool in wrk ip python3 /usr/sbin/nginx; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool not found: run scripts/setup.sh" >&2; exit 1; }
+done
+
+echo "bench: building the module (scripts/build.sh debian --release)" >&2
+env_out=$(scripts/build.sh debian --release)
+eval "$(grep '^NGX_HC_' <<<"$env_out")"
+export NGX_HC_NGINX NGX_HC_MODULE BENCH_WORK=$PWD/target/bench/work
+
+ns=ngxhc-bench-$$
+driver=
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM HUP
+  # The driver stops what it started (nginx: SIGQUIT, then SIGKILL); give it time to.
+  if [[ -n $driver ]] && kill -0 "$driver" 2>/dev/null; then
+    kill -TERM "$driver" 2>/dev/null || true
+    for _ in $(seq 150); do kill -0 "$driver" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$driver" 2>/dev/null || true
+  fi
+  # Whatever is still inside our namespace was started by this run: nginx gets SIGQUIT, the rest
+  # SIGTERM, then SIGKILL.
+  if ip netns list 2>/dev/null | grep -qw "$ns"; then
+    local pids
+    pids=$(ip netns pids "$ns" 2>/dev/null || true)
+    if [[ -n $pids ]]; then
+      for pid in $pids; do
+        if [[ "$(cat /proc/"$pid"/comm 2>/dev/null)" == nginx ]]; then kill -QUIT "$pid" 2>/dev/null || true
+        else kill -TERM "$pid" 2>/dev/null || true; fi
+      done
+      sleep 3
+      for pid in $(ip netns pids "$ns" 2>/dev/null || true); do kill -KILL "$pid" 2>/dev/null || true; done
+    fi
+    ip netns del "$ns" 2>/dev/null || true
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# A namespace of our own: its loopback routes all of 127.0.0.0/8 (10,000 peer addresses served by
+# one backend listening on 0.0.0.0), and its sysctls are ours to set: fresh upstream connections
+# at thousands per second need TIME_WAIT reuse and a wide ephemeral port range.
+ip netns add "$ns"
+ip netns exec "$ns" ip link set lo up
+ip netns exec "$ns" sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65000" \
+  net.core.somaxconn=8192
+ulimit -n 65536
+start=$SECONDS
+ip netns exec "$ns" python3 scripts/bench/bench.py "$@" &
+driver=$!
+wait "$driver"
+echo "bench: finished in $(((SECONDS - start) / 60)) min $(((SECONDS - start) % 60)) s (without the build)" >&2

@@ -1,0 +1,162 @@
+"""2. Cost per probe: 1,000 to 10,000 peers (127.1.x.y, all served by one backend nginx listening
+on 0.0.0.0 in our network namespace), interval=1s, type=tcp and type=http, worker_processes 2.
+Worker CPU per probe and probes/s counted at the backend (stub_status `accepts`: one connection
+per probe) over a window after warm-up."""
+
+import os
+import re
+import subprocess
+import time
+
+from lib import (CLK_TCK, Nginx, Row, cpu_ns, cpu_ticks, fmt, http_get, largest_shared_mapping, log,
+                 peer_addr, spawn, status_kb)
+
+BACKEND_PORT = 9000
+STATUS_PORT = 8201
+INTERVAL_S = 1.0
+
+
+def backend():
+    return Nginx("pc-backend", f"    server {{\n        listen 0.0.0.0:{BACKEND_PORT} backlog=8192;\n"
+                 "        location = /bench_stub { stub_status; }\n"
+                 "        location / { return 200 \"ok\\n\"; }\n    }", workers=1, connections=20000)
+
+
+def accepts():
+    _, _, body = http_get("127.0.0.1", BACKEND_PORT, "/bench_stub")
+    return int(re.search(rb"\n\s*(\d+) \d+ \d+", body).group(1))
+
+
+def peers_http(n, per_upstream, check_type):
+    """upstream blocks u0, u1, ... of `per_upstream` peers each; `check_type` None: no checks."""
+    out = []
+    for u, lo in enumerate(range(0, n, per_upstream)):
+        servers = "".join(f"        server {peer_addr(i)}:{BACKEND_PORT};\n"
+                          for i in range(lo, min(n, lo + per_upstream)))
+        check = (f"        upstream_healthcheck type={check_type} interval=1s timeout=1s fall=3 rise=2;\n"
+                 if check_type else "")
+        out.append(f"    upstream u{u} {{\n{servers}{check}    }}\n")
+    status = "        location = /status { upstream_healthcheck_status; }\n" if check_type else ""
+    out.append(f"    server {{\n        listen 127.0.0.1:{STATUS_PORT};\n{status}"
+               "        location / { return 200; }\n    }")
+    return "".join(out)
+
+
+def run_config(name, n, per_upstream, check_type, warmup, window, profile_to=None):
+    """Starts nginx with n checked peers, waits `warmup` s, measures over `window` s; returns a dict."""
+    ng = Nginx(name, peers_http(n, per_upstream, check_type), workers=2, module=check_type is not None,
+               connections=20000)
+    ng.start(wait_for=("127.0.0.1", STATUS_PORT))
+    time.sleep(warmup)
+    pids = ng.worker_pids
+    a0, t0 = accepts(), time.monotonic()
+    ns0, tk0 = sum(cpu_ns(p) for p in pids), sum(cpu_ticks(p) for p in pids)
+    time.sleep(window)
+    ns1, tk1 = sum(cpu_ns(p) for p in pids), sum(cpu_ticks(p) for p in pids)
+    a1, t1 = accepts(), time.monotonic()
+    res = {
+        "n": n, "per": per_upstream, "type": check_type, "seconds": t1 - t0,
+        "probes": a1 - a0 - 1,  # the second stub_status request counts itself
+        "cpu_ns": ns1 - ns0, "cpu_ticks": tk1 - tk0,
+        "rss_kb": [status_kb(p) for p in pids],
+        "rss_shmem_kb": [status_kb(p, "RssShmem") for p in pids],
+        "zone_bytes": max(largest_shared_mapping(p) for p in pids),
+    }
+    if profile_to:
+        profile(pids, profile_to, window)
+    alive = ng.alive() and all(os.path.exists(f"/proc/{p}") for p in pids)
+    ng.stop()
+    if not alive:
+        raise RuntimeError(f"nginx {name} died during the measurement: {ng.tail()}")
+    res["rate"] = res["probes"] / res["seconds"]
+    res["configured"] = n / INTERVAL_S
+    res["achieved"] = res["rate"] / res["configured"] if check_type else 0.0
+    probes = max(res["probes"], 1)
+    res["us_per_probe"] = res["cpu_ns"] / 1e3 / probes
+    res["us_per_probe_ticks"] = res["cpu_ticks"] * 1e6 / CLK_TCK / probes
+    res["cpu_pct"] = res["cpu_ns"] / 1e9 / res["seconds"] * 100
+    return res
+
+
+def profile(pids, path, seconds):
+    """perf record of the workers (call graphs) for `seconds`, report to `path`."""
+    data = path + ".data"
+    p = spawn(["perf", "record", "-q", "-F", "2999", "-g", "-o", data, "-p", ",".join(map(str, pids)),
+               "--", "sleep", str(seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p.wait()
+    with open(path, "w") as f:
+        for sort in ("dso", "dso,symbol"):
+            r = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", sort, "--stdio",
+                                "-g", "none", "--percent-limit", "0.5"], capture_output=True, text=True)
+            f.write(r.stdout)
+    log(f"  perf profile written to {path}")
+
+
+def run(cfg, shared):
+    be = backend().start(wait_for=("127.0.0.1", BACKEND_PORT))
+    results = []
+    plan = [(n, 100) for n in cfg["pc_sizes"]] + [(n, n) for n in cfg["pc_one_sizes"]]
+    for n, per in plan:
+        for t in cfg["pc_types"]:
+            layout = "spread" if per < n else "one"
+            r = run_config(f"pc-{layout}-{n}-{t}", n, per, t, cfg["pc_warmup"], cfg["pc_window"])
+            r["layout"] = layout
+            results.append(r)
+            log(f"  probe cost {layout:6} {n:5} {t:4}: {r['rate']:7.0f} probes/s ({r['achieved'] * 100:.1f} %), "
+                f"{r['us_per_probe']:.2f} us/probe, workers {r['cpu_pct']:.1f} % CPU")
+            if layout == "spread" and t == "http" and n == max(cfg["pc_sizes"]):
+                shared["rss_checked"] = r
+    if cfg.get("profile"):
+        n = max(cfg["pc_one_sizes"])
+        for t in cfg["pc_types"]:
+            path = os.path.join(cfg["out"], f"profile-one-{n}-{t}.txt")
+            run_config(f"pc-profile-{t}", n, n, t, cfg["pc_warmup"], 1, profile_to=path)
+    be.stop()
+
+    def get(layout, n, t):
+        return next((r for r in results if (r["layout"], r["n"], r["type"]) == (layout, n, t)), None)
+
+    rows = []
+    limits = {"http": 10.0, "tcp": 8.0}
+    sizes, big = cfg["pc_sizes"], max(cfg["pc_one_sizes"])
+    for t in cfg["pc_types"]:
+        spread = [get("spread", n, t) for n in sizes]
+        one = get("one", big, t)
+        worst = max(r["us_per_probe"] for r in spread + [one])
+        rows.append(Row(f"2. CPU per {t} probe, {'/'.join(f'{n // 1000}k' for n in sizes)} peers spread "
+                        f"(100/upstream); {big // 1000}k in one upstream",
+                        " / ".join(f"{r['us_per_probe']:.2f}" for r in spread) + f"; {one['us_per_probe']:.2f} µs",
+                        f"≤ {limits[t]:.0f} µs", worst <= limits[t]))
+    growth = {t: get("spread", max(sizes), t)["us_per_probe"] / get("spread", min(sizes), t)["us_per_probe"]
+              for t in cfg["pc_types"]}
+    min_ach = min(r["achieved"] for r in results)
+    rows.append(Row(f"2. Growth {min(sizes) // 1000}k→{max(sizes) // 1000}k peers: CPU per probe ratio "
+                    "(1.00 = total CPU linear in peers); lowest achieved rate of any config",
+                    ", ".join(f"{t} {g:.2f}×" for t, g in growth.items()) + f"; {min_ach * 100:.1f} %",
+                    "ratio ≤ 1.25; ≥ 99 %", all(g <= 1.25 for g in growth.values()) and min_ach >= 0.99))
+    for t in cfg["pc_types"]:
+        one = get("one", big, t)
+        rows.append(Row(f"2. Achieved probe rate, {big:,} peers in one upstream @1s, {t}",
+                        f"{one['achieved'] * 100:.1f} % ({fmt(one['rate'], 0)}/s)", "≥ 99 %",
+                        one["achieved"] >= 0.99))
+
+    details = [
+        "### 2. Cost per probe\n",
+        f"worker_processes 2, interval=1s timeout=1s, peers 127.1.x.y:{BACKEND_PORT} served by one backend nginx "
+        f"(1 worker) in the benchmark's network namespace. Warm-up {cfg['pc_warmup']} s, window "
+        f"{cfg['pc_window']} s. Probes counted at the backend (stub_status accepts). CPU = both workers' "
+        "run time from /proc/PID/schedstat (ns); the utime+stime column (/proc/PID/stat, 10 ms ticks) "
+        "agrees within its resolution.\n",
+        "| layout | type | peers | configured/s | achieved/s | achieved | workers' CPU (% of a core) "
+        "| µs/probe (schedstat) | µs/probe (utime+stime) | worker VmRSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        details.append(
+            f"| {r['layout']} | {r['type']} | {r['n']:,} | {r['configured']:,.0f} | {r['rate']:,.0f} | "
+            f"{r['achieved'] * 100:.1f} % | {r['cpu_pct']:.1f} | {r['us_per_probe']:.2f} | "
+            f"{r['us_per_probe_ticks']:.2f} | {' / '.join(f'{k / 1024:.1f}' for k in r['rss_kb'])} |")
+    details.append("")
+    if cfg.get("profile"):
+        details.append(f"perf profiles: {cfg['out']}/profile-one-*.txt\n")
+    return rows, details
