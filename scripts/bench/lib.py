@@ -26,12 +26,14 @@ def log(msg):
 
 
 def raise_nofile(n=65536):
-    """Raises RLIMIT_NOFILE for this process and its children (10,000 peers need >1024 fds)."""
+    """Raises RLIMIT_NOFILE for this process and its children (10,000 peers need >1024 fds) as far
+    as allowed; returns the soft limit in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, n), max(hard, n)))
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,6 +154,7 @@ class Nginx:
 
     def conf_text(self):
         d = self.dir
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         load = f"load_module {MODULE};\n" if self.module else ""
         temps = "".join(f"    {k}_temp_path {d}/tmp/{k};\n"
                         for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
@@ -160,8 +163,8 @@ class Nginx:
             f"worker_processes {self.workers};\n"
             f"daemon off;\nmaster_process {'on' if self.master else 'off'};\nuser root;\n"
             f"pid {d}/nginx.pid;\nlock_file {d}/nginx.lock;\nerror_log {d}/error.log warn;\n"
-            f"worker_rlimit_nofile 65536;\n{self.main_extra}\n"
-            f"events {{ worker_connections {self.connections}; }}\n"
+            f"worker_rlimit_nofile {nofile};\n{self.main_extra}\n"
+            f"events {{ worker_connections {min(self.connections, nofile - 64)}; }}\n"
             f"http {{\n    access_log off;\n    default_type text/plain;\n{temps}"
             f"{self.http}\n}}\n"
         )

@@ -53,7 +53,6 @@ pub fn start(w: &mut Worker, slot: usize, started: Instant) {
         w.finish(slot, Outcome::failed(Failure::Refused, None), started);
         return;
     }
-    // SAFETY: all-zero is the idle state of these plain C structs.
     let worker: *mut Worker = w;
     let mut probe = Box::new(Probe {
         worker,
@@ -65,8 +64,11 @@ pub fn start(w: &mut Worker, slot: usize, started: Instant) {
         valid: &check.valid,
         sent: 0,
         parser: StatusLineParser::new(),
+        // SAFETY: all-zero is a valid (empty) sockaddr_storage.
         sockaddr: unsafe { zeroed() },
         name: ngx_str_t::default(),
+        // SAFETY: all-zero is the idle state of ngx_peer_connection_t, as nginx's own
+        // ngx_pcalloc'ed ones start.
         pc: unsafe { zeroed() },
     });
 
