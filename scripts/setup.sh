@@ -3,7 +3,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 sudo=(); [[ $EUID -eq 0 ]] || sudo=(sudo)
-pkgs=(nginx nginx-dev libclang-dev libpcre2-dev libssl-dev zlib1g-dev clang curl procps iproute2 prometheus chromium chromium-driver wrk linux-perf)
+pkgs=(nginx nginx-dev libclang-dev libpcre2-dev libssl-dev zlib1g-dev clang curl procps iproute2 prometheus chromium chromium-driver wrk linux-perf valgrind python3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use std::collections::HashMap;
 use std::fs;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -104,6 +105,16 @@ fn every_example_passes_nginx_t() {
 /// by nginx itself, nothing on 9083). Fails if something else holds those ports.
 #[test]
 fn demo_shows_the_missing_backend_down() {
+    // Another demo (scripts/demo.sh) may be finishing: wait, bounded, for its ports.
+    wait_until(
+        Duration::from_secs(10),
+        "ports 8080, 9081, 9082 and 9083 free for the demo",
+        || {
+            [8080u16, 9081, 9082, 9083]
+                .iter()
+                .all(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        },
+    );
     let nginx = Nginx::start_raw(&runnable("demo.conf", &example("demo.conf")));
     wait_until(
         Duration::from_secs(8),

@@ -857,20 +857,30 @@ fn fifty_reloads_in_a_minute_under_load() {
     let _serial = serial();
     let (a, b) = (Backend::new(), Backend::new());
     let dead = format!("127.0.0.1:{}", free_port());
+    // A peer whose probes hang until they time out: reloads happen with probes in flight.
+    let hang = Backend::new();
+    hang.set_path_mode("/health", Mode::Hang);
     let port = free_port();
     let body = format!(
-        "upstream app {{\n    server {};\n    server {};\n    server {dead};\n    \
+        "upstream app {{\n    server {};\n    server {};\n    server {dead};\n    server {};\n    \
          upstream_healthcheck interval=200ms timeout=500ms fall=1 rise=2 uri=/health;\n}}\n\
          server {{\n    listen 127.0.0.1:{port};\n    location / {{ proxy_pass http://app; }}\n\
          \x20   location = /status {{ upstream_healthcheck_status; }}\n\
          \x20   location = /s {{ upstream_healthcheck_status json; }}\n}}\n",
         a.addr(),
-        b.addr()
+        b.addr(),
+        hang.addr()
     );
     let mut nginx = Nginx::start(&body);
-    wait_until(Duration::from_secs(5), "the dead peer DOWN", || {
-        peer_state(&status_page(port, "/status"), "app", &dead) == Some("DOWN")
-    });
+    wait_until(
+        Duration::from_secs(5),
+        "the dead and hanging peers DOWN",
+        || {
+            let page = status_page(port, "/status");
+            peer_state(&page, "app", &dead) == Some("DOWN")
+                && peer_state(&page, "app", &hang.addr()) == Some("DOWN")
+        },
+    );
     let master = nginx.master_pid();
     let (maps_before, fds_before) = (shared_mappings(master), fd_count(master));
 
@@ -893,6 +903,11 @@ fn fifty_reloads_in_a_minute_under_load() {
         let page = status_page(port, "/status");
         assert_eq!(
             peer_state(&page, "app", &dead),
+            Some("DOWN"),
+            "reload {i}: {page}"
+        );
+        assert_eq!(
+            peer_state(&page, "app", &hang.addr()),
             Some("DOWN"),
             "reload {i}: {page}"
         );
@@ -956,7 +971,7 @@ fn fifty_reloads_in_a_minute_under_load() {
         stop_took < Duration::from_secs(3),
         "nginx took {stop_took:?} to exit on QUIT"
     );
-    assert_eq!(log.matches("reconfiguring").count(), 50, "{log}");
+    assert_eq!(log.matches("(SIGHUP) received").count(), 50, "{log}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1039,6 +1054,7 @@ fn killed_workers_are_replaced_and_no_peer_is_stuck() {
         // Let the probing settle under the new worker set before the next kill.
         thread::sleep(interval * 4);
     }
+    eprintln!("kills (pid, time, caught mid-probe): {kills:?}");
     assert!(
         kills.iter().any(|k| k.2),
         "no worker was caught with a probe in flight: {kills:?}"
@@ -1057,6 +1073,10 @@ fn killed_workers_are_replaced_and_no_peer_is_stuck() {
     for r in fast.iter().chain([&slow]) {
         let arrivals = r.arrivals();
         let (gap, n) = max_gap(&arrivals, from, end);
+        eprintln!(
+            "{}: {n} probes around the kills, largest gap {gap:?}",
+            r.addr()
+        );
         assert!(
             gap <= interval * 2 + slack,
             "{}: a gap of {gap:?} between probes around the kills {kills:?}",
@@ -1203,8 +1223,12 @@ fn zone_too_small_fails_whole_and_never_checks_part_of_the_peers() {
     let workers = nginx.worker_pids();
     nginx.rewrite_conf(&format!("{small}{}", old_body.replace(&front, "")));
     nginx.reload();
+    let refused = format!(
+        "\"upstream_healthcheck_zone\" size 32k is too small for {} peers, at least ",
+        n + 2
+    );
     wait_until(Duration::from_secs(5), "the reload refused", || {
-        nginx.error_log().contains(&want)
+        nginx.error_log().contains(&refused)
     });
     let (na, nb) = (a.connections(), b.connections());
     thread::sleep(Duration::from_secs(1));
@@ -1220,7 +1244,7 @@ fn zone_too_small_fails_whole_and_never_checks_part_of_the_peers() {
         0,
         "peers of the refused config were probed"
     );
-    nginx.stop_allowing(|l| l.contains("[emerg]") && l.contains(&want));
+    nginx.stop_allowing(|l| l.contains("[emerg]") && l.contains(&refused));
 
     // With the size named, nginx starts and checks every one of the peers.
     let fits = format!(
@@ -1237,4 +1261,121 @@ fn zone_too_small_fails_whole_and_never_checks_part_of_the_peers() {
         peers.len() == n && peers.iter().all(|p| checks(&p["health"]) >= 1)
     });
     nginx.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reload without a master process
+
+/// An nginx started by the test itself (for modes the harness does not wait on), killed on
+/// drop if it is still running.
+struct OwnNginx {
+    child: std::process::Child,
+}
+
+impl Drop for OwnNginx {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `master_process off` (nginx's development mode) supports `SIGHUP`: the single process
+/// reads the new configuration and goes on. The probes must go on too, on the new cycle.
+#[test]
+fn reload_without_a_master_process_keeps_probing() {
+    let _serial = serial();
+    let ok = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n";
+    let backend = Raw::new(Script::send(ok));
+    let port = free_port();
+    let body = format!(
+        "upstream u {{\n    server {};\n    upstream_healthcheck interval=100ms timeout=500ms \
+         uri=/health;\n}}\nserver {{\n    listen 127.0.0.1:{port};\n\
+         \x20   location = /status {{ upstream_healthcheck_status; }}\n}}\n",
+        backend.addr()
+    );
+    let prefix = TempPrefix::new();
+    for d in ["logs", "temp"] {
+        fs::create_dir_all(prefix.path().join(d)).unwrap();
+    }
+    let conf_path = prefix.path().join("nginx.conf");
+    fs::write(
+        &conf_path,
+        render_conf(prefix.path(), "master_process off;", &body),
+    )
+    .unwrap();
+    let log_path = prefix.path().join("error.log");
+    let mut nginx = OwnNginx {
+        child: Command::new(nginx_bin())
+            .arg("-p")
+            .arg(prefix.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(&log_path)
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run nginx"),
+    };
+    let pid = nginx.child.id();
+    wait_until(
+        Duration::from_secs(10),
+        "probes from the single process",
+        || backend.connections() >= 3 && http_get(port, "/status").is_ok(),
+    );
+
+    let ok = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok);
+    wait_until(Duration::from_secs(5), "the reload logged", || {
+        fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("reconfiguring")
+    });
+    // A few ticks of the probe timer on the new cycle.
+    thread::sleep(Duration::from_millis(1500));
+    if let Some(status) = nginx.child.try_wait().expect("wait") {
+        panic!(
+            "nginx (master_process off) died after SIGHUP: {status}\n--- error.log ---\n{}",
+            fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
+    let page = status_page(port, "/status");
+    assert_eq!(
+        peer_state(&page, "u", &backend.addr()),
+        Some("up"),
+        "{page}"
+    );
+    let before = backend.connections();
+    thread::sleep(Duration::from_secs(1));
+    assert!(
+        backend.connections() >= before + 3,
+        "probing stopped after the reload: {before} -> {}",
+        backend.connections()
+    );
+
+    let ok = Command::new("kill")
+        .args(["-QUIT", &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = nginx.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "nginx did not exit on QUIT");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "nginx exited with {status}");
+    let log = fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(!log.contains("[alert]") && !log.contains("[crit]"), "{log}");
 }

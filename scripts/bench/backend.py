@@ -7,11 +7,16 @@ with `ok PORT MODE` on stdout once in effect.
 - refuse: stop listening (connects are refused) and reset open connections, as a killed process.
 - hang:   keep accepting and reading requests, never answer.
 
-Usage: backend.py PORT...
+Usage: backend.py [--probe-log FILE] PORT...
+With --probe-log, the arrival of every health-check request (User-Agent nginx-upstream-healthcheck)
+is appended to FILE as `MONOTONIC_TIME PORT MODE`.
 """
 
 import asyncio
 import sys
+import time
+
+PROBE_LOG = None
 
 RESPONSE = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
 
@@ -33,6 +38,9 @@ class Backend:
                 if not chunk:
                     return
                 data += chunk
+            if PROBE_LOG and b"nginx-upstream-healthcheck" in data:
+                PROBE_LOG.write(f"{time.monotonic():.6f} {self.port} {self.mode}\n")
+                PROBE_LOG.flush()
             if self.mode == "hang":
                 while await reader.read(4096):  # until the client gives up
                     pass
@@ -75,4 +83,8 @@ async def main(ports):
 
 
 if __name__ == "__main__":
-    asyncio.run(main([int(p) for p in sys.argv[1:]]))
+    args = sys.argv[1:]
+    if args[:1] == ["--probe-log"]:
+        PROBE_LOG = open(args[1], "a")
+        args = args[2:]
+    asyncio.run(main([int(p) for p in args]))

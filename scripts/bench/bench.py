@@ -18,7 +18,7 @@ import lib  # noqa: E402
 
 # Durations and repetitions of the full run (~10-12 min) and the --quick smoke run (~3 min).
 FULL = dict(
-    rp_rounds=5, rp_seconds=5,
+    rp_rounds=7, rp_seconds=5,
     pc_sizes=(1000, 5000, 10000), pc_one_sizes=(1000, 5000, 10000), pc_types=("tcp", "http"),
     pc_warmup=3, pc_window=10,
     det_trials=20,

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from lib import Nginx, Row, log, median, spawn
+from lib import WORK, Nginx, Row, log, median, spawn
 
 PORT = 8301
 PEERS = (9301, 9302, 9303)
@@ -90,9 +90,9 @@ class Recorder:
 class Control:
     """The backend process and its command channel."""
 
-    def __init__(self):
+    def __init__(self, probe_log):
         here = os.path.dirname(os.path.abspath(__file__))
-        self.p = spawn([sys.executable, os.path.join(here, "backend.py"), *map(str, PEERS)],
+        self.p = spawn([sys.executable, os.path.join(here, "backend.py"), "--probe-log", probe_log, *map(str, PEERS)],
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         if self.p.stdout.readline().strip() != "ready":
             raise RuntimeError("backend.py did not start")
@@ -133,8 +133,10 @@ async def trial(rec, ctl, mode, workers, t_mark):
     t0 = time.monotonic()
     await ctl.set(mode)
     await wait_until(lambda: len(first_per_worker(rec.polls, t0, "DOWN", workers)) == len(workers), 4)
-    # Let requests that went to the victim come back (a hung one after proxy_read_timeout).
+    # Let requests that went to the victim come back (a hung one after proxy_read_timeout), then
+    # recover at a random phase of the probe schedule (DOWN is seen right after a probe).
     await asyncio.sleep(0.4 + (PROXY_READ_TIMEOUT + 0.3 if mode == "hang" else 0))
+    await asyncio.sleep(random.uniform(0, INTERVAL / 1000))
     down = first_per_worker(rec.polls, t0, "DOWN", workers)
     stop = {w: max([t - t0 for t, _, ww, up in rec.traffic if t >= t0 and ww == w and victim in up], default=0.0)
             for w in workers}
@@ -151,7 +153,7 @@ async def trial(rec, ctl, mode, workers, t_mark):
     back = resumed()
     ms = lambda d: [v * 1000 for v in d.values() if v is not None]  # noqa: E731
     res = {
-        "mode": mode,
+        "mode": mode, "t0": t0, "t1": t1,
         "down_first": min(ms(down), default=float("nan")), "down_all": max(ms(down), default=float("nan")),
         "down_workers": len(down),
         "stop_all": max(ms(stop), default=float("nan")),
@@ -165,8 +167,33 @@ async def trial(rec, ctl, mode, workers, t_mark):
     return res
 
 
+def probe_phases(results, probe_log):
+    """Adds to each trial, from the victim's log of probe arrivals: when the first probe that met
+    the failure started (phase) and how long after it the status page showed DOWN (reaction); the
+    same for the recovery. A refused probe never arrives: its start is one interval after the
+    last probe that did."""
+    with open(probe_log) as f:
+        arrivals = [(float(t), mode) for t, port, mode in (line.split() for line in f) if int(port) == VICTIM]
+    for r in results:
+        t0, t1 = r["t0"], r["t1"]
+        if r["mode"] == "hang":
+            first = min((t for t, m in arrivals if t >= t0 and m == "hang"), default=None)
+        else:
+            last = max((t for t, m in arrivals if t < t0), default=None)
+            first = last + INTERVAL / 1000 if last is not None else None
+        ok = min((t for t, m in arrivals if t >= t1 and m == "normal"), default=None)
+        nan = float("nan")
+        r["fail_phase"] = (first - t0) * 1000 if first is not None else nan
+        r["fail_reaction"] = r["down_first"] - r["fail_phase"]
+        r["rise_phase"] = (ok - t1) * 1000 if ok is not None else nan
+        r["rise_reaction"] = r["up_first"] - r["rise_phase"]
+
+
 def run(cfg):
-    ctl = Control()
+    probe_log = os.path.join(WORK, "det-probes.log")
+    if os.path.exists(probe_log):
+        os.remove(probe_log)
+    ctl = Control(probe_log)
     ng = nginx().start(wait_for=("127.0.0.1", PORT))
     try:
         workers = {str(p) for p in ng.worker_pids}
@@ -174,6 +201,7 @@ def run(cfg):
         results = asyncio.run(main_async(ctl, cfg["det_trials"], workers))
     finally:
         ng.stop()
+    probe_phases(results, probe_log)
     return report(results, cfg)
 
 
@@ -238,11 +266,21 @@ def report(results, cfg):
         "`proxy_next_upstream off`. Times from the moment the backend refuses / hangs (or recovers). "
         "Status polled every 5 ms; client request every 2 ms (traffic resolution ≈ 3 peers × 2 workers × 2 ms). "
         "'traffic stops' = send time of the last request routed to the peer, per worker, maximum over workers.\n",
-        "| trial | mode | DOWN first worker ms | DOWN all workers ms | traffic stops ms | UP all ms | traffic back ms |",
-        "|---|---|---|---|---|---|---|",
+        "'first bad probe' = when the first probe that met the failure started (from the backend's log of probe "
+        "arrivals; for refused: one interval after the last probe that arrived), 'reaction' = DOWN (first worker) "
+        "minus that; likewise 'first good probe' and 'reaction' for the recovery (UP minus the first probe that "
+        "arrived after it).\n",
+        "| trial | mode | first bad probe ms | DOWN first worker ms | reaction ms | DOWN all workers ms | "
+        "traffic stops ms | first good probe ms | UP all ms | reaction ms | traffic back ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(results):
-        details.append(f"| {i // 2 + 1} | {r['mode']} | {r['down_first']:.0f} | {r['down_all']:.0f} | "
-                       f"{r['stop_all']:.0f} | {r['up_all']:.0f} | {r['back_all']:.0f} |")
+        details.append(f"| {i // 2 + 1} | {r['mode']} | {r['fail_phase']:.0f} | {r['down_first']:.0f} | "
+                       f"{r['fail_reaction']:.0f} | {r['down_all']:.0f} | {r['stop_all']:.0f} | "
+                       f"{r['rise_phase']:.0f} | {r['up_all']:.0f} | {r['rise_reaction']:.0f} | {r['back_all']:.0f} |")
     details.append("")
+    for mode in ("refuse", "hang"):
+        details.append(f"Medians, {mode}: first bad probe {median(col(mode, 'fail_phase')):.0f} ms, reaction "
+                       f"{median(col(mode, 'fail_reaction')):.0f} ms; recovery: first good probe "
+                       f"{median(col(mode, 'rise_phase')):.0f} ms, reaction {median(col(mode, 'rise_reaction')):.0f} ms.\n")
     return rows, details

@@ -63,11 +63,11 @@ def cpu_ns(pid):
 
 
 def cpu_ticks(pid):
-    """utime + stime of a process in clock ticks (/proc/PID/stat fields 14 and 15)."""
+    """(utime, stime) of a process in clock ticks (/proc/PID/stat fields 14 and 15)."""
     with open(f"/proc/{pid}/stat") as f:
         st = f.read()
     fields = st[st.rindex(")") + 2:].split()
-    return int(fields[11]) + int(fields[12])
+    return int(fields[11]), int(fields[12])
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -7,18 +7,37 @@ from lib import Nginx, Row, log
 from probe_cost import backend, peers_http, run_config
 
 
+def zone_test(n, per_upstream, size_k):
+    http = f"    upstream_healthcheck_zone {size_k}k;\n" + peers_http(n, per_upstream, "http")
+    return Nginx(f"mem-t-{n}-{per_upstream}", http, module=True, connections=20000).test()
+
+
 def zone_need(n, per_upstream):
-    """Bytes the module needs for n peers: `nginx -t` with a 4k zone fails naming the size."""
-    http = "    upstream_healthcheck_zone 4k;\n" + peers_http(n, per_upstream, "http")
-    ok, out = Nginx(f"mem-t-{n}-{per_upstream}", http, module=True, connections=20000).test()
+    """Bytes of zone the module needs for n peers: `nginx -t` with the smallest zone the directive
+    takes (32k) fails naming the size needed; failing that, bisect the smallest size it accepts."""
+    ok, out = zone_test(n, per_upstream, 32)
     m = re.search(r"at least (\d+)k is needed", out)
-    if ok or not m:
-        raise RuntimeError(f"nginx -t with a 4k zone at {n} peers did not name the size needed: {out[-500:]}")
-    return int(m.group(1)) * 1024
+    if m:
+        return int(m.group(1)) * 1024, "message"
+    lo, hi = 0, 32  # KiB: lo fails (or is below the minimum), hi passes
+    if not ok:
+        hi = 64
+        while not zone_test(n, per_upstream, hi)[0]:
+            lo, hi = hi, hi * 2
+            if hi > 1 << 20:
+                raise RuntimeError(f"nginx -t fails at any zone size for {n} peers: {out[-300:]}")
+    while hi - lo > 4:
+        mid = (lo + hi) // 2
+        if mid >= 32 and zone_test(n, per_upstream, mid)[0]:
+            hi = mid
+        else:
+            lo = mid
+    return hi * 1024, "bisection"
 
 
 def run(cfg, shared):
-    need = {(n, per): zone_need(n, per) for n, per in ((1000, 100), (10000, 100), (10, 10), (10000, 10000))}
+    found = {(n, per): zone_need(n, per) for n, per in ((1000, 100), (10000, 100), (10, 10), (10000, 10000))}
+    need = {k: v[0] for k, v in found.items()}
     spread = (need[(10000, 100)] - need[(1000, 100)]) / 9000
     one = (need[(10000, 10000)] - need[(10, 10)]) / 9990
     log(f"  zone: {need}, {spread:.1f} B/peer spread, {one:.1f} B/peer one upstream")
@@ -41,12 +60,13 @@ def run(cfg, shared):
     ]
     details = [
         "### 5. Memory\n",
-        "Zone size the module asks for (read from `nginx -t` with `upstream_healthcheck_zone 4k`, which fails "
-        "naming the size needed; without the directive the module allocates exactly that):\n",
-        "| peers | upstreams | zone bytes | bytes per peer |", "|---|---|---|---|",
+        "Zone size the module needs (from `nginx -t` with `upstream_healthcheck_zone 32k`, the smallest the "
+        "directive takes, which fails naming the size needed, or else by bisecting the smallest size "
+        "`nginx -t` accepts; without the directive the module allocates what it needs):\n",
+        "| peers | upstreams | zone bytes | bytes per peer | found by |", "|---|---|---|---|---|",
     ]
-    for (n, per), b in need.items():
-        details.append(f"| {n:,} | {n // per} | {b:,} | {b / n:.1f} |")
+    for (n, per), (b, how) in found.items():
+        details.append(f"| {n:,} | {n // per} | {b:,} | {b / n:.1f} | {how} |")
     details += [
         "",
         f"Shared mapping seen in the workers at 10,000 peers: {checked['zone_bytes']:,} bytes "

@@ -3,12 +3,14 @@ on 0.0.0.0 in our network namespace), interval=1s, type=tcp and type=http, worke
 Worker CPU per probe and probes/s counted at the backend (stub_status `accepts`: one connection
 per probe) over a window after warm-up."""
 
+import json
 import os
 import re
 import subprocess
+import sys
 import time
 
-from lib import (CLK_TCK, Nginx, Row, cpu_ns, cpu_ticks, fmt, http_get, largest_shared_mapping, log,
+from lib import (CLK_TCK, Nginx, Row, cpu_ns, cpu_ticks, fmt, http_get, largest_shared_mapping, log, median,
                  peer_addr, spawn, status_kb)
 
 BACKEND_PORT = 9000
@@ -50,14 +52,18 @@ def run_config(name, n, per_upstream, check_type, warmup, window, profile_to=Non
     time.sleep(warmup)
     pids = ng.worker_pids
     a0, t0 = accepts(), time.monotonic()
-    ns0, tk0 = sum(cpu_ns(p) for p in pids), sum(cpu_ticks(p) for p in pids)
+    ns0, tk0 = sum(cpu_ns(p) for p in pids), [cpu_ticks(p) for p in pids]
+    cs0 = sum(status_kb(p, "voluntary_ctxt_switches") for p in pids)
     time.sleep(window)
-    ns1, tk1 = sum(cpu_ns(p) for p in pids), sum(cpu_ticks(p) for p in pids)
+    ns1, tk1 = sum(cpu_ns(p) for p in pids), [cpu_ticks(p) for p in pids]
+    cs1 = sum(status_kb(p, "voluntary_ctxt_switches") for p in pids)
+    user = sum(b[0] - a[0] for a, b in zip(tk0, tk1))
+    system = sum(b[1] - a[1] for a, b in zip(tk0, tk1))
     a1, t1 = accepts(), time.monotonic()
     res = {
         "n": n, "per": per_upstream, "type": check_type, "seconds": t1 - t0,
         "probes": a1 - a0 - 1,  # the second stub_status request counts itself
-        "cpu_ns": ns1 - ns0, "cpu_ticks": tk1 - tk0,
+        "cpu_ns": ns1 - ns0, "user_ticks": user, "sys_ticks": system, "wakeups": cs1 - cs0,
         "rss_kb": [status_kb(p) for p in pids],
         "rss_shmem_kb": [status_kb(p, "RssShmem") for p in pids],
         "zone_bytes": max(largest_shared_mapping(p) for p in pids),
@@ -73,8 +79,10 @@ def run_config(name, n, per_upstream, check_type, warmup, window, profile_to=Non
     res["achieved"] = res["rate"] / res["configured"] if check_type else 0.0
     probes = max(res["probes"], 1)
     res["us_per_probe"] = res["cpu_ns"] / 1e3 / probes
-    res["us_per_probe_ticks"] = res["cpu_ticks"] * 1e6 / CLK_TCK / probes
+    res["us_user"] = user * 1e6 / CLK_TCK / probes
+    res["us_sys"] = system * 1e6 / CLK_TCK / probes
     res["cpu_pct"] = res["cpu_ns"] / 1e9 / res["seconds"] * 100
+    res["wakeups_per_probe"] = res["wakeups"] / probes
     return res
 
 
@@ -92,8 +100,21 @@ def profile(pids, path, seconds):
     log(f"  perf profile written to {path}")
 
 
+def kernel_floor():
+    """floor.py against the backend (see there): system µs of one bare probe and of one wakeup."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    addrs = ",".join(peer_addr(i) for i in range(1000))
+    runs = [json.loads(subprocess.run([sys.executable, os.path.join(here, "floor.py"), str(BACKEND_PORT), "4000",
+                                       addrs], capture_output=True, text=True, check=True).stdout)
+            for _ in range(3)]
+    return {k: median([r[k] for r in runs]) for k in runs[0]}
+
+
 def run(cfg, shared):
     be = backend().start(wait_for=("127.0.0.1", BACKEND_PORT))
+    floor = kernel_floor()
+    log(f"  kernel floor: tcp {floor['tcp']:.1f} us, http {floor['http']:.1f} us system CPU per bare probe, "
+        f"{floor['wakeup']:.1f} us per timer wakeup")
     results = []
     plan = [(n, 100) for n in cfg["pc_sizes"]] + [(n, n) for n in cfg["pc_one_sizes"]]
     for n, per in plan:
@@ -103,7 +124,8 @@ def run(cfg, shared):
             r["layout"] = layout
             results.append(r)
             log(f"  probe cost {layout:6} {n:5} {t:4}: {r['rate']:7.0f} probes/s ({r['achieved'] * 100:.1f} %), "
-                f"{r['us_per_probe']:.2f} us/probe, workers {r['cpu_pct']:.1f} % CPU")
+                f"{r['us_per_probe']:.2f} us/probe (user {r['us_user']:.1f}, sys {r['us_sys']:.1f}), "
+                f"workers {r['cpu_pct']:.1f} % CPU, {r['wakeups_per_probe']:.2f} wakeups/probe")
             if layout == "spread" and t == "http" and n == max(cfg["pc_sizes"]):
                 shared["rss_checked"] = r
     if cfg.get("profile"):
@@ -124,9 +146,10 @@ def run(cfg, shared):
         one = get("one", big, t)
         worst = max(r["us_per_probe"] for r in spread + [one])
         rows.append(Row(f"2. CPU per {t} probe, {'/'.join(f'{n // 1000}k' for n in sizes)} peers spread "
-                        f"(100/upstream); {big // 1000}k in one upstream",
-                        " / ".join(f"{r['us_per_probe']:.2f}" for r in spread) + f"; {one['us_per_probe']:.2f} µs",
-                        f"≤ {limits[t]:.0f} µs", worst <= limits[t]))
+                        f"(100/upstream); {big // 1000}k in one upstream [kernel floor of a bare {t} probe "
+                        "on this machine's loopback]",
+                        " / ".join(f"{r['us_per_probe']:.1f}" for r in spread) + f"; {one['us_per_probe']:.1f} µs "
+                        f"[floor {floor[t]:.0f} µs]", f"≤ {limits[t]:.0f} µs", worst <= limits[t]))
     growth = {t: get("spread", max(sizes), t)["us_per_probe"] / get("spread", min(sizes), t)["us_per_probe"]
               for t in cfg["pc_types"]}
     min_ach = min(r["achieved"] for r in results)
@@ -145,17 +168,23 @@ def run(cfg, shared):
         f"worker_processes 2, interval=1s timeout=1s, peers 127.1.x.y:{BACKEND_PORT} served by one backend nginx "
         f"(1 worker) in the benchmark's network namespace. Warm-up {cfg['pc_warmup']} s, window "
         f"{cfg['pc_window']} s. Probes counted at the backend (stub_status accepts). CPU = both workers' "
-        "run time from /proc/PID/schedstat (ns); the utime+stime column (/proc/PID/stat, 10 ms ticks) "
-        "agrees within its resolution.\n",
+        "run time from /proc/PID/schedstat (ns); user and sys from utime and stime of /proc/PID/stat "
+        "(10 ms ticks). Wakeups = the workers' voluntary context switches (returns from a sleeping "
+        "epoll_wait).\n",
+        f"Kernel floor on this machine (floor.py: system CPU of one bare nonblocking loopback probe to the same "
+        f"backend, one at a time, median of 3 runs): tcp connect+close {floor['tcp']:.1f} µs, http "
+        f"connect+request+status line+close {floor['http']:.1f} µs; one 1 ms epoll_wait timer wakeup "
+        f"{floor['wakeup']:.1f} µs. On loopback the prober's CPU also pays the backend side's TCP processing.\n",
         "| layout | type | peers | configured/s | achieved/s | achieved | workers' CPU (% of a core) "
-        "| µs/probe (schedstat) | µs/probe (utime+stime) | worker VmRSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| µs/probe | of which user | of which sys | wakeups per probe | worker VmRSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         details.append(
             f"| {r['layout']} | {r['type']} | {r['n']:,} | {r['configured']:,.0f} | {r['rate']:,.0f} | "
-            f"{r['achieved'] * 100:.1f} % | {r['cpu_pct']:.1f} | {r['us_per_probe']:.2f} | "
-            f"{r['us_per_probe_ticks']:.2f} | {' / '.join(f'{k / 1024:.1f}' for k in r['rss_kb'])} |")
+            f"{r['achieved'] * 100:.1f} % | {r['cpu_pct']:.1f} | {r['us_per_probe']:.1f} | {r['us_user']:.1f} | "
+            f"{r['us_sys']:.1f} | {r['wakeups_per_probe']:.2f} | "
+            f"{' / '.join(f'{k / 1024:.1f}' for k in r['rss_kb'])} |")
     details.append("")
     if cfg.get("profile"):
         details.append(f"perf profiles: {cfg['out']}/profile-one-*.txt\n")
