@@ -163,7 +163,7 @@ def analyze(log_dir, module_so):
         definite_module = 0
         definite_other = 0
         finished = any("HEAP SUMMARY" in l for l in lines)
-        command = next((l.split("Command: ", 1)[1] for l in lines if "Command: " in l), "?")
+        parent = next((l.split("Parent PID: ", 1)[1] for l in lines if "Parent PID: " in l), "?")
         for b in blocks(lines):
             head = b[0]
             if head.startswith(MEMORY_ERRORS):
@@ -177,9 +177,9 @@ def analyze(log_dir, module_so):
                     definite_other += 1
         if not finished:
             findings.append("%s: the process did not exit normally under valgrind "
-                            "(no HEAP SUMMARY): %s" % (name, command))
-        summary.append("  %-16s %-34s errors %d, definitely lost in module %d (elsewhere %d)%s"
-                       % (name, command[:34], errors, definite_module, definite_other,
+                            "(no HEAP SUMMARY), parent pid %s" % (name, parent))
+        summary.append("  %-16s parent %-8s errors %d, definitely lost in module %d (elsewhere %d)%s"
+                       % (name, parent, errors, definite_module, definite_other,
                           "" if finished else ", NOT FINISHED"))
     print("memcheck: %d process logs in %s" % (len(logs), log_dir))
     print("\n".join(summary))

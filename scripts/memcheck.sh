@@ -73,9 +73,9 @@ addr() { echo "127.0.0.1:${port[$1]}"; }
 front=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 
 # ---- configuration ----------------------------------------------------------------------------
-# write_conf EXTRA_UPSTREAM_LINES: the config, with an optional change for reloads.
+# write_conf [EXTRA_PEERS_OF_APP [CHECK_TYPE_OF_TCP]]: the config, with changes for reloads.
 write_conf() {
-  local app_extra=${1:-}
+  local app_extra=${1:-} tcp_type=${2:-tcp}
   cat >"$prefix/nginx.conf" <<EOF
 load_module $module;
 worker_processes $workers;
@@ -116,7 +116,7 @@ $app_extra
     upstream tcp {
         server $(addr up);
         server $(addr refused);
-        upstream_healthcheck type=tcp interval=500ms timeout=2s fall=1 rise=1;
+        upstream_healthcheck type=$tcp_type interval=500ms timeout=2s fall=1 rise=1;
     }
     upstream zoned {
         zone zoned 64k;
@@ -250,10 +250,10 @@ exercise
 log "status pages, control API and proxying exercised"
 sleep "$probe_secs"
 
-# reload [CONF_CHANGE]: SIGHUP and wait until the worker set is entirely new and the old one gone.
+# reload [WRITE_CONF ARGS]: SIGHUP and wait until the worker set is entirely new and the old one gone.
 reload() {
   local old new
-  write_conf "${1:-}"
+  write_conf "$@"
   old=$(children)
   kill -HUP "$vg_pid"
   local end=$((SECONDS + 120))
@@ -277,7 +277,7 @@ sleep 3
 if [[ $mode == full ]]; then
   # Peers added, then removed again; a changed check type.
   reload "        server $(addr down);
-        server $(addr garbage) backup;"
+        server $(addr garbage) backup;" http
   exercise
   sleep "$probe_secs"
   reload ""

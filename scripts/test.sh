@@ -33,6 +33,11 @@ for target in vendored debian; do
   summary+=("$(printf '%-22s ok (%ds): %s' "build $target" $((SECONDS - t0)) "$NGX_HC_NGINX")")
   if [[ $target == vendored ]]; then
     cargo=(env -u NGINX_BUILD_DIR -u NGINX_SOURCE_DIR cargo test --features vendored --target-dir target/vendored)
+    lint_t0=$SECONDS
+    cargo fmt --all -- --check || { echo "FAILED: cargo fmt --check (run cargo fmt)" >&2; exit 1; }
+    env -u NGINX_BUILD_DIR cargo clippy --all-targets --features vendored --target-dir target/vendored -- -D warnings \
+      || { echo "FAILED: cargo clippy" >&2; exit 1; }
+    summary+=("$(printf '%-22s ok (%ds)' "fmt + clippy" $((SECONDS - lint_t0)))")
     run "unit-$target" "${cargo[@]}" --lib -- "${filter[@]}"
   else
     cargo=(env -u NGINX_SOURCE_DIR NGINX_BUILD_DIR="$PWD/target/debian-src/objs" cargo test --target-dir target/debian)

@@ -17,7 +17,7 @@ use crate::module::admin::admin_handler;
 use crate::module::conf::{conf_error, ConfPos, LocConf, MainConf, SrvConf};
 use crate::module::status::status_handler;
 use crate::module::Module;
-use crate::parse;
+use crate::parse::{self, ParseError};
 use crate::query::Format;
 
 type SetFn = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
@@ -92,6 +92,26 @@ unsafe fn args<'a>(cf: *mut ngx_conf_t) -> (&'a [u8], Vec<&'a [u8]>) {
     (name, all.iter().skip(1).map(|s| s.as_bytes()).collect())
 }
 
+/// Parses a directive that may appear once and stores its value: `is duplicate` the second
+/// time, the parser's message when the arguments are bad.
+fn set_once<T>(
+    cf: *mut ngx_conf_t,
+    slot: &mut Option<T>,
+    parse: impl FnOnce(&[&[u8]], ConfPos) -> Result<T, ParseError>,
+) -> *mut c_char {
+    // SAFETY: called by nginx while parsing this directive.
+    let (name, args) = unsafe { args(cf) };
+    if slot.is_some() {
+        return conf_error(cf, duplicate(name));
+    }
+    // SAFETY: cf is valid during parsing.
+    match parse(&args, ConfPos::here(unsafe { &*cf })) {
+        Ok(v) => *slot = Some(v),
+        Err(e) => return conf_error(cf, e),
+    }
+    NGX_CONF_OK
+}
+
 fn duplicate(name: &[u8]) -> String {
     format!(
         "\"{}\" directive is duplicate",
@@ -144,20 +164,15 @@ extern "C" fn set_request(
 ) -> *mut c_char {
     // SAFETY: nginx passes this module's upstream-level conf for NGX_HTTP_SRV_CONF_OFFSET.
     let conf = unsafe { &mut *conf.cast::<SrvConf>() };
-    // SAFETY: called by nginx while parsing this directive.
-    let (name, args) = unsafe { args(cf) };
-    if conf.request.is_some() {
-        return conf_error(cf, duplicate(name));
-    }
     if is_tcp(conf) {
         return conf_error(cf, http_only("upstream_healthcheck_request"));
     }
-    match parse::parse_request(args.first().copied().unwrap_or_default()) {
-        // SAFETY: cf is valid during parsing.
-        Ok(req) => conf.request = Some((req, ConfPos::here(unsafe { &*cf }))),
-        Err(e) => return conf_error(cf, e),
-    }
-    NGX_CONF_OK
+    set_once(cf, &mut conf.request, |args, pos| {
+        Ok((
+            parse::parse_request(args.first().copied().unwrap_or_default())?,
+            pos,
+        ))
+    })
 }
 
 extern "C" fn set_valid(
@@ -167,20 +182,12 @@ extern "C" fn set_valid(
 ) -> *mut c_char {
     // SAFETY: nginx passes this module's upstream-level conf for NGX_HTTP_SRV_CONF_OFFSET.
     let conf = unsafe { &mut *conf.cast::<SrvConf>() };
-    // SAFETY: called by nginx while parsing this directive.
-    let (name, args) = unsafe { args(cf) };
-    if conf.valid.is_some() {
-        return conf_error(cf, duplicate(name));
-    }
     if is_tcp(conf) {
         return conf_error(cf, http_only("upstream_healthcheck_valid_statuses"));
     }
-    match parse::parse_valid_statuses(&args) {
-        // SAFETY: cf is valid during parsing.
-        Ok(v) => conf.valid = Some((v, ConfPos::here(unsafe { &*cf }))),
-        Err(e) => return conf_error(cf, e),
-    }
-    NGX_CONF_OK
+    set_once(cf, &mut conf.valid, |args, pos| {
+        Ok((parse::parse_valid_statuses(args)?, pos))
+    })
 }
 
 extern "C" fn set_zone(
@@ -190,17 +197,12 @@ extern "C" fn set_zone(
 ) -> *mut c_char {
     // SAFETY: nginx passes this module's main conf for NGX_HTTP_MAIN_CONF_OFFSET.
     let conf = unsafe { &mut *conf.cast::<MainConf>() };
-    // SAFETY: called by nginx while parsing this directive.
-    let (name, args) = unsafe { args(cf) };
-    if conf.zone_size.is_some() {
-        return conf_error(cf, duplicate(name));
-    }
-    match parse::parse_zone_size(args.first().copied().unwrap_or_default()) {
-        // SAFETY: cf is valid during parsing.
-        Ok(size) => conf.zone_size = Some((size, ConfPos::here(unsafe { &*cf }))),
-        Err(e) => return conf_error(cf, e),
-    }
-    NGX_CONF_OK
+    set_once(cf, &mut conf.zone_size, |args, pos| {
+        Ok((
+            parse::parse_zone_size(args.first().copied().unwrap_or_default())?,
+            pos,
+        ))
+    })
 }
 
 extern "C" fn set_status(
@@ -250,16 +252,7 @@ extern "C" fn set_ha_address(
 ) -> *mut c_char {
     // SAFETY: nginx passes this module's main conf for NGX_HTTP_MAIN_CONF_OFFSET.
     let conf = unsafe { &mut *conf.cast::<MainConf>() };
-    // SAFETY: called by nginx while parsing this directive.
-    let (name, args) = unsafe { args(cf) };
-    if conf.ha.is_some() {
-        return conf_error(cf, duplicate(name));
-    }
-    match parse::parse_ha_address(&args) {
-        Ok(ha) => conf.ha = Some(ha),
-        Err(e) => return conf_error(cf, e),
-    }
-    NGX_CONF_OK
+    set_once(cf, &mut conf.ha, |args, _| parse::parse_ha_address(args))
 }
 
 extern "C" fn set_admin(

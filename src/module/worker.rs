@@ -385,7 +385,7 @@ pub extern "C" fn init_peer(
     // SAFETY: nginx passes the upstream the request uses; our srv conf exists for every
     // upstream block and holds the balancer's own init, set in postconfiguration.
     let original = unsafe { us.as_ref() }
-        .and_then(|us| Module::server_conf(us))
+        .and_then(Module::server_conf)
         .and_then(|sc| sc.original_init_peer);
     match original {
         // SAFETY: calling the balancer's init with the arguments nginx gave us.

@@ -2,7 +2,7 @@
 
 use core::fmt::{self, Write};
 
-use super::{HaMode, PeerSnapshot, Snapshot, UpstreamSnapshot};
+use super::{write_escaped, HaMode, PeerSnapshot, Snapshot, UpstreamSnapshot};
 
 const STYLE: &str = "\
 body{font-family:sans-serif;margin:1em}\
@@ -134,21 +134,14 @@ fn peer(out: &mut impl Write, now_ms: u64, p: &PeerSnapshot, role: &str) -> fmt:
 
 /// Writes `s` with `& < > " '` replaced by entities, safe in text and quoted attributes.
 fn escape(out: &mut impl Write, s: &str) -> fmt::Result {
-    let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let esc = match c {
-            '&' => "&amp;",
-            '<' => "&lt;",
-            '>' => "&gt;",
-            '"' => "&quot;",
-            '\'' => "&#39;",
-            _ => continue,
-        };
-        out.write_str(&s[start..i])?;
-        out.write_str(esc)?;
-        start = i + 1;
-    }
-    out.write_str(&s[start..])
+    write_escaped(out, s, |c| match c {
+        '&' => Some("&amp;"),
+        '<' => Some("&lt;"),
+        '>' => Some("&gt;"),
+        '"' => Some("&quot;"),
+        '\'' => Some("&#39;"),
+        _ => None,
+    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! Plain-data snapshots of upstreams and peers, and the renderers of the status formats.
 
+use core::fmt::{self, Write};
+
 use crate::health::PeerHealth;
 use crate::histogram::Histogram;
 
@@ -78,4 +80,22 @@ pub struct Snapshot {
     pub now_ms: u64,
     pub ha_mode: HaMode,
     pub upstreams: Vec<UpstreamSnapshot>,
+}
+
+/// Writes `s`, replacing each character `escape` maps to a string; the renderers' one way of
+/// escaping (HTML entities, Prometheus label values).
+pub(crate) fn write_escaped(
+    out: &mut impl Write,
+    s: &str,
+    escape: impl Fn(char) -> Option<&'static str>,
+) -> fmt::Result {
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        if let Some(esc) = escape(c) {
+            out.write_str(&s[start..i])?;
+            out.write_str(esc)?;
+            start = i + c.len_utf8();
+        }
+    }
+    out.write_str(&s[start..])
 }

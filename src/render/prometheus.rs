@@ -3,7 +3,7 @@
 use core::fmt::{self, Write};
 
 use super::num::write_decimal;
-use super::{PeerSnapshot, Snapshot, UpstreamSnapshot};
+use super::{write_escaped, PeerSnapshot, Snapshot, UpstreamSnapshot};
 use crate::health::PeerHealth;
 use crate::histogram::{Histogram, BUCKETS_US};
 use crate::outcome::Failure;
@@ -267,19 +267,12 @@ fn histogram(out: &mut impl Write, upstream: &str, h: &Histogram) -> fmt::Result
 
 /// Writes a label value escaped per the exposition format: `\` `"` and newline.
 fn label(out: &mut impl Write, s: &str) -> fmt::Result {
-    let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let esc = match c {
-            '\\' => "\\\\",
-            '"' => "\\\"",
-            '\n' => "\\n",
-            _ => continue,
-        };
-        out.write_str(&s[start..i])?;
-        out.write_str(esc)?;
-        start = i + 1;
-    }
-    out.write_str(&s[start..])
+    write_escaped(out, s, |c| match c {
+        '\\' => Some("\\\\"),
+        '"' => Some("\\\""),
+        '\n' => Some("\\n"),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
