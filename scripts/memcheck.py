@@ -3,6 +3,7 @@
 
   memcheck.py backends PORTS_FILE KIND...   serve scripted backends on loopback, one per KIND
   memcheck.py analyze LOG_DIR MODULE_SO      judge valgrind's logs; exit 1 on a finding
+  memcheck.py free-port                      a free port below the ephemeral range
 
 Backend kinds (each answers any request, one request per connection):
   up        200 with a short body        down      503
@@ -86,17 +87,48 @@ def serve(kind, lsock):
         threading.Thread(target=handle, args=(kind, c), daemon=True).start()
 
 
+def free_port():
+    """A free port below the kernel's ephemeral range, so that no outgoing connection (a probe,
+    a proxied request) can take it before nginx listens on it."""
+    import random
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(1000):
+        port = random.randrange(10000, low) if low > 12000 else 0
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return s.getsockname()[1]
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise SystemExit("no free port")
+
+
 def backends(ports_file, kinds):
     parent = os.getppid()
     lines = []
     for kind in kinds:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
         if kind == "refused":
-            s.close()
+            # Below the ephemeral range: a probe's own source port can never be this one (a
+            # TCP self-connect would "answer" the probe).
+            port = free_port()
         else:
+            for attempt in range(20):
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("127.0.0.1", free_port()))
+                    break
+                except OSError:
+                    s.close()
+                    if attempt == 19:
+                        raise
+            port = s.getsockname()[1]
             s.listen(128)
             threading.Thread(target=serve, args=(kind, s), daemon=True).start()
         lines.append("%s %d\n" % (kind, port))
@@ -198,6 +230,9 @@ def main(argv):
         return 0
     if len(argv) == 4 and argv[1] == "analyze":
         return analyze(argv[2], argv[3])
+    if len(argv) == 2 and argv[1] == "free-port":
+        print(free_port())
+        return 0
     sys.stderr.write(__doc__)
     return 2
 

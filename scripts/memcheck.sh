@@ -7,9 +7,9 @@
 # --keep-debuginfo so stacks in the module stay readable after it is unloaded). Findings:
 # any invalid read/write/free, any use of uninitialised memory (nginx's own included), and any
 # "definitely lost" block allocated from the module's code; nginx's own memory left at exit
-# does not count. --short (for CI, ~1-2 minutes) runs one worker and one reload; the full run
-# adds two workers, longer probing, origin tracking and reloads that change the peers. Logs go
-# to target/memcheck/<target>-<short|full>/.
+# does not count. --short (for CI: 20-30 s here, well within 3 minutes) runs one worker and one
+# reload; the full run (about 80 s) adds two workers, longer probing, origin tracking and
+# reloads that change the peers and a check type. Logs go to target/memcheck/<target>-<mode>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -70,7 +70,7 @@ for _ in $(seq 100); do [[ -s $out/ports ]] && break; sleep 0.1; done
 declare -A port
 while read -r kind p; do port[$kind]=$p; done <"$out/ports"
 addr() { echo "127.0.0.1:${port[$1]}"; }
-front=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+front=$(python3 scripts/memcheck.py free-port)
 
 # ---- configuration ----------------------------------------------------------------------------
 # write_conf [EXTRA_PEERS_OF_APP [CHECK_TYPE_OF_TCP]]: the config, with changes for reloads.

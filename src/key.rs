@@ -22,13 +22,14 @@ pub fn peer_key(upstream: &[u8], peer: &[u8], occurrence: u32) -> u64 {
 }
 
 /// Bytes of shared memory the zone needs for `peers` slots of `slot_size` bytes: the slab
-/// allocator's own bookkeeping (about one page header per 4 KiB page plus a few pages),
+/// allocator's own bookkeeping (its pool header, a page per size class of small allocations
+/// and a page descriptor per 4 KiB page),
 /// the zone header and the slot array, rounded up to whole pages, with a 10% margin.
 pub fn zone_size_for(peers: usize, slot_size: usize, header_size: usize) -> usize {
     const PAGE: usize = 4096;
     let data = header_size + peers * slot_size;
     let pages = data.div_ceil(PAGE);
-    let bookkeeping_pages = 8 + (pages * 64).div_ceil(PAGE);
+    let bookkeeping_pages = 5 + (pages * 64).div_ceil(PAGE);
     let total = (pages + bookkeeping_pages) * PAGE;
     (total + total / 10).div_ceil(PAGE) * PAGE
 }
@@ -55,6 +56,7 @@ mod tests {
         assert_eq!(large % 4096, 0);
         assert!(large >= 10_000 * 112);
         assert!(large < 10_000 * 112 * 13 / 10);
-        assert!(small >= 8 * 4096);
+        assert!(small >= 6 * 4096);
+        assert!(small <= 32 * 1024, "one peer fits the minimum zone");
     }
 }

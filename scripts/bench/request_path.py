@@ -3,7 +3,7 @@ peers checked every 100 ms vs (B) the same nginx without the module, alternating
 
 import re
 
-from lib import Nginx, Row, fmt, http_get, log, median, wrk
+from lib import Nginx, Row, cpu_ns, fmt, http_get, log, median, wrk
 
 BACKEND_PORTS = (8111, 8112, 8113)
 PORT_A, PORT_B = 8101, 8102
@@ -39,10 +39,13 @@ def run(cfg):
     for r in range(rounds):
         order = "AB" if r % 2 == 0 else "BA"  # ABBA... so a drift hits both alike
         for k in order:
+            pid = (a if k == "A" else b).worker_pids[0]
+            c0 = cpu_ns(pid)
             w = wrk(urls[k], secs)
+            w["us_per_req"] = (cpu_ns(pid) - c0) / 1e3 / max(w["requests"], 1)
             res[k].append(w)
             log(f"  request path round {r + 1}/{rounds} {k}: {w['rps']:.0f} req/s, p99 {w['p99']:.2f} ms, "
-                f"failed {w['failed']}")
+                f"worker {w['us_per_req']:.2f} us CPU/request, failed {w['failed']}")
     # The module really probed meanwhile: every peer up, with checks counted.
     _, _, body = http_get("127.0.0.1", PORT_A, "/status?format=json")
     checks = [int(x) for x in re.findall(rb'"checks":(\d+)', body)]
@@ -52,6 +55,7 @@ def run(cfg):
     rps = {k: median([w["rps"] for w in res[k]]) for k in "AB"}
     p99 = {k: median([w["p99"] for w in res[k]]) for k in "AB"}
     p50 = {k: median([w["p50"] for w in res[k]]) for k in "AB"}
+    cpu = {k: median([w["us_per_req"] for w in res[k]]) for k in "AB"}
     failed = sum(w["failed"] for k in "AB" for w in res[k])
     thr_ratio, p99_ratio = rps["A"] / rps["B"], p99["A"] / p99["B"]
     paired = sorted(x["rps"] / y["rps"] for x, y in zip(res["A"], res["B"]))
@@ -61,21 +65,23 @@ def run(cfg):
             f"{thr_ratio:.3f} ({fmt(rps['A'], 0)} vs {fmt(rps['B'], 0)} req/s)", "≥ 0.98", thr_ratio >= 0.98),
         Row("1. Request path: p99 latency A/B",
             f"{p99_ratio:.3f} ({p99['A']:.2f} vs {p99['B']:.2f} ms)", "≤ 1.05", p99_ratio <= 1.05),
+        Row("1. Request path: nginx worker CPU per request A/B (less noisy than throughput on a shared machine)",
+            f"{cpu['A'] / cpu['B']:.3f} ({cpu['A']:.2f} vs {cpu['B']:.2f} µs)", "(info)", None),
     ]
     details = [
         f"### 1. Request path\n",
         f"wrk -t1 -c32 --latency, {rounds} rounds of {secs} s per side, A/B alternating (ABBA order), "
         "worker_processes 1, keepalive 32 to a one-process nginx backend on 3 ports. "
         f"A's three peers were probed meanwhile (checks counters {checks}).\n",
-        "| round | A req/s | B req/s | A p50 ms | B p50 ms | A p99 ms | B p99 ms |",
-        "|---|---|---|---|---|---|---|",
+        "| round | A req/s | B req/s | A p50 ms | B p50 ms | A p99 ms | B p99 ms | A worker µs CPU/req | B worker µs CPU/req |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for i, (x, y) in enumerate(zip(res["A"], res["B"])):
         details.append(f"| {i + 1} | {x['rps']:.0f} | {y['rps']:.0f} | {x['p50']:.3f} | {y['p50']:.3f} | "
-                       f"{x['p99']:.3f} | {y['p99']:.3f} |")
+                       f"{x['p99']:.3f} | {y['p99']:.3f} | {x['us_per_req']:.2f} | {y['us_per_req']:.2f} |")
     details += [
         f"| median | {rps['A']:.0f} | {rps['B']:.0f} | {p50['A']:.3f} | {p50['B']:.3f} | "
-        f"{p99['A']:.3f} | {p99['B']:.3f} |",
+        f"{p99['A']:.3f} | {p99['B']:.3f} | {cpu['A']:.2f} | {cpu['B']:.2f} |",
         "",
         f"Per-round ratios A/B: throughput {', '.join(f'{x:.3f}' for x in paired)}; "
         f"p99 {', '.join(f'{x:.3f}' for x in paired99)}. Failed responses over all runs: {failed}.\n",

@@ -202,8 +202,9 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
                 cf,
                 pos,
                 format!(
-                    "\"upstream_healthcheck_zone\" size {}k is too small for {n} peers, at least {}k is needed",
+                    "\"upstream_healthcheck_zone\" size {}k is too small for {n} peer{}, at least {}k is needed",
                     size / 1024,
+                    if n == 1 { "" } else { "s" },
                     need.div_ceil(1024)
                 ),
             );

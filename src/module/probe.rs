@@ -14,7 +14,7 @@ use ngx::ffi::{
 };
 
 use crate::config::{CheckType, ValidStatuses};
-use crate::module::worker::Worker;
+use crate::module::worker::{is_stale, Worker};
 use crate::outcome::{Failure, Outcome};
 use crate::status_line::{judge, Progress, StatusLineParser};
 
@@ -292,7 +292,9 @@ unsafe fn end(p: *mut Probe, c: *mut ngx_connection_t, outcome: Outcome) {
         let probe = Box::from_raw(p);
         let w = &mut *probe.worker;
         w.probes.retain(|&q| q != p);
-        w.finish(probe.slot, outcome, probe.started);
+        if !is_stale(w) {
+            w.finish(probe.slot, outcome, probe.started);
+        }
     }
 }
 

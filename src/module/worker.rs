@@ -6,7 +6,7 @@ use core::sync::atomic::Ordering;
 use std::time::Instant;
 
 use ngx::ffi::{
-    ngx_current_msec, ngx_cycle_t, ngx_event_t, ngx_exiting, ngx_http_request_t,
+    ngx_current_msec, ngx_cycle, ngx_cycle_t, ngx_event_t, ngx_exiting, ngx_http_request_t,
     ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_log_t, ngx_pid, ngx_process, ngx_quit, ngx_random,
     ngx_terminate, ngx_timeofday, NGX_ERROR, NGX_LOG_CRIT, NGX_OK, NGX_PROCESS_SINGLE,
     NGX_PROCESS_WORKER,
@@ -26,6 +26,8 @@ use crate::schedule::{tick_ms, MAX_TICK_MS};
 
 /// Everything one worker needs to run probes; lives from init_process to exit_process.
 pub struct Worker {
+    /// The cycle this worker was built for; see `current`.
+    cycle: *mut ngx_cycle_t,
     pub main: &'static MainConf,
     pub header: &'static ZoneHeader,
     pub pid: i32,
@@ -88,6 +90,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // SAFETY: connection_n is the worker_connections setting.
     let connections = unsafe { (*cycle).connection_n };
     let worker = Box::new(Worker {
+        cycle,
         main,
         header,
         // SAFETY: ngx_pid is this process's pid.
@@ -122,6 +125,11 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 /// `ngx_module_t.exit_process`: close the probes still in flight (nginx reports sockets left
 /// open by an exiting worker), drop the timer and the worker state.
 pub extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
+    stop();
+}
+
+/// Ends this process's worker: its probes are closed without a verdict.
+fn stop() {
     // SAFETY: single-threaded; WORKER was set by init_process of this process or is null.
     unsafe {
         let w = WORKER;
@@ -139,12 +147,34 @@ pub extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
     }
 }
 
-extern "C" fn on_tick(ev: *mut ngx_event_t) {
-    // SAFETY: the timer's data is the worker that owns it, alive until exit_process.
-    let w = unsafe { &mut *((*ev).data as *mut Worker) };
+/// The worker of the running cycle. With `master_process off`, a reload swaps the cycle (and
+/// frees the old zone) without calling init_process again, so nginx itself runs on without
+/// connections for the new cycle: the worker stops there rather than touch freed memory.
+fn current() -> Option<&'static mut Worker> {
+    // SAFETY: single-threaded; WORKER is null or this process's worker.
+    let w = unsafe { WORKER.as_mut()? };
+    if is_stale(w) {
+        stop();
+        hc_log!(
+            NGX_LOG_WARN,
+            "checks stopped: nginx was reloaded without a master process, restart it instead"
+        );
+        return None;
+    }
+    Some(w)
+}
+
+/// True when `w` belongs to an older cycle (single-process reload) and must not touch the zone.
+pub fn is_stale(w: &Worker) -> bool {
+    // SAFETY: reading nginx's running-cycle pointer.
+    w.cycle != unsafe { ngx_cycle }
+}
+
+extern "C" fn on_tick(_ev: *mut ngx_event_t) {
     if exiting() {
         return; // never re-armed once nginx is exiting
     }
+    let Some(w) = current() else { return };
     w.housekeeping(now_msec());
     // SAFETY: w holds valid targets for this cycle.
     unsafe { peers::apply(w) };
@@ -368,8 +398,7 @@ impl Worker {
 /// Applies changed verdicts in this worker now (after a control request); other workers
 /// follow within one tick.
 pub fn apply_now() {
-    // SAFETY: single-threaded; WORKER is null or this process's live worker.
-    if let Some(w) = unsafe { WORKER.as_mut() } {
+    if let Some(w) = current() {
         // SAFETY: the worker's targets are valid for the running cycle.
         unsafe { peers::apply(w) };
     }

@@ -233,7 +233,8 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
         let size = unsafe { (*shm_zone).shm.size };
         hc_log!(
             NGX_LOG_EMERG,
-            "zone \"{ZONE_NAME}\" of {size} bytes is too small for {n} peers, at least {} bytes are needed",
+            "zone \"{ZONE_NAME}\" of {size} bytes is too small for {n} peer{}, at least {} bytes are needed",
+            if n == 1 { "" } else { "s" },
             required_size(n, nup)
         );
         return NGX_ERROR as ngx_int_t;
