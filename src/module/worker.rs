@@ -22,7 +22,7 @@ use crate::module::probe::{self, Probe};
 use crate::module::zone::{restart_checks, ZoneHeader, HA_MASTER, HA_SLAVER};
 use crate::module::Module;
 use crate::outcome::Outcome;
-use crate::schedule::{tick_ms, MAX_TICK_MS};
+use crate::schedule::{batch_ms, tick_ms, MAX_TICK_MS};
 
 /// Everything one worker needs to run probes; lives from init_process to exit_process.
 pub struct Worker {
@@ -45,6 +45,8 @@ pub struct Worker {
     excluded: Vec<bool>,
     /// When to look for the HA address next.
     ha_next_ms: u64,
+    /// How early a scan starts probes, to wake once per batch: `schedule::batch_ms`.
+    batch_ms: u64,
 }
 
 static mut WORKER: *mut Worker = ptr::null_mut();
@@ -104,6 +106,13 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         targets,
         excluded: vec![false; main.upstreams.len()],
         ha_next_ms: 0,
+        batch_ms: batch_ms(
+            main.upstreams
+                .iter()
+                .filter_map(|u| Some(u.check.as_ref()?.params.interval_ms))
+                .min()
+                .unwrap_or(0),
+        ),
     });
     let w = Box::into_raw(worker);
     // SAFETY: w is a fresh, exclusively owned allocation; the event is initialised before it
@@ -277,7 +286,7 @@ impl Worker {
                 continue;
             }
             let due = self.header.due_hint(slot);
-            if due > now {
+            if due > now + self.batch_ms {
                 soonest(due - now);
                 continue;
             }
@@ -293,6 +302,7 @@ impl Worker {
                 let s = &mut locked.slots()[slot].sched;
                 let ok = s.claim(
                     now,
+                    self.batch_ms,
                     self.pid,
                     check.params.interval_ms,
                     check.params.timeout_ms,
