@@ -4,7 +4,7 @@
 # probes) inside a network namespace of its own, prints a Markdown table and writes it to
 # target/bench/results.md. Needs root and the packages of scripts/setup.sh.
 # Usage: scripts/bench.sh [--quick] [--only 1,3,...] [--profile]
-#   --quick    ~3-minute smoke run (shorter windows, fewer rounds); the full run takes ~12 minutes
+#   --quick    ~3-minute smoke run (shorter windows, fewer rounds); the full run takes ~11 minutes
 #   --only     run only these measurements (numbers as in the table)
 #   --profile  also record a perf profile of the workers at 10,000 peers (needs linux-perf)
 set -euo pipefail
@@ -17,7 +17,7 @@ done
 echo "bench: building the module (scripts/build.sh debian --release)" >&2
 env_out=$(scripts/build.sh debian --release)
 eval "$(grep '^NGX_HC_' <<<"$env_out")"
-export NGX_HC_NGINX NGX_HC_MODULE BENCH_WORK=$PWD/target/bench/work
+export NGX_HC_NGINX NGX_HC_MODULE BENCH_WORK=$PWD/target/bench/work PYTHONDONTWRITEBYTECODE=1
 
 ns=ngxhc-bench-$$
 driver=

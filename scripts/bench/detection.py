@@ -1,7 +1,8 @@
 """3. Detection: interval=200ms fall=2 rise=2 timeout=300ms, worker_processes 2. A backend is made
 to refuse connections (listener closed, open connections reset) or to hang (accepts, never
-answers); we measure the time until the status page shows DOWN (polled every 5 ms on fresh
-connections, which reuseport spreads over both workers; the X-Worker header says which answered)
+answers); we measure the time until the status page shows DOWN (polled every 5 ms, several
+requests at a time on fresh connections, which reuseport spreads over both workers; the X-Worker
+header says which answered)
 and the time until proxied traffic stops reaching it (a client sends a request every 2 ms; the
 X-Upstream and X-Worker headers say where each one went). Then the backend recovers and we
 measure the time until UP (rise=2) and until traffic reaches it again from every worker.
@@ -21,7 +22,7 @@ PORT = 8301
 PEERS = (9301, 9302, 9303)
 VICTIM = PEERS[-1]
 INTERVAL, FALL, RISE, TIMEOUT = 200, 2, 2, 300
-CLIENT_PERIOD, POLL_PERIOD = 0.002, 0.005
+CLIENT_PERIOD, POLL_PERIOD, POLL_BURST = 0.002, 0.005, 4
 PROXY_READ_TIMEOUT = 1.0
 
 
@@ -69,6 +70,10 @@ class Recorder:
         self.traffic.append((t_send, status, hdrs.get("x-worker"), hdrs.get("x-upstream", "")))
 
     async def poll(self):
+        """POLL_BURST status requests at once, on fresh connections, so that every worker answers."""
+        await asyncio.gather(*(self.poll_one() for _ in range(POLL_BURST)))
+
+    async def poll_one(self):
         _, t_recv, status, hdrs, body = await self.request("/status")
         m = re.search(rf"127\.0\.0\.1:{VICTIM} (up|DOWN)".encode(), body)
         self.polls.append((t_recv, hdrs.get("x-worker"), m.group(1).decode() if m else None))
@@ -264,7 +269,8 @@ def report(results, cfg):
         f"interval={INTERVAL}ms fall={FALL} rise={RISE} timeout={TIMEOUT}ms type=http, worker_processes 2, "
         f"{cfg['det_trials']} trials per mode, alternating. Peers `max_fails=0` (passive checks off), "
         "`proxy_next_upstream off`. Times from the moment the backend refuses / hangs (or recovers). "
-        "Status polled every 5 ms; client request every 2 ms (traffic resolution ≈ 3 peers × 2 workers × 2 ms). "
+        f"Status polled every 5 ms, {POLL_BURST} requests at a time on fresh connections (reuseport spreads them "
+        "over the workers; X-Worker says which answered); client request every 2 ms (traffic resolution ≈ 3 peers × 2 workers × 2 ms). "
         "'traffic stops' = send time of the last request routed to the peer, per worker, maximum over workers.\n",
         "'first bad probe' = when the first probe that met the failure started (from the backend's log of probe "
         "arrivals; for refused: one interval after the last probe that arrived), 'reaction' = DOWN (first worker) "

@@ -147,7 +147,7 @@ def run(cfg, shared):
         worst = max(r["us_per_probe"] for r in spread + [one])
         rows.append(Row(f"2. CPU per {t} probe, {'/'.join(f'{n // 1000}k' for n in sizes)} peers spread "
                         f"(100/upstream); {big // 1000}k in one upstream [kernel floor of a bare {t} probe "
-                        "on this machine's loopback]",
+                        "on this machine's loopback, system CPU only]",
                         " / ".join(f"{r['us_per_probe']:.1f}" for r in spread) + f"; {one['us_per_probe']:.1f} µs "
                         f"[floor {floor[t]:.0f} µs]", f"≤ {limits[t]:.0f} µs", worst <= limits[t]))
     growth = {t: get("spread", max(sizes), t)["us_per_probe"] / get("spread", min(sizes), t)["us_per_probe"]
@@ -171,10 +171,11 @@ def run(cfg, shared):
         "run time from /proc/PID/schedstat (ns); user and sys from utime and stime of /proc/PID/stat "
         "(10 ms ticks). Wakeups = the workers' voluntary context switches (returns from a sleeping "
         "epoll_wait).\n",
-        f"Kernel floor on this machine (floor.py: system CPU of one bare nonblocking loopback probe to the same "
-        f"backend, one at a time, median of 3 runs): tcp connect+close {floor['tcp']:.1f} µs, http "
-        f"connect+request+status line+close {floor['http']:.1f} µs; one 1 ms epoll_wait timer wakeup "
-        f"{floor['wakeup']:.1f} µs. On loopback the prober's CPU also pays the backend side's TCP processing.\n",
+        f"Kernel floor on this machine (floor.py: system CPU of bare nonblocking loopback probes to the same "
+        f"backend, 100 in flight at a time, median of 3 runs): tcp connect+close {floor['tcp']:.1f} µs, http "
+        f"connect+request+status line+close {floor['http']:.1f} µs ({floor['http_wakeups']:.2f} wakeups per "
+        f"probe); one 1 ms epoll_wait timer wakeup {floor['wakeup']:.1f} µs. On loopback the prober's CPU also pays "
+        "for the backend side's TCP processing.\n",
         "| layout | type | peers | configured/s | achieved/s | achieved | workers' CPU (% of a core) "
         "| µs/probe | of which user | of which sys | wakeups per probe | worker VmRSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",

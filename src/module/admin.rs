@@ -165,6 +165,7 @@ fn execute(
             match action {
                 Action::Set { ttl_secs } => {
                     record.excluded_until_ms = expiry(now, ttl_secs);
+                    header.note_expiry(record.excluded_until_ms);
                     Ok(Answer::Set)
                 }
                 Action::Del => {
@@ -199,6 +200,7 @@ fn execute(
                     for &s in &slots {
                         locked.slots()[s].manual_until_ms = expiry(now, ttl_secs);
                     }
+                    header.note_expiry(expiry(now, ttl_secs));
                     Ok(Answer::Set)
                 }
                 Action::Del => {

@@ -8,7 +8,6 @@ use ngx::ffi::{
 };
 
 use crate::module::conf::MainConf;
-use crate::module::worker::Worker;
 
 /// The live nginx peer behind one slot.
 pub struct Target {
@@ -80,52 +79,28 @@ pub fn targets(main: &MainConf) -> Vec<Target> {
     out
 }
 
-/// Sets nginx's `down` flag of every peer from the shared state (health verdicts, manual
-/// downs, exclusions, HA mode) when it changed since this worker last looked. A peer marked
-/// `down` in nginx.conf stays down.
+/// Sets nginx's `down` flag of one peer. A peer marked `down` in nginx.conf is never touched.
 ///
 /// # Safety
-/// The worker's targets must be valid for the running cycle.
-pub unsafe fn apply(w: &mut Worker) {
-    let generation = w.header.current_generation();
-    if *w.applied_generation() == generation {
+/// The target's peers must be live peers of the running cycle.
+pub unsafe fn set_down(t: &Target, down: bool) {
+    if t.rr.is_null() || t.config_down {
         return;
     }
-    let probing = w.header.probing_allowed();
-    let (slots, excluded): (Vec<(bool, bool)>, Vec<bool>) = {
-        let mut locked = w.header.lock();
-        let slots = locked
-            .slots()
-            .iter()
-            .map(|s| (s.health.is_up(), s.manual_down()))
-            .collect();
-        (
-            slots,
-            locked.upstreams().iter().map(|u| u.excluded()).collect(),
-        )
-    };
-    for (t, (up, manual)) in w.targets.iter().zip(slots) {
-        if t.rr.is_null() || t.config_down {
-            continue;
+    let down = down as ngx_uint_t;
+    // SAFETY: rr and list are live peers of this cycle; zone peers are shared between
+    // workers and changed only under the list's write lock.
+    unsafe {
+        if (*t.rr).down == down {
+            return;
         }
-        // Unchecked, excluded and HA-standby upstreams serve as nginx would without checks.
-        let checked = t.checked && probing && !excluded[t.upstream];
-        let down = (manual || (checked && !up)) as ngx_uint_t;
-        // SAFETY: rr and list are live peers of this cycle; zone peers are shared between
-        // workers and changed only under the list's write lock.
-        unsafe {
-            if (*t.rr).down == down {
-                continue;
-            }
-            let shared = !(*t.list).shpool.is_null();
-            if shared {
-                ngx_rwlock_wlock(&mut (*t.list).rwlock);
-            }
-            (*t.rr).down = down;
-            if shared {
-                ngx_rwlock_unlock(&mut (*t.list).rwlock);
-            }
+        let shared = !(*t.list).shpool.is_null();
+        if shared {
+            ngx_rwlock_wlock(&mut (*t.list).rwlock);
+        }
+        (*t.rr).down = down;
+        if shared {
+            ngx_rwlock_unlock(&mut (*t.list).rwlock);
         }
     }
-    *w.applied_generation() = generation;
 }

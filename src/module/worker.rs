@@ -19,7 +19,7 @@ use crate::module::ha;
 use crate::module::log::hc_log;
 use crate::module::peers::{self, Target};
 use crate::module::probe::{self, Probe};
-use crate::module::zone::{restart_checks, ZoneHeader, HA_MASTER, HA_SLAVER};
+use crate::module::zone::{earliest_expiry, restart_checks, ZoneHeader, HA_MASTER, HA_SLAVER};
 use crate::module::Module;
 use crate::outcome::Outcome;
 use crate::schedule::{batch_ms, tick_ms, MAX_TICK_MS};
@@ -38,10 +38,17 @@ pub struct Worker {
     /// Probes in flight from this worker, closed by exit_process if nginx exits first.
     pub probes: Vec<*mut Probe>,
     max_in_flight: usize,
-    applied_generation: u64,
+    /// The zone's generation this worker last synced with (see `sync`).
+    synced_generation: u64,
     /// Indexed by slot.
     pub targets: Vec<Target>,
-    /// Upstreams excluded from checking at run time, as of the last tick.
+    /// This worker's view of when each slot next needs a look (monotonic ms; `u64::MAX` for
+    /// slots it never probes or has in flight). It can only be early: a scan that finds a
+    /// slot not due, or claimed elsewhere, moves it to the zone's time. So a scan reads 8
+    /// bytes per peer instead of the zone, and the worker that probed a peer last is the one
+    /// awake when it is due again.
+    due: Vec<u64>,
+    /// Upstreams excluded from checking at run time, as of the last sync.
     excluded: Vec<bool>,
     /// When to look for the HA address next.
     ha_next_ms: u64,
@@ -102,7 +109,8 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         probe_log,
         probes: Vec::new(),
         max_in_flight: (connections / 2).max(1),
-        applied_generation: 0,
+        synced_generation: 0,
+        due: vec![0; targets.len()],
         targets,
         excluded: vec![false; main.upstreams.len()],
         ha_next_ms: 0,
@@ -125,7 +133,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         w.timer.set_cancelable(1);
         WORKER = w;
         // Verdicts first, so a new worker never proxies to a peer already known down.
-        peers::apply(w);
+        w.sync();
         ngx::ffi::ngx_add_timer(&mut w.timer, 1);
     }
     NGX_OK as ngx_int_t
@@ -185,8 +193,7 @@ extern "C" fn on_tick(_ev: *mut ngx_event_t) {
     }
     let Some(w) = current() else { return };
     w.housekeeping(now_msec());
-    // SAFETY: w holds valid targets for this cycle.
-    unsafe { peers::apply(w) };
+    w.sync();
     let wake = w.scan();
     // SAFETY: the timer event belongs to w and is not set (it just fired).
     unsafe { ngx::ffi::ngx_add_timer(&mut w.timer, tick_ms(wake) as _) };
@@ -239,7 +246,7 @@ impl Worker {
                 }
             }
         }
-        {
+        if now >= self.header.expiry_hint.load(Ordering::Acquire) {
             let mut locked = self.header.lock();
             for ui in 0..main.upstreams.len() {
                 let until = locked.upstreams()[ui].excluded_until_ms;
@@ -253,70 +260,102 @@ impl Worker {
                         main.upstreams[ui].name
                     );
                 }
-                self.excluded[ui] = locked.upstreams()[ui].excluded();
             }
-        }
-        for slot in 0..self.targets.len() {
-            let until = self.header.manual_hint(slot);
-            if until != 0 && until <= now {
-                let mut locked = self.header.lock();
-                let s = &mut locked.slots()[slot];
+            for s in locked.slots() {
                 if s.manual_until_ms != 0 && s.manual_until_ms <= now {
                     s.manual_until_ms = 0;
                     changed = true;
                 }
             }
+            let next = earliest_expiry(&mut locked);
+            self.header.expiry_hint.store(next, Ordering::Release);
         }
         if changed {
             self.header.bump_generation();
         }
     }
 
-    /// Claims and starts every due probe; returns the time until the next one is due.
+    /// Catches up with the shared state when its generation changed (a verdict, a control
+    /// request, an expiry, the HA mode): nginx's `down` flags, the exclusions and the due
+    /// times. Unchecked, excluded and HA-standby upstreams serve as nginx would without checks.
+    fn sync(&mut self) {
+        let generation = self.header.current_generation();
+        if generation == self.synced_generation {
+            return;
+        }
+        let probing = self.header.probing_allowed();
+        let now = now_msec();
+        let pid = self.pid;
+        let states: Vec<(bool, bool, u64)> = {
+            let mut locked = self.header.lock();
+            for (ui, r) in locked.upstreams().iter().enumerate() {
+                self.excluded[ui] = r.excluded();
+            }
+            let slots = locked.slots();
+            slots
+                .iter()
+                .map(|s| {
+                    let mine = s.sched.owner_pid == pid && !s.sched.is_idle(now);
+                    let due = if mine {
+                        u64::MAX
+                    } else {
+                        now + s.sched.wake_in(now)
+                    };
+                    (s.health.is_up(), s.manual_down(), due)
+                })
+                .collect()
+        };
+        for (slot, (t, (up, manual, due))) in self.targets.iter().zip(states).enumerate() {
+            let checked = t.checked && probing && !self.excluded[t.upstream];
+            // SAFETY: the targets are live peers of this worker's cycle.
+            unsafe { peers::set_down(t, manual || (checked && !up)) };
+            self.due[slot] = if checked && !t.config_down {
+                due
+            } else {
+                u64::MAX
+            };
+        }
+        self.synced_generation = generation;
+    }
+
+    /// Claims and starts every probe due within the batch window; returns the time until the
+    /// next one is due.
     fn scan(&mut self) -> Option<u64> {
         let now = now_msec();
-        let mut wake: Option<u64> = None;
-        let mut soonest = |w: u64| wake = Some(wake.map_or(w, |x: u64| x.min(w)));
+        let horizon = now + self.batch_ms;
+        let mut wake = u64::MAX;
         if !self.header.probing_allowed() {
-            return wake;
+            return None;
         }
-        for slot in 0..self.targets.len() {
-            let t = &self.targets[slot];
-            if t.config_down || !t.checked || self.excluded[t.upstream] {
-                continue;
-            }
-            let due = self.header.due_hint(slot);
-            if due > now + self.batch_ms {
-                soonest(due - now);
+        for slot in 0..self.due.len() {
+            let due = self.due[slot];
+            if due > horizon {
+                wake = wake.min(due);
                 continue;
             }
             if self.probes.len() >= self.max_in_flight {
-                soonest(1);
+                wake = now + 1;
                 break;
             }
             let Some((_, check, _)) = self.check_of(slot) else {
+                self.due[slot] = u64::MAX;
                 continue;
             };
             let claimed = {
                 let mut locked = self.header.lock();
                 let s = &mut locked.slots()[slot].sched;
-                let ok = s.claim(
-                    now,
-                    self.batch_ms,
-                    self.pid,
-                    check.params.interval_ms,
-                    check.params.timeout_ms,
-                );
-                if !ok {
-                    soonest(s.wake_in(now));
-                }
+                let p = &check.params;
+                let ok = s.claim(now, self.batch_ms, self.pid, p.interval_ms, p.timeout_ms);
+                self.due[slot] = if ok { u64::MAX } else { now + s.wake_in(now) };
                 ok
             };
             if claimed {
                 probe::start(self, slot, Instant::now());
+            } else {
+                wake = wake.min(self.due[slot]);
             }
         }
-        wake
+        (wake != u64::MAX).then(|| wake.saturating_sub(now))
     }
 
     /// Records the end of the probe of `slot` and logs and applies a change of verdict.
@@ -350,6 +389,9 @@ impl Worker {
                 .observe(u64::from(duration_us));
             (t, health, next_due)
         };
+        if !self.excluded[self.targets[slot].upstream] {
+            self.due[slot] = next_due;
+        }
         match transition {
             Some(Transition::Down) => {
                 let status = health
@@ -380,8 +422,7 @@ impl Worker {
             None => {}
         }
         if transition.is_some() {
-            // SAFETY: targets are valid for this cycle.
-            unsafe { peers::apply(self) };
+            self.sync();
         }
         if !exiting() {
             let wait = next_due.saturating_sub(now).clamp(1, MAX_TICK_MS);
@@ -398,19 +439,13 @@ impl Worker {
             }
         }
     }
-
-    /// The generation of verdicts last applied; see `peers::apply`.
-    pub fn applied_generation(&mut self) -> &mut u64 {
-        &mut self.applied_generation
-    }
 }
 
 /// Applies changed verdicts in this worker now (after a control request); other workers
 /// follow within one tick.
 pub fn apply_now() {
     if let Some(w) = current() {
-        // SAFETY: the worker's targets are valid for the running cycle.
-        unsafe { peers::apply(w) };
+        w.sync();
     }
 }
 

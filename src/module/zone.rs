@@ -68,6 +68,9 @@ pub struct ZoneHeader {
     pub generation: AtomicU64,
     /// `HA_DISABLED`, `HA_MASTER` or `HA_SLAVER`.
     pub ha_state: AtomicU8,
+    /// The earliest end of a manual down or exclusion with a ttl (monotonic ms), `u64::MAX`
+    /// when none: workers look for expired ones only from then on.
+    pub expiry_hint: AtomicU64,
     pub nslots: usize,
     slots: *mut Slot,
     pub nupstreams: usize,
@@ -99,13 +102,6 @@ impl ZoneHeader {
         Locked { header: self }
     }
 
-    /// The next-due time of a slot, read without the lock (a hint for scans).
-    pub fn due_hint(&self, i: usize) -> u64 {
-        // SAFETY: i < nslots; an aligned u64 read cannot tear on the targets nginx runs on and
-        // a stale value only delays the scan's decision to take the lock.
-        unsafe { ptr::read_volatile(&(*self.slots.add(i)).sched.next_due_ms) }
-    }
-
     pub fn bump_generation(&self) {
         self.generation.fetch_add(1, Ordering::Release);
     }
@@ -119,11 +115,26 @@ impl ZoneHeader {
         self.ha_state.load(Ordering::Acquire) != HA_SLAVER
     }
 
-    /// A hint read without the lock: the slot's manual-down expiry.
-    pub fn manual_hint(&self, i: usize) -> u64 {
-        // SAFETY: as in due_hint.
-        unsafe { ptr::read_volatile(&(*self.slots.add(i)).manual_until_ms) }
+    /// Notes a new ttl so that workers look for its expiry in time.
+    pub fn note_expiry(&self, until_ms: u64) {
+        self.expiry_hint.fetch_min(until_ms, Ordering::AcqRel);
     }
+}
+
+/// The earliest finite end of the manual downs and exclusions in the zone.
+pub fn earliest_expiry(locked: &mut Locked<'_>) -> u64 {
+    let finite = |until: u64| (until != 0 && until != u64::MAX).then_some(until);
+    let slots = locked
+        .slots()
+        .iter()
+        .filter_map(|s| finite(s.manual_until_ms))
+        .min();
+    let ups = locked
+        .upstreams()
+        .iter()
+        .filter_map(|u| finite(u.excluded_until_ms))
+        .min();
+    slots.into_iter().chain(ups).min().unwrap_or(u64::MAX)
 }
 
 /// Restarts the checks of upstream `ui` with fresh counters: its peers start per
@@ -291,6 +302,7 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
         header.write(ZoneHeader {
             generation: AtomicU64::new(1),
             ha_state: AtomicU8::new(ha_state),
+            expiry_hint: AtomicU64::new(0),
             nslots: n,
             slots,
             nupstreams: nup,
