@@ -218,23 +218,10 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) {
                 probe.sent += n as usize;
                 continue;
             }
-            let err = ngx_socket_errno();
-            if err == EINTR as i32 {
-                continue;
-            }
-            if err == EAGAIN as i32 {
-                // SAFETY: the write event of a live connection.
-                unsafe {
-                    (*conn.write).set_ready(0);
-                    if ngx_handle_write_event(conn.write, 0) != NGX_OK as isize {
-                        end(p, c, Outcome::failed(Failure::Reset, None));
-                    }
-                }
+            // SAFETY: the live probe, its connection and its write event.
+            if !unsafe { io_error(p, c, conn.write) } {
                 return;
             }
-            // SAFETY: ending the live probe.
-            unsafe { end(p, c, Outcome::failed(io_failure(err), None)) };
-            return;
         }
         probe.stage = Stage::Reading;
     }
@@ -258,24 +245,40 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) {
             unsafe { end(p, c, Outcome::failed(Failure::Closed, None)) };
             return;
         }
-        let err = ngx_socket_errno();
-        if err == EINTR as i32 {
-            continue;
-        }
-        if err == EAGAIN as i32 {
-            // SAFETY: the read event of a live connection.
-            unsafe {
-                (*conn.read).set_ready(0);
-                if ngx_handle_read_event(conn.read, 0) != NGX_OK as isize {
-                    end(p, c, Outcome::failed(Failure::Reset, None));
-                }
-            }
+        // SAFETY: the live probe, its connection and its read event.
+        if !unsafe { io_error(p, c, conn.read) } {
             return;
         }
-        // SAFETY: ending the live probe.
-        unsafe { end(p, c, Outcome::failed(io_failure(err), None)) };
-        return;
     }
+}
+
+/// Deals with a send or recv on `ev`'s side that moved no data: true when interrupted (try
+/// again at once); otherwise waits for the event (EAGAIN) or ends the probe, and gives false.
+///
+/// # Safety
+/// `p` and `c` must be the live probe and its connection, `ev` one of its events.
+unsafe fn io_error(p: *mut Probe, c: *mut ngx_connection_t, ev: *mut ngx_event_t) -> bool {
+    let err = ngx_socket_errno();
+    if err == EINTR as i32 {
+        return true;
+    }
+    // SAFETY: per the contract.
+    unsafe {
+        if err != EAGAIN as i32 {
+            end(p, c, Outcome::failed(io_failure(err), None));
+            return false;
+        }
+        (*ev).set_ready(0);
+        let rc = if (*ev).write() != 0 {
+            ngx_handle_write_event(ev, 0)
+        } else {
+            ngx_handle_read_event(ev, 0)
+        };
+        if rc != NGX_OK as isize {
+            end(p, c, Outcome::failed(Failure::Reset, None));
+        }
+    }
+    false
 }
 
 /// Closes the connection (which also removes its timer and events), frees the probe and
