@@ -12,8 +12,7 @@ use common::*;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::fs;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -61,75 +60,7 @@ fn try_request(
     head.push_str("\r\n");
     let mut raw = head.into_bytes();
     raw.extend_from_slice(body);
-    parse_answer(&exchange(port, &raw)?)
-}
-
-/// Writes `raw` to 127.0.0.1:port and reads until the server closes (5 s deadline).
-fn exchange(port: u16, raw: &[u8]) -> io::Result<Vec<u8>> {
-    let timeout = Duration::from_secs(5);
-    let deadline = Instant::now() + timeout;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_write_timeout(Some(timeout))?;
-    stream.write_all(raw)?;
-    let mut resp = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "no complete answer in 5 s",
-            ));
-        }
-        stream.set_read_timeout(Some(left))?;
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => resp.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // nginx may close with unread body bytes (the 413 path): keep what came.
-            Err(e) if !resp.is_empty() && e.kind() == io::ErrorKind::ConnectionReset => break,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(resp)
-}
-
-/// Splits an HTTP answer into (status, header lines, body).
-fn parse_answer(resp: &[u8]) -> io::Result<(u16, String, String)> {
-    let text = String::from_utf8_lossy(resp).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("no header end: {text:?}"),
-        )
-    })?;
-    let (status_line, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("bad status line: {text:?}"),
-            )
-        })?;
-    Ok((status, headers.to_owned(), body.to_owned()))
-}
-
-/// The value of header `name` (case-insensitive) in raw header lines.
-fn header(headers: &str, name: &str) -> Option<String> {
-    headers.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_owned())
-    })
-}
-
-fn strict_json(body: &str) -> Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("invalid JSON ({e}): {body}"))
+    parse_response(&exchange(port, &raw, true)?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -270,24 +201,6 @@ fn text_state<'a>(page: &'a str, upstream: &str, peer: &str) -> Option<&'a str> 
     None
 }
 
-fn json_upstream<'a>(doc: &'a Value, upstream: &str) -> &'a Value {
-    doc["msg"]["upstreams"]
-        .as_array()
-        .and_then(|a| a.iter().find(|u| u["name"] == upstream))
-        .unwrap_or_else(|| panic!("no upstream {upstream:?} in {doc}"))
-}
-
-fn json_peer<'a>(doc: &'a Value, upstream: &str, peer: &str) -> &'a Value {
-    let u = json_upstream(doc, upstream);
-    u["primary"]
-        .as_array()
-        .into_iter()
-        .chain(u["backup"].as_array())
-        .flatten()
-        .find(|p| p["name"] == peer)
-        .unwrap_or_else(|| panic!("no peer {peer} in upstream {upstream:?}: {doc}"))
-}
-
 /// `health.checks` of a checked peer on the JSON page.
 fn checks(port: u16, upstream: &str, peer: &str) -> u64 {
     let doc = json_page(port);
@@ -299,22 +212,6 @@ fn checks(port: u16, upstream: &str, peer: &str) -> u64 {
 /// Whether the Prometheus page has exactly this sample line.
 fn has_sample(page: &str, line: &str) -> bool {
     page.lines().any(|l| l == line)
-}
-
-/// Polls `f` every 20 ms until it returns Ok; panics with `what` and the last Err after
-/// `timeout`.
-fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match f() {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}\nlast seen: {last}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Waits until the text page shows `peer` of `upstream` in `state`.
@@ -397,11 +294,6 @@ fn spread_requests(
             "requests did not reach {workers} workers (5 each) within 5 s: {per:?}"
         );
     }
-}
-
-/// An address nothing listens on: connecting is refused.
-fn dead_addr() -> String {
-    format!("127.0.0.1:{}", free_port())
 }
 
 /// Arrivals of health probes at `b` after `t`.
@@ -908,11 +800,11 @@ fn raw_post_is_answered(raw: &[u8], want: &str, setup: &str, then: impl Fn(&str)
         post_ok(port, setup, SET);
     }
     let workers = nginx.worker_pids();
-    let got = exchange(port, raw).map(|r| String::from_utf8_lossy(&r).into_owned());
+    let got = exchange(port, raw, true).map(|r| String::from_utf8_lossy(&r).into_owned());
     let answer = got
         .as_deref()
         .ok()
-        .and_then(|r| parse_answer(r.as_bytes()).ok());
+        .and_then(|r| parse_response(r.as_bytes()).ok());
     assert_eq!(
         answer.as_ref().map(|(s, _, b)| (*s, b.as_str())),
         Some((200, want)),
@@ -1385,39 +1277,6 @@ impl Drop for NetNs {
     }
 }
 
-/// (pid, state) of every child of `ppid`.
-fn children(ppid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut f = rest.split_whitespace();
-        let (state, parent) = (f.next(), f.next().and_then(|p| p.parse::<u32>().ok()));
-        if parent == Some(ppid) && state != Some("Z") {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-fn kill(sig: &str, pid: u32) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status();
-}
-
 /// nginx run as `ip netns exec NS nginx ... -g 'daemon off;'` (the master is the child
 /// process, `ip` execs it), in a harness `TempPrefix`; killed on drop if still running.
 struct NsNginx {
@@ -1429,23 +1288,14 @@ struct NsNginx {
 impl NsNginx {
     fn start(ns: &NetNs, http_body: &str, status_port: u16) -> NsNginx {
         let prefix = TempPrefix::new();
-        for d in ["temp", "logs"] {
-            fs::create_dir_all(prefix.path().join(d)).expect("prefix dir");
-        }
+        prepare_prefix(prefix.path());
         let conf = render_conf(prefix.path(), "", http_body);
-        let conf_path = prefix.path().join("nginx.conf");
-        fs::write(&conf_path, &conf).expect("write nginx.conf");
+        fs::write(prefix.path().join("nginx.conf"), &conf).expect("write nginx.conf");
         let log = fs::File::create(prefix.path().join("stderr.log")).expect("stderr.log");
         let child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
             .arg(nginx_bin())
-            .arg("-p")
-            .arg(prefix.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(prefix.path().join("error.log"))
-            .args(["-g", "daemon off;"])
+            .args(foreground_args(prefix.path()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
             .stderr(log)
@@ -1509,10 +1359,7 @@ impl NsNginx {
             graceful,
             "nginx did not exit within 10 s of SIGQUIT:\n{log}"
         );
-        let bad: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("[alert]") || l.contains("[crit]") || l.contains("[emerg]"))
-            .collect();
+        let bad = alert_lines(&log);
         assert!(
             bad.is_empty(),
             "error log has alert/crit/emerg lines:\n{}\n---\n{log}",
@@ -1526,8 +1373,8 @@ impl NsNginx {
             return true;
         };
         let master = child.id();
-        let workers = children(master);
-        kill("QUIT", master);
+        let workers = child_pids(master);
+        signal("QUIT", master);
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut graceful = false;
         while Instant::now() < deadline {
@@ -1538,8 +1385,11 @@ impl NsNginx {
             thread::sleep(Duration::from_millis(20));
         }
         if !graceful {
-            for w in children(master).into_iter().chain(workers.iter().copied()) {
-                kill("KILL", w);
+            for w in child_pids(master)
+                .into_iter()
+                .chain(workers.iter().copied())
+            {
+                signal("KILL", w);
             }
             let _ = child.kill();
         }

@@ -432,41 +432,6 @@ fn kill9(pid: u32) {
     assert!(ok, "kill -KILL {pid}");
 }
 
-/// Socket inodes of a process.
-fn socket_inodes(pid: u32) -> Vec<u64> {
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| {
-            let t = fs::read_link(e.path()).ok()?;
-            t.to_str()?
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
-/// The worker among `workers` holding an established connection to 127.0.0.1:`port`.
-fn worker_connected_to(workers: &[u32], port: u16) -> Option<u32> {
-    let tcp = fs::read_to_string("/proc/net/tcp").ok()?;
-    let inodes: Vec<u64> = tcp
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let rem_port = u16::from_str_radix(f.get(2)?.rsplit_once(':')?.1, 16).ok()?;
-            (rem_port == port && *f.get(3)? == "01").then(|| f.get(9)?.parse().ok())?
-        })
-        .collect();
-    workers
-        .iter()
-        .copied()
-        .find(|&w| socket_inodes(w).iter().any(|i| inodes.contains(i)))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Misbehaving backends
 
@@ -794,69 +759,25 @@ fn misbehaving_backends_get_precise_verdicts_and_leak_nothing() {
 // ---------------------------------------------------------------------------------------------
 // Reload storm
 
-/// Sends requests through the proxy in a loop until stopped; records every failure.
-struct Client {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failures: Arc<Mutex<Vec<String>>>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl Client {
-    fn start(port: u16) -> Client {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let (s, o, f) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failures));
-        let handle = thread::spawn(move || {
-            let mut i = 0u64;
-            while !s.load(Ordering::SeqCst) {
-                i += 1;
-                match http_get(port, &format!("/app?n={i}")) {
-                    Ok((200, _, _)) => {
-                        o.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Ok((code, h, b)) => f.lock().unwrap().push(format!("{code}: {h} {b}")),
-                    Err(e) => f.lock().unwrap().push(format!("error: {e}")),
-                }
-                thread::sleep(Duration::from_millis(5));
-            }
-        });
-        Client {
-            stop,
-            ok,
-            failures,
-            handle: Some(handle),
-        }
-    }
-
-    fn ok(&self) -> usize {
-        self.ok.load(Ordering::SeqCst)
-    }
-
-    fn finish(mut self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            h.join().expect("client thread");
-        }
-        (self.ok(), self.failures.lock().unwrap().clone())
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
+/// Sends requests through the proxy in a loop until stopped, 5 ms apart: Ok for a 200, the
+/// failure otherwise.
+fn client(port: u16) -> Looper<Result<(), String>> {
+    Looper::start(move |i| {
+        let answer = match http_get(port, &format!("/app?n={i}")) {
+            Ok((200, _, _)) => Ok(()),
+            Ok((code, h, b)) => Err(format!("{code}: {h} {b}")),
+            Err(e) => Err(format!("error: {e}")),
+        };
+        thread::sleep(Duration::from_millis(5));
+        answer
+    })
 }
 
 #[test]
 fn fifty_reloads_in_a_minute_under_load() {
     let _serial = serial();
     let (a, b) = (Backend::new(), Backend::new());
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = dead_addr();
     // A peer whose probes hang until they time out: reloads happen with probes in flight.
     let hang = Backend::new();
     hang.set_path_mode("/health", Mode::Hang);
@@ -884,9 +805,9 @@ fn fifty_reloads_in_a_minute_under_load() {
     let master = nginx.master_pid();
     let (maps_before, fds_before) = (shared_mappings(master), fd_count(master));
 
-    let client = Client::start(port);
+    let client = client(port);
     wait_until(Duration::from_secs(5), "the client going", || {
-        client.ok() > 10
+        client.count_where(Result::is_ok) > 10
     });
     let storm = Instant::now();
     let mut slowest = Duration::ZERO;
@@ -933,7 +854,9 @@ fn fifty_reloads_in_a_minute_under_load() {
         last_checks = dead_checks;
     }
     let storm_took = storm.elapsed();
-    let (ok, failures) = client.finish();
+    let results = client.finish();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
     eprintln!(
         "50 reloads in {storm_took:?} (slowest {slowest:?}), {ok} proxied requests, \
          {} failed",
@@ -1165,19 +1088,14 @@ fn zone_too_small_fails_whole_and_never_checks_part_of_the_peers() {
 
     // Starting it for real fails the same way, and no peer is ever probed.
     let prefix = TempPrefix::new();
-    for d in ["logs", "temp"] {
-        fs::create_dir_all(prefix.path().join(d)).unwrap();
-    }
-    let conf_path = prefix.path().join("nginx.conf");
-    fs::write(&conf_path, render_conf(prefix.path(), "", &small)).unwrap();
+    prepare_prefix(prefix.path());
+    fs::write(
+        prefix.path().join("nginx.conf"),
+        render_conf(prefix.path(), "", &small),
+    )
+    .unwrap();
     let mut child = Command::new(nginx_bin())
-        .arg("-p")
-        .arg(prefix.path())
-        .arg("-c")
-        .arg(&conf_path)
-        .arg("-e")
-        .arg(prefix.path().join("error.log"))
-        .args(["-g", "daemon off;"])
+        .args(foreground_args(prefix.path()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -1301,25 +1219,16 @@ fn reload_without_a_master_process_stops_checks_without_crashing() {
         backend.addr()
     );
     let prefix = TempPrefix::new();
-    for d in ["logs", "temp"] {
-        fs::create_dir_all(prefix.path().join(d)).unwrap();
-    }
-    let conf_path = prefix.path().join("nginx.conf");
+    prepare_prefix(prefix.path());
     fs::write(
-        &conf_path,
+        prefix.path().join("nginx.conf"),
         render_conf(prefix.path(), "master_process off;", &body),
     )
     .unwrap();
     let log_path = prefix.path().join("error.log");
     let mut nginx = OwnNginx {
         child: Command::new(nginx_bin())
-            .arg("-p")
-            .arg(prefix.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(&log_path)
-            .args(["-g", "daemon off;"])
+            .args(foreground_args(prefix.path()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

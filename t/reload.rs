@@ -5,8 +5,6 @@
 mod common;
 
 use common::*;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -37,22 +35,8 @@ fn front(port: u16, u: &str) -> String {
 
 /// The `health` object of `peer` in `upstream` on the JSON status page.
 fn health_json(port: u16, upstream: &str, peer: &str) -> serde_json::Value {
-    let body = status_page(port, &format!("{STATUS}?format=json"));
-    let doc: serde_json::Value =
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("status JSON: {e}\n{body}"));
-    doc["msg"]["upstreams"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|u| u["name"] == upstream)
-        .flat_map(|u| {
-            let mut peers = u["primary"].as_array().cloned().unwrap_or_default();
-            peers.extend(u["backup"].as_array().cloned().unwrap_or_default());
-            peers
-        })
-        .find(|p| p["name"] == peer)
-        .map(|p| p["health"].clone())
-        .unwrap_or_else(|| panic!("no {peer} in upstream {upstream}: {body}"))
+    let doc = strict_json(&status_page(port, &format!("{STATUS}?format=json")));
+    json_peer(&doc, upstream, peer)["health"].clone()
 }
 
 fn counter(h: &serde_json::Value, name: &str) -> u64 {
@@ -71,72 +55,14 @@ fn wait_state(port: u16, upstream: &str, peer: &str, want: &str, timeout: Durati
     });
 }
 
-/// An address nothing listens on (connections are refused).
-fn dead_addr() -> String {
-    format!("127.0.0.1:{}", free_port())
-}
-
 /// Sends requests through the proxy in a loop on its own thread until stopped; records every
 /// answer (status, or the I/O error).
-struct Client {
-    stop: Arc<AtomicBool>,
-    results: Arc<Mutex<Vec<Result<u16, String>>>>,
-    handle: Option<thread::JoinHandle<()>>,
-}
-
-impl Client {
-    fn start(port: u16) -> Client {
-        let stop = Arc::new(AtomicBool::new(false));
-        let results = Arc::new(Mutex::new(Vec::new()));
-        let (s, r) = (Arc::clone(&stop), Arc::clone(&results));
-        let handle = thread::spawn(move || {
-            let mut i = 0u64;
-            while !s.load(Ordering::SeqCst) {
-                i += 1;
-                let answer = http_get(port, &format!("/r{i}"))
-                    .map(|(status, _, _)| status)
-                    .map_err(|e| e.to_string());
-                r.lock().unwrap().push(answer);
-            }
-        });
-        Client {
-            stop,
-            results,
-            handle: Some(handle),
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.results.lock().unwrap().len()
-    }
-
-    /// Waits until the client has made `n` more requests.
-    fn wait_more(&self, n: usize) {
-        let target = self.count() + n;
-        wait_until(
-            Duration::from_secs(5),
-            &format!("{n} more client requests"),
-            || self.count() >= target,
-        );
-    }
-
-    fn finish(mut self) -> Vec<Result<u16, String>> {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            h.join().expect("client thread");
-        }
-        let r = self.results.lock().unwrap();
-        r.clone()
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
+fn client(port: u16) -> Looper<Result<u16, String>> {
+    Looper::start(move |i| {
+        http_get(port, &format!("/r{i}"))
+            .map(|(status, _, _)| status)
+            .map_err(|e| e.to_string())
+    })
 }
 
 #[test]
@@ -165,7 +91,7 @@ fn reload_keeps_a_down_peer_down_without_a_single_failed_request() {
     let went_down = before["last_change"].clone();
     assert!(went_down.is_number(), "{before}");
 
-    let client = Client::start(port);
+    let client = client(port);
     client.wait_more(20);
     let down_line = format!("peer {dead} in upstream \"u\" is DOWN after 3 failed checks");
     for i in 1..=3 {
@@ -283,10 +209,7 @@ fn old_workers_and_nginx_exit_promptly_with_probes_hanging() {
     );
     // A worker leaving with a probe in flight closes it: nginx reports any connection still
     // open at exit ("open socket #N left in connection M", "aborting").
-    let bad: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("[alert]") || l.contains("[crit]") || l.contains("[emerg]"))
-        .collect();
+    let bad = alert_lines(&log);
     assert!(
         bad.is_empty(),
         "workers exiting (reload, then SIGQUIT) with a probe in flight left it open:\n{}\n--- full log ---\n{log}",

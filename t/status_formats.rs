@@ -61,7 +61,7 @@ impl Site {
             Backend::new(),
             Backend::new(),
         );
-        let down_addr = format!("127.0.0.1:{}", free_port());
+        let down_addr = dead_addr();
         let port = free_port();
         let conf = format!(
             "upstream backend {{\n\
@@ -180,16 +180,6 @@ fn get(port: u16, path: &str) -> (u16, String, String) {
     http_get(port, path).unwrap_or_else(|e| panic!("GET {path} on port {port}: {e}"))
 }
 
-/// The value of header `name` (case-insensitive) in raw header lines.
-fn header(headers: &str, name: &str) -> Option<String> {
-    headers.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_owned())
-    })
-}
-
 fn content_type(headers: &str) -> Option<String> {
     header(headers, "Content-Type")
 }
@@ -198,26 +188,11 @@ fn content_type(headers: &str) -> Option<String> {
 /// no comments, no trailing commas); the module promises pure ASCII.
 fn strict_json(body: &str) -> Value {
     assert!(body.is_ascii(), "JSON body is not pure ASCII: {body}");
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("invalid JSON ({e}): {body}"))
-}
-
-/// The peer `addr` of upstream `upstream` in a JSON document (primary or backup).
-fn peer<'a>(doc: &'a Value, upstream: &str, addr: &str) -> &'a Value {
-    let u = doc["msg"]["upstreams"]
-        .as_array()
-        .and_then(|a| a.iter().find(|u| u["name"] == upstream))
-        .unwrap_or_else(|| panic!("no upstream {upstream:?} in {doc}"));
-    u["primary"]
-        .as_array()
-        .into_iter()
-        .chain(u["backup"].as_array())
-        .flatten()
-        .find(|p| p["name"] == addr)
-        .unwrap_or_else(|| panic!("no peer {addr} in upstream {upstream:?}: {doc}"))
+    common::strict_json(body)
 }
 
 fn health<'a>(doc: &'a Value, upstream: &str, addr: &str) -> &'a Value {
-    &peer(doc, upstream, addr)["health"]
+    &json_peer(doc, upstream, addr)["health"]
 }
 
 fn now_secs() -> f64 {
@@ -229,18 +204,8 @@ fn now_secs() -> f64 {
 
 /// Polls `f` every 50 ms until it returns Ok; panics with `what` and the last Err after
 /// `timeout`.
-fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match f() {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}\nlast seen: {last}");
-        }
-        thread::sleep(POLL);
-    }
+fn poll<T>(timeout: Duration, what: &str, f: impl FnMut() -> Result<T, String>) -> T {
+    poll_every(POLL, timeout, what, f)
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
@@ -943,7 +908,7 @@ fn json_is_strict_and_complete_for_every_filter() {
     let mut transition = None;
     poll(SETTLE, "the closed port down after several checks", || {
         let doc = site.json("/status.json");
-        let d = peer(&doc, "backend", &down);
+        let d = json_peer(&doc, "backend", &down);
         let h = &d["health"];
         match h["status"].as_str() {
             Some("up") => {
@@ -1044,7 +1009,7 @@ fn json_is_strict_and_complete_for_every_filter() {
         );
     };
     let h = health(&doc, "backend", &up);
-    assert_eq!(peer(&doc, "backend", &up)["down"], false);
+    assert_eq!(json_peer(&doc, "backend", &up)["down"], false);
     assert_eq!(h["status"], "up");
     assert_eq!(h["last_status"], 200);
     assert!(h["last_error"].is_null(), "{h}");
@@ -1055,7 +1020,7 @@ fn json_is_strict_and_complete_for_every_filter() {
     assert!(h["last_duration_ms"].as_f64().is_some(), "{h}");
 
     let h = health(&doc, "backend", &down);
-    assert_eq!(peer(&doc, "backend", &down)["down"], true);
+    assert_eq!(json_peer(&doc, "backend", &down)["down"], true);
     assert_eq!(h["status"], "down");
     assert!(h["last_status"].is_null(), "{h}");
     assert_eq!(h["last_error"], "refused");
@@ -1064,7 +1029,7 @@ fn json_is_strict_and_complete_for_every_filter() {
     near_now(&h["last_check"], "closed port last_check");
     assert_eq!(h["last_change"].as_f64(), Some(transition));
 
-    let p = peer(&doc, "backend", &cfg);
+    let p = json_peer(&doc, "backend", &cfg);
     let h = &p["health"];
     assert_eq!(p["down"], true);
     assert_eq!(h["status"], "down", "config-down peer: {p}");
@@ -1073,7 +1038,7 @@ fn json_is_strict_and_complete_for_every_filter() {
     assert!(h["last_change"].is_null(), "{p}");
     assert_eq!(site.cfg_down.hits("/health"), 0, "config-down peer probed");
 
-    let p = peer(&doc, "backend", &bk);
+    let p = json_peer(&doc, "backend", &bk);
     assert_eq!(ups[0]["backup"][0]["name"], bk.as_str());
     assert_eq!(p["down"], false);
     assert_eq!(p["health"]["status"], "up");
@@ -1741,7 +1706,7 @@ fn odd_upstream_names_survive_every_format() {
         o
     };
     let up = Backend::new();
-    let down = format!("127.0.0.1:{}", free_port());
+    let down = dead_addr();
     let other = Backend::new();
     let port = free_port();
     let nginx = Nginx::start(&format!(

@@ -80,25 +80,9 @@ fn get_200(port: u16, path: &str) -> u16 {
     let (status, headers, body) =
         http_get(port, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
     assert_eq!(status, 200, "GET {path}: {headers}\n{body}");
-    x_backend(&headers).unwrap_or_else(|| panic!("GET {path}: no X-Backend header: {headers}"))
-}
-
-fn x_backend(headers: &str) -> Option<u16> {
-    headers.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        if k.trim().eq_ignore_ascii_case("x-backend") {
-            v.trim().parse().ok()
-        } else {
-            None
-        }
-    })
-}
-
-fn header<'a>(headers: &'a str, name: &str) -> Option<&'a str> {
-    headers.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
+    header(&headers, "x-backend")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("GET {path}: no X-Backend header: {headers}"))
 }
 
 /// Lines of `log` containing `needle`.
@@ -1032,10 +1016,10 @@ fn text_status_page_shows_every_upstream_in_the_documented_format() {
         other_spare.addr(),
     );
     assert_eq!(body, expected);
-    let content_type = header(&headers, "content-type").unwrap_or("");
+    let content_type = header(&headers, "content-type").unwrap_or_default();
     assert!(content_type.starts_with("text/plain"), "{headers}");
     assert_eq!(
-        header(&headers, "content-length"),
+        header(&headers, "content-length").as_deref(),
         Some(body.len().to_string().as_str()),
         "{headers}"
     );
@@ -1046,7 +1030,7 @@ fn text_status_page_shows_every_upstream_in_the_documented_format() {
     assert_eq!(head_body, "");
     assert!(
         header(&headers, "content-type")
-            .unwrap_or("")
+            .unwrap_or_default()
             .starts_with("text/plain"),
         "{headers}"
     );

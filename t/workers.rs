@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use std::collections::{HashMap, HashSet};
-use std::fs;
 use std::time::{Duration, Instant};
 
 const HEALTH: &str = "/health";
@@ -178,20 +177,12 @@ fn request_via(port: u16, path: &str) -> (u32, u16) {
     let (status, headers, body) =
         http_get(port, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
     assert_eq!(status, 200, "GET {path}: {headers}\n{body}");
-    let header = |name: &str| {
-        headers
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.trim()
-                    .eq_ignore_ascii_case(name)
-                    .then(|| v.trim().to_string())
-            })
-            .unwrap_or_else(|| panic!("no {name} header in {headers}"))
+    let value = |name: &str| {
+        header(&headers, name).unwrap_or_else(|| panic!("no {name} header in {headers}"))
     };
     (
-        header("X-Worker").parse().expect("X-Worker"),
-        header("X-Backend").parse().expect("X-Backend"),
+        value("X-Worker").parse().expect("X-Worker"),
+        value("X-Backend").parse().expect("X-Backend"),
     )
 }
 
@@ -386,43 +377,6 @@ fn every_worker_applies_verdicts_with_and_without_zone() {
     for peer in [&a, &c] {
         assert!(!log.contains(&format!("peer {} in", peer.addr())), "{log}");
     }
-}
-
-/// Socket inodes of a process.
-fn socket_inodes(pid: u32) -> HashSet<u64> {
-    let mut out = HashSet::new();
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return out;
-    };
-    for e in dir.flatten() {
-        if let Ok(target) = fs::read_link(e.path()) {
-            let t = target.to_string_lossy();
-            if let Some(n) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
-                if let Ok(n) = n.parse() {
-                    out.insert(n);
-                }
-            }
-        }
-    }
-    out
-}
-
-/// The worker holding an established TCP connection to 127.0.0.1:`port` (a probe in flight).
-fn worker_connected_to(workers: &[u32], port: u16) -> Option<u32> {
-    let tcp = fs::read_to_string("/proc/net/tcp").ok()?;
-    let inodes: HashSet<u64> = tcp
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let rem_port = u16::from_str_radix(f.get(2)?.rsplit_once(':')?.1, 16).ok()?;
-            (rem_port == port && *f.get(3)? == "01").then(|| f.get(9)?.parse().ok())?
-        })
-        .collect();
-    workers
-        .iter()
-        .copied()
-        .find(|&w| !socket_inodes(w).is_disjoint(&inodes))
 }
 
 #[test]

@@ -1,11 +1,26 @@
 //! Integration-test harness shared by every test in `t/` (`mod common;`): runs a real nginx with
-//! the module loaded, scriptable HTTP backends, and small HTTP/polling helpers. std only.
+//! the module loaded, scriptable HTTP backends, and small HTTP/polling helpers; `json` (status
+//! documents, serde_json), `load` (a request loop on its own thread) and `procfs` (sockets of
+//! processes) hold more.
 //!
 //! The nginx binary and module come from `NGX_HC_NGINX` / `NGX_HC_MODULE`, which
 //! `scripts/test.sh` exports for each target (`NGX_HC_TARGET` = vendored | debian).
 #![allow(dead_code)]
 
+mod json;
+mod load;
+mod procfs;
+
+// Not every test crate uses every module.
+#[allow(unused_imports)]
+pub use json::*;
+#[allow(unused_imports)]
+pub use load::*;
+#[allow(unused_imports)]
+pub use procfs::*;
+
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -172,6 +187,48 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Polls `f` every 20 ms until it returns Ok; panics with `what` and the last Err after
+/// `timeout`.
+pub fn poll<T>(timeout: Duration, what: &str, f: impl FnMut() -> Result<T, String>) -> T {
+    poll_every(POLL, timeout, what, f)
+}
+
+/// Polls `f` every `every` until it returns Ok; panics with `what` and the last Err after
+/// `timeout`.
+pub fn poll_every<T>(
+    every: Duration,
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match f() {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}\nlast seen: {last}");
+        }
+        thread::sleep(every);
+    }
+}
+
+/// The value of header `name` (case-insensitive) in raw header lines.
+pub fn header(headers: &str, name: &str) -> Option<String> {
+    headers.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
+}
+
+/// An address nothing listens on: connecting is refused.
+pub fn dead_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
 /// `GET path` over HTTP/1.0 to 127.0.0.1:port; returns (status, headers, body). 5 s timeout.
 pub fn http_get(port: u16, path: &str) -> io::Result<(u16, String, String)> {
     http_request(port, "GET", path, "")
@@ -186,11 +243,6 @@ pub fn http_request(
     path: &str,
     body: &str,
 ) -> io::Result<(u16, String, String)> {
-    let timeout = Duration::from_secs(5);
-    let deadline = Instant::now() + timeout;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_write_timeout(Some(timeout))?;
     let mut req = format!(
         "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: ngx-hc-test\r\n"
     );
@@ -202,29 +254,50 @@ pub fn http_request(
     }
     req.push_str("\r\n");
     req.push_str(body);
-    stream.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
+    parse_response(&exchange(port, req.as_bytes(), false)?)
+}
+
+/// Writes `raw` to 127.0.0.1:port and reads until the server closes; 5 s timeout for connect,
+/// write and the whole read. With `keep_on_reset`, a connection reset after part of the answer
+/// came ends the read with what came (nginx may close with unread request body bytes, the 413
+/// path) instead of failing.
+pub fn exchange(port: u16, raw: &[u8], keep_on_reset: bool) -> io::Result<Vec<u8>> {
+    let timeout = Duration::from_secs(5);
+    let deadline = Instant::now() + timeout;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(raw)?;
+    let mut resp = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                "http_request: response not complete after 5 s",
+                "response not complete after 5 s",
             ));
         }
         stream.set_read_timeout(Some(left))?;
         match stream.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Ok(n) => resp.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if keep_on_reset
+                    && !resp.is_empty()
+                    && e.kind() == io::ErrorKind::ConnectionReset =>
+            {
+                break
+            }
             Err(e) => return Err(e),
         }
     }
-    parse_response(&raw)
+    Ok(resp)
 }
 
-fn parse_response(raw: &[u8]) -> io::Result<(u16, String, String)> {
+/// Splits an HTTP answer into (status, header lines after the status line, body).
+pub fn parse_response(raw: &[u8]) -> io::Result<(u16, String, String)> {
     let bad = |msg: &str| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -301,7 +374,23 @@ fn listen_ports(conf: &str) -> Vec<u16> {
     ports
 }
 
-fn prepare_prefix(prefix: &Path) {
+/// The arguments that run nginx in the foreground (`daemon off`) on `<prefix>/nginx.conf`, with
+/// `prefix` as its prefix (`-p`) and `<prefix>/error.log` as its early error log (`-e`).
+pub fn foreground_args(prefix: &Path) -> Vec<OsString> {
+    vec![
+        "-p".into(),
+        prefix.into(),
+        "-c".into(),
+        prefix.join("nginx.conf").into(),
+        "-e".into(),
+        prefix.join("error.log").into(),
+        "-g".into(),
+        "daemon off;".into(),
+    ]
+}
+
+/// Creates `temp` and `logs` (mode 755) in an nginx prefix.
+pub fn prepare_prefix(prefix: &Path) {
     for d in ["temp", "logs"] {
         let dir = prefix.join(d);
         fs::create_dir_all(&dir).expect("create prefix dir");
@@ -357,7 +446,7 @@ fn pid_alive(pid: u32) -> bool {
 }
 
 /// (pid, cmdline) of every live child of `ppid`.
-fn children_of(ppid: u32) -> Vec<(u32, String)> {
+pub fn children_of(ppid: u32) -> Vec<(u32, String)> {
     let mut out = Vec::new();
     let Ok(dir) = fs::read_dir("/proc") else {
         return out;
@@ -397,7 +486,13 @@ fn children_of(ppid: u32) -> Vec<(u32, String)> {
     out
 }
 
-fn signal(sig: &str, pid: u32) {
+/// Pids of every live child of `ppid`.
+pub fn child_pids(ppid: u32) -> Vec<u32> {
+    children_of(ppid).into_iter().map(|(pid, _)| pid).collect()
+}
+
+/// `kill -SIG pid`, ignoring the outcome.
+pub fn signal(sig: &str, pid: u32) {
     let _ = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
@@ -427,22 +522,21 @@ impl Nginx {
 
     /// Like `start`, with extra main-context directives (e.g. `worker_processes 4;`).
     pub fn start_with(main_extra: &str, http_body: &str) -> Nginx {
-        let (bin, _) = (nginx_bin(), module_path()); // panic on missing env before making a prefix
+        let _ = (nginx_bin(), module_path()); // panic on missing env before making a prefix
         let prefix = TempPrefix::new();
-        prepare_prefix(prefix.path());
         let conf = render_conf(prefix.path(), main_extra, http_body);
-        let conf_path = prefix.path().join("nginx.conf");
-        fs::write(&conf_path, &conf).expect("write nginx.conf");
+        Nginx::launch(prefix, main_extra.to_string(), conf)
+    }
+
+    /// Writes `conf` as nginx.conf in `prefix`, runs nginx on it in the foreground (stdout and
+    /// stderr to `stderr.log`) and waits until it is ready.
+    fn launch(prefix: TempPrefix, main_extra: String, conf: String) -> Nginx {
+        let bin = nginx_bin();
+        prepare_prefix(prefix.path());
+        fs::write(prefix.path().join("nginx.conf"), &conf).expect("write nginx.conf");
         let stderr = fs::File::create(prefix.path().join("stderr.log")).expect("create stderr.log");
         let child = Command::new(&bin)
-            .arg("-p")
-            .arg(prefix.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(prefix.path().join("error.log"))
-            .arg("-g")
-            .arg("daemon off;")
+            .args(foreground_args(prefix.path()))
             .stdin(Stdio::null())
             .stdout(stderr.try_clone().expect("dup stderr.log"))
             .stderr(stderr)
@@ -451,7 +545,7 @@ impl Nginx {
         let master = child.id();
         let mut nginx = Nginx {
             prefix,
-            main_extra: main_extra.to_string(),
+            main_extra,
             conf,
             child: Some(child),
             master,
@@ -548,10 +642,7 @@ impl Nginx {
 
     /// Every live child of the master (workers, shutting-down workers, cache processes).
     fn all_children(&self) -> Vec<u32> {
-        let pids: Vec<u32> = children_of(self.master)
-            .into_iter()
-            .map(|(pid, _)| pid)
-            .collect();
+        let pids = child_pids(self.master);
         self.seen_workers
             .lock()
             .unwrap()
@@ -610,10 +701,7 @@ impl Nginx {
             graceful,
             "nginx did not exit within {STOP_DEADLINE:?} of SIGQUIT (graceful shutdown blocked?); it was killed.\n{log}"
         );
-        let bad: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("[alert]") || l.contains("[crit]") || l.contains("[emerg]"))
-            .collect();
+        let bad = alert_lines(&log);
         assert!(
             bad.is_empty(),
             "error log has alert/crit/emerg lines:\n{}\n--- full log ---\n{log}",
@@ -677,6 +765,13 @@ impl Nginx {
             thread::sleep(POLL);
         }
     }
+}
+
+/// The lines of an error log with `[alert]`, `[crit]` or `[emerg]`.
+pub fn alert_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("[alert]") || l.contains("[crit]") || l.contains("[emerg]"))
+        .collect()
 }
 
 impl Drop for Nginx {
@@ -1197,37 +1292,10 @@ impl Nginx {
     /// as for `start` (pid file, `worker_processes` workers, every `listen 127.0.0.1:PORT`).
     /// Do not use `rewrite_conf*` on it.
     pub fn start_raw(full_conf: &str) -> Nginx {
-        let bin = nginx_bin();
+        let _ = nginx_bin();
         let prefix = TempPrefix::new();
-        prepare_prefix(prefix.path());
-        let conf_path = prefix.path().join("nginx.conf");
-        fs::write(&conf_path, full_conf).expect("write nginx.conf");
-        let stderr = fs::File::create(prefix.path().join("stderr.log")).expect("create stderr.log");
-        let child = Command::new(&bin)
-            .arg("-p")
-            .arg(prefix.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(prefix.path().join("error.log"))
-            .arg("-g")
-            .arg("daemon off;")
-            .stdin(Stdio::null())
-            .stdout(stderr.try_clone().expect("dup stderr.log"))
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-        let master = child.id();
-        let mut nginx = Nginx {
-            prefix,
-            main_extra: format!("worker_processes {};", worker_processes_in(full_conf)),
-            conf: full_conf.to_string(),
-            child: Some(child),
-            master,
-            seen_workers: Default::default(),
-        };
-        nginx.wait_ready();
-        nginx
+        let main_extra = format!("worker_processes {};", worker_processes_in(full_conf));
+        Nginx::launch(prefix, main_extra, full_conf.to_string())
     }
 
     /// (pid, command line) of every live child of the master: workers (also those "shutting
@@ -1292,9 +1360,8 @@ impl Nginx {
             graceful,
             "nginx did not exit within {STOP_DEADLINE:?} of SIGQUIT (graceful shutdown blocked?); it was killed.\n{log}"
         );
-        let bad: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("[alert]") || l.contains("[crit]") || l.contains("[emerg]"))
+        let bad: Vec<&str> = alert_lines(&log)
+            .into_iter()
             .filter(|l| !allowed(l))
             .collect();
         assert!(
