@@ -158,7 +158,7 @@ fn parse_digits(v: &[u8]) -> Option<u64> {
 }
 
 /// The parameters of `upstream_healthcheck`, in the order of the `seen` flags.
-const KEYS: [&str; 10] = [
+pub(crate) const KEYS: [&str; 10] = [
     "type",
     "interval",
     "timeout",

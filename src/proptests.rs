@@ -27,21 +27,13 @@ fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
 
 /// Arbitrary directive arguments: a few byte strings, some of them `key=value`.
 fn args() -> impl Strategy<Value = Vec<Vec<u8>>> {
-    let key = prop::sample::select(vec![
-        "type",
-        "interval",
-        "timeout",
-        "fall",
-        "rise",
-        "port",
-        "jitter",
-        "uri",
-        "host",
-        "default_down",
-        "off",
-        "",
-        "bogus",
-    ]);
+    let key = prop::sample::select(
+        crate::parse::KEYS
+            .iter()
+            .copied()
+            .chain(["off", "", "bogus"])
+            .collect::<Vec<_>>(),
+    );
     let kv = (key, bytes(24)).prop_map(|(k, v)| {
         let mut a = k.as_bytes().to_vec();
         a.push(b'=');
