@@ -1,12 +1,11 @@
 //! Every example in nginx-conf/ works: each passes `nginx -t` with the module, and each is run
-//! for real (demo.conf on its own ports; the others with their ports moved to free ones and
-//! real backends behind them) and shows what its comments promise.
+//! for real (with its ports moved to free ones and real backends behind them) and shows what
+//! its comments promise.
 mod common;
 
 use common::*;
 use std::collections::HashMap;
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -89,7 +88,10 @@ fn every_example_passes_nginx_t() {
         );
     }
     for name in &names {
-        let (ok, out) = nginx_test_raw(&with_module(name, &example(name)));
+        // `nginx -t` binds the listen sockets too: move them off the examples' fixed ports so
+        // that it never races a test that runs an example.
+        let (text, _) = move_ports(&example(name));
+        let (ok, out) = nginx_test_raw(&with_module(name, &text));
         assert!(
             ok && out.contains("syntax is ok") && out.contains("test is successful"),
             "nginx -t fails on nginx-conf/{name}:\n{out}"
@@ -101,40 +103,30 @@ fn every_example_passes_nginx_t() {
     }
 }
 
-/// demo.conf as scripts/demo.sh runs it, on its own ports (8080, backends 9081 and 9082 served
-/// by nginx itself, nothing on 9083). Fails if something else holds those ports.
+/// demo.conf as scripts/demo.sh runs it (proxy and status page, backends 9081 and 9082 served
+/// by nginx itself, nothing on 9083), with its ports moved to free ones so the test never
+/// races another process for 8080.
 #[test]
 fn demo_shows_the_missing_backend_down() {
-    // Another demo (scripts/demo.sh) may be finishing: wait, bounded, for its ports.
-    wait_until(
-        Duration::from_secs(10),
-        "ports 8080, 9081, 9082 and 9083 free for the demo",
-        || {
-            [8080u16, 9081, 9082, 9083]
-                .iter()
-                .all(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
-        },
-    );
-    let nginx = Nginx::start_raw(&runnable("demo.conf", &example("demo.conf")));
+    let (text, ports) = move_ports(&example("demo.conf"));
+    let (front, b1, b2, dead) = (ports[&8080], ports[&9081], ports[&9082], ports[&9083]);
+    let nginx = Nginx::start_raw(&runnable("demo.conf", &text));
     wait_until(
         Duration::from_secs(8),
-        "127.0.0.1:9083 DOWN on the demo's status page",
-        || state(8080, "backend", 9083).as_deref() == Some("DOWN"),
+        "the demo's third backend DOWN on its status page",
+        || state(front, "backend", dead).as_deref() == Some("DOWN"),
     );
-    let page = status_page(8080, STATUS);
-    assert_eq!(
-        peer_state(&page, "backend", "127.0.0.1:9081"),
-        Some("up"),
-        "{page}"
-    );
-    assert_eq!(
-        peer_state(&page, "backend", "127.0.0.1:9082"),
-        Some("up"),
-        "{page}"
-    );
+    let page = status_page(front, STATUS);
+    for up in [b1, b2] {
+        assert_eq!(
+            peer_state(&page, "backend", &format!("127.0.0.1:{up}")),
+            Some("up"),
+            "{page}"
+        );
+    }
     // Traffic goes to the two live backends only.
     for _ in 0..6 {
-        let (status, _, body) = http_get(8080, "/").expect("GET / on the demo");
+        let (status, _, body) = http_get(front, "/").expect("GET / on the demo");
         assert_eq!(status, 200, "{body}");
         assert!(
             body == "hello from backend 9081\n" || body == "hello from backend 9082\n",
@@ -143,7 +135,7 @@ fn demo_shows_the_missing_backend_down() {
     }
     let log = nginx.stop();
     assert!(
-        log.contains("peer 127.0.0.1:9083 in upstream \"backend\" is DOWN after 2 failed checks, last error: connection refused"),
+        log.contains(&format!("peer 127.0.0.1:{dead} in upstream \"backend\" is DOWN after 2 failed checks, last error: connection refused")),
         "{log}"
     );
 }
