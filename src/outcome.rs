@@ -91,3 +91,70 @@ impl Outcome {
         }
     }
 }
+
+/// Why a probe's connection could not be made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectError {
+    /// The network or the peer answered: the failure counts against the peer.
+    Peer(Failure),
+    /// This host ran out of something (connections, descriptors, source ports, buffers): the
+    /// peer is not to blame, the probe gives no verdict.
+    Local,
+}
+
+/// Classifies the `errno` of a failed `connect()` (Linux values). Only answers from the
+/// network or the peer's own socket count against it; anything else, known or not, is
+/// treated as local, because the checker must not declare a peer down when in doubt.
+pub fn classify_connect_errno(errno: i32) -> ConnectError {
+    match errno {
+        // Refused, or a unix socket that is missing or not ours to use: requests would fail too.
+        libc::ECONNREFUSED | libc::ENOENT | libc::EACCES | libc::EPERM | libc::ENOTSOCK => {
+            ConnectError::Peer(Failure::Refused)
+        }
+        // The network answered that the peer cannot be reached.
+        libc::ENETDOWN | libc::ENETUNREACH | libc::EHOSTDOWN | libc::EHOSTUNREACH => {
+            ConnectError::Peer(Failure::Refused)
+        }
+        libc::ECONNRESET => ConnectError::Peer(Failure::Reset),
+        libc::ETIMEDOUT => ConnectError::Peer(Failure::Timeout),
+        _ => ConnectError::Local,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_answers_from_the_network_count_against_a_peer() {
+        assert_eq!(
+            classify_connect_errno(libc::ECONNREFUSED),
+            ConnectError::Peer(Failure::Refused)
+        );
+        assert_eq!(
+            classify_connect_errno(libc::ENOENT),
+            ConnectError::Peer(Failure::Refused),
+            "a unix socket that is missing"
+        );
+        assert_eq!(
+            classify_connect_errno(libc::ECONNRESET),
+            ConnectError::Peer(Failure::Reset)
+        );
+        for local in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::EADDRNOTAVAIL,
+            libc::EAGAIN,
+            0,
+            12345,
+        ] {
+            assert_eq!(
+                classify_connect_errno(local),
+                ConnectError::Local,
+                "{local}"
+            );
+        }
+    }
+}

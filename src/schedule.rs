@@ -1,9 +1,13 @@
-//! When each peer is due for its next probe, and which worker holds the probe in flight.
+//! Who probes which peer when: the shared per-peer due time and lease, and each worker's
+//! queue of peers by due time with its cap on probes in flight.
 //!
-//! Every worker scans the same schedule in shared memory; a worker claims a due peer under the
-//! zone lock, so exactly one probe per peer runs per interval whatever the number of workers.
-//! A claim is a lease: if the worker dies mid-probe, the lease runs out and another worker
-//! takes the peer over. Times are monotonic milliseconds passed in by the caller.
+//! Every worker keeps its own queue of the peers it may probe; a worker claims a due peer under
+//! the zone lock, so exactly one probe per peer runs per interval whatever the number of
+//! workers. A claim is a lease: if the worker dies mid-probe, the lease runs out and another
+//! worker takes the peer over. Times are monotonic milliseconds passed in by the caller.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 /// The longest a worker sleeps between scans, so verdicts and takeovers are never late.
 pub const MAX_TICK_MS: u64 = 100;
@@ -18,6 +22,9 @@ pub struct Schedule {
     pub busy_until_ms: u64,
     /// Pid of the worker running the probe in flight, 0 when idle.
     pub owner_pid: i32,
+    /// 1 after a restart of checks: the next probe is due at once, and the one after it at a
+    /// random point of an interval, so probes spread out again.
+    pub respread: u8,
 }
 
 /// How long a claim lasts: the probe ends within `timeout`, so a lease that outlives
@@ -87,10 +94,39 @@ impl Schedule {
         } else {
             random % (jitter_ms + 1)
         };
-        self.next_due_ms = self.next_due_ms.saturating_add(interval_ms).max(now_ms) + jitter;
+        self.next_due_ms = if self.respread != 0 {
+            self.respread = 0;
+            now_ms + random % interval_ms.max(1)
+        } else {
+            self.next_due_ms.saturating_add(interval_ms).max(now_ms) + jitter
+        };
         self.busy_until_ms = 0;
         self.owner_pid = 0;
         true
+    }
+
+    /// Gives up the probe worker `pid` claimed without a verdict (it could not start for a
+    /// local reason: no free connection, no descriptor, no source port) and plans a new try
+    /// after `retry_ms`. Returns false when the lease was taken over meanwhile.
+    pub fn release(&mut self, now_ms: u64, pid: i32, retry_ms: u64) -> bool {
+        if self.owner_pid != pid || self.busy_until_ms == 0 {
+            return false;
+        }
+        self.next_due_ms = now_ms.saturating_add(retry_ms);
+        self.busy_until_ms = 0;
+        self.owner_pid = 0;
+        true
+    }
+
+    /// Restarts the checks of a peer (an exclusion ended, this host became the HA master): its
+    /// next probe is due at once, then probes spread out again. A probe in flight loses its
+    /// lease: its result is dropped.
+    pub fn restart(now_ms: u64) -> Schedule {
+        Schedule {
+            next_due_ms: now_ms,
+            respread: 1,
+            ..Schedule::default()
+        }
     }
 
     /// Milliseconds until this peer next needs a look: its due time when idle, the end of
@@ -119,9 +155,179 @@ pub fn tick_ms(min_wake_in: Option<u64>) -> u64 {
     min_wake_in.unwrap_or(MAX_TICK_MS).clamp(1, MAX_TICK_MS)
 }
 
+/// One worker's queue of peer slots by the time it next looks at them, and its probes in
+/// flight. Fair by due time: when the cap is reached, the slot that has waited longest gets the
+/// next free place, whatever its upstream. Each operation is O(log P).
+///
+/// A slot's time here may be early (another worker probed it meanwhile): the claim in the
+/// shared schedule then fails and the worker puts the slot back at the shared due time.
+pub struct DueQueue {
+    /// (due, slot); an entry is current only while `due[slot]` equals its time.
+    heap: BinaryHeap<Reverse<(u64, u32)>>,
+    /// The current due time of each slot; `u64::MAX` when not queued (not probed by this
+    /// worker, or in flight).
+    due: Vec<u64>,
+    in_flight: usize,
+    cap: usize,
+}
+
+impl DueQueue {
+    /// A queue for `slots` slots, none queued, with at most `cap` (at least 1) probes in flight.
+    pub fn new(slots: usize, cap: usize) -> DueQueue {
+        DueQueue {
+            heap: BinaryHeap::new(),
+            due: vec![u64::MAX; slots],
+            in_flight: 0,
+            cap: cap.max(1),
+        }
+    }
+
+    /// Queues `slot` for `at` (`None`: not probed by this worker).
+    pub fn set(&mut self, slot: usize, at: Option<u64>) {
+        let Some(due) = self.due.get_mut(slot) else {
+            return;
+        };
+        let at = at.unwrap_or(u64::MAX);
+        if *due == at {
+            return;
+        }
+        *due = at;
+        if at != u64::MAX {
+            self.heap.push(Reverse((at, slot as u32)));
+            if self.heap.len() > 2 * self.due.len() + 64 {
+                self.compact();
+            }
+        }
+    }
+
+    /// Drops entries that are no longer current, so the heap stays within O(P).
+    fn compact(&mut self) {
+        let due = &self.due;
+        self.heap
+            .retain(|Reverse((at, slot))| due.get(*slot as usize) == Some(at));
+    }
+
+    /// True when the cap on probes in flight is reached.
+    pub fn saturated(&self) -> bool {
+        self.in_flight >= self.cap
+    }
+
+    /// Takes the slot due earliest if it is due by `horizon` and a probe may start; the caller
+    /// then claims it and calls `started`, or puts it back with `set`.
+    pub fn pop_due(&mut self, horizon: u64) -> Option<usize> {
+        if self.saturated() {
+            return None;
+        }
+        while let Some(&Reverse((at, slot))) = self.heap.peek() {
+            let slot = slot as usize;
+            if self.due[slot] != at {
+                self.heap.pop();
+                continue;
+            }
+            if at > horizon {
+                return None;
+            }
+            self.heap.pop();
+            self.due[slot] = u64::MAX;
+            return Some(slot);
+        }
+        None
+    }
+
+    pub fn started(&mut self) {
+        self.in_flight += 1;
+    }
+
+    pub fn ended(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// When the next probe may start: the earliest due time, or `None` when nothing is queued
+    /// or the cap is reached (a probe that ends wakes the worker then).
+    pub fn next_start(&mut self) -> Option<u64> {
+        if self.saturated() {
+            return None;
+        }
+        while let Some(&Reverse((at, slot))) = self.heap.peek() {
+            if self.due[slot as usize] == at {
+                return Some(at);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_queue_serves_the_longest_waiting_slot_first_whatever_its_upstream() {
+        let mut q = DueQueue::new(10, 2);
+        // Slots 0..5 (the first upstream) were due late; slot 9 (the last upstream) earliest.
+        for slot in 0..5 {
+            q.set(slot, Some(100 + slot as u64));
+        }
+        q.set(9, Some(50));
+        assert_eq!(q.pop_due(1000), Some(9));
+        q.started();
+        assert_eq!(q.pop_due(1000), Some(0));
+        q.started();
+        assert!(q.saturated());
+        assert_eq!(q.pop_due(1000), None, "no start while saturated");
+        assert_eq!(q.next_start(), None, "no wakeup while saturated");
+        q.ended();
+        assert_eq!(q.next_start(), Some(101));
+        assert_eq!(q.pop_due(1000), Some(1));
+    }
+
+    #[test]
+    fn a_queue_skips_superseded_times_and_stays_bounded() {
+        let mut q = DueQueue::new(3, 8);
+        for t in 0..1000u64 {
+            q.set(1, Some(10_000 - t));
+            q.set(2, Some(20_000 + t));
+        }
+        assert!(q.heap.len() <= 2 * 3 + 64 + 1);
+        q.set(0, None);
+        assert_eq!(q.pop_due(9_000), None, "slot 1 is due at 9001");
+        assert_eq!(q.pop_due(9_001), Some(1));
+        assert_eq!(q.pop_due(u64::MAX - 1), Some(2));
+        assert_eq!(q.pop_due(u64::MAX - 1), None);
+        q.set(2, Some(5));
+        q.set(2, None);
+        assert_eq!(q.pop_due(100), None, "a slot taken out is not served");
+    }
+
+    #[test]
+    fn a_restart_probes_at_once_then_spreads_out() {
+        let mut s = Schedule::restart(1000);
+        assert!(s.is_due(1000));
+        assert!(s.claim(1000, 0, 1, 2000, 500));
+        assert!(s.finish(1010, 1, 2000, 0, 777));
+        assert_eq!(s.next_due_ms, 1010 + 777);
+        assert!(s.claim(1787, 0, 1, 2000, 500));
+        assert!(s.finish(1790, 1, 2000, 0, 5));
+        assert_eq!(s.next_due_ms, 3787, "then the usual cadence");
+    }
+
+    #[test]
+    fn a_local_failure_gives_the_probe_back_without_a_verdict() {
+        let mut s = Schedule {
+            next_due_ms: 100,
+            ..Schedule::default()
+        };
+        assert!(s.claim(100, 0, 1, 1000, 500));
+        assert!(!s.release(150, 2, 200), "only the owner releases");
+        assert!(s.release(150, 1, 200));
+        assert_eq!(s.next_due_ms, 350);
+        assert!(s.is_idle(150));
+    }
 
     #[test]
     fn first_probes_are_spread_over_one_interval() {

@@ -11,9 +11,11 @@ use ngx::http::HttpModuleMainConf;
 use crate::admin::{
     expiry, parse_command, render_answer, ttl_left, Action, Answer, Command, Entry, Subject,
 };
+use crate::journal::Change;
+use crate::module::clock::now_msec;
 use crate::module::conf::MainConf;
+use crate::module::peers::apply_now;
 use crate::module::status::send;
-use crate::module::worker::{apply_now, now_msec};
 use crate::module::zone::{restart_checks, ZoneHeader};
 use crate::module::Module;
 use crate::query::{parse_args, QueryError};
@@ -108,7 +110,6 @@ fn handle(req: &ngx_http_request_t, body: &[u8]) -> Result<Answer, QueryError> {
     let header = unsafe { main.header.as_ref() }.ok_or_else(|| err(500, "no shared zone"))?;
     let answer = execute(main, header, command, now_msec())?;
     if matches!(answer, Answer::Set | Answer::Deleted) {
-        header.bump_generation();
         apply_now();
     }
     Ok(answer)
@@ -166,6 +167,7 @@ fn execute(
                 Action::Set { ttl_secs } => {
                     record.excluded_until_ms = expiry(now, ttl_secs);
                     header.note_expiry(record.excluded_until_ms);
+                    locked.record(Change::Upstream(ui));
                     Ok(Answer::Set)
                 }
                 Action::Del => {
@@ -173,6 +175,7 @@ fn execute(
                     if until != 0 {
                         restart_checks(&mut locked, main, ui, now);
                     }
+                    locked.record(Change::Upstream(ui));
                     Ok(Answer::Deleted)
                 }
                 Action::Get => Ok(Answer::Get((until != 0).then(|| Entry {
@@ -199,6 +202,7 @@ fn execute(
                 Action::Set { ttl_secs } => {
                     for &s in &slots {
                         locked.slots()[s].manual_until_ms = expiry(now, ttl_secs);
+                        locked.record(Change::Slot(s));
                     }
                     header.note_expiry(expiry(now, ttl_secs));
                     Ok(Answer::Set)
@@ -206,6 +210,7 @@ fn execute(
                 Action::Del => {
                     for &s in &slots {
                         locked.slots()[s].manual_until_ms = 0;
+                        locked.record(Change::Slot(s));
                     }
                     Ok(Answer::Deleted)
                 }

@@ -17,4 +17,16 @@ macro_rules! hc_log {
     }};
 }
 
-pub(crate) use hc_log;
+/// Logs a debug line (`error_log ... debug` with an nginx built `--with-debug`) about the life
+/// of a probe or the worker's timer; compiled out against an nginx without debug logging.
+macro_rules! hc_debug {
+    ($($arg:tt)+) => {{
+        // SAFETY: as for hc_log.
+        let log = unsafe { (*ngx::ffi::ngx_cycle).log };
+        if !log.is_null() {
+            ngx::ngx_log_debug!(log, "upstream_healthcheck: {}", format_args!($($arg)+));
+        }
+    }};
+}
+
+pub(crate) use {hc_debug, hc_log};

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 
 use ngx::core::Status;
 use ngx::ffi::{
-    ngx_conf_t, ngx_http_module_t, ngx_http_upstream_rr_peers_t, ngx_http_upstream_srv_conf_t,
-    ngx_int_t, ngx_module_t, ngx_shared_memory_add, ngx_str_t, NGX_HTTP_MODULE,
+    ngx_conf_t, ngx_http_module_t, ngx_http_upstream_rr_peers_t, ngx_http_upstream_server_t,
+    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_module_t, ngx_shared_memory_add, ngx_str_t,
+    NGX_HTTP_MODULE,
 };
 use ngx::http::{
     HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf,
@@ -16,18 +17,21 @@ use ngx::http::{
 use crate::config::default_request;
 use crate::key::peer_key;
 use crate::module::conf::{
-    conf_error_at, Check, LocConf, MainConf, PeerConf, SrvConf, UpstreamConf,
+    conf_error_at, Check, ConfPos, LocConf, MainConf, PeerConf, SrvConf, UpstreamConf,
 };
 
 mod admin;
+mod clock;
 mod conf;
 mod directives;
 mod ha;
+mod housekeeping;
 mod log;
 mod peers;
 mod probe;
+mod process;
 mod status;
-mod worker;
+mod tick;
 mod zone;
 
 pub struct Module;
@@ -53,8 +57,8 @@ pub static mut ngx_http_upstream_healthcheck_module: ngx_module_t = ngx_module_t
     // SAFETY: taking the address of the command table; nginx only reads it.
     commands: unsafe { &raw mut directives::COMMANDS[0] },
     type_: NGX_HTTP_MODULE as _,
-    init_process: Some(worker::init_process),
-    exit_process: Some(worker::exit_process),
+    init_process: Some(process::init_process),
+    exit_process: Some(process::exit_process),
     ..ngx_module_t::default()
 };
 
@@ -105,6 +109,26 @@ unsafe fn config_peers(uscf: &ngx_http_upstream_srv_conf_t) -> Vec<(String, bool
         .collect()
 }
 
+/// True when some `server` of the upstream gets its peers at run time (`resolve`, nginx 1.27+):
+/// its address count is then missing from the peers built at configuration time.
+///
+/// # Safety
+/// `uscf` must be an initialized upstream whose peer.data is round-robin peers (or null).
+unsafe fn has_runtime_peers(uscf: &ngx_http_upstream_srv_conf_t) -> bool {
+    // SAFETY: servers is null or an array of ngx_http_upstream_server_t.
+    let servers: &[ngx_http_upstream_server_t] = match unsafe { uscf.servers.as_ref() } {
+        // SAFETY: a non-empty array of nelts servers.
+        Some(a) if !a.elts.is_null() => unsafe {
+            core::slice::from_raw_parts(a.elts as *const ngx_http_upstream_server_t, a.nelts)
+        },
+        _ => &[],
+    };
+    let configured: usize = servers.iter().map(|s| s.naddrs).sum();
+    // SAFETY: per the contract.
+    let built = unsafe { peers::live_peers(uscf.peer.data as *mut ngx_http_upstream_rr_peers_t) };
+    configured > built.len()
+}
+
 /// Builds the module's view of every upstream block, then sizes and adds the shared zone.
 ///
 /// # Safety
@@ -153,6 +177,21 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
             }
         };
 
+        // SAFETY: upstream init_main_conf ran before postconfiguration and built the peers.
+        if params.is_some() && unsafe { has_runtime_peers(us) } {
+            // SAFETY: file_name is the NUL-terminated name of the file the block is in.
+            let file = unsafe { core::ffi::CStr::from_ptr(us.file_name as *const _) };
+            let pos = ConfPos {
+                file: file.to_string_lossy().into_owned(),
+                line: us.line,
+            };
+            conf_error_at(
+                cf,
+                &pos,
+                format!("\"upstream_healthcheck\" cannot check the peers of \"server ... resolve\" in upstream \"{name}\""),
+            );
+            return Err(());
+        }
         let check = params.map(|params| {
             let host = params.host.clone().unwrap_or_else(|| name.clone());
             Check {
@@ -239,7 +278,7 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
         let sc = Module::server_conf_mut(us).ok_or(())?;
         if sc.original_init_peer.is_none() && us.peer.init.is_some() {
             sc.original_init_peer = us.peer.init;
-            us.peer.init = Some(worker::init_peer);
+            us.peer.init = Some(peers::init_peer);
         }
     }
     main.shm_zone = shm;

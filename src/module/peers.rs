@@ -1,13 +1,21 @@
-//! Applying verdicts to nginx's own round-robin peers, so the native balancers skip dead ones.
+//! Applying the shared state to nginx's own round-robin peers, so the native balancers skip
+//! dead ones: the changes recorded in the journal, before each balancer pick and on each tick.
 
 use core::ptr;
 
 use ngx::ffi::{
-    ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_rwlock_unlock, ngx_rwlock_wlock,
-    ngx_uint_t,
+    ngx_http_request_t, ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t,
+    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_rwlock_rlock, ngx_rwlock_unlock, ngx_rwlock_wlock,
+    ngx_uint_t, NGX_ERROR,
 };
+use ngx::http::HttpModuleServerConf;
 
+use crate::journal::{self, Change, Pending};
+use crate::module::clock::now_msec;
 use crate::module::conf::MainConf;
+use crate::module::process::{with_worker, SlotView, Worker};
+use crate::module::Module;
+use crate::policy::PeerFacts;
 
 /// The live nginx peer behind one slot.
 pub struct Target {
@@ -25,7 +33,8 @@ pub struct Target {
     pub list: *mut ngx_http_upstream_rr_peers_t,
 }
 
-/// The live peers of an upstream as (list, peer) pairs, primary then backup.
+/// The live peers of an upstream as (list, peer) pairs, primary then backup. The lists of an
+/// upstream with `zone` are walked under their read lock.
 ///
 /// # Safety
 /// `primary` must be null or round-robin peers valid for the cycle.
@@ -36,15 +45,23 @@ pub unsafe fn live_peers(
     *mut ngx_http_upstream_rr_peer_t,
 )> {
     let mut out = Vec::new();
-    // SAFETY: per the contract, the lists and their peers are valid and linked by `next`.
+    // SAFETY: per the contract, the lists and their peers are valid and linked by `next`;
+    // zone lists are shared between workers and read under their rwlock.
     unsafe {
         let backup = primary.as_ref().map_or(ptr::null_mut(), |p| p.next);
         for list in [primary, backup] {
-            let Some(l) = list.as_ref() else { continue };
+            let Some(l) = list.as_mut() else { continue };
+            let shared = !l.shpool.is_null();
+            if shared {
+                ngx_rwlock_rlock(&mut l.rwlock);
+            }
             let mut p = l.peer;
             while let Some(peer) = p.as_ref() {
                 out.push((list, p));
                 p = peer.next;
+            }
+            if shared {
+                ngx_rwlock_unlock(&mut l.rwlock);
             }
         }
     }
@@ -83,7 +100,7 @@ pub fn targets(main: &MainConf) -> Vec<Target> {
 ///
 /// # Safety
 /// The target's peers must be live peers of the running cycle.
-pub unsafe fn set_down(t: &Target, down: bool) {
+unsafe fn set_down(t: &Target, down: bool) {
     if t.rr.is_null() || t.config_down {
         return;
     }
@@ -103,4 +120,129 @@ pub unsafe fn set_down(t: &Target, down: bool) {
             ngx_rwlock_unlock(&mut (*t.list).rwlock);
         }
     }
+}
+
+/// Applies what changed in the shared state since this worker last looked: one atomic load
+/// when nothing did; otherwise the changed slots are read under the zone lock (O(changes),
+/// no allocation) and nginx's flags and this worker's queue are set after it is released.
+pub fn apply_changes(w: &mut Worker) {
+    if w.header.journal_head() == w.applied {
+        return;
+    }
+    let now = now_msec();
+    let main = w.main;
+    w.views.clear();
+    {
+        let mut locked = w.header.lock();
+        let head = w.header.journal_head();
+        let mut everything = false;
+        match journal::pending(head, w.applied, w.header.journal_len) {
+            Pending::UpToDate => {}
+            Pending::Resync => everything = true,
+            Pending::Changes(seqs) => {
+                for seq in seqs {
+                    match locked.change_at(seq) {
+                        Change::Slot(slot) => push_view(w, &mut locked, slot, now),
+                        Change::Upstream(ui) => {
+                            let Some(up) = main.upstreams.get(ui) else {
+                                continue;
+                            };
+                            w.excluded[ui] = locked.upstreams()[ui].excluded();
+                            for peer in &up.peers {
+                                push_view(w, &mut locked, peer.slot, now);
+                            }
+                        }
+                        Change::All => {
+                            everything = true;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if everything {
+            w.views.clear();
+            w.standby = !w.header.probing_allowed();
+            for ui in 0..main.upstreams.len() {
+                w.excluded[ui] = locked.upstreams()[ui].excluded();
+            }
+            for slot in 0..w.targets.len() {
+                push_view(w, &mut locked, slot, now);
+            }
+        }
+        w.applied = head;
+    }
+    let views = core::mem::take(&mut w.views);
+    for v in &views {
+        apply_view(w, v);
+    }
+    w.views = views;
+}
+
+/// Applies everything, as a worker starts.
+pub fn resync(w: &mut Worker) {
+    w.applied = w
+        .header
+        .journal_head()
+        .wrapping_sub(w.header.journal_len as u64 + 1);
+    apply_changes(w);
+}
+
+/// Reads one slot's state (the zone lock is held).
+fn push_view(w: &mut Worker, locked: &mut crate::module::zone::Locked<'_>, slot: usize, now: u64) {
+    let Some(s) = locked.slots().get(slot) else {
+        return;
+    };
+    let mine = s.sched.owner_pid == w.pid && !s.sched.is_idle(now);
+    w.views.push(SlotView {
+        slot,
+        healthy: s.health.is_up(),
+        manual_down: s.manual_down(),
+        look_at: (!mine).then(|| now + s.sched.wake_in(now)),
+    });
+}
+
+/// Sets nginx's flag of one peer and its place in this worker's queue.
+fn apply_view(w: &mut Worker, v: &SlotView) {
+    let Some(t) = w.targets.get(v.slot) else {
+        return;
+    };
+    let facts = PeerFacts {
+        config_down: t.config_down,
+        manual_down: v.manual_down,
+        checked: t.checked,
+        excluded: w.excluded[t.upstream],
+        standby: w.standby,
+        healthy: v.healthy,
+    };
+    // SAFETY: the targets are live peers of this worker's cycle.
+    unsafe { set_down(t, facts.down_for_balancer()) };
+    if let Some(at) = v.look_at {
+        w.queue.set(v.slot, facts.probed().then_some(at));
+    }
+}
+
+/// The wrapped `peer.init` of every upstream: catch up with the shared state (one atomic load
+/// when nothing changed), then let the balancer pick a peer.
+pub extern "C" fn init_peer(
+    r: *mut ngx_http_request_t,
+    us: *mut ngx_http_upstream_srv_conf_t,
+) -> ngx_int_t {
+    with_worker(apply_changes);
+    // SAFETY: nginx passes the upstream the request uses; our srv conf exists for every
+    // upstream block and holds the balancer's own init, set in postconfiguration.
+    let original = unsafe { us.as_ref() }
+        .and_then(Module::server_conf)
+        .and_then(|sc| sc.original_init_peer);
+    match original {
+        // SAFETY: calling the balancer's init with the arguments nginx gave us.
+        Some(init) => unsafe { init(r, us) },
+        None => NGX_ERROR as ngx_int_t,
+    }
+}
+
+/// Applies changes in this worker now (after a control request); other workers follow within
+/// one tick or before their next balancer pick.
+pub fn apply_now() {
+    with_worker(apply_changes);
 }

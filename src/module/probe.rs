@@ -1,4 +1,5 @@
 //! One probe connection on nginx's event loop: connect, send the request, read the status line.
+//! A probe ends with an outcome for the peer, or with a local error that gives no verdict.
 
 use core::ffi::c_void;
 use core::mem::{size_of, zeroed};
@@ -9,14 +10,24 @@ use ngx::ffi::{
     getsockopt, ngx_close_connection, ngx_connection_t, ngx_event_connect_peer, ngx_event_get_peer,
     ngx_event_t, ngx_handle_read_event, ngx_handle_write_event, ngx_peer_connection_t,
     ngx_socket_errno, ngx_str_t, recv, send, sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage,
-    socklen_t, AF_INET, AF_INET6, EAGAIN, ECONNREFUSED, EINTR, MSG_NOSIGNAL, NGX_AGAIN, NGX_OK,
-    SOL_SOCKET, SO_ERROR,
+    socklen_t, AF_INET, AF_INET6, EAGAIN, ECONNREFUSED, EINTR, MSG_NOSIGNAL, NGX_AGAIN,
+    NGX_DECLINED, NGX_OK, SOL_SOCKET, SO_ERROR,
 };
 
 use crate::config::{CheckType, ValidStatuses};
-use crate::module::worker::{is_stale, Worker};
-use crate::outcome::{Failure, Outcome};
+use crate::module::log::hc_debug;
+use crate::module::process::{with_any_worker, Worker};
+use crate::module::tick;
+use crate::outcome::{classify_connect_errno, ConnectError, Failure, Outcome};
 use crate::status_line::{judge, Progress, StatusLineParser};
+
+/// How a probe ended.
+pub enum Ended {
+    /// The peer answered (or failed to): this counts towards its verdict.
+    Outcome(Outcome),
+    /// The probe could not run for a reason of this host (the text says which): no verdict.
+    Local(String),
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Stage {
@@ -26,9 +37,9 @@ enum Stage {
 }
 
 /// A probe in flight; owned by its connection's `data` until it ends, and listed in the
-/// worker's `probes`.
+/// worker's `probes` at `index`.
 pub struct Probe {
-    worker: *mut Worker,
+    index: usize,
     slot: usize,
     started: Instant,
     stage: Stage,
@@ -42,20 +53,21 @@ pub struct Probe {
     pc: ngx_peer_connection_t,
 }
 
-/// Starts the probe of `slot`. It reports to `Worker::finish` exactly once, possibly before
-/// this function returns.
-pub fn start(w: &mut Worker, slot: usize, started: Instant) {
-    let Some((_, check, _)) = w.check_of(slot) else {
-        return;
-    };
+/// Starts the probe of `slot`: `None` when it is in flight (it reports to `tick::finish` when
+/// it ends), or how it ended at once.
+pub fn start(w: &mut Worker, slot: usize) -> Option<Ended> {
+    let (up, check, peer) = w.check_of(slot)?;
     let rr = w.targets[slot].rr;
     if rr.is_null() {
-        w.finish(slot, Outcome::failed(Failure::Refused, None), started);
-        return;
+        return Some(Ended::Local(format!(
+            "peer {} of upstream \"{}\" was not found among nginx's peers",
+            peer.name, up.name
+        )));
     }
-    let worker: *mut Worker = w;
+    hc_debug!("probe of {} in upstream \"{}\" starts", peer.name, up.name);
+    let started = Instant::now();
     let mut probe = Box::new(Probe {
-        worker,
+        index: 0,
         slot,
         started,
         stage: Stage::Connecting,
@@ -93,31 +105,71 @@ pub fn start(w: &mut Worker, slot: usize, started: Instant) {
     probe.pc.log = &mut w.probe_log;
     probe.pc.set_log_error(1); // NGX_ERROR_ERR
 
-    let p = Box::into_raw(probe);
-    // SAFETY: p is a valid probe; pc is fully set up for a TCP connect.
-    let rc = unsafe { ngx_event_connect_peer(&mut (*p).pc) };
-    // SAFETY: as above.
-    let c = unsafe { (*p).pc.connection };
-    if (rc != NGX_OK as isize && rc != NGX_AGAIN as isize) || c.is_null() {
-        // Refused at once (ECONNREFUSED on loopback), or no connection could be made.
-        // SAFETY: nginx closed the connection itself on failure; p is ours.
-        unsafe { end(p, ptr::null_mut(), Outcome::failed(Failure::Refused, None)) };
-        return;
+    // errno tells a refused connect from a local failure; nginx leaves it as connect() set it.
+    set_errno(0);
+    // SAFETY: pc is fully set up for a TCP or unix connect; probe stays alive meanwhile.
+    let rc = unsafe { ngx_event_connect_peer(&mut probe.pc) };
+    let c = probe.pc.connection;
+    if rc == NGX_DECLINED as isize {
+        // connect() failed at once (nginx closed the socket): refused on loopback, a missing
+        // unix socket, or a local shortage such as no free source port.
+        let err = ngx_socket_errno();
+        hc_debug!("probe of {} connect() failed ({err})", peer.name);
+        return Some(match classify_connect_errno(err) {
+            ConnectError::Peer(f) => Ended::Outcome(Outcome::failed(f, None)),
+            ConnectError::Local => {
+                Ended::Local(format!("connect() failed ({err}: {})", strerror(err)))
+            }
+        });
     }
-    // SAFETY: p stays valid until end or abort take it off this list.
-    unsafe { (*(*p).worker).probes.push(p) };
+    if (rc != NGX_OK as isize && rc != NGX_AGAIN as isize) || c.is_null() {
+        // No socket or no free connection (nginx cleaned up): a shortage of this host.
+        let err = ngx_socket_errno();
+        return Some(Ended::Local(if err == 0 {
+            "no free connection, worker_connections are not enough".to_string()
+        } else {
+            format!("no socket ({err}: {})", strerror(err))
+        }));
+    }
     // SAFETY: c is the new connection; its events and log belong to this probe now.
     unsafe {
-        (*c).data = p as *mut c_void;
         (*(*c).read).handler = Some(on_event);
         (*(*c).write).handler = Some(on_event);
         (*(*c).read).set_cancelable(1);
         (*(*c).write).set_cancelable(1);
         ngx::ffi::ngx_add_timer((*c).read, check.params.timeout_ms as _);
-        if rc == NGX_OK as isize {
-            drive(p, c);
+    }
+    if rc == NGX_OK as isize {
+        // Connected at once (a unix socket): the probe may end right here.
+        let p: *mut Probe = &mut *probe;
+        // SAFETY: p and c are the live probe and its connection, not yet shared with nginx's
+        // handlers (no event can fire before we return to the event loop).
+        if let Some(ended) = unsafe { drive(p, c) } {
+            // SAFETY: c is this probe's connection.
+            unsafe { ngx_close_connection(c) };
+            return Some(ended);
         }
     }
+    probe.index = w.probes.len();
+    let p = Box::into_raw(probe);
+    w.probes.push(p);
+    // SAFETY: the connection's data owns the probe from now until end or abort.
+    unsafe { (*c).data = p as *mut c_void };
+    None
+}
+
+fn set_errno(v: i32) {
+    // SAFETY: errno is this thread's own.
+    unsafe { *libc::__errno_location() = v };
+}
+
+fn strerror(err: i32) -> String {
+    std::io::Error::from_raw_os_error(err)
+        .to_string()
+        .split(" (os error")
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Puts `port` into an IPv4 or IPv6 address.
@@ -139,11 +191,14 @@ extern "C" fn on_event(ev: *mut ngx_event_t) {
     unsafe {
         let c = (*ev).data as *mut ngx_connection_t;
         let p = (*c).data as *mut Probe;
-        if (*ev).timedout() != 0 {
-            end(p, c, Outcome::failed(Failure::Timeout, None));
-            return;
+        let ended = if (*ev).timedout() != 0 {
+            Some(Ended::Outcome(Outcome::failed(Failure::Timeout, None)))
+        } else {
+            drive(p, c)
+        };
+        if let Some(ended) = ended {
+            end(p, c, ended);
         }
-        drive(p, c);
     }
 }
 
@@ -175,29 +230,33 @@ fn io_failure(err: i32) -> Failure {
     }
 }
 
-/// Advances the probe as far as the socket allows.
+/// Advances the probe as far as the socket allows; returns how it ended, if it did.
 ///
 /// # Safety
 /// `p` and `c` must be the live probe and its connection.
-unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) {
+unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) -> Option<Ended> {
+    let failed = |f: Failure| Some(Ended::Outcome(Outcome::failed(f, None)));
     // SAFETY: per the contract.
     let (probe, conn) = unsafe { (&mut *p, &mut *c) };
     if probe.stage == Stage::Connecting {
         // SAFETY: events of a live connection.
         let (rev, wev) = unsafe { (&*conn.read, &*conn.write) };
         if rev.ready() == 0 && wev.ready() == 0 {
-            return;
+            return None;
         }
         let err = socket_error(conn);
         if err != 0 {
-            // SAFETY: ending the live probe.
-            unsafe { end(p, c, Outcome::failed(io_failure(err), None)) };
-            return;
+            hc_debug!("probe connect() failed ({err})");
+            return Some(match classify_connect_errno(err) {
+                ConnectError::Peer(f) => Ended::Outcome(Outcome::failed(f, None)),
+                ConnectError::Local => {
+                    Ended::Local(format!("connect() failed ({err}: {})", strerror(err)))
+                }
+            });
         }
+        hc_debug!("probe connected");
         if probe.check_type == CheckType::Tcp {
-            // SAFETY: as above.
-            unsafe { end(p, c, Outcome::ok(None)) };
-            return;
+            return Some(Ended::Outcome(Outcome::ok(None)));
         }
         probe.stage = Stage::Sending;
     }
@@ -218,9 +277,11 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) {
                 probe.sent += n as usize;
                 continue;
             }
-            // SAFETY: the live probe, its connection and its write event.
-            if !unsafe { io_error(p, c, conn.write) } {
-                return;
+            // SAFETY: the live connection's write event.
+            match unsafe { io_error(conn.write) } {
+                Io::Retry => continue,
+                Io::Wait => return None,
+                Io::Failed(f) => return failed(f),
             }
         }
         probe.stage = Stage::Reading;
@@ -236,38 +297,43 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) {
                 Progress::Status(status) => judge(status, probe.valid),
                 Progress::Invalid(_) => Outcome::failed(Failure::BadResponse, None),
             };
-            // SAFETY: ending the live probe.
-            unsafe { end(p, c, outcome) };
-            return;
+            return Some(Ended::Outcome(outcome));
         }
         if n == 0 {
-            // SAFETY: as above.
-            unsafe { end(p, c, Outcome::failed(Failure::Closed, None)) };
-            return;
+            return failed(Failure::Closed);
         }
-        // SAFETY: the live probe, its connection and its read event.
-        if !unsafe { io_error(p, c, conn.read) } {
-            return;
+        // SAFETY: the live connection's read event.
+        match unsafe { io_error(conn.read) } {
+            Io::Retry => continue,
+            Io::Wait => return None,
+            Io::Failed(f) => return failed(f),
         }
     }
 }
 
-/// Deals with a send or recv on `ev`'s side that moved no data: true when interrupted (try
-/// again at once); otherwise waits for the event (EAGAIN) or ends the probe, and gives false.
+/// What to do after a send or recv that moved no data.
+enum Io {
+    /// Interrupted: try again at once.
+    Retry,
+    /// Nothing to do until the event fires again.
+    Wait,
+    Failed(Failure),
+}
+
+/// Deals with a send or recv on `ev`'s side that moved no data.
 ///
 /// # Safety
-/// `p` and `c` must be the live probe and its connection, `ev` one of its events.
-unsafe fn io_error(p: *mut Probe, c: *mut ngx_connection_t, ev: *mut ngx_event_t) -> bool {
+/// `ev` must be an event of a live probe connection.
+unsafe fn io_error(ev: *mut ngx_event_t) -> Io {
     let err = ngx_socket_errno();
     if err == EINTR as i32 {
-        return true;
+        return Io::Retry;
+    }
+    if err != EAGAIN as i32 {
+        return Io::Failed(io_failure(err));
     }
     // SAFETY: per the contract.
     unsafe {
-        if err != EAGAIN as i32 {
-            end(p, c, Outcome::failed(io_failure(err), None));
-            return false;
-        }
         (*ev).set_ready(0);
         let rc = if (*ev).write() != 0 {
             ngx_handle_write_event(ev, 0)
@@ -275,29 +341,40 @@ unsafe fn io_error(p: *mut Probe, c: *mut ngx_connection_t, ev: *mut ngx_event_t
             ngx_handle_read_event(ev, 0)
         };
         if rc != NGX_OK as isize {
-            end(p, c, Outcome::failed(Failure::Reset, None));
+            return Io::Failed(Failure::Reset);
         }
     }
-    false
+    Io::Wait
 }
 
-/// Closes the connection (which also removes its timer and events), frees the probe and
-/// reports the outcome.
+/// Closes the connection of a probe in flight (which also removes its timer and events), takes
+/// it off the worker's list, frees it and reports how it ended.
 ///
 /// # Safety
-/// `p` must be a live probe from `start`; `c` its connection or null.
-unsafe fn end(p: *mut Probe, c: *mut ngx_connection_t, outcome: Outcome) {
+/// `p` must be a live probe in flight and `c` its connection.
+unsafe fn end(p: *mut Probe, c: *mut ngx_connection_t, ended: Ended) {
     // SAFETY: per the contract; after this the probe and connection are gone.
-    unsafe {
-        if !c.is_null() {
-            ngx_close_connection(c);
+    let probe = unsafe {
+        ngx_close_connection(c);
+        Box::from_raw(p)
+    };
+    with_any_worker(|w| {
+        take_off_list(w, probe.index);
+        if !w.is_stale() {
+            tick::finish(w, probe.slot, ended, probe.started);
         }
-        let probe = Box::from_raw(p);
-        let w = &mut *probe.worker;
-        w.probes.retain(|&q| q != p);
-        if !is_stale(w) {
-            w.finish(probe.slot, outcome, probe.started);
-        }
+    });
+}
+
+/// Removes the probe at `index` from the worker's list, keeping the moved one's index right.
+fn take_off_list(w: &mut Worker, index: usize) {
+    if index >= w.probes.len() {
+        return;
+    }
+    w.probes.swap_remove(index);
+    if let Some(&moved) = w.probes.get(index) {
+        // SAFETY: every pointer in the list is a live probe.
+        unsafe { (*moved).index = index };
     }
 }
 

@@ -13,9 +13,9 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf};
 
 use crate::admin::ttl_left;
+use crate::module::clock::{now_msec, unix_msec};
 use crate::module::conf::MainConf;
 use crate::module::peers::live_peers;
-use crate::module::worker::{now_msec, unix_msec};
 use crate::module::zone::{Slot, UpstreamRecord, HA_MASTER, HA_SLAVER};
 use crate::module::Module;
 use crate::query::{filter, parse_status_query, Format};

@@ -9,11 +9,13 @@ use std::collections::HashMap;
 
 use ngx::ffi::{
     ngx_current_msec, ngx_cycle, ngx_int_t, ngx_list_part_t, ngx_random, ngx_shm_zone_t,
-    ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_alloc, ngx_slab_pool_t, NGX_ERROR, NGX_OK,
+    ngx_shmtx_lock, ngx_shmtx_trylock, ngx_shmtx_unlock, ngx_slab_alloc, ngx_slab_pool_t,
+    NGX_ERROR, NGX_OK,
 };
 
 use crate::health::PeerHealth;
 use crate::histogram::Histogram;
+use crate::journal::{self, Change};
 use crate::key::{peer_key, zone_size_for};
 use crate::module::conf::MainConf;
 use crate::module::ha;
@@ -48,6 +50,9 @@ pub struct UpstreamRecord {
     /// Excluded from checking until this monotonic time (`u64::MAX`: no expiry); 0 when not.
     pub excluded_until_ms: u64,
     pub probe_durations: Histogram,
+    /// Probes that could not run for a local reason (no free connection or descriptor, no
+    /// source port): they gave no verdict.
+    pub local_errors: u64,
 }
 
 impl UpstreamRecord {
@@ -64,8 +69,9 @@ pub const HA_SLAVER: u8 = 2;
 /// The start of the zone's data.
 #[repr(C)]
 pub struct ZoneHeader {
-    /// Bumped on every verdict change, so workers re-apply flags only when needed.
-    pub generation: AtomicU64,
+    /// Sequence number of the next entry of the change journal (see `journal`): workers
+    /// compare it with their own to know whether anything changed.
+    journal_head: AtomicU64,
     /// `HA_DISABLED`, `HA_MASTER` or `HA_SLAVER`.
     pub ha_state: AtomicU8,
     /// The earliest end of a manual down or exclusion with a ttl (monotonic ms), `u64::MAX`
@@ -75,12 +81,17 @@ pub struct ZoneHeader {
     slots: *mut Slot,
     pub nupstreams: usize,
     upstreams: *mut UpstreamRecord,
+    /// `journal_len` entries.
+    journal: *mut u32,
+    pub journal_len: usize,
     shpool: *mut ngx_slab_pool_t,
 }
 
 /// Bytes of shared memory needed for `peers` peers in `upstreams` upstream blocks.
 pub fn required_size(peers: usize, upstreams: usize) -> usize {
-    let header = size_of::<ZoneHeader>() + upstreams * size_of::<UpstreamRecord>();
+    let header = size_of::<ZoneHeader>()
+        + upstreams * size_of::<UpstreamRecord>()
+        + journal::len_for(peers) * size_of::<u32>();
     zone_size_for(peers, size_of::<Slot>(), header)
 }
 
@@ -102,12 +113,24 @@ impl ZoneHeader {
         Locked { header: self }
     }
 
-    pub fn bump_generation(&self) {
-        self.generation.fetch_add(1, Ordering::Release);
+    /// Tries the lock for up to `limit_ms`; `None` when a worker holds it longer (or died
+    /// holding it).
+    pub fn try_lock_for(&self, limit_ms: u64) -> Option<Locked<'_>> {
+        for waited in 0..=limit_ms {
+            // SAFETY: shpool is the zone's slab pool, mapped for the life of the cycle.
+            if unsafe { ngx_shmtx_trylock(&mut (*self.shpool).mutex) } != 0 {
+                return Some(Locked { header: self });
+            }
+            if waited < limit_ms {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        None
     }
 
-    pub fn current_generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+    /// The sequence number of the journal's next entry: one atomic load, no lock.
+    pub fn journal_head(&self) -> u64 {
+        self.journal_head.load(Ordering::Acquire)
     }
 
     /// False while this host is the HA standby: nothing is probed then.
@@ -138,18 +161,39 @@ pub fn earliest_expiry(locked: &mut Locked<'_>) -> u64 {
 }
 
 /// Restarts the checks of upstream `ui` with fresh counters: its peers start per
-/// `default_down` and their first probes fall at random points of the next interval.
+/// `default_down`, are all probed at once (so a dead peer is found within one probe round),
+/// then spread out over the interval again.
 pub fn restart_checks(locked: &mut Locked<'_>, main: &MainConf, ui: usize, now: u64) {
     let up = &main.upstreams[ui];
     let Some(check) = &up.check else { return };
     for peer in &up.peers {
         let s = &mut locked.slots()[peer.slot];
         s.health = PeerHealth::new(!check.params.default_down);
-        s.sched = Schedule::first(now, check.params.interval_ms, ngx_random() as u64);
+        s.sched = Schedule::restart(now);
     }
+    locked.record(Change::Upstream(ui));
 }
 
 impl Locked<'_> {
+    /// Appends a change to the journal; every worker applies it within one tick, or before
+    /// its next balancer pick.
+    pub fn record(&mut self, change: Change) {
+        let h = self.header;
+        // SAFETY: the journal has journal_len entries, allocated in init_zone; the lock
+        // serializes writers.
+        let ring = unsafe { core::slice::from_raw_parts_mut(h.journal, h.journal_len) };
+        let head = journal::append(ring, h.journal_head.load(Ordering::Relaxed), change);
+        h.journal_head.store(head, Ordering::Release);
+    }
+
+    /// The change recorded at sequence `seq`.
+    pub fn change_at(&mut self, seq: u64) -> Change {
+        // SAFETY: as for record.
+        let h = self.header;
+        let ring = unsafe { core::slice::from_raw_parts(h.journal, h.journal_len) };
+        journal::at(ring, seq)
+    }
+
     pub fn slots(&mut self) -> &mut [Slot] {
         // SAFETY: the slot array was allocated with nslots entries in init_zone, and the lock
         // serializes every access to it across processes.
@@ -205,6 +249,31 @@ unsafe fn previous_header(this: *mut ngx_shm_zone_t) -> Option<&'static ZoneHead
     None
 }
 
+/// Copies the previous cycle's state. This runs in the master, with SIGCHLD blocked: if a
+/// worker died holding the zone lock, nginx cannot release it until the reload ends, so the
+/// lock is tried for a bounded time and the copy is made without it after that (a slot being
+/// written at that moment may be copied half old, half new; the next probe corrects it).
+fn copy_previous(old: &ZoneHeader) -> (HashMap<u64, Slot>, HashMap<u64, UpstreamRecord>) {
+    let copy = |locked: &mut Locked<'_>| {
+        let slots = locked.slots().iter().map(|s| (s.key, *s)).collect();
+        let upstreams = locked.upstreams().iter().map(|u| (u.key, *u)).collect();
+        (slots, upstreams)
+    };
+    if let Some(mut locked) = old.try_lock_for(LOCK_WAIT_AT_RELOAD_MS) {
+        return copy(&mut locked);
+    }
+    hc_log!(
+        NGX_LOG_WARN,
+        "the zone lock is held by a process that does not let go, copying the state without it"
+    );
+    // A guard that is never dropped, so the lock it does not hold is never "released".
+    let mut unlocked = core::mem::ManuallyDrop::new(Locked { header: old });
+    copy(&mut unlocked)
+}
+
+/// How long a reload waits for the old zone's lock before copying without it.
+const LOCK_WAIT_AT_RELOAD_MS: u64 = 500;
+
 /// `ngx_shm_zone_t.init`: lays out the slots for this cycle's checked peers, keeping the state
 /// of peers the previous cycle had (same upstream and address) and starting new ones per
 /// `default_down`, with their first probe at a random point of the first interval.
@@ -220,26 +289,22 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
     // SAFETY: called by nginx from zone init.
     let (old_slots, old_upstreams): (HashMap<u64, Slot>, HashMap<u64, UpstreamRecord>) =
         match unsafe { previous_header(shm_zone) } {
-            Some(old) => {
-                let mut locked = old.lock();
-                let slots = locked.slots().iter().map(|s| (s.key, *s)).collect();
-                let upstreams = locked.upstreams().iter().map(|u| (u.key, *u)).collect();
-                (slots, upstreams)
-            }
+            Some(old) => copy_previous(old),
             None => Default::default(),
         };
 
     let n = main.slots();
     let nup = main.upstreams.len();
     // SAFETY: shpool is valid; allocation failures are checked below.
-    let (header, slots, records) = unsafe {
+    let (header, slots, records, ring) = unsafe {
         (
             ngx_slab_alloc(shpool, size_of::<ZoneHeader>()) as *mut ZoneHeader,
             ngx_slab_alloc(shpool, n.max(1) * size_of::<Slot>()) as *mut Slot,
             ngx_slab_alloc(shpool, nup.max(1) * size_of::<UpstreamRecord>()) as *mut UpstreamRecord,
+            ngx_slab_alloc(shpool, journal::len_for(n) * size_of::<u32>()) as *mut u32,
         )
     };
-    if header.is_null() || slots.is_null() || records.is_null() {
+    if header.is_null() || slots.is_null() || records.is_null() || ring.is_null() {
         // SAFETY: shm_zone is valid.
         let size = unsafe { (*shm_zone).shm.size };
         hc_log!(
@@ -281,6 +346,7 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
                     health: old.health,
                     sched: Schedule {
                         next_due_ms: old.sched.next_due_ms,
+                        respread: old.sched.respread,
                         ..Schedule::default()
                     },
                     manual_until_ms: old.manual_until_ms,
@@ -300,13 +366,15 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
     // SAFETY: header was allocated above with room for a ZoneHeader.
     unsafe {
         header.write(ZoneHeader {
-            generation: AtomicU64::new(1),
+            journal_head: AtomicU64::new(0),
             ha_state: AtomicU8::new(ha_state),
             expiry_hint: AtomicU64::new(0),
             nslots: n,
             slots,
             nupstreams: nup,
             upstreams: records,
+            journal: ring,
+            journal_len: journal::len_for(n),
             shpool,
         });
     }

@@ -1,0 +1,230 @@
+//! The worker's timer: each tick does the housekeeping, applies changes and starts the probes
+//! that are due; `finish` records a probe's end; `arm` is the one place that re-arms the timer.
+
+use std::time::Instant;
+
+use ngx::ffi::{ngx_event_t, ngx_random};
+
+use crate::health::Transition;
+use crate::journal::Change;
+use crate::module::clock::{now_msec, unix_msec};
+use crate::module::housekeeping;
+use crate::module::log::{hc_debug, hc_log};
+use crate::module::peers;
+use crate::module::probe::{self, Ended};
+use crate::module::process::{exiting, stop_if_stale, with_worker, LocalBurst, Worker};
+use crate::schedule::MAX_TICK_MS;
+
+/// How soon a probe that could not start for a local reason is tried again.
+const LOCAL_RETRY_MS: u64 = 1000;
+
+/// The timer's handler.
+pub extern "C" fn on_tick(_ev: *mut ngx_event_t) {
+    if exiting() || stop_if_stale() {
+        return; // never re-armed once nginx is exiting
+    }
+    with_worker(|w| {
+        let now = now_msec();
+        housekeeping::run(w, now);
+        peers::apply_changes(w);
+        scan(w);
+        arm_next(w);
+    });
+}
+
+/// Makes the timer fire at `at_ms` (monotonic) or earlier: an armed timer that fires later is
+/// moved, one that fires earlier is kept. `ngx_add_timer` alone would keep an armed timer
+/// whose time is within its lazy delay (300 ms), so a later call could not move it earlier.
+pub fn arm(w: &mut Worker, at_ms: u64) {
+    if exiting() {
+        return;
+    }
+    let now = now_msec();
+    let at = at_ms.clamp(now + 1, now + MAX_TICK_MS);
+    if w.timer.timer_set() != 0 {
+        if w.timer.timer.key as u64 <= at {
+            return;
+        }
+        // SAFETY: deleting this worker's own armed timer.
+        unsafe { ngx::ffi::ngx_del_timer(&mut w.timer) };
+    }
+    hc_debug!("timer armed in {} ms", at - now);
+    // SAFETY: arming this worker's own timer, which is not set now.
+    unsafe { ngx::ffi::ngx_add_timer(&mut w.timer, (at - now) as _) };
+}
+
+/// Arms the timer for the next probe this worker may start (or the next tick).
+fn arm_next(w: &mut Worker) {
+    let at = w.queue.next_start().unwrap_or(u64::MAX);
+    arm(w, at);
+}
+
+/// Claims and starts the probes due within the batch window, in order of due time, while the
+/// cap on probes in flight allows.
+fn scan(w: &mut Worker) {
+    if w.standby {
+        return;
+    }
+    let now = now_msec();
+    let horizon = now + w.batch_ms;
+    while let Some(slot) = w.queue.pop_due(horizon) {
+        let Some((_, check, _)) = w.check_of(slot) else {
+            continue;
+        };
+        let p = &check.params;
+        let claimed = {
+            let mut locked = w.header.lock();
+            let s = &mut locked.slots()[slot].sched;
+            if s.claim(now, w.batch_ms, w.pid, p.interval_ms, p.timeout_ms) {
+                None
+            } else {
+                Some(now + s.wake_in(now))
+            }
+        };
+        if let Some(look_at) = claimed {
+            // Not due after all (another worker probed it) or in flight elsewhere.
+            w.queue.set(slot, Some(look_at));
+            continue;
+        }
+        w.queue.started();
+        let started = Instant::now();
+        if let Some(ended) = probe::start(w, slot) {
+            finish(w, slot, ended, started);
+        }
+    }
+}
+
+/// Records the end of the probe of `slot`: its verdict, or no verdict for a local error; logs
+/// and applies a change of verdict; plans the next probe.
+pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
+    w.queue.ended();
+    let Some((up, check, peer)) = w.check_of(slot) else {
+        return;
+    };
+    let p = &check.params;
+    let now = now_msec();
+    let ui = w.targets[slot].upstream;
+    let outcome = match ended {
+        Ended::Local(reason) => {
+            let next = {
+                let mut locked = w.header.lock();
+                locked.upstreams()[ui].local_errors += 1;
+                let s = &mut locked.slots()[slot].sched;
+                s.release(now, w.pid, LOCAL_RETRY_MS.min(p.interval_ms));
+                now + s.wake_in(now)
+            };
+            note_local_error(w, now, &reason);
+            requeue(w, slot, next);
+            hc_debug!(
+                "probe of {} in upstream \"{}\": local error",
+                peer.name,
+                up.name
+            );
+            arm_next(w);
+            return;
+        }
+        Ended::Outcome(outcome) => outcome,
+    };
+    if let Some(burst) = w.local_burst.take() {
+        hc_log!(
+            NGX_LOG_NOTICE,
+            "probes run again after {} that could not start for a local reason in {} ms",
+            burst.count,
+            now.saturating_sub(burst.since_ms)
+        );
+    }
+    let duration_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+    let (transition, health, next) = {
+        let mut locked = w.header.lock();
+        let s = &mut locked.slots()[slot];
+        let random = ngx_random() as u64;
+        if !s
+            .sched
+            .finish(now, w.pid, p.interval_ms, p.jitter_ms, random)
+        {
+            // The lease was taken over (or the checks restarted): the result is dropped.
+            let next = now + s.sched.wake_in(now);
+            drop(locked);
+            requeue(w, slot, next);
+            arm_next(w);
+            return;
+        }
+        let t = s
+            .health
+            .record(outcome, unix_msec(), duration_us, p.rise, p.fall);
+        let (health, next) = (s.health, s.sched.next_due_ms);
+        locked.upstreams()[ui]
+            .probe_durations
+            .observe(u64::from(duration_us));
+        if t.is_some() {
+            locked.record(Change::Slot(slot));
+        }
+        (t, health, next)
+    };
+    hc_debug!(
+        "probe of {} in upstream \"{}\" ended in {} us: {}",
+        peer.name,
+        up.name,
+        duration_us,
+        outcome
+            .failure
+            .map_or_else(|| "passed".to_string(), |f| f.to_string())
+    );
+    requeue(w, slot, next);
+    match transition {
+        Some(Transition::Down) => {
+            let status = health
+                .last_status()
+                .map(|s| format!(" (status {s})"))
+                .unwrap_or_default();
+            let error = health
+                .last_error()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            hc_log!(
+                NGX_LOG_WARN,
+                "peer {} in upstream \"{}\" is DOWN after {} failed checks, last error: {error}{status}",
+                peer.name,
+                up.name,
+                health.fall_count
+            );
+        }
+        Some(Transition::Up) => {
+            hc_log!(
+                NGX_LOG_WARN,
+                "peer {} in upstream \"{}\" is UP after {} successful checks",
+                peer.name,
+                up.name,
+                health.rise_count
+            );
+        }
+        None => {}
+    }
+    if transition.is_some() {
+        peers::apply_changes(w);
+    }
+    arm_next(w);
+}
+
+/// Puts `slot` back in the queue for `at`, unless its upstream is no longer probed here.
+fn requeue(w: &mut Worker, slot: usize, at: u64) {
+    let probed = !w.standby && w.targets.get(slot).is_some_and(|t| !w.excluded[t.upstream]);
+    w.queue.set(slot, probed.then_some(at));
+}
+
+/// Counts a local error in this worker's current run of them and logs the start of a run.
+fn note_local_error(w: &mut Worker, now: u64, reason: &str) {
+    if let Some(burst) = &mut w.local_burst {
+        burst.count += 1;
+        return;
+    }
+    w.local_burst = Some(LocalBurst {
+        count: 1,
+        since_ms: now,
+    });
+    hc_log!(
+        NGX_LOG_ERR,
+        "probes cannot start: {reason}; they give no verdict until they can ({} in flight)",
+        w.queue.in_flight()
+    );
+}
