@@ -155,6 +155,18 @@ pub fn tick_ms(min_wake_in: Option<u64>) -> u64 {
     min_wake_in.unwrap_or(MAX_TICK_MS).clamp(1, MAX_TICK_MS)
 }
 
+/// When to re-arm a worker's timer that is armed for `armed_at` (`None`: not armed) so that it
+/// fires by `want`: `Some(time)` to (re)arm it then, `None` to keep it. A timer only ever moves
+/// earlier: a probe ending inside a scan may arm it for its own next due time, and the scan's
+/// earlier wake time must then still win (nginx's `ngx_add_timer` alone would keep the later
+/// timer when the two are within its 300 ms lazy delay).
+pub fn rearm(armed_at: Option<u64>, want: u64) -> Option<u64> {
+    match armed_at {
+        Some(at) if at <= want => None,
+        _ => Some(want),
+    }
+}
+
 /// One worker's queue of peer slots by the time it next looks at them, and its probes in
 /// flight. Fair by due time: when the cap is reached, the slot that has waited longest gets the
 /// next free place, whatever its upstream. Each operation is O(log P).
@@ -265,6 +277,18 @@ impl DueQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timer_only_moves_earlier() {
+        assert_eq!(rearm(None, 500), Some(500));
+        assert_eq!(rearm(Some(400), 500), None, "an earlier timer is kept");
+        assert_eq!(rearm(Some(500), 500), None);
+        assert_eq!(
+            rearm(Some(700), 505),
+            Some(505),
+            "a later one moves, even within nginx's lazy delay"
+        );
+    }
 
     #[test]
     fn a_full_queue_serves_the_longest_waiting_slot_first_whatever_its_upstream() {

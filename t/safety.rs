@@ -97,15 +97,13 @@ fn a_host_short_of_connections_gives_no_verdict_and_says_so_once() {
         "the slow requests hold the connections",
         || hanging.hits("/slow/x") >= 7,
     );
-    let held = Instant::now();
-    wait_until(
-        Duration::from_secs(5),
-        "probes failing for want of a connection",
-        || nginx.error_log().contains("probes cannot start"),
+    // 1.5 s of pressure: some 120 probes cannot get a connection.
+    thread::sleep(Duration::from_millis(1500));
+    assert!(
+        lines_with(&nginx.error_log(), "is DOWN").is_empty(),
+        "a local shortage blamed on the peers:\n{}",
+        nginx.error_log()
     );
-    while held.elapsed() < Duration::from_millis(1500) {
-        thread::sleep(Duration::from_millis(50));
-    }
 
     // Relief: the slow requests end, probes run again.
     hanging.set_mode(Mode::Status(200));
@@ -140,9 +138,9 @@ fn a_host_short_of_connections_gives_no_verdict_and_says_so_once() {
 
 #[test]
 fn a_full_probe_cap_serves_peers_by_due_time_and_does_not_spin() {
-    // 40 peers that never answer fill the cap (an eighth of 64 connections: 8 probes) for 2 s
-    // each; one live peer in a later upstream must still be probed, and a worker waiting for a
-    // free place must sleep rather than wake every millisecond.
+    // 20 peers that never answer keep the cap (an eighth of 32 connections: 4 probes) full,
+    // each for its 300 ms timeout; one live peer in a later upstream must still get its turn
+    // by due time, and a worker waiting for a free place must sleep rather than spin.
     let hanging = Backend::new();
     hanging.set_mode(Mode::Hang);
     let live = Backend::new();
@@ -151,8 +149,8 @@ fn a_full_probe_cap_serves_peers_by_due_time_and_does_not_spin() {
         "{}{}{}{}",
         upstream(
             "backend",
-            &vec![hanging.addr(); 40],
-            "upstream_healthcheck type=http interval=100ms timeout=2s uri=/hang;"
+            &vec![hanging.addr(); 20],
+            "upstream_healthcheck type=http interval=100ms timeout=300ms uri=/hang;"
         ),
         upstream(
             "slow",
@@ -162,22 +160,22 @@ fn a_full_probe_cap_serves_peers_by_due_time_and_does_not_spin() {
         "",
         front(port)
     );
-    let nginx = start_with_connections(&body, 64);
+    let nginx = start_with_connections(&body, 32);
     wait_until(
         Duration::from_secs(5),
         "the cap is full of hanging probes",
-        || hanging.hits("/hang") >= 8,
+        || hanging.hits("/hang") >= 4,
     );
     let worker = nginx.worker_pids()[0];
     let t0 = Instant::now();
     let (live0, switches0) = (live.hits("/live"), context_switches(worker));
-    thread::sleep(Duration::from_secs(3));
+    thread::sleep(Duration::from_secs(5));
     let (live1, switches1) = (live.hits("/live"), context_switches(worker));
     let secs = t0.elapsed().as_secs_f64();
     let wakeups = (switches1 - switches0) as f64 / secs;
     assert!(
-        live1 - live0 >= 3,
-        "the live peer was probed {} times in {secs:.1} s behind 40 hanging ones",
+        live1 - live0 >= 2,
+        "the live peer was probed {} times in {secs:.1} s behind 20 hanging ones",
         live1 - live0
     );
     assert!(
@@ -189,10 +187,14 @@ fn a_full_probe_cap_serves_peers_by_due_time_and_does_not_spin() {
 }
 
 #[test]
-fn a_live_peer_behind_two_hundred_refusing_ones_keeps_its_cadence() {
+fn a_live_peer_behind_two_hundred_refused_ones_keeps_its_cadence() {
+    // Missing unix sockets are refused at once, inside the scan that starts their probes.
+    let dir = TempPrefix::new();
     let live = Backend::new();
     let port = free_port();
-    let mut servers: Vec<String> = (0..200).map(|_| dead_addr()).collect();
+    let mut servers: Vec<String> = (0..200)
+        .map(|i| format!("unix:{}/dead-{i}.sock", dir.path().display()))
+        .collect();
     servers.push(live.addr());
     let body = format!(
         "{}{}{}",

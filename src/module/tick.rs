@@ -13,7 +13,7 @@ use crate::module::log::{hc_debug, hc_log};
 use crate::module::peers;
 use crate::module::probe::{self, Ended};
 use crate::module::process::{exiting, stop_if_stale, with_worker, LocalBurst, Worker};
-use crate::schedule::MAX_TICK_MS;
+use crate::schedule::{rearm, MAX_TICK_MS};
 
 /// How soon a probe that could not start for a local reason is tried again.
 const LOCAL_RETRY_MS: u64 = 1000;
@@ -40,11 +40,11 @@ pub fn arm(w: &mut Worker, at_ms: u64) {
         return;
     }
     let now = now_msec();
-    let at = at_ms.clamp(now + 1, now + MAX_TICK_MS);
-    if w.timer.timer_set() != 0 {
-        if w.timer.timer.key as u64 <= at {
-            return;
-        }
+    let armed_at = (w.timer.timer_set() != 0).then_some(w.timer.timer.key as u64);
+    let Some(at) = rearm(armed_at, at_ms.clamp(now + 1, now + MAX_TICK_MS)) else {
+        return;
+    };
+    if armed_at.is_some() {
         // SAFETY: deleting this worker's own armed timer.
         unsafe { ngx::ffi::ngx_del_timer(&mut w.timer) };
     }
