@@ -117,3 +117,40 @@ fn hanging_backend_times_out() {
     assert_eq!(t.len(), 1);
     nginx.stop();
 }
+
+#[test]
+fn a_debug_build_logs_the_life_of_each_probe() {
+    let b = Backend::new();
+    let port = free_port();
+    let body = format!(
+        "upstream backend {{\n    server {};\n    upstream_healthcheck type=http interval=100ms;\n}}\n{}",
+        b.addr(),
+        plain_server(port)
+    );
+    let conf = render_conf(std::path::Path::new("."), "", &body)
+        .replace("error.log info;", "error.log debug;");
+    let nginx = Nginx::start_raw(&conf);
+    wait_until(Duration::from_secs(5), "a few probes", || b.hits("/") >= 3);
+    let log = nginx.stop();
+    let peer = b.addr();
+    let debug_build = std::process::Command::new(nginx_bin())
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).contains("--with-debug"))
+        .unwrap_or(false);
+    let lines = [
+        format!("upstream_healthcheck: probe of {peer} in upstream \"backend\" starts"),
+        "upstream_healthcheck: probe connected".to_string(),
+        format!("upstream_healthcheck: probe of {peer} in upstream \"backend\" ended in "),
+        "upstream_healthcheck: timer armed in ".to_string(),
+    ];
+    for needle in &lines {
+        let found = log
+            .lines()
+            .any(|l| l.contains("[debug]") && l.contains(needle.as_str()));
+        assert_eq!(
+            found, debug_build,
+            "debug line {needle:?} (nginx built --with-debug: {debug_build})"
+        );
+    }
+}
