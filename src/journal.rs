@@ -7,12 +7,12 @@
 
 use core::ops::Range;
 
-/// Entries in the ring for `slots` peers: twice the peers, between 256 and 16,384 (4 bytes
-/// each: at most 64 KiB of shared memory). Workers catch up at least every 100 ms, so a worker
-/// resyncs everything only after more changes than that in 100 ms, and resyncing costs no more
-/// than the changes it replaces when the ring holds fewer entries than peers.
+/// Entries in the ring for `slots` peers: a quarter of the peers, between 256 and 16,384 (4
+/// bytes each: at most one byte per peer, 64 KiB in all). Workers catch up at least every
+/// 100 ms, so a worker resyncs everything only after more changes than that within 100 ms, and a
+/// resync then costs at most four times the changes it replaces.
 pub fn len_for(slots: usize) -> usize {
-    slots.saturating_mul(2).clamp(256, 16384)
+    (slots / 4).clamp(256, 16384)
 }
 
 const KIND_SHIFT: u32 = 30;
@@ -95,7 +95,7 @@ mod tests {
     #[test]
     fn the_ring_grows_with_the_peers_within_bounds() {
         assert_eq!(len_for(1), 256);
-        assert_eq!(len_for(1000), 2000);
+        assert_eq!(len_for(10_000), 2500);
         assert_eq!(len_for(100_000), 16384);
     }
 

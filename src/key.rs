@@ -21,17 +21,17 @@ pub fn peer_key(upstream: &[u8], peer: &[u8], occurrence: u32) -> u64 {
     h.max(1)
 }
 
-/// Bytes of shared memory the zone needs for `peers` slots of `slot_size` bytes: the slab
-/// allocator's own bookkeeping (its pool header, a page per size class of small allocations
-/// and a page descriptor per 4 KiB page),
-/// the zone header and the slot array, rounded up to whole pages, with a 10% margin.
-pub fn zone_size_for(peers: usize, slot_size: usize, header_size: usize) -> usize {
+/// Bytes of shared memory a zone needs to hold allocations of these sizes: nginx's slab
+/// allocator gives each allocation whole pages of its own (a small one, a page of its size
+/// class), keeps a 24-byte descriptor per page (counted as 64 here) and a pool header with its
+/// size-class tables (under a page, plus a page for the alignment of the first page); plus a
+/// 2% margin of at least a page. Whole pages.
+pub fn zone_size_for(allocations: &[usize]) -> usize {
     const PAGE: usize = 4096;
-    let data = header_size + peers * slot_size;
-    let pages = data.div_ceil(PAGE);
-    let bookkeeping_pages = 5 + (pages * 64).div_ceil(PAGE);
-    let total = (pages + bookkeeping_pages) * PAGE;
-    (total + total / 10).div_ceil(PAGE) * PAGE
+    let pages: usize = allocations.iter().map(|a| a.max(&1).div_ceil(PAGE)).sum();
+    let bookkeeping = 2 + (pages * 64).div_ceil(PAGE);
+    let total = pages + bookkeeping;
+    (total + (total / 50).max(1)) * PAGE
 }
 
 #[cfg(test)]
@@ -50,12 +50,12 @@ mod tests {
 
     #[test]
     fn zone_size_grows_with_peers_and_is_page_aligned() {
-        let small = zone_size_for(3, 112, 64);
-        let large = zone_size_for(10_000, 112, 64);
+        let small = zone_size_for(&[80, 112, 160, 1024]);
+        let large = zone_size_for(&[80, 10_000 * 112, 100 * 160, 2500 * 4]);
         assert_eq!(small % 4096, 0);
         assert_eq!(large % 4096, 0);
-        assert!(large >= 10_000 * 112);
-        assert!(large < 10_000 * 112 * 13 / 10);
+        assert!(large >= 10_000 * 112 + 100 * 160 + 2500 * 4);
+        assert!(large <= 10_000 * 125, "{}", large / 10_000);
         assert!(small >= 6 * 4096);
         assert!(small <= 32 * 1024, "one peer fits the minimum zone");
     }

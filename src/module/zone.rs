@@ -89,10 +89,12 @@ pub struct ZoneHeader {
 
 /// Bytes of shared memory needed for `peers` peers in `upstreams` upstream blocks.
 pub fn required_size(peers: usize, upstreams: usize) -> usize {
-    let header = size_of::<ZoneHeader>()
-        + upstreams * size_of::<UpstreamRecord>()
-        + journal::len_for(peers) * size_of::<u32>();
-    zone_size_for(peers, size_of::<Slot>(), header)
+    zone_size_for(&[
+        size_of::<ZoneHeader>(),
+        peers.max(1) * size_of::<Slot>(),
+        upstreams.max(1) * size_of::<UpstreamRecord>(),
+        journal::len_for(peers) * size_of::<u32>(),
+    ])
 }
 
 /// The key of an upstream's record: its name.
