@@ -9,6 +9,7 @@ use core::fmt;
 use std::net::IpAddr;
 
 use crate::config::{CheckParams, CheckType, StatusRange, ValidStatuses};
+use crate::status_line::is_final;
 
 /// The longest `interval`, `timeout` or `jitter` accepted: anything longer is a typo.
 pub const MAX_TIME_MS: u64 = 24 * 60 * 60 * 1000;
@@ -157,7 +158,34 @@ fn parse_digits(v: &[u8]) -> Option<u64> {
     })
 }
 
-/// The parameters of `upstream_healthcheck`, in the order of the `seen` flags.
+/// How a time parameter is written, for the messages of every directive that takes one.
+const TIME_EXAMPLE: &str = "(e.g. 2s, 500ms; a bare number means milliseconds)";
+
+/// The value of the time parameter `name`: milliseconds from 1 (from 0 when `zero_ok`) to
+/// 24h, or the reason it is not one, worded the same for every directive.
+fn time_param(name: &str, value: &[u8], zero_ok: bool) -> Result<u64, String> {
+    let ms = parse_time_ms(value)
+        .filter(|&ms| ms > 0 || zero_ok)
+        .ok_or_else(|| {
+            let what = if zero_ok { "time" } else { "positive time" };
+            format!("{name} must be a {what} {TIME_EXAMPLE}")
+        })?;
+    if ms > MAX_TIME_MS {
+        return Err(format!("{name} must be at most 24h"));
+    }
+    Ok(ms)
+}
+
+/// A time as a message shows it: `2s`, `1500ms`.
+fn show_ms(ms: u64) -> String {
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// The parameters of `upstream_healthcheck`, in the order of the `given` slots.
 pub(crate) const KEYS: [&str; 10] = [
     "type",
     "interval",
@@ -186,7 +214,8 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
     }
 
     let mut params = CheckParams::default();
-    let mut seen = [false; KEYS.len()];
+    // Each parameter as written, once given.
+    let mut given: [Option<&[u8]>; KEYS.len()] = [None; KEYS.len()];
     for &arg in args {
         let Some(eq) = arg.iter().position(|&b| b == b'=') else {
             return Err(ParseError::invalid(HEALTHCHECK, arg));
@@ -197,10 +226,10 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
         };
         let name = KEYS[k];
         let bad = |reason: &str| ParseError::invalid_because(HEALTHCHECK, arg, reason);
-        if seen[k] {
+        if given[k].is_some() {
             return Err(bad(&format!("{name} is given twice")));
         }
-        seen[k] = true;
+        given[k] = Some(arg);
 
         match name {
             "type" => {
@@ -211,22 +240,7 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
                 }
             }
             "interval" | "timeout" | "jitter" => {
-                let ms = parse_time_ms(value)
-                    .filter(|&ms| ms > 0 || name == "jitter")
-                    .ok_or_else(|| {
-                        let what = if name == "jitter" {
-                            "time"
-                        } else {
-                            "positive time"
-                        };
-                        bad(&format!(
-                            "{name} must be a {what} (e.g. 2s, 500ms; a bare number means \
-                             milliseconds)"
-                        ))
-                    })?;
-                if ms > MAX_TIME_MS {
-                    return Err(bad(&format!("{name} must be at most 24h")));
-                }
+                let ms = time_param(name, value, name == "jitter").map_err(|r| bad(&r))?;
                 match name {
                     "interval" => params.interval_ms = ms,
                     "timeout" => params.timeout_ms = ms,
@@ -284,6 +298,37 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
             }
         }
     }
+
+    // Parameters that are each well-formed but cannot do what they say together.
+    let arg_of = |name: &str| given[KEYS.iter().position(|k| *k == name).unwrap_or(0)];
+    if params.check_type == CheckType::Tcp {
+        for name in ["uri", "host"] {
+            if let Some(arg) = arg_of(name) {
+                return Err(ParseError::invalid_because(
+                    HEALTHCHECK,
+                    arg,
+                    &format!("{name} applies to type=http only"),
+                ));
+            }
+        }
+    }
+    if params.jitter_ms >= params.interval_ms {
+        if let Some(arg) = arg_of("jitter") {
+            let default = if arg_of("interval").is_none() {
+                " by default"
+            } else {
+                ""
+            };
+            return Err(ParseError::invalid_because(
+                HEALTHCHECK,
+                arg,
+                &format!(
+                    "jitter must be less than interval ({}{default})",
+                    show_ms(params.interval_ms)
+                ),
+            ));
+        }
+    }
     Ok(Some(params))
 }
 
@@ -312,7 +357,49 @@ pub fn parse_valid_statuses(args: &[&[u8]]) -> Result<ValidStatuses, ParseError>
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(ValidStatuses { entries })
+    let list = ValidStatuses { entries };
+    reachable(args, &list)?;
+    Ok(list)
+}
+
+/// Refuses a list that says a status is healthy when no probe could ever pass with it: a
+/// positive entry a probe never sees (interim 1xx) or whose statuses are all excluded, or
+/// exclusions alone that leave no status from 200 to 599.
+fn reachable(args: &[&[u8]], list: &ValidStatuses) -> Result<(), ParseError> {
+    for (&arg, e) in args.iter().zip(&list.entries) {
+        if e.negated {
+            continue;
+        }
+        let mut seen = (e.lo..=e.hi).filter(|&s| is_final(s)).peekable();
+        if seen.peek().is_none() {
+            return Err(ParseError::invalid_because(
+                VALID_STATUSES,
+                arg,
+                "a probe skips interim 1xx responses (all but 101) and never sees them",
+            ));
+        }
+        if !seen.any(|s| list.is_valid(s)) {
+            return Err(ParseError::invalid_because(
+                VALID_STATUSES,
+                arg,
+                "every status it names is excluded",
+            ));
+        }
+    }
+    if list.entries.iter().all(|e| e.negated) && !(200..=599).any(|s| list.is_valid(s)) {
+        let all: Vec<String> = args.iter().map(|a| escape(a)).collect();
+        let (s, they) = if all.len() == 1 {
+            ("", "it excludes")
+        } else {
+            ("s", "together they exclude")
+        };
+        return Err(ParseError(format!(
+            "invalid parameter{s} \"{}\" in \"{VALID_STATUSES}\" directive, {they} every status \
+             from 200 to 599",
+            all.join(" ")
+        )));
+    }
+    Ok(())
 }
 
 fn parse_status_entry(arg: &[u8]) -> Option<StatusRange> {
@@ -341,24 +428,35 @@ fn parse_status_entry(arg: &[u8]) -> Option<StatusRange> {
 }
 
 /// Parses the argument of `upstream_healthcheck_request`: a whole raw request, starting with a
-/// method and a space, ending with an empty line.
+/// method and a space, ending with an empty line. The method is checked as nginx checks the
+/// methods it serves: upper-case letters, `-` and `_`.
 pub fn parse_request(arg: &[u8]) -> Result<Vec<u8>, ParseError> {
-    let method = arg.iter().take_while(|&&b| is_tchar(b)).count();
-    let ok = method > 0
-        && arg.get(method) == Some(&b' ')
-        && (arg.ends_with(b"\r\n\r\n") || arg.ends_with(b"\n\n"));
-    if !ok {
-        return Err(ParseError(format!(
+    let shape = || {
+        ParseError(format!(
             "invalid value in \"{REQUEST}\" directive, the request must start with a method and \
              end with \"\\r\\n\\r\\n\""
+        ))
+    };
+    let Some(space) = arg.iter().position(|&b| b == b' ').filter(|&sp| sp > 0) else {
+        return Err(shape());
+    };
+    let method = &arg[..space];
+    if !method.iter().all(|&b| is_method_byte(b)) {
+        return Err(ParseError(format!(
+            "invalid method \"{}\" in \"{REQUEST}\" directive, a method is upper-case letters, \
+             \"-\" and \"_\" (e.g. GET, HEAD)",
+            escape(method)
         )));
+    }
+    if !(arg.ends_with(b"\r\n\r\n") || arg.ends_with(b"\n\n")) {
+        return Err(shape());
     }
     Ok(arg.to_vec())
 }
 
-/// A byte of an HTTP token (RFC 9110 `tchar`).
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+/// A byte of a method as nginx's request-line parser accepts it.
+fn is_method_byte(b: u8) -> bool {
+    b.is_ascii_uppercase() || b == b'-' || b == b'_'
 }
 
 /// Parses the argument of `upstream_healthcheck_zone`: a size of at least 32k.
@@ -379,41 +477,44 @@ pub fn parse_zone_size(arg: &[u8]) -> Result<usize, ParseError> {
 }
 
 /// Parses `upstream_healthcheck_ha_address ADDRESS [interval=T]`: an IPv4 or IPv6 address
-/// (a `/prefix` suffix, as keepalived writes VIPs, is accepted and ignored) and how often to
-/// look for it, 10s by default.
+/// (a `/prefix` suffix, as keepalived writes VIPs, must be a valid prefix length and is then
+/// ignored) and how often to look for it, 10s by default.
 pub fn parse_ha_address(args: &[&[u8]]) -> Result<(IpAddr, u64), ParseError> {
     let Some((addr, rest)) = args.split_first() else {
         return Err(ParseError(format!(
             "invalid number of arguments in \"{HA_ADDRESS}\" directive"
         )));
     };
-    let ip = core::str::from_utf8(addr)
-        .ok()
-        .map(|a| a.split_once('/').map_or(a, |(ip, _)| ip))
-        .and_then(|a| {
-            a.trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<IpAddr>()
-                .ok()
-        })
-        .ok_or_else(|| {
-            ParseError::invalid_because(HA_ADDRESS, addr, "expected an IPv4 or IPv6 address")
-        })?;
+    let bad_addr =
+        || ParseError::invalid_because(HA_ADDRESS, addr, "expected an IPv4 or IPv6 address");
+    let text = core::str::from_utf8(addr).map_err(|_| bad_addr())?;
+    let (ip, prefix) = match text.split_once('/') {
+        Some((ip, prefix)) => (ip, Some(prefix)),
+        None => (text, None),
+    };
+    let ip = ip
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .map_err(|_| bad_addr())?;
+    if let Some(prefix) = prefix {
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        if !parse_digits(prefix.as_bytes()).is_some_and(|n| n <= max) {
+            return Err(ParseError::invalid_because(
+                HA_ADDRESS,
+                addr,
+                &format!("the prefix length must be from 0 to {max}"),
+            ));
+        }
+    }
     let mut interval = 10_000;
     for (i, arg) in rest.iter().enumerate() {
         let value = arg.strip_prefix(b"interval=").filter(|_| i == 0);
         let Some(value) = value else {
             return Err(ParseError::invalid(HA_ADDRESS, arg));
         };
-        interval = parse_time_ms(value)
-            .filter(|&ms| ms > 0 && ms <= MAX_TIME_MS)
-            .ok_or_else(|| {
-                ParseError::invalid_because(
-                    HA_ADDRESS,
-                    arg,
-                    "interval must be a positive time (e.g. 10s; a bare number means milliseconds)",
-                )
-            })?;
+        interval = time_param("interval", value, false)
+            .map_err(|r| ParseError::invalid_because(HA_ADDRESS, arg, &r))?;
     }
     Ok((ip, interval))
 }
@@ -576,7 +677,7 @@ mod tests {
     #[test]
     fn healthcheck_all_parameters() {
         let p = hc_ok(&[
-            "type=tcp",
+            "type=http",
             "interval=5s",
             "timeout=300ms",
             "fall=5",
@@ -590,7 +691,7 @@ mod tests {
         assert_eq!(
             p,
             CheckParams {
-                check_type: CheckType::Tcp,
+                check_type: CheckType::Http,
                 interval_ms: 5000,
                 timeout_ms: 300,
                 fall: 5,
@@ -680,6 +781,49 @@ mod tests {
             hc_err(&["jitter=2d"]),
             bad("jitter=2d", "jitter must be at most 24h")
         );
+    }
+
+    #[test]
+    fn healthcheck_jitter_below_the_interval() {
+        assert_eq!(hc_ok(&["interval=1s", "jitter=999ms"]).jitter_ms, 999);
+        assert_eq!(hc_ok(&["jitter=1999"]).jitter_ms, 1999);
+        assert_eq!(hc_ok(&["interval=1ms", "jitter=0"]).jitter_ms, 0);
+        assert_eq!(
+            hc_err(&["interval=1s", "jitter=1s"]),
+            bad("jitter=1s", "jitter must be less than interval (1s)")
+        );
+        assert_eq!(
+            hc_err(&["jitter=5s", "interval=1500"]),
+            bad("jitter=5s", "jitter must be less than interval (1500ms)")
+        );
+        assert_eq!(
+            hc_err(&["jitter=2s"]),
+            "invalid parameter \"jitter=2s\" in \"upstream_healthcheck\" directive, jitter must \
+             be less than interval (2s by default)"
+        );
+    }
+
+    #[test]
+    fn healthcheck_uri_and_host_are_for_http_only() {
+        assert_eq!(
+            hc_err(&["type=tcp", "uri=/health"]),
+            "invalid parameter \"uri=/health\" in \"upstream_healthcheck\" directive, uri applies \
+             to type=http only"
+        );
+        assert_eq!(
+            hc_err(&["host=foo.com", "type=tcp"]),
+            bad("host=foo.com", "host applies to type=http only")
+        );
+        assert_eq!(
+            hc_err(&["type=tcp", "host=foo.com", "uri=/"]),
+            bad("uri=/", "uri applies to type=http only")
+        );
+        let p = hc_ok(&["type=http", "uri=/health", "host=foo.com"]);
+        assert_eq!(
+            (p.uri.as_str(), p.host.as_deref()),
+            ("/health", Some("foo.com"))
+        );
+        assert_eq!(hc_ok(&["type=tcp", "port=81"]).port, Some(81));
     }
 
     #[test]
@@ -879,8 +1023,8 @@ mod tests {
         assert_eq!(vs(&["!500-503"]).unwrap().entries, vec![r(500, 503, true)]);
         assert_eq!(vs(&["!4xx"]).unwrap().entries, vec![r(400, 499, true)]);
         assert_eq!(
-            vs(&["100", "599"]).unwrap().entries,
-            vec![r(100, 100, false), r(599, 599, false)]
+            vs(&["101", "599"]).unwrap().entries,
+            vec![r(101, 101, false), r(599, 599, false)]
         );
         let v = vs(&["2xx", "3xx", "!302"]).unwrap();
         assert_eq!(
@@ -919,6 +1063,64 @@ mod tests {
         );
     }
 
+    #[test]
+    fn valid_statuses_a_probe_can_never_pass_are_refused() {
+        let msg = |a: &str, reason: &str| {
+            format!(
+                "invalid parameter \"{a}\" in \"upstream_healthcheck_valid_statuses\" directive, \
+                 {reason}"
+            )
+        };
+        let interim = "a probe skips interim 1xx responses (all but 101) and never sees them";
+        let excluded = "every status it names is excluded";
+        for (args, bad, reason) in [
+            (&["100"][..], "100", interim),
+            (&["200", "100"], "100", interim),
+            (&["102-199"], "102-199", interim),
+            (&["200", "!200"], "200", excluded),
+            (&["!200", "200"], "200", excluded),
+            (&["2xx", "302", "!3xx"], "302", excluded),
+            (&["2xx", "!200-249", "!250-299"], "2xx", excluded),
+            (&["2xx", "3xx", "!3xx"], "3xx", excluded),
+            (&["101", "!1xx"], "101", excluded),
+        ] {
+            assert_eq!(
+                vs(args).unwrap_err().to_string(),
+                msg(bad, reason),
+                "{args:?}"
+            );
+        }
+        // Exclusions alone that leave nothing from 200 to 599.
+        assert_eq!(
+            vs(&["!2xx", "!3xx", "!4xx", "!5xx"]).unwrap_err().to_string(),
+            "invalid parameters \"!2xx !3xx !4xx !5xx\" in \"upstream_healthcheck_valid_statuses\" \
+             directive, together they exclude every status from 200 to 599"
+        );
+        assert_eq!(
+            vs(&["!1xx", "!200-599"]).unwrap_err().to_string(),
+            "invalid parameters \"!1xx !200-599\" in \"upstream_healthcheck_valid_statuses\" \
+             directive, together they exclude every status from 200 to 599"
+        );
+        assert_eq!(
+            vs(&["!200-599"]).unwrap_err().to_string(),
+            "invalid parameter \"!200-599\" in \"upstream_healthcheck_valid_statuses\" \
+             directive, it excludes every status from 200 to 599"
+        );
+        // What a probe can see is accepted, even when most of an entry is excluded.
+        for args in [
+            &["101"][..],
+            &["1xx"],
+            &["100-101"],
+            &["2xx", "!200-298"],
+            &["!2xx", "!3xx", "!4xx"],
+            &["!200-598"],
+            &["200", "!201"],
+            &["!1xx"],
+        ] {
+            assert!(vs(args).is_ok(), "{args:?}");
+        }
+    }
+
     // --- upstream_healthcheck_request
 
     #[test]
@@ -946,14 +1148,52 @@ mod tests {
             b"GET / HTTP/1.0",
             b"GET / HTTP/1.0\r\n",
             b"GET / HTTP/1.0\r\nHost: x\r\n",
-            b"GET\t/ HTTP/1.0\r\n\r\n",
-            b"GET/ HTTP/1.0\r\n\r\n",
-            b"G(T / HTTP/1.0\r\n\r\n",
             b"GET / HTTP/1.0\r\n\r\n ",
+            b"/status\r\n\r\n",
         ] {
             let e = parse_request(req).unwrap_err().to_string();
             assert_eq!(e, msg, "{req:?}");
             assert!(!e.bytes().any(|b| b.is_ascii_control()));
+        }
+    }
+
+    #[test]
+    fn request_method_must_be_upper_case_as_nginx_parses_it() {
+        let bad_method = |m: &str| {
+            format!(
+                "invalid method \"{m}\" in \"upstream_healthcheck_request\" directive, a method \
+                 is upper-case letters, \"-\" and \"_\" (e.g. GET, HEAD)"
+            )
+        };
+        for (req, shown) in [
+            (&b"get / HTTP/1.0\r\n\r\n"[..], "get"),
+            (b"Get / HTTP/1.0\r\n\r\n", "Get"),
+            (b"G(T / HTTP/1.0\r\n\r\n", "G(T"),
+            (b"GET/ HTTP/1.0\r\n\r\n", "GET/"),
+            (b"GET\t/ HTTP/1.0\r\n\r\n", "GET\\t/"),
+            (b"GET1 / HTTP/1.0\r\n\r\n", "GET1"),
+            (
+                b"\xc3\x89T\xc3\x89 / HTTP/1.0\r\n\r\n",
+                "\\xC3\\x89T\\xC3\\x89",
+            ),
+        ] {
+            assert_eq!(
+                parse_request(req).unwrap_err().to_string(),
+                bad_method(shown),
+                "{req:?}"
+            );
+        }
+        // The method is checked before the end: a lower-case method is named even so.
+        assert_eq!(
+            parse_request(b"get / HTTP/1.0").unwrap_err().to_string(),
+            bad_method("get")
+        );
+        for req in [
+            &b"PROPFIND / HTTP/1.1\r\n\r\n"[..],
+            b"VERSION-CONTROL / HTTP/1.1\r\n\r\n",
+            b"X_PROBE / HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(parse_request(req).unwrap(), req);
         }
     }
 
@@ -1006,13 +1246,75 @@ mod tests {
         );
         assert_eq!(
             parse_ha_address(&[b"10.0.0.5", b"interval=0"]).unwrap_err().to_string(),
-            "invalid parameter \"interval=0\" in \"upstream_healthcheck_ha_address\" directive, interval must be a positive time (e.g. 10s; a bare number means milliseconds)"
+            "invalid parameter \"interval=0\" in \"upstream_healthcheck_ha_address\" directive, interval must be a positive time (e.g. 2s, 500ms; a bare number means milliseconds)"
         );
         assert_eq!(
             parse_ha_address(&[b"10.0.0.5", b"every=1s"])
                 .unwrap_err()
                 .to_string(),
             "invalid parameter \"every=1s\" in \"upstream_healthcheck_ha_address\" directive"
+        );
+    }
+
+    #[test]
+    fn ha_address_prefix_length_is_checked() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for (addr, want) in [
+            ("10.0.0.5/0", "10.0.0.5"),
+            ("10.0.0.5/32", "10.0.0.5"),
+            ("10.0.0.5/24", "10.0.0.5"),
+            ("fd00::5/64", "fd00::5"),
+            ("fd00::5/128", "fd00::5"),
+            ("[fd00::5]/64", "fd00::5"),
+        ] {
+            assert_eq!(
+                parse_ha_address(&[addr.as_bytes()]).unwrap(),
+                (ip(want), 10_000)
+            );
+        }
+        let msg = |a: &str, max: u32| {
+            format!(
+                "invalid parameter \"{a}\" in \"upstream_healthcheck_ha_address\" directive, \
+                 the prefix length must be from 0 to {max}"
+            )
+        };
+        for a in [
+            "10.0.0.1/99",
+            "10.0.0.1/abc",
+            "10.0.0.1/",
+            "10.0.0.1/33",
+            "10.0.0.1/-1",
+        ] {
+            assert_eq!(
+                parse_ha_address(&[a.as_bytes()]).unwrap_err().to_string(),
+                msg(a, 32)
+            );
+        }
+        for a in ["fd00::5/129", "fd00::5/x", "fd00::5/64/64"] {
+            assert_eq!(
+                parse_ha_address(&[a.as_bytes()]).unwrap_err().to_string(),
+                msg(a, 128)
+            );
+        }
+    }
+
+    #[test]
+    fn ha_address_interval_has_the_words_of_upstream_healthcheck() {
+        let ha = |v: &str| {
+            let a = format!("interval={v}");
+            parse_ha_address(&[b"10.0.0.5", a.as_bytes()])
+                .unwrap_err()
+                .to_string()
+                .replace("upstream_healthcheck_ha_address", "X")
+        };
+        let hc = |v: &str| hc_err(&[&format!("interval={v}")]).replace("upstream_healthcheck", "X");
+        for v in ["0", "abc", "1000000000h", "25h", "-1s", ""] {
+            assert_eq!(ha(v), hc(v), "interval={v}");
+        }
+        assert!(ha("1000000000h").ends_with("interval must be at most 24h"));
+        assert_eq!(
+            parse_ha_address(&[b"10.0.0.5", b"interval=24h"]).unwrap().1,
+            MAX_TIME_MS
         );
     }
 }

@@ -6,7 +6,7 @@
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-use crate::config::{StatusRange, ValidStatuses};
+use crate::config::{CheckType, StatusRange, ValidStatuses};
 use crate::parse::{
     parse_ha_address, parse_healthcheck, parse_request, parse_size, parse_time_ms,
     parse_valid_statuses, parse_zone_size,
@@ -146,6 +146,21 @@ fn model_valid(entries: &[(Entry, bool)], status: u16) -> bool {
     allowed && !excluded
 }
 
+/// Whether a list can let a probe pass, written independently of `parse.rs`: every positive
+/// entry holds a status a probe reports (101, or 200 and up) that the list finds valid, and
+/// exclusions alone leave some status from 200 to 599.
+fn model_passable(entries: &[(Entry, bool)]) -> bool {
+    let reported = |s: u16| s == 101 || s >= 200;
+    let positives: Vec<&Entry> = entries.iter().filter(|(_, n)| !n).map(|(e, _)| e).collect();
+    if positives.is_empty() {
+        return (200..=599).any(|s| model_valid(entries, s));
+    }
+    positives.iter().all(|e| {
+        let (lo, hi) = e.bounds();
+        (lo..=hi).any(|s| reported(s) && model_valid(entries, s))
+    })
+}
+
 /// A time in milliseconds written with units, largest first, as `1h2m3s4ms` (parts that are
 /// zero left out, `0ms` for zero), optionally with spaces after units.
 fn format_ms(mut ms: u64, spaced: bool) -> String {
@@ -224,6 +239,7 @@ proptest! {
             prop_assert!(raw.ends_with(b"\r\n\r\n") || raw.ends_with(b"\n\n"));
             let sp = raw.iter().position(|&b| b == b' ').unwrap();
             prop_assert!(sp > 0);
+            prop_assert!(raw[..sp].iter().all(|&b| b.is_ascii_uppercase() || b == b'-' || b == b'_'));
         }
     }
 
@@ -242,6 +258,31 @@ proptest! {
         }
         req.push_str(eol);
         prop_assert_eq!(parse_request(req.as_bytes()), Ok(req.clone().into_bytes()));
+    }
+
+    #[test]
+    fn accepted_healthchecks_can_do_what_they_say(a in args()) {
+        if let Ok(Some(p)) = parse_healthcheck(&as_slices(&a)) {
+            prop_assert!(p.jitter_ms < p.interval_ms, "{:?}", p);
+            if p.check_type == CheckType::Tcp {
+                prop_assert!(p.host.is_none(), "{:?}", p);
+                prop_assert!(!a.iter().any(|x| x.starts_with(b"uri=")), "{:?}", p);
+            }
+        }
+    }
+
+    #[test]
+    fn jitter_is_accepted_below_the_interval_only(interval in 1u64..=5000, jitter in 0u64..=6000) {
+        let (i, j) = (format!("interval={interval}"), format!("jitter={jitter}ms"));
+        let got = parse_healthcheck(&[i.as_bytes(), j.as_bytes()]);
+        prop_assert_eq!(got.is_ok(), jitter < interval, "{:?}", got);
+    }
+
+    #[test]
+    fn ha_prefix_lengths(n in 0u32..300, v6 in any::<bool>()) {
+        let (addr, max) = if v6 { ("fd00::5", 128) } else { ("10.0.0.5", 32) };
+        let a = format!("{addr}/{n}");
+        prop_assert_eq!(parse_ha_address(&[a.as_bytes()]).is_ok(), n <= max);
     }
 
     #[test]
@@ -285,8 +326,21 @@ proptest! {
             .collect();
         let args: Vec<&[u8]> = rendered.iter().map(|s| s.as_bytes()).collect();
         let parsed = parse_valid_statuses(&args);
-        prop_assert!(parsed.is_ok(), "{:?}: {:?}", rendered, parsed);
-        let parsed = parsed.unwrap();
+        prop_assert_eq!(
+            parsed.is_ok(),
+            model_passable(&entries),
+            "{:?}: {:?}", rendered, parsed
+        );
+        let Ok(parsed) = parsed else {
+            // The message names one of the entries, or all of them.
+            let msg = parsed.unwrap_err().to_string();
+            prop_assert!(
+                rendered.iter().any(|r| msg.starts_with(&format!("invalid parameter \"{r}\"")))
+                    || msg.starts_with(&format!("invalid parameters \"{}\"", rendered.join(" "))),
+                "{}", msg
+            );
+            return Ok(());
+        };
         prop_assert_eq!(parsed.entries.len(), entries.len());
         for status in 0..=1000u16 {
             prop_assert_eq!(
@@ -301,11 +355,14 @@ proptest! {
     fn reversed_or_out_of_range_statuses_are_refused(a in 0u16..1000, b in 0u16..1000) {
         let range = format!("{a}-{b}");
         let in_range = |c: u16| (100..=599).contains(&c) && c.to_string().len() == 3;
-        let want = (in_range(a) && in_range(b) && a <= b)
+        // Interim responses (1xx but 101) never reach the verdict: an entry of nothing else is
+        // refused.
+        let seen = |lo: u16, hi: u16| hi >= 200 || (lo..=hi).contains(&101);
+        let want = (in_range(a) && in_range(b) && a <= b && seen(a, b))
             .then_some(ValidStatuses { entries: vec![StatusRange { lo: a, hi: b, negated: false }] });
         prop_assert_eq!(parse_valid_statuses(&[range.as_bytes()]).ok(), want);
         let code = a.to_string();
-        prop_assert_eq!(parse_valid_statuses(&[code.as_bytes()]).is_ok(), in_range(a));
+        prop_assert_eq!(parse_valid_statuses(&[code.as_bytes()]).is_ok(), in_range(a) && seen(a, a));
     }
 }
 

@@ -153,7 +153,7 @@ impl StatusLineParser {
 
     /// A whole status line arrived: the answer, or the skip of an interim response.
     fn status_line_done(&mut self) -> Option<Progress> {
-        if !(100..=199).contains(&self.status) || self.status == 101 {
+        if is_final(self.status) {
             return Some(Progress::Status(self.status));
         }
         self.interim_len += self.line_len;
@@ -163,6 +163,12 @@ impl StatusLineParser {
         self.state = State::HeaderLineStart;
         None
     }
+}
+
+/// Whether a status line with `status` is the final answer: interim responses (1xx, all but
+/// 101 Switching Protocols) are skipped, so a probe never reports them.
+pub fn is_final(status: u16) -> bool {
+    !(100..=199).contains(&status) || status == 101
 }
 
 /// The verdict on a final status: passed when `valid` allows it, `BadStatus` otherwise.
