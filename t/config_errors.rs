@@ -5,11 +5,23 @@ mod common;
 
 use common::*;
 
+/// `listen` on a free loopback port: `nginx -t` binds the ports of a config it accepts.
+fn listen() -> String {
+    format!("listen 127.0.0.1:{};", free_port())
+}
+
 /// An upstream `u` with one peer and `directives` inside it, and a server proxying to it.
 fn upstream_with(directives: &str) -> String {
+    upstream_of("server 127.0.0.1:18081;", directives)
+}
+
+/// An upstream `u` with the `servers` lines and `directives` inside it, and a server proxying
+/// to it.
+fn upstream_of(servers: &str, directives: &str) -> String {
     format!(
-        "upstream u {{\n    server 127.0.0.1:18081;\n{directives}\n}}\n\
-         server {{\n    listen 127.0.0.1:18080;\n    location / {{ proxy_pass http://u; }}\n}}\n"
+        "upstream u {{\n    {servers}\n{directives}\n}}\n\
+         server {{\n    {}\n    location / {{ proxy_pass http://u; }}\n}}\n",
+        listen()
     )
 }
 
@@ -44,7 +56,8 @@ fn bad_param(arg: &str, reason: &str) -> String {
     format!("invalid parameter \"{arg}\" in \"upstream_healthcheck\" directive, {reason}")
 }
 
-fn accepted(http_body: &str) {
+/// `nginx -t` must succeed with no `[emerg]` line; the check, for more assertions.
+fn accepted(http_body: &str) -> ConfCheck {
     let check = nginx_test_conf("", http_body);
     assert!(
         check.ok && check.emerg_lines().is_empty(),
@@ -58,6 +71,16 @@ fn accepted(http_body: &str) {
         "{}",
         check.output
     );
+    check
+}
+
+/// The output lines that contain `[warn]`.
+fn warn_lines(check: &ConfCheck) -> Vec<&str> {
+    check
+        .output
+        .lines()
+        .filter(|l| l.contains("[warn]"))
+        .collect()
 }
 
 #[test]
@@ -144,13 +167,19 @@ fn healthcheck_outside_an_upstream_block() {
     // In a server block.
     let check = nginx_test_conf(
         "",
-        "server {\n    listen 127.0.0.1:18080;\n    upstream_healthcheck fall=2;\n    location / { return 200; }\n}\n",
+        &format!(
+            "server {{\n    {}\n    upstream_healthcheck fall=2;\n    location / {{ return 200; }}\n}}\n",
+            listen()
+        ),
     );
     assert_rejected_at(&check, "upstream_healthcheck fall=2", msg);
     // In a location block.
     let check = nginx_test_conf(
         "",
-        "server {\n    listen 127.0.0.1:18080;\n    location / {\n        upstream_healthcheck fall=2;\n    }\n}\n",
+        &format!(
+            "server {{\n    {}\n    location / {{\n        upstream_healthcheck fall=2;\n    }}\n}}\n",
+            listen()
+        ),
     );
     assert_rejected_at(&check, "upstream_healthcheck fall=2", msg);
     // At http level.
@@ -173,7 +202,8 @@ fn upstream_directives_outside_an_upstream_block() {
         let check = nginx_test_conf(
             "",
             &format!(
-                "server {{\n    listen 127.0.0.1:18080;\n    {directive} {args};\n    location / {{ return 200; }}\n}}\n"
+                "server {{\n    {}\n    {directive} {args};\n    location / {{ return 200; }}\n}}\n",
+                listen()
             ),
         );
         assert_rejected_at(
@@ -315,9 +345,10 @@ fn many_peers(zone: Option<&str>) -> String {
         body.push_str(&format!("    server 127.0.0.1:{};\n", 20000 + i));
     }
     body.push_str("    upstream_healthcheck interval=1s;\n}\n");
-    body.push_str(
-        "server {\n    listen 127.0.0.1:18080;\n    location / { proxy_pass http://many; }\n}\n",
-    );
+    body.push_str(&format!(
+        "server {{\n    {}\n    location / {{ proxy_pass http://many; }}\n}}\n",
+        listen()
+    ));
     body
 }
 
@@ -372,8 +403,9 @@ fn status_with_an_unknown_format() {
     let check = nginx_test_conf(
         "",
         &format!(
-            "{}server {{\n    listen 127.0.0.1:18090;\n    location = /st {{ upstream_healthcheck_status bogus; }}\n}}\n",
-            upstream_with("    upstream_healthcheck;")
+            "{}server {{\n    {}\n    location = /st {{ upstream_healthcheck_status bogus; }}\n}}\n",
+            upstream_with("    upstream_healthcheck;"),
+            listen()
         ),
     );
     assert_rejected_at(
@@ -386,8 +418,9 @@ fn status_with_an_unknown_format() {
     let check = nginx_test_conf(
         "",
         &format!(
-            "{}server {{\n    listen 127.0.0.1:18090;\n    upstream_healthcheck_status;\n}}\n",
-            upstream_with("    upstream_healthcheck;")
+            "{}server {{\n    {}\n    upstream_healthcheck_status;\n}}\n",
+            upstream_with("    upstream_healthcheck;"),
+            listen()
         ),
     );
     assert_rejected_at(
@@ -411,17 +444,254 @@ fn valid_edge_cases_are_accepted() {
     accepted(&upstream_with("    upstream_healthcheck off;"));
     // Every parameter at once, a request and statuses, explicit format of the status page.
     accepted(&format!(
-        "upstream_healthcheck_zone 64k;\n{}server {{\n    listen 127.0.0.1:18090;\n    \
+        "upstream_healthcheck_zone 64k;\n{}server {{\n    {}\n    \
          location = /st {{ upstream_healthcheck_status text; }}\n}}\n",
         upstream_with(
             "    upstream_healthcheck type=http interval=2s timeout=1s fall=3 rise=2 port=18082 \
              jitter=1s uri=/health host=foo.com default_down=on;\n    \
              upstream_healthcheck_request \"GET /status HTTP/1.0\\r\\nHost: foo.com\\r\\n\\r\\n\";\n    \
              upstream_healthcheck_valid_statuses 200 302 2xx !204 300-399;"
-        )
+        ),
+        listen()
     ));
     // type=tcp alone.
     accepted(&upstream_with(
         "    upstream_healthcheck type=tcp interval=1m30s;",
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configurations that parse but cannot do what they say
+
+#[test]
+fn uri_or_host_with_type_tcp() {
+    for arg in ["uri=/health", "host=foo.com"] {
+        let name = arg.split('=').next().unwrap();
+        rejected(
+            &format!("    upstream_healthcheck type=tcp interval=1s {arg};"),
+            arg,
+            &bad_param(arg, &format!("{name} applies to type=http only")),
+        );
+    }
+    // The order of the parameters does not matter.
+    rejected(
+        "    upstream_healthcheck uri=/health type=tcp;",
+        "uri=/health",
+        &bad_param("uri=/health", "uri applies to type=http only"),
+    );
+}
+
+#[test]
+fn request_or_statuses_with_upstream_healthcheck_off() {
+    for (directive, line) in [
+        (
+            "upstream_healthcheck_request",
+            "    upstream_healthcheck_request \"GET / HTTP/1.0\\r\\n\\r\\n\";",
+        ),
+        (
+            "upstream_healthcheck_valid_statuses",
+            "    upstream_healthcheck_valid_statuses 200;",
+        ),
+    ] {
+        let msg = format!(
+            "\"{directive}\" directive needs \"upstream_healthcheck\" in upstream \"u\", but it is off"
+        );
+        // In either order, the error is at the directive that would have no effect.
+        rejected(
+            &format!("    upstream_healthcheck off;\n{line}"),
+            directive,
+            &msg,
+        );
+        rejected(
+            &format!("{line}\n    upstream_healthcheck off;"),
+            directive,
+            &msg,
+        );
+    }
+}
+
+#[test]
+fn port_with_only_unix_socket_peers_is_a_warning() {
+    let check = accepted(&upstream_of(
+        "server unix:/nonexistent/hc-a.sock;\n    server unix:/nonexistent/hc-b.sock backup;",
+        "    upstream_healthcheck type=tcp port=8080;",
+    ));
+    let want = format!(
+        "nginx: [warn] parameter \"port=8080\" in \"upstream_healthcheck\" directive is ignored, \
+         every peer of upstream \"u\" is a unix socket in {}:{}",
+        check.conf_path.display(),
+        check.line_of("port=8080")
+    );
+    assert_eq!(
+        warn_lines(&check),
+        vec![want.as_str()],
+        "\n--- nginx -t output ---\n{}\n--- config ---\n{}",
+        check.output,
+        check.conf
+    );
+    // One TCP peer among them: the port applies to it, nothing to say.
+    let check = accepted(&upstream_of(
+        "server unix:/nonexistent/hc-a.sock;\n    server 127.0.0.1:18081;",
+        "    upstream_healthcheck type=tcp port=8080;",
+    ));
+    assert!(warn_lines(&check).is_empty(), "{}", check.output);
+    // Unix peers without port=: nothing to say either.
+    let check = accepted(&upstream_of(
+        "server unix:/nonexistent/hc-a.sock;",
+        "    upstream_healthcheck type=tcp;",
+    ));
+    assert!(warn_lines(&check).is_empty(), "{}", check.output);
+}
+
+#[test]
+fn status_lists_that_can_never_match() {
+    let msg = |arg: &str, reason: &str| {
+        format!(
+            "invalid parameter \"{arg}\" in \"upstream_healthcheck_valid_statuses\" directive, {reason}"
+        )
+    };
+    for (list, want) in [
+        // A status both accepted and excluded.
+        (
+            "200 !200",
+            msg("200", "every status it names is excluded"),
+        ),
+        // 100 Continue is an interim response: a probe skips it and judges the final one.
+        (
+            "100",
+            msg(
+                "100",
+                "a probe skips interim 1xx responses (all but 101) and never sees them",
+            ),
+        ),
+        // Every class excluded.
+        (
+            "!2xx !3xx !4xx !5xx",
+            "invalid parameters \"!2xx !3xx !4xx !5xx\" in \"upstream_healthcheck_valid_statuses\" \
+             directive, together they exclude every status from 200 to 599"
+                .to_owned(),
+        ),
+    ] {
+        rejected(
+            &format!(
+                "    upstream_healthcheck;\n    upstream_healthcheck_valid_statuses {list};"
+            ),
+            "upstream_healthcheck_valid_statuses",
+            &want,
+        );
+    }
+    // An exclusion inside a range leaves the rest of it.
+    accepted(&upstream_with(
+        "    upstream_healthcheck;\n    upstream_healthcheck_valid_statuses 2xx !204 101;",
+    ));
+}
+
+#[test]
+fn request_method_not_upper_case() {
+    rejected(
+        "    upstream_healthcheck;\n    upstream_healthcheck_request \"get /status HTTP/1.0\\r\\n\\r\\n\";",
+        "upstream_healthcheck_request",
+        "invalid method \"get\" in \"upstream_healthcheck_request\" directive, a method is \
+         upper-case letters, \"-\" and \"_\" (e.g. GET, HEAD)",
+    );
+}
+
+#[test]
+fn jitter_not_below_interval() {
+    rejected(
+        "    upstream_healthcheck interval=1s jitter=1s;",
+        "jitter=1s",
+        &bad_param("jitter=1s", "jitter must be less than interval (1s)"),
+    );
+    // The default interval is 2s.
+    rejected(
+        "    upstream_healthcheck jitter=5s;",
+        "jitter=5s",
+        &bad_param(
+            "jitter=5s",
+            "jitter must be less than interval (2s by default)",
+        ),
+    );
+}
+
+/// `nginx -t` of an http block with `upstream_healthcheck_ha_address ARGS` and a checked
+/// upstream.
+fn ha_address_check(args: &str) -> ConfCheck {
+    nginx_test_conf(
+        "",
+        &format!(
+            "upstream_healthcheck_ha_address {args};\n{}",
+            upstream_with("    upstream_healthcheck;")
+        ),
+    )
+}
+
+#[test]
+fn ha_address_with_a_bad_prefix_length() {
+    for addr in ["127.0.0.10/99", "127.0.0.10/abc"] {
+        assert_rejected_at(
+            &ha_address_check(addr),
+            "upstream_healthcheck_ha_address",
+            &format!(
+                "invalid parameter \"{addr}\" in \"upstream_healthcheck_ha_address\" directive, \
+                 the prefix length must be from 0 to 32"
+            ),
+        );
+    }
+    assert_rejected_at(
+        &ha_address_check("::1/129"),
+        "upstream_healthcheck_ha_address",
+        "invalid parameter \"::1/129\" in \"upstream_healthcheck_ha_address\" directive, \
+         the prefix length must be from 0 to 128",
+    );
+}
+
+#[test]
+fn ha_address_interval_has_the_words_of_upstream_healthcheck() {
+    assert_rejected_at(
+        &ha_address_check("127.0.0.10/32 interval=1000000000h"),
+        "upstream_healthcheck_ha_address",
+        "invalid parameter \"interval=1000000000h\" in \"upstream_healthcheck_ha_address\" \
+         directive, interval must be at most 24h",
+    );
+    rejected(
+        "    upstream_healthcheck interval=1000000000h;",
+        "interval=1000000000h",
+        &bad_param("interval=1000000000h", "interval must be at most 24h"),
+    );
+    assert_rejected_at(
+        &ha_address_check("127.0.0.10 interval=0"),
+        "upstream_healthcheck_ha_address",
+        "invalid parameter \"interval=0\" in \"upstream_healthcheck_ha_address\" directive, \
+         interval must be a positive time (e.g. 2s, 500ms; a bare number means milliseconds)",
+    );
+}
+
+#[test]
+fn status_page_and_control_endpoint_in_one_location() {
+    for (first, second) in [
+        ("upstream_healthcheck_status", "upstream_healthcheck_admin"),
+        ("upstream_healthcheck_admin", "upstream_healthcheck_status"),
+    ] {
+        let check = nginx_test_conf(
+            "",
+            &format!(
+                "{}server {{\n    {}\n    location = /hc {{\n        {first};\n        {second};\n    }}\n}}\n",
+                upstream_with("    upstream_healthcheck;"),
+                listen()
+            ),
+        );
+        assert_rejected_at(
+            &check,
+            &format!("{second};"),
+            &format!("\"{second}\" directive is not allowed in a location with \"{first}\""),
+        );
+    }
+    // In two locations they are fine.
+    accepted(&format!(
+        "{}server {{\n    {}\n    location = /st {{ upstream_healthcheck_status; }}\n    \
+         location = /admin {{ upstream_healthcheck_admin; }}\n}}\n",
+        upstream_with("    upstream_healthcheck;"),
+        listen()
     ));
 }

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use ngx::core::NGX_CONF_ERROR;
 use ngx::ffi::{
     ngx_conf_t, ngx_http_upstream_init_peer_pt, ngx_http_upstream_srv_conf_t, ngx_shm_zone_t,
-    ngx_uint_t, NGX_LOG_EMERG,
+    ngx_uint_t, NGX_LOG_EMERG, NGX_LOG_WARN,
 };
 
 use crate::config::{CheckParams, ValidStatuses};
@@ -51,6 +51,21 @@ pub fn conf_error_at(cf: *mut ngx_conf_t, pos: &ConfPos, err: impl Display) {
     ngx::ngx_log_error!(NGX_LOG_EMERG, log, "{} in {}:{}", err, pos.file, pos.line);
 }
 
+/// Reports a configuration that works but where something written has no effect, found after
+/// parsing: `[warn] <message> in <file>:<line>`; `nginx -t` still succeeds.
+pub fn conf_warn_at(cf: *mut ngx_conf_t, pos: &ConfPos, warning: impl Display) {
+    // SAFETY: cf is the live configuration context passed to postconfiguration.
+    let log = unsafe { (*cf).log };
+    ngx::ngx_log_error!(
+        NGX_LOG_WARN,
+        log,
+        "{} in {}:{}",
+        warning,
+        pos.file,
+        pos.line
+    );
+}
+
 /// `http {}` level: the zone and the list of upstreams built after parsing.
 pub struct MainConf {
     /// `upstream_healthcheck_zone`, where it was written.
@@ -90,8 +105,8 @@ impl MainConf {
 /// `upstream {}` level, as the directives set it.
 #[derive(Default)]
 pub struct SrvConf {
-    /// `upstream_healthcheck` was given (`Some(None)` for `off`).
-    pub check: Option<Option<CheckParams>>,
+    /// `upstream_healthcheck` was given (`None` inside for `off`), and where.
+    pub check: Option<(Option<CheckParams>, ConfPos)>,
     pub request: Option<(Vec<u8>, ConfPos)>,
     pub valid: Option<(ValidStatuses, ConfPos)>,
     /// The balancer's per-request init, wrapped so a request never sees stale verdicts.

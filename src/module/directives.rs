@@ -119,6 +119,12 @@ fn duplicate(name: &[u8]) -> String {
     )
 }
 
+/// The status page and the control endpoint both are a location's content: one location
+/// cannot serve both.
+fn one_handler(name: &str, other: &str) -> String {
+    format!("\"{name}\" directive is not allowed in a location with \"{other}\"")
+}
+
 fn http_only(name: &str) -> String {
     format!("\"{name}\" directive applies to type=http only, but \"upstream_healthcheck\" sets type=tcp")
 }
@@ -149,12 +155,13 @@ extern "C" fn set_check(
             }
         }
     }
-    conf.check = Some(params);
+    // SAFETY: cf is valid during parsing.
+    conf.check = Some((params, ConfPos::here(unsafe { &*cf })));
     NGX_CONF_OK
 }
 
 fn is_tcp(conf: &SrvConf) -> bool {
-    matches!(&conf.check, Some(Some(p)) if p.check_type == CheckType::Tcp)
+    matches!(&conf.check, Some((Some(p), _)) if p.check_type == CheckType::Tcp)
 }
 
 extern "C" fn set_request(
@@ -217,6 +224,12 @@ extern "C" fn set_status(
     if conf.status.is_some() {
         return conf_error(cf, duplicate(name));
     }
+    if conf.admin {
+        return conf_error(
+            cf,
+            one_handler("upstream_healthcheck_status", "upstream_healthcheck_admin"),
+        );
+    }
     let format = match args.first() {
         None => Format::Text,
         Some(v) => match Format::parse(v) {
@@ -266,6 +279,12 @@ extern "C" fn set_admin(
     let (name, _) = unsafe { args(cf) };
     if conf.admin {
         return conf_error(cf, duplicate(name));
+    }
+    if conf.status.is_some() {
+        return conf_error(
+            cf,
+            one_handler("upstream_healthcheck_admin", "upstream_healthcheck_status"),
+        );
     }
     // SAFETY: cf is valid during parsing; both confs exist inside http {}.
     let (Some(clcf), Some(main)) = (

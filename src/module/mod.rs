@@ -7,7 +7,7 @@ use ngx::core::Status;
 use ngx::ffi::{
     ngx_conf_t, ngx_http_module_t, ngx_http_upstream_rr_peers_t, ngx_http_upstream_server_t,
     ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_module_t, ngx_shared_memory_add, ngx_str_t,
-    NGX_HTTP_MODULE,
+    AF_UNIX, NGX_HTTP_MODULE,
 };
 use ngx::http::{
     HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf,
@@ -17,7 +17,7 @@ use ngx::http::{
 use crate::config::default_request;
 use crate::key::peer_key;
 use crate::module::conf::{
-    conf_error_at, Check, ConfPos, LocConf, MainConf, PeerConf, SrvConf, UpstreamConf,
+    conf_error_at, conf_warn_at, Check, ConfPos, LocConf, MainConf, PeerConf, SrvConf, UpstreamConf,
 };
 
 mod admin;
@@ -95,17 +95,34 @@ fn text(s: &ngx_str_t) -> String {
     String::from_utf8_lossy(s.as_bytes()).into_owned()
 }
 
-/// The peers of an upstream as nginx's round robin built them, primary then backup: their
-/// names and whether nginx.conf marks them `down`.
+/// One peer as nginx's round robin built it.
+struct ConfigPeer {
+    name: String,
+    /// Marked `down` in nginx.conf.
+    down: bool,
+    /// A `unix:` socket, which has no port.
+    unix: bool,
+}
+
+/// The peers of an upstream as nginx's round robin built them, primary then backup.
 ///
 /// # Safety
 /// `uscf` must be an initialized upstream whose peer.data is round-robin peers (or null).
-unsafe fn config_peers(uscf: &ngx_http_upstream_srv_conf_t) -> Vec<(String, bool)> {
+unsafe fn config_peers(uscf: &ngx_http_upstream_srv_conf_t) -> Vec<ConfigPeer> {
     // SAFETY: per the contract.
     unsafe { peers::live_peers(uscf.peer.data as *mut ngx_http_upstream_rr_peers_t) }
         .into_iter()
-        // SAFETY: live_peers returns valid peers.
-        .map(|(_, rr)| unsafe { (text(&(*rr).name), (*rr).down != 0) })
+        // SAFETY: live_peers returns valid peers; a peer's sockaddr is null or its address.
+        .map(|(_, rr)| unsafe {
+            ConfigPeer {
+                name: text(&(*rr).name),
+                down: (*rr).down != 0,
+                unix: (*rr)
+                    .sockaddr
+                    .as_ref()
+                    .is_some_and(|sa| u32::from(sa.sa_family) == AF_UNIX),
+            }
+        })
         .collect()
 }
 
@@ -129,6 +146,20 @@ unsafe fn has_runtime_peers(uscf: &ngx_http_upstream_srv_conf_t) -> bool {
     configured > built.len()
 }
 
+/// The two directives that shape an http probe, and where each was written.
+fn http_directives(sc: &SrvConf) -> [(&'static str, Option<&ConfPos>); 2] {
+    [
+        (
+            "upstream_healthcheck_request",
+            sc.request.as_ref().map(|r| &r.1),
+        ),
+        (
+            "upstream_healthcheck_valid_statuses",
+            sc.valid.as_ref().map(|v| &v.1),
+        ),
+    ]
+}
+
 /// Builds the module's view of every upstream block, then sizes and adds the shared zone.
 ///
 /// # Safety
@@ -150,28 +181,52 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
         }
         let name = text(&us.host);
         let sc = Module::server_conf(us).ok_or(())?;
+        // SAFETY: upstream init_main_conf ran before postconfiguration and built the peers.
+        let listed = unsafe { config_peers(us) };
         let params = match &sc.check {
-            Some(Some(p)) => Some(p.clone()),
-            Some(None) => None,
-            None => {
-                for (directive, pos) in [
-                    (
-                        "upstream_healthcheck_request",
-                        sc.request.as_ref().map(|r| &r.1),
-                    ),
-                    (
-                        "upstream_healthcheck_valid_statuses",
-                        sc.valid.as_ref().map(|v| &v.1),
-                    ),
-                ] {
-                    if let Some(pos) = pos {
-                        conf_error_at(
+            Some((Some(p), pos)) => {
+                if let Some(port) = p.port {
+                    if !listed.is_empty() && listed.iter().all(|peer| peer.unix) {
+                        conf_warn_at(
                             cf,
                             pos,
-                            format!("\"{directive}\" directive needs \"upstream_healthcheck\" in upstream \"{name}\""),
+                            format!(
+                                "parameter \"port={port}\" in \"upstream_healthcheck\" directive \
+                                 is ignored, every peer of upstream \"{name}\" is a unix socket"
+                            ),
                         );
-                        return Err(());
                     }
+                }
+                Some(p.clone())
+            }
+            Some((None, _)) => {
+                if let Some((directive, Some(pos))) = http_directives(sc)
+                    .into_iter()
+                    .find(|(_, pos)| pos.is_some())
+                {
+                    conf_error_at(
+                        cf,
+                        pos,
+                        format!(
+                            "\"{directive}\" directive needs \"upstream_healthcheck\" in upstream \
+                             \"{name}\", but it is off"
+                        ),
+                    );
+                    return Err(());
+                }
+                None
+            }
+            None => {
+                if let Some((directive, Some(pos))) = http_directives(sc)
+                    .into_iter()
+                    .find(|(_, pos)| pos.is_some())
+                {
+                    conf_error_at(
+                        cf,
+                        pos,
+                        format!("\"{directive}\" directive needs \"upstream_healthcheck\" in upstream \"{name}\""),
+                    );
+                    return Err(());
                 }
                 None
             }
@@ -206,21 +261,26 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
         // Every peer gets a slot, checked or not, so run-time state (a manual down) can
         // apply to any of them.
         let mut seen: HashMap<String, u32> = HashMap::new();
-        // SAFETY: upstream init_main_conf ran before postconfiguration and built the peers.
-        let peers = unsafe { config_peers(us) }
+        let peers = listed
             .into_iter()
-            .map(|(peer_name, config_down)| {
-                let n = seen.entry(peer_name.clone()).or_default();
-                let key = peer_key(name.as_bytes(), peer_name.as_bytes(), *n);
-                *n += 1;
-                next_slot += 1;
-                PeerConf {
-                    name: peer_name,
-                    config_down,
-                    key,
-                    slot: next_slot - 1,
-                }
-            })
+            .map(
+                |ConfigPeer {
+                     name: peer_name,
+                     down: config_down,
+                     ..
+                 }| {
+                    let n = seen.entry(peer_name.clone()).or_default();
+                    let key = peer_key(name.as_bytes(), peer_name.as_bytes(), *n);
+                    *n += 1;
+                    next_slot += 1;
+                    PeerConf {
+                        name: peer_name,
+                        config_down,
+                        key,
+                        slot: next_slot - 1,
+                    }
+                },
+            )
             .collect();
         main.upstreams.push(UpstreamConf {
             name,
