@@ -30,8 +30,8 @@ pub struct CheckParams {
     pub port: Option<u16>,
     /// Up to this much random delay is added to every interval.
     pub jitter_ms: u64,
-    /// Path of the default request.
-    pub uri: String,
+    /// Path of the default request; `/` when `None`.
+    pub uri: Option<String>,
     /// Host header of the default request; the upstream's name when `None`.
     pub host: Option<String>,
     /// Peers seen for the first time start down and need `rise` good probes.
@@ -48,7 +48,7 @@ impl Default for CheckParams {
             rise: 2,
             port: None,
             jitter_ms: 0,
-            uri: "/".to_owned(),
+            uri: None,
             host: None,
             default_down: false,
         }

@@ -276,7 +276,7 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
                         "uri must not contain spaces, control characters or non-ASCII bytes",
                     ));
                 }
-                params.uri = ascii_string(value);
+                params.uri = Some(ascii_string(value));
             }
             "host" => {
                 if value.is_empty() {
@@ -330,6 +330,23 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
         }
     }
     Ok(Some(params))
+}
+
+/// Refuses `uri=` and `host=` when `upstream_healthcheck_request` gives the whole request:
+/// they shape the default request only, which is then never sent.
+pub fn check_with_request(params: &CheckParams) -> Result<(), ParseError> {
+    for (name, value) in [("uri", &params.uri), ("host", &params.host)] {
+        if let Some(v) = value {
+            return Err(ParseError::invalid_because(
+                HEALTHCHECK,
+                format!("{name}={v}").as_bytes(),
+                &format!(
+                    "{name} applies to the default request only, but \"{REQUEST}\" sets the request"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A string from bytes already checked to be printable ASCII.
@@ -698,7 +715,7 @@ mod tests {
                 rise: 1,
                 port: Some(8080),
                 jitter_ms: 1000,
-                uri: "/health?full=1".to_owned(),
+                uri: Some("/health?full=1".to_owned()),
                 host: Some("example.com:8080".to_owned()),
                 default_down: true,
             }
@@ -820,10 +837,46 @@ mod tests {
         );
         let p = hc_ok(&["type=http", "uri=/health", "host=foo.com"]);
         assert_eq!(
-            (p.uri.as_str(), p.host.as_deref()),
-            ("/health", Some("foo.com"))
+            (p.uri.as_deref(), p.host.as_deref()),
+            (Some("/health"), Some("foo.com"))
         );
         assert_eq!(hc_ok(&["type=tcp", "port=81"]).port, Some(81));
+    }
+
+    #[test]
+    fn uri_and_host_do_not_go_with_a_request_of_ones_own() {
+        assert_eq!(
+            check_with_request(&hc_ok(&["interval=1s", "fall=2"])),
+            Ok(())
+        );
+        assert_eq!(check_with_request(&hc_ok(&["port=81", "jitter=1"])), Ok(()));
+        assert_eq!(
+            check_with_request(&hc_ok(&["uri=/health"]))
+                .unwrap_err()
+                .to_string(),
+            "invalid parameter \"uri=/health\" in \"upstream_healthcheck\" directive, uri applies \
+             to the default request only, but \"upstream_healthcheck_request\" sets the request"
+        );
+        assert_eq!(
+            check_with_request(&hc_ok(&["host=foo.com", "uri=/"]))
+                .unwrap_err()
+                .to_string(),
+            bad(
+                "uri=/",
+                "uri applies to the default request only, but \"upstream_healthcheck_request\" \
+                 sets the request"
+            )
+        );
+        assert_eq!(
+            check_with_request(&hc_ok(&["host=foo.com"]))
+                .unwrap_err()
+                .to_string(),
+            bad(
+                "host=foo.com",
+                "host applies to the default request only, but \"upstream_healthcheck_request\" \
+                 sets the request"
+            )
+        );
     }
 
     #[test]
@@ -897,8 +950,12 @@ mod tests {
 
     #[test]
     fn healthcheck_uri() {
-        assert_eq!(hc_ok(&["uri=/"]).uri, "/");
-        assert_eq!(hc_ok(&["uri=/status?x=1&y=%20"]).uri, "/status?x=1&y=%20");
+        assert_eq!(hc_ok(&["uri=/"]).uri.as_deref(), Some("/"));
+        assert_eq!(
+            hc_ok(&["uri=/status?x=1&y=%20"]).uri.as_deref(),
+            Some("/status?x=1&y=%20")
+        );
+        assert_eq!(hc_ok(&[]).uri, None);
         for a in ["uri=", "uri=health", "uri=*", "uri=http://x/"] {
             assert_eq!(hc_err(&[a]), bad(a, "uri must start with \"/\""));
         }

@@ -442,17 +442,23 @@ fn valid_edge_cases_are_accepted() {
     ));
     // off, alone.
     accepted(&upstream_with("    upstream_healthcheck off;"));
-    // Every parameter at once, a request and statuses, explicit format of the status page.
+    // Every parameter at once, statuses, explicit format of the status page.
     accepted(&format!(
         "upstream_healthcheck_zone 64k;\n{}server {{\n    {}\n    \
          location = /st {{ upstream_healthcheck_status text; }}\n}}\n",
         upstream_with(
             "    upstream_healthcheck type=http interval=2s timeout=1s fall=3 rise=2 port=18082 \
              jitter=1s uri=/health host=foo.com default_down=on;\n    \
-             upstream_healthcheck_request \"GET /status HTTP/1.0\\r\\nHost: foo.com\\r\\n\\r\\n\";\n    \
              upstream_healthcheck_valid_statuses 200 302 2xx !204 300-399;"
         ),
         listen()
+    ));
+    // Every parameter but uri= and host= with a request of its own.
+    accepted(&upstream_with(
+        "    upstream_healthcheck type=http interval=2s timeout=1s fall=3 rise=2 port=18082 \
+         jitter=1s default_down=on;\n    \
+         upstream_healthcheck_request \"GET /status HTTP/1.0\\r\\nHost: foo.com\\r\\n\\r\\n\";\n    \
+         upstream_healthcheck_valid_statuses 200 302 2xx !204 300-399;",
     ));
     // type=tcp alone.
     accepted(&upstream_with(
@@ -479,6 +485,26 @@ fn uri_or_host_with_type_tcp() {
         "uri=/health",
         &bad_param("uri=/health", "uri applies to type=http only"),
     );
+}
+
+#[test]
+fn uri_or_host_with_a_request_of_ones_own() {
+    let request =
+        "    upstream_healthcheck_request \"GET /status HTTP/1.0\\r\\nHost: foo.com\\r\\n\\r\\n\";";
+    for arg in ["uri=/health", "host=foo.com"] {
+        let name = arg.split('=').next().unwrap();
+        let msg = bad_param(
+            arg,
+            &format!(
+                "{name} applies to the default request only, but \"upstream_healthcheck_request\" \
+                 sets the request"
+            ),
+        );
+        // In either order, the error is at the parameter that would have no effect.
+        let line = format!("    upstream_healthcheck interval=1s {arg};");
+        rejected(&format!("{line}\n{request}"), arg, &msg);
+        rejected(&format!("{request}\n{line}"), arg, &msg);
+    }
 }
 
 #[test]

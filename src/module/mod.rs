@@ -19,6 +19,7 @@ use crate::key::peer_key;
 use crate::module::conf::{
     conf_error_at, conf_warn_at, Check, ConfPos, LocConf, MainConf, PeerConf, SrvConf, UpstreamConf,
 };
+use crate::parse;
 
 mod admin;
 mod clock;
@@ -185,6 +186,12 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
         let listed = unsafe { config_peers(us) };
         let params = match &sc.check {
             Some((Some(p), pos)) => {
+                if sc.request.is_some() {
+                    if let Err(e) = parse::check_with_request(p) {
+                        conf_error_at(cf, pos, e);
+                        return Err(());
+                    }
+                }
                 if let Some(port) = p.port {
                     if !listed.is_empty() && listed.iter().all(|peer| peer.unix) {
                         conf_warn_at(
@@ -250,10 +257,10 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
         let check = params.map(|params| {
             let host = params.host.clone().unwrap_or_else(|| name.clone());
             Check {
-                request: sc
-                    .request
-                    .as_ref()
-                    .map_or_else(|| default_request(&params.uri, &host), |r| r.0.clone()),
+                request: sc.request.as_ref().map_or_else(
+                    || default_request(params.uri.as_deref().unwrap_or("/"), &host),
+                    |r| r.0.clone(),
+                ),
                 valid: sc.valid.as_ref().map(|v| v.0.clone()).unwrap_or_default(),
                 params,
             }
