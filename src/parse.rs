@@ -9,6 +9,7 @@ use core::fmt;
 use std::net::IpAddr;
 
 use crate::config::{CheckParams, CheckType, StatusRange, ValidStatuses};
+use crate::query::Format;
 use crate::status_line::is_final;
 
 /// The longest `interval`, `timeout` or `jitter` accepted: anything longer is a typo.
@@ -25,6 +26,7 @@ const VALID_STATUSES: &str = "upstream_healthcheck_valid_statuses";
 const REQUEST: &str = "upstream_healthcheck_request";
 const ZONE: &str = "upstream_healthcheck_zone";
 const HA_ADDRESS: &str = "upstream_healthcheck_ha_address";
+const STATUS: &str = "upstream_healthcheck_status";
 
 /// A configuration error; its `Display` is the whole message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +92,26 @@ fn escape(v: &[u8]) -> String {
 /// follow a unit). A bare number is milliseconds, and only as the whole value: `1m30` is
 /// rejected rather than guessed. `None` on an empty value, a sign, an unknown unit or overflow.
 pub fn parse_time_ms(v: &[u8]) -> Option<u64> {
+    parse_time(v, false)
+}
+
+/// `parse_time_ms`, where a well-formed time too large for a `u64` is `u64::MAX` when
+/// `saturate` (so that a message can call it too long rather than malformed).
+fn parse_time(v: &[u8], saturate: bool) -> Option<u64> {
+    let mul = |a: u64, b: u64| {
+        if saturate {
+            Some(a.saturating_mul(b))
+        } else {
+            a.checked_mul(b)
+        }
+    };
+    let add = |a: u64, b: u64| {
+        if saturate {
+            Some(a.saturating_add(b))
+        } else {
+            a.checked_add(b)
+        }
+    };
     let mut total: u64 = 0;
     let mut last_rank = u8::MAX;
     let mut i = 0;
@@ -97,7 +119,7 @@ pub fn parse_time_ms(v: &[u8]) -> Option<u64> {
         let start = i;
         let mut n: u64 = 0;
         while let Some(&d) = v.get(i).filter(|d| d.is_ascii_digit()) {
-            n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+            n = add(mul(n, 10)?, u64::from(d - b'0'))?;
             i += 1;
         }
         if i == start {
@@ -123,7 +145,7 @@ pub fn parse_time_ms(v: &[u8]) -> Option<u64> {
         }
         last_rank = rank;
         i += len;
-        total = total.checked_add(n.checked_mul(scale)?)?;
+        total = add(total, mul(n, scale)?)?;
         while v.get(i) == Some(&b' ') {
             i += 1;
         }
@@ -164,7 +186,7 @@ const TIME_EXAMPLE: &str = "(e.g. 2s, 500ms; a bare number means milliseconds)";
 /// The value of the time parameter `name`: milliseconds from 1 (from 0 when `zero_ok`) to
 /// 24h, or the reason it is not one, worded the same for every directive.
 fn time_param(name: &str, value: &[u8], zero_ok: bool) -> Result<u64, String> {
-    let ms = parse_time_ms(value)
+    let ms = parse_time(value, true)
         .filter(|&ms| ms > 0 || zero_ok)
         .ok_or_else(|| {
             let what = if zero_ok { "time" } else { "positive time" };
@@ -493,6 +515,21 @@ pub fn parse_zone_size(arg: &[u8]) -> Result<usize, ParseError> {
     Ok(size)
 }
 
+/// Parses the argument of `upstream_healthcheck_status`: the page's default format, `text`
+/// when none is given.
+pub fn parse_status_format(arg: Option<&[u8]>) -> Result<Format, ParseError> {
+    let Some(arg) = arg else {
+        return Ok(Format::Text);
+    };
+    Format::parse(arg).ok_or_else(|| {
+        ParseError::invalid_because(
+            STATUS,
+            arg,
+            "the format must be \"text\", \"json\", \"prometheus\" or \"html\"",
+        )
+    })
+}
+
 /// Parses `upstream_healthcheck_ha_address ADDRESS [interval=T]`: an IPv4 or IPv6 address
 /// (a `/prefix` suffix, as keepalived writes VIPs, must be a valid prefix length and is then
 /// ignored) and how often to look for it, 10s by default.
@@ -754,7 +791,16 @@ mod tests {
                 let a = format!("{name}={v}");
                 assert_eq!(hc_err(&[&a]), bad(&a, &time_reason(name)));
             }
-            for v in ["25h", "86400001", "1d1ms", "1w"] {
+            for v in [
+                "25h",
+                "86400001",
+                "1d1ms",
+                "1w",
+                "1000000000h",
+                "99999999999999999999",
+                "99999999999999999999h 1ms",
+                "18446744073709551615y",
+            ] {
                 let a = format!("{name}={v}");
                 assert_eq!(
                     hc_err(&[&a]),
@@ -1283,6 +1329,36 @@ mod tests {
     }
 
     #[test]
+    fn status_format() {
+        assert_eq!(parse_status_format(None), Ok(Format::Text));
+        for (a, f) in [
+            ("text", Format::Text),
+            ("json", Format::Json),
+            ("prometheus", Format::Prometheus),
+            ("html", Format::Html),
+        ] {
+            assert_eq!(parse_status_format(Some(a.as_bytes())), Ok(f));
+        }
+        let msg = |a: &str| {
+            format!(
+                "invalid parameter \"{a}\" in \"upstream_healthcheck_status\" directive, the format \
+                 must be \"text\", \"json\", \"prometheus\" or \"html\""
+            )
+        };
+        assert_eq!(
+            parse_status_format(Some(b"JSON")).unwrap_err().to_string(),
+            msg("JSON")
+        );
+        // Escaped like every other message: one printable line.
+        assert_eq!(
+            parse_status_format(Some(b"x\"\n\xff"))
+                .unwrap_err()
+                .to_string(),
+            msg("x\\\"\\n\\xFF")
+        );
+    }
+
+    #[test]
     fn ha_address() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(
@@ -1365,7 +1441,15 @@ mod tests {
                 .replace("upstream_healthcheck_ha_address", "X")
         };
         let hc = |v: &str| hc_err(&[&format!("interval={v}")]).replace("upstream_healthcheck", "X");
-        for v in ["0", "abc", "1000000000h", "25h", "-1s", ""] {
+        for v in [
+            "0",
+            "abc",
+            "1000000000h",
+            "25h",
+            "-1s",
+            "",
+            "99999999999999999999h",
+        ] {
             assert_eq!(ha(v), hc(v), "interval={v}");
         }
         assert!(ha("1000000000h").ends_with("interval must be at most 24h"));

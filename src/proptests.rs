@@ -8,8 +8,8 @@ use proptest::prelude::*;
 
 use crate::config::{CheckType, StatusRange, ValidStatuses};
 use crate::parse::{
-    parse_ha_address, parse_healthcheck, parse_request, parse_size, parse_time_ms,
-    parse_valid_statuses, parse_zone_size,
+    parse_ha_address, parse_healthcheck, parse_request, parse_size, parse_status_format,
+    parse_time_ms, parse_valid_statuses, parse_zone_size,
 };
 use crate::query::{parse_args, parse_status_query, url_decode, Format};
 use crate::status_line::{Progress, StatusLineParser, MAX_INTERIM, MAX_STATUS_LINE};
@@ -219,10 +219,13 @@ proptest! {
     }
 
     #[test]
-    fn error_messages_are_one_printable_line(a in args()) {
+    fn error_messages_are_one_printable_line(a in args(), raw in bytes(64)) {
         for r in [
             parse_healthcheck(&as_slices(&a)).err(),
             parse_valid_statuses(&as_slices(&a)).err(),
+            parse_ha_address(&as_slices(&a)).err(),
+            parse_status_format(a.first().map(Vec::as_slice)).err(),
+            parse_request(&raw).err(),
         ]
         .into_iter()
         .flatten()
@@ -283,6 +286,24 @@ proptest! {
         let (addr, max) = if v6 { ("fd00::5", 128) } else { ("10.0.0.5", 32) };
         let a = format!("{addr}/{n}");
         prop_assert_eq!(parse_ha_address(&[a.as_bytes()]).is_ok(), n <= max);
+    }
+
+    #[test]
+    fn too_long_times_are_called_too_long_whatever_their_size(n in any::<u64>(), unit in 0usize..5) {
+        let (u, scale) = [("", 1u128), ("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)][unit];
+        let ms = u128::from(n) * scale;
+        let a = format!("interval={n}{u}");
+        let hc = parse_healthcheck(&[a.as_bytes()]).map_err(|e| e.to_string());
+        let ha = parse_ha_address(&[b"127.0.0.10", a.as_bytes()]).map_err(|e| e.to_string());
+        for got in [hc.clone().map(|_| ()), ha.map(|_| ())] {
+            if ms == 0 {
+                prop_assert!(got.unwrap_err().contains("interval must be a positive time"));
+            } else if ms > 86_400_000 {
+                prop_assert!(got.unwrap_err().ends_with("interval must be at most 24h"));
+            } else {
+                prop_assert!(got.is_ok(), "{:?}", got);
+            }
+        }
     }
 
     #[test]

@@ -18,7 +18,6 @@ use crate::module::conf::{conf_error, ConfPos, LocConf, MainConf, SrvConf};
 use crate::module::status::status_handler;
 use crate::module::Module;
 use crate::parse::{self, ParseError};
-use crate::query::Format;
 
 type SetFn = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
@@ -230,21 +229,9 @@ extern "C" fn set_status(
             one_handler("upstream_healthcheck_status", "upstream_healthcheck_admin"),
         );
     }
-    let format = match args.first() {
-        None => Format::Text,
-        Some(v) => match Format::parse(v) {
-            Some(f) => f,
-            None => {
-                return conf_error(
-                    cf,
-                    format!(
-                        "invalid parameter \"{}\" in \"upstream_healthcheck_status\" directive, \
-                         the format must be \"text\", \"json\", \"prometheus\" or \"html\"",
-                        String::from_utf8_lossy(v)
-                    ),
-                )
-            }
-        },
+    let format = match parse::parse_status_format(args.first().copied()) {
+        Ok(f) => f,
+        Err(e) => return conf_error(cf, e),
     };
     // SAFETY: cf is valid during parsing; the core module's location conf always exists.
     let Some(clcf) = NgxHttpCoreModule::location_conf_mut(unsafe { &*cf }) else {
