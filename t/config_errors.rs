@@ -1,6 +1,8 @@
 //! An operator's typos: every malformed use of the module's directives makes `nginx -t` fail
 //! with one `[emerg]` line that names the directive, the bad parameter and the `file:line` of
-//! the directive; well-formed edge cases pass.
+//! the directive; so does every configuration that parses but cannot do what it says (a `uri=`
+//! a tcp check never sends, a status list no probe can pass), and one that is merely useless
+//! gets a `[warn]` line at its `file:line`. Well-formed edge cases pass.
 mod common;
 
 use common::*;

@@ -46,24 +46,19 @@ pub fn conf_error(cf: *mut ngx_conf_t, err: impl Display) -> *mut c_char {
 
 /// Reports a configuration error found after parsing, at the position it was written.
 pub fn conf_error_at(cf: *mut ngx_conf_t, pos: &ConfPos, err: impl Display) {
-    // SAFETY: cf is the live configuration context passed to postconfiguration.
-    let log = unsafe { (*cf).log };
-    ngx::ngx_log_error!(NGX_LOG_EMERG, log, "{} in {}:{}", err, pos.file, pos.line);
+    log_at(cf, NGX_LOG_EMERG, pos, err);
 }
 
 /// Reports a configuration that works but where something written has no effect, found after
 /// parsing: `[warn] <message> in <file>:<line>`; `nginx -t` still succeeds.
 pub fn conf_warn_at(cf: *mut ngx_conf_t, pos: &ConfPos, warning: impl Display) {
+    log_at(cf, NGX_LOG_WARN, pos, warning);
+}
+
+fn log_at(cf: *mut ngx_conf_t, level: u32, pos: &ConfPos, msg: impl Display) {
     // SAFETY: cf is the live configuration context passed to postconfiguration.
     let log = unsafe { (*cf).log };
-    ngx::ngx_log_error!(
-        NGX_LOG_WARN,
-        log,
-        "{} in {}:{}",
-        warning,
-        pos.file,
-        pos.line
-    );
+    ngx::ngx_log_error!(level, log, "{} in {}:{}", msg, pos.file, pos.line);
 }
 
 /// `http {}` level: the zone and the list of upstreams built after parsing.

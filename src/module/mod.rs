@@ -206,32 +206,23 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
                 }
                 Some(p.clone())
             }
-            Some((None, _)) => {
+            Some((None, _)) | None => {
                 if let Some((directive, Some(pos))) = http_directives(sc)
                     .into_iter()
                     .find(|(_, pos)| pos.is_some())
                 {
+                    let off = if sc.check.is_some() {
+                        ", but it is off"
+                    } else {
+                        ""
+                    };
                     conf_error_at(
                         cf,
                         pos,
                         format!(
                             "\"{directive}\" directive needs \"upstream_healthcheck\" in upstream \
-                             \"{name}\", but it is off"
+                             \"{name}\"{off}"
                         ),
-                    );
-                    return Err(());
-                }
-                None
-            }
-            None => {
-                if let Some((directive, Some(pos))) = http_directives(sc)
-                    .into_iter()
-                    .find(|(_, pos)| pos.is_some())
-                {
-                    conf_error_at(
-                        cf,
-                        pos,
-                        format!("\"{directive}\" directive needs \"upstream_healthcheck\" in upstream \"{name}\""),
                     );
                     return Err(());
                 }
