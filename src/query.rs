@@ -200,6 +200,22 @@ pub fn parse_status_query(args: &[u8], default: Format) -> Result<StatusQuery, Q
     Ok(q)
 }
 
+/// The format of an error answer: the one `format=` asks for when it is given once with a
+/// known value, else the location's default (a repeated or unknown `format=` says nothing).
+pub fn error_format(args: &[u8], default: Format) -> Format {
+    let mut asked = args.split(|&b| b == b'&').filter_map(|seg| {
+        let (k, v) = match seg.iter().position(|&b| b == b'=') {
+            Some(i) => (&seg[..i], &seg[i + 1..]),
+            None => (seg, &b""[..]),
+        };
+        (url_decode(k)? == b"format").then(|| url_decode(v))
+    });
+    match (asked.next(), asked.next()) {
+        (Some(Some(v)), None) => Format::parse(&v).unwrap_or(default),
+        _ => default,
+    }
+}
+
 /// Keeps what the query asks for: only the named upstream (404 when there is none by that
 /// name), only peers in the asked state (`down` true counts as down, config-down included).
 /// Upstreams left without peers stay, with empty lists.
@@ -239,6 +255,20 @@ mod tests {
 
     fn bad(msg: &str) -> (u16, String) {
         (400, msg.to_owned())
+    }
+
+    #[test]
+    fn errors_come_in_the_one_format_asked_for_else_the_default() {
+        let f = |args: &str, default| error_format(args.as_bytes(), default);
+        assert_eq!(f("format=json&upstream=nope", Format::Text), Format::Json);
+        assert_eq!(f("%66ormat=json", Format::Text), Format::Json);
+        assert_eq!(f("format=json&format=json", Format::Text), Format::Text);
+        assert_eq!(f("format=json&format=text", Format::Text), Format::Text);
+        assert_eq!(f("format=text&format=json", Format::Json), Format::Json);
+        assert_eq!(f("format=jsonx", Format::Text), Format::Text);
+        assert_eq!(f("format=%zz", Format::Json), Format::Json);
+        assert_eq!(f("", Format::Json), Format::Json);
+        assert_eq!(f("xformat=json", Format::Text), Format::Text);
     }
 
     #[test]

@@ -757,7 +757,7 @@ fn set_and_del_need_post_and_forms_are_url_decoded() {
     );
     assert_eq!(list(port), state);
 
-    // Other methods: 405, nothing changed.
+    // Other methods: 405 with the methods that work, nothing changed.
     for method in ["PUT", "DELETE"] {
         assert_err(
             admin(port, method, "t=ex&u=u4&a=del"),
@@ -765,7 +765,20 @@ fn set_and_del_need_post_and_forms_are_url_decoded() {
             "method not allowed, use GET or POST",
             method,
         );
+        let (_, headers, _) = request(port, method, "/admin?t=ex&u=u4&a=del", &[], b"");
+        assert_eq!(
+            header(&headers, "Allow").as_deref(),
+            Some("GET, HEAD, POST"),
+            "{method}: {headers}"
+        );
     }
+    let (status, headers, _) = request(port, "GET", "/admin?t=ex&u=u4&a=del", &[], b"");
+    assert_eq!(status, 405);
+    assert_eq!(
+        header(&headers, "Allow").as_deref(),
+        Some("POST"),
+        "GET del: {headers}"
+    );
     assert_eq!(list(port), state);
     let results: Vec<_> = (0..6).map(|_| proxied_get(port, "/u/u4/x")).collect();
     assert!(results.iter().all(|r| r.1 == Some(a.port())), "{results:?}");
@@ -1090,6 +1103,12 @@ fn bad_requests_are_refused_with_exact_messages_and_change_nothing() {
         ),
         (
             "POST",
+            format!("t=ex&u=u6&a=del&{just_fits}=1"),
+            400,
+            format!("unknown parameter \"{}...\"", "x".repeat(32)),
+        ),
+        (
+            "POST",
             format!("t=ex&p={}&u=u6&a=del", b.addr()),
             400,
             r#"parameter "p" is not allowed with t=ex"#.into(),
@@ -1159,6 +1178,18 @@ fn bad_requests_are_refused_with_exact_messages_and_change_nothing() {
         "text body",
     );
     assert_eq!(list(port), state, "state changed by a text/plain body");
+    for ct in [
+        "application/x-www-form-urlencodedXYZ",
+        "application/x-www-form-urlencoded-v2; charset=utf-8",
+    ] {
+        assert_err(
+            admin_post_body(port, Some(ct), b"t=ex&u=u6&a=del"),
+            415,
+            not_form,
+            ct,
+        );
+        assert_eq!(list(port), state, "state changed by a {ct} body");
+    }
     let (status, _, body) = request(
         port,
         "POST",

@@ -801,6 +801,25 @@ fn the_directive_sets_the_default_format_and_the_query_overrides_it() {
             CT_TEXT,
             "unknown upstream \"x\"\n",
         ),
+        // A repeated format= names no format: the error comes in the location's own.
+        (
+            "/status?format=json&format=json",
+            400,
+            CT_TEXT,
+            "parameter \"format\" is repeated\n",
+        ),
+        (
+            "/status?format=json&format=text",
+            400,
+            CT_TEXT,
+            "parameter \"format\" is repeated\n",
+        ),
+        (
+            "/status.json?format=text&format=text",
+            400,
+            CT_JSON,
+            r#"{"status":"err","err_msg":"parameter \"format\" is repeated","msg":""}"#,
+        ),
     ] {
         let (status, headers, body) = get(port, path);
         assert_eq!(status, want_status, "GET {path}: {headers}\n{body}");
@@ -845,9 +864,16 @@ fn the_directive_sets_the_default_format_and_the_query_overrides_it() {
     }
     for method in ["POST", "PUT", "DELETE", "PATCH"] {
         for location in ["/status", "/status.json?format=json", "/metrics"] {
-            let (status, headers, _) =
+            let (status, headers, body) =
                 http_request(port, method, location, "x=1").expect("request");
             assert_eq!(status, 405, "{method} {location}: {headers}");
+            assert_eq!(
+                header(&headers, "Allow").as_deref(),
+                Some("GET, HEAD"),
+                "{method} {location}: {headers}"
+            );
+            assert_eq!(content_type(&headers).as_deref(), Some(CT_TEXT));
+            assert_eq!(body, "method not allowed, use GET or HEAD\n");
         }
     }
 
@@ -1791,6 +1817,13 @@ fn odd_upstream_names_survive_every_format() {
             "a name broke a line: {line:?}"
         );
     }
+
+    // error.log: the name between quotes with its quotes and backslash escaped as nginx's logs
+    // escape them, so the line reads unambiguously.
+    let log = nginx.error_log();
+    let escaped = "we<b>ird</b> \\x22q\\x22 & 'sq' \\x5C end";
+    let line = format!("peer {down} in upstream \"{escaped}\" is DOWN");
+    assert!(log.contains(&line), "no line {line:?} in:\n{log}");
 
     // HTML, as a browser builds it: no markup injected, the names read back as written.
     tool("/usr/bin/chromium", "chromium");

@@ -9,10 +9,11 @@ use ngx::ffi::{
 use ngx::http::HttpModuleMainConf;
 
 use crate::admin::{
-    expiry, parse_command, render_answer, ttl_left, Action, Answer, Command, Entry, Subject,
+    expiry, is_form, parse_command, render_answer, ttl_left, Action, Answer, Command, Entry,
+    Subject,
 };
 use crate::module::conf::MainConf;
-use crate::module::status::send;
+use crate::module::status::{allow, send};
 use crate::module::worker::{apply_now, now_msec};
 use crate::module::zone::{restart_checks, ZoneHeader};
 use crate::module::Module;
@@ -31,6 +32,8 @@ pub extern "C" fn admin_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls content handlers with a live request.
     let req = unsafe { &mut *r };
     if req.method & (NGX_HTTP_GET | NGX_HTTP_HEAD | NGX_HTTP_POST) as usize == 0 {
+        // SAFETY: as above; nothing is sent yet.
+        unsafe { allow(r, "GET, HEAD, POST") };
         return reply(r, Err(err(405, "method not allowed, use GET or POST")));
     }
     if req.method & NGX_HTTP_POST as usize != 0 {
@@ -84,9 +87,7 @@ fn body(req: &ngx_http_request_t) -> Result<Vec<u8>, QueryError> {
     if !out.is_empty() {
         // SAFETY: headers_in.content_type is null or a valid header.
         let ct = unsafe { req.headers_in.content_type.as_ref() }.map(|h| h.value.as_bytes());
-        let form = b"application/x-www-form-urlencoded";
-        if !ct.is_some_and(|v| v.len() >= form.len() && v[..form.len()].eq_ignore_ascii_case(form))
-        {
+        if !ct.is_some_and(is_form) {
             return Err(err(
                 415,
                 "the body must be application/x-www-form-urlencoded",
@@ -96,11 +97,13 @@ fn body(req: &ngx_http_request_t) -> Result<Vec<u8>, QueryError> {
     Ok(out)
 }
 
-fn handle(req: &ngx_http_request_t, body: &[u8]) -> Result<Answer, QueryError> {
+fn handle(req: &mut ngx_http_request_t, body: &[u8]) -> Result<Answer, QueryError> {
     let mut params = parse_args(req.args.as_bytes())?;
     params.extend(parse_args(body)?);
     let command = parse_command(&params)?;
     if command.changes_state() && req.method & NGX_HTTP_POST as usize == 0 {
+        // SAFETY: the request is live and its header not sent yet.
+        unsafe { allow(req, "POST") };
         return Err(err(405, "a=set and a=del must come as POST"));
     }
     let main = Module::main_conf(req).ok_or_else(|| err(500, "no configuration"))?;

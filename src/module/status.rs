@@ -6,9 +6,9 @@ use core::sync::atomic::Ordering;
 use ngx::ffi::{
     ngx_chain_t, ngx_create_temp_buf, ngx_http_discard_request_body, ngx_http_output_filter,
     ngx_http_request_t, ngx_http_send_header, ngx_http_upstream_rr_peer_t,
-    ngx_http_upstream_rr_peers_t, ngx_int_t, ngx_rwlock_rlock, ngx_rwlock_unlock, ngx_str_t, off_t,
-    NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED,
-    NGX_HTTP_OK, NGX_OK,
+    ngx_http_upstream_rr_peers_t, ngx_int_t, ngx_list_push, ngx_rwlock_rlock, ngx_rwlock_unlock,
+    ngx_str_t, ngx_table_elt_t, off_t, NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK, NGX_OK,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf};
 
@@ -18,7 +18,7 @@ use crate::module::peers::live_peers;
 use crate::module::worker::{now_msec, unix_msec};
 use crate::module::zone::{Slot, UpstreamRecord, HA_MASTER, HA_SLAVER};
 use crate::module::Module;
-use crate::query::{filter, parse_status_query, Format};
+use crate::query::{error_format, filter, parse_status_query, Format};
 use crate::render::html::render_html;
 use crate::render::json::{render_json, render_json_error};
 use crate::render::prometheus::render_prometheus;
@@ -138,7 +138,10 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls content handlers with a live request.
     let req = unsafe { &mut *r };
     if req.method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as usize == 0 {
-        return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
+        // SAFETY: as above.
+        unsafe { allow(r, "GET, HEAD") };
+        let message = "method not allowed, use GET or HEAD";
+        return error(r, Format::Text, NGX_HTTP_NOT_ALLOWED as u16, message);
     }
     // SAFETY: as above.
     let rc = unsafe { ngx_http_discard_request_body(r) };
@@ -154,8 +157,12 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let (snap, q) = match query {
         Ok(v) => v,
         Err(e) => {
-            let format = Format::parse(arg(req.args.as_bytes(), "format")).unwrap_or(default);
-            return error(r, format, e.status, &e.message);
+            return error(
+                r,
+                error_format(req.args.as_bytes(), default),
+                e.status,
+                &e.message,
+            );
         }
     };
     let mut body = String::new();
@@ -179,13 +186,6 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
 }
 
-/// The raw value of query argument `name`, empty when absent.
-fn arg<'a>(args: &'a [u8], name: &str) -> &'a [u8] {
-    args.split(|&b| b == b'&')
-        .find_map(|kv| kv.strip_prefix(name.as_bytes())?.strip_prefix(b"="))
-        .unwrap_or_default()
-}
-
 /// Answers a bad request: a JSON error envelope for JSON clients, a line of text otherwise.
 fn error(r: *mut ngx_http_request_t, format: Format, status: u16, message: &str) -> ngx_int_t {
     let mut body = String::new();
@@ -199,6 +199,31 @@ fn error(r: *mut ngx_http_request_t, format: Format, status: u16, message: &str)
     };
     // SAFETY: r is the live request of the calling handler.
     unsafe { send(r, status as usize, content_type, body.as_bytes()) }
+}
+
+/// Adds `Allow: methods` to the response headers, for a 405.
+///
+/// # Safety
+/// `r` must be a live request whose header is not sent yet.
+pub unsafe fn allow(r: *mut ngx_http_request_t, methods: &'static str) {
+    let key = "Allow";
+    // SAFETY: per the contract; the element is zeroed before use, and its strings are
+    // static, so they outlive the request.
+    unsafe {
+        let h = ngx_list_push(&mut (*r).headers_out.headers) as *mut ngx_table_elt_t;
+        if let Some(h) = h.as_mut() {
+            ptr::write_bytes(h as *mut ngx_table_elt_t, 0, 1);
+            h.hash = 1;
+            h.key = ngx_str_t {
+                len: key.len(),
+                data: key.as_ptr() as *mut u8,
+            };
+            h.value = ngx_str_t {
+                len: methods.len(),
+                data: methods.as_ptr() as *mut u8,
+            };
+        }
+    }
 }
 
 /// Sends a complete response.

@@ -13,6 +13,7 @@ use ngx::ffi::{
 };
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
 
+use crate::escape::LogEscaped;
 use crate::health::Transition;
 use crate::module::conf::{Check, MainConf, PeerConf, UpstreamConf};
 use crate::module::ha;
@@ -257,7 +258,7 @@ impl Worker {
                     hc_log!(
                         NGX_LOG_NOTICE,
                         "exclusion of upstream \"{}\" expired",
-                        main.upstreams[ui].name
+                        LogEscaped(&main.upstreams[ui].name)
                     );
                 }
             }
@@ -405,8 +406,8 @@ impl Worker {
                 hc_log!(
                     NGX_LOG_WARN,
                     "peer {} in upstream \"{}\" is DOWN after {} failed checks, last error: {error}{status}",
-                    peer.name,
-                    up.name,
+                    LogEscaped(&peer.name),
+                    LogEscaped(&up.name),
                     health.fall_count
                 );
             }
@@ -414,8 +415,8 @@ impl Worker {
                 hc_log!(
                     NGX_LOG_WARN,
                     "peer {} in upstream \"{}\" is UP after {} successful checks",
-                    peer.name,
-                    up.name,
+                    LogEscaped(&peer.name),
+                    LogEscaped(&up.name),
                     health.rise_count
                 );
             }
