@@ -2,9 +2,10 @@
 //! changes exclusions and manual downs in the shared zone, answers in JSON.
 
 use ngx::ffi::{
-    ngx_http_discard_request_body, ngx_http_finalize_request, ngx_http_read_client_request_body,
-    ngx_http_request_t, ngx_int_t, NGX_DONE, NGX_HTTP_GET, NGX_HTTP_HEAD,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_OK, NGX_HTTP_POST, NGX_HTTP_SPECIAL_RESPONSE, NGX_OK,
+    ngx_exiting, ngx_http_discard_request_body, ngx_http_finalize_request,
+    ngx_http_read_client_request_body, ngx_http_request_t, ngx_int_t, ngx_quit, ngx_terminate,
+    NGX_DONE, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_OK,
+    NGX_HTTP_POST, NGX_HTTP_SPECIAL_RESPONSE, NGX_OK,
 };
 use ngx::http::HttpModuleMainConf;
 
@@ -125,6 +126,11 @@ fn execute(
     now: u64,
 ) -> Result<Answer, QueryError> {
     let mut locked = header.lock();
+    if command.changes_state() && (header.is_superseded() || exiting()) {
+        // A newer cycle copied the zone, or this worker is on its way out: a change written
+        // now would be acknowledged and then lost.
+        return Err(err(503, "nginx is reloading, retry"));
+    }
     let Command::Apply { subject, action } = command else {
         let mut entries = Vec::new();
         for (ui, up) in main.upstreams.iter().enumerate() {
@@ -223,6 +229,13 @@ fn execute(
             }
         }
     }
+}
+
+/// This worker is shutting down (reload, upgrade, stop).
+fn exiting() -> bool {
+    // SAFETY: process globals nginx sets from its signal handlers and event loop; reading
+    // them is what nginx's own loop does.
+    unsafe { ngx_exiting != 0 || ngx_quit != 0 || ngx_terminate != 0 }
 }
 
 /// Sends the JSON answer or error.
