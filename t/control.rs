@@ -1310,6 +1310,50 @@ fn changes_acknowledged_during_reloads_are_never_lost() {
     nginx.stop();
 }
 
+/// A reload that fails after the new cycle copied the zone (a `listen` whose port is taken)
+/// leaves the old workers running: they take changes again, and the next good reload keeps them.
+#[test]
+fn a_failed_reload_leaves_the_control_api_working() {
+    let peers: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", 20000 + i)).collect();
+    let port = free_port();
+    let server = |extra: &str| {
+        format!(
+            "{}server {{\n    listen 127.0.0.1:{port};\n    keepalive_timeout 0;\n    \
+             location = /admin {{ upstream_healthcheck_admin; }}\n}}\n{extra}",
+            upstream("u10", &peers, "")
+        )
+    };
+    let mut nginx = Nginx::start(&server(""));
+    post_ok(port, &format!("t=gray&u=u10&p={}&a=set", peers[0]), SET);
+
+    // The port is held by this test, so the new cycle fails in bind() after its zone init.
+    let taken = Backend::new();
+    nginx.rewrite_conf(&server(&format!(
+        "server {{ listen 127.0.0.1:{}; }}\n",
+        taken.port()
+    )));
+    nginx.reload();
+    wait_until(
+        Duration::from_secs(10),
+        "the failed reload given up",
+        || nginx.error_log().contains("still could not bind()"),
+    );
+    post_ok(port, &format!("t=gray&u=u10&p={}&a=set", peers[1]), SET);
+    post_ok(port, &format!("t=gray&u=u10&p={}&a=del", peers[0]), DELETED);
+    let want = json!({
+        "exclusions": [],
+        "manual_downs": [{"upstream": "u10", "peer": peers[1], "ttl": 0}]
+    });
+    assert_eq!(list(port), want);
+
+    nginx.rewrite_conf(&server(""));
+    nginx.reload();
+    assert_eq!(list(port), want);
+    post_ok(port, &format!("t=gray&u=u10&p={}&a=set", peers[2]), SET);
+    taken.stop();
+    nginx.stop_allowing(|l| l.contains("bind() to") || l.contains("still could not bind()"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. HA standby, in a network namespace
 
