@@ -1,6 +1,6 @@
 //! The status request's query string: format, upstream and state filters, page refresh.
 
-use crate::render::Snapshot;
+use crate::render::{Snapshot, UpstreamSnapshot};
 
 /// Longest accepted parameter name or value, in bytes after decoding.
 pub const MAX_ARG_LEN: usize = 1024;
@@ -223,26 +223,36 @@ pub fn filter(mut snap: Snapshot, q: &StatusQuery) -> Result<Snapshot, QueryErro
     if let Some(name) = &q.upstream {
         snap.upstreams.retain(|u| &u.name == name);
         if snap.upstreams.is_empty() {
-            return Err(QueryError {
-                status: 404,
-                message: format!("unknown upstream {name:?}"),
-            });
+            return Err(unknown_upstream(name));
         }
     }
     if let Some(state) = q.state {
-        let want_down = state == StateFilter::Down;
         for u in &mut snap.upstreams {
-            u.primary.retain(|p| p.down == want_down);
-            u.backup.retain(|p| p.down == want_down);
+            keep_state(u, state);
         }
     }
     Ok(snap)
 }
 
+/// The 404 of `?upstream=` naming no upstream.
+pub fn unknown_upstream(name: &str) -> QueryError {
+    QueryError {
+        status: 404,
+        message: format!("unknown upstream {name:?}"),
+    }
+}
+
+/// Keeps the peers of `u` in `state` (`down` true counts as down, config-down included).
+pub fn keep_state(u: &mut UpstreamSnapshot, state: StateFilter) {
+    let want_down = state == StateFilter::Down;
+    u.primary.retain(|p| p.down == want_down);
+    u.backup.retain(|p| p.down == want_down);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::{PeerSnapshot, UpstreamSnapshot};
+    use crate::render::PeerSnapshot;
 
     fn q(args: &str) -> Result<StatusQuery, QueryError> {
         parse_status_query(args.as_bytes(), Format::Text)

@@ -28,6 +28,7 @@ mod log;
 mod peers;
 mod probe;
 mod status;
+mod stream;
 mod worker;
 mod zone;
 

@@ -1,4 +1,4 @@
-//! The status content handler: a snapshot of every upstream, rendered for the client.
+//! The status content handler: each upstream's state taken in turn and streamed to the client.
 
 use core::ptr;
 use core::sync::atomic::Ordering;
@@ -15,95 +15,103 @@ use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf};
 use crate::admin::ttl_left;
 use crate::module::conf::MainConf;
 use crate::module::peers::live_peers;
+use crate::module::stream::{BodyWriter, Counter};
 use crate::module::worker::{now_msec, unix_msec};
-use crate::module::zone::{Slot, UpstreamRecord, HA_MASTER, HA_SLAVER};
+use crate::module::zone::{Slot, ZoneHeader, HA_MASTER, HA_SLAVER};
 use crate::module::Module;
-use crate::query::{error_format, filter, parse_status_query, Format};
-use crate::render::html::render_html;
-use crate::render::json::{render_json, render_json_error};
-use crate::render::prometheus::render_prometheus;
-use crate::render::text::render_text;
-use crate::render::{HaMode, PeerSnapshot, Snapshot, UpstreamSnapshot};
+use crate::query::{error_format, parse_status_query, unknown_upstream, Format};
+use crate::render::json::render_json_error;
+use crate::render::page::{render_page, Page};
+use crate::render::{HaMode, PeerSnapshot, UpstreamSnapshot};
 
-/// Copies the state of every upstream block: nginx's peers as this worker sees them, and the
-/// shared health of checked peers.
-fn snapshot(main: &MainConf) -> Snapshot {
-    let now = now_msec();
-    let mut snap = Snapshot {
-        now_ms: unix_msec(),
-        ..Snapshot::default()
-    };
-    // The shared state, copied under the lock; absent when no zone was needed.
-    let mut slots: Vec<Slot> = Vec::new();
-    let mut records: Vec<UpstreamRecord> = Vec::new();
-    // SAFETY: the header, when set, points into the zone mapped for this cycle.
-    if let Some(h) = unsafe { main.header.as_ref() } {
-        let mut locked = h.lock();
-        slots = locked.slots().to_vec();
-        records = locked.upstreams().to_vec();
-        snap.ha_mode = match h.ha_state.load(Ordering::Acquire) {
-            HA_MASTER => HaMode::Master,
-            HA_SLAVER => HaMode::Slaver,
-            _ => HaMode::Disabled,
-        };
-    }
-    let probing = snap.ha_mode != HaMode::Slaver;
+/// Takes the state of one upstream at a time: its shared slots copied under the zone lock
+/// (held for that upstream only), nginx's peers as this worker sees them.
+struct StateReader<'a> {
+    main: &'a MainConf,
+    header: Option<&'a ZoneHeader>,
+    /// False on the HA standby: nothing is checked there.
+    probing: bool,
+    /// Monotonic now, for the ttls.
+    now: u64,
+    /// The slots of the upstream being read, one per configured peer; reused.
+    slots: Vec<Option<Slot>>,
+}
 
-    for (ui, up) in main.upstreams.iter().enumerate() {
-        let record = records.get(ui);
-        let checked = up.check.is_some() && probing && !record.is_some_and(|r| r.excluded());
+impl StateReader<'_> {
+    /// Writes the state of upstream `ui` into `out`, reusing its buffers.
+    fn fill(&mut self, ui: usize, out: &mut UpstreamSnapshot) {
+        let up = &self.main.upstreams[ui];
+        let mut record = None;
+        self.slots.clear();
+        if let Some(h) = self.header {
+            let mut locked = h.lock();
+            record = locked.upstreams().get(ui).copied();
+            let all = locked.slots();
+            self.slots
+                .extend(up.peers.iter().map(|c| all.get(c.slot).copied()));
+        }
+        let checked = up.check.is_some() && self.probing && !record.is_some_and(|r| r.excluded());
+        out.name.clear();
+        out.name.push_str(&up.name);
+        out.checked = checked;
+        out.probe_durations = record.filter(|_| checked).map(|r| r.probe_durations);
+
         // SAFETY: uscf is valid for the cycle; its peer data is round-robin peers.
         let primary = unsafe { (*up.uscf).peer.data as *mut ngx_http_upstream_rr_peers_t };
-        let mut out = UpstreamSnapshot {
-            name: up.name.clone(),
-            checked,
-            probe_durations: record.filter(|_| checked).map(|r| r.probe_durations),
-            ..Default::default()
-        };
-        let mut backup_index = 0;
+        let (mut np, mut nb) = (0, 0);
         // SAFETY: as above.
         for (i, (list, rr)) in unsafe { live_peers(primary) }.into_iter().enumerate() {
+            let (peers, n) = if list == primary {
+                (&mut out.primary, &mut np)
+            } else {
+                (&mut out.backup, &mut nb)
+            };
+            if peers.len() == *n {
+                peers.push(PeerSnapshot::default());
+            }
+            let peer = &mut peers[*n];
             // SAFETY: list and rr are live; zone peers are read under the list's read lock.
-            let mut peer = unsafe { read_peer(list, rr) };
+            unsafe { read_peer(list, rr, peer) };
+            peer.id = *n;
+            *n += 1;
             let slot = up
                 .peers
                 .get(i)
                 .filter(|c| c.name == peer.name)
                 .and_then(|c| {
                     peer.config_down = c.config_down;
-                    slots.get(c.slot)
+                    self.slots.get(i).copied().flatten()
                 });
             if let Some(s) = slot {
                 peer.manual_down = s.manual_down();
-                peer.manual_down_ttl =
-                    (s.manual_until_ms != u64::MAX).then(|| ttl_left(s.manual_until_ms, now));
-                peer.manual_down_ttl = peer.manual_down_ttl.filter(|_| peer.manual_down);
-                let unhealthy = checked && !s.health.is_up();
-                peer.down = peer.config_down || peer.manual_down || unhealthy;
+                peer.manual_down_ttl = (peer.manual_down && s.manual_until_ms != u64::MAX)
+                    .then(|| ttl_left(s.manual_until_ms, self.now));
+                peer.down = peer_down(peer, checked, &s);
                 peer.health = checked.then_some(s.health);
             }
-            if list == primary {
-                peer.id = i;
-                out.primary.push(peer);
-            } else {
-                peer.id = backup_index;
-                backup_index += 1;
-                out.backup.push(peer);
-            }
         }
-        snap.upstreams.push(out);
+        out.primary.truncate(np);
+        out.backup.truncate(nb);
     }
-    snap
 }
 
-/// nginx's view of one peer.
+/// Down as the balancer sees it: marked down in nginx.conf, forced down, or (when checked)
+/// judged down by the probes.
+fn peer_down(peer: &PeerSnapshot, checked: bool, slot: &Slot) -> bool {
+    peer.config_down || peer.manual_down || (checked && !slot.health.is_up())
+}
+
+/// nginx's view of one peer, written over `out` (its name's buffer reused).
 ///
 /// # Safety
 /// `list` and `rr` must be live round-robin peers of the running cycle.
 unsafe fn read_peer(
     list: *mut ngx_http_upstream_rr_peers_t,
     rr: *mut ngx_http_upstream_rr_peer_t,
-) -> PeerSnapshot {
+    out: &mut PeerSnapshot,
+) {
+    let mut name = core::mem::take(&mut out.name);
+    name.clear();
     // SAFETY: per the contract; zone peers are read under the list's read lock.
     unsafe {
         let shared = !(*list).shpool.is_null();
@@ -111,8 +119,9 @@ unsafe fn read_peer(
             ngx_rwlock_rlock(&mut (*list).rwlock);
         }
         let rr = &*rr;
-        let p = PeerSnapshot {
-            name: String::from_utf8_lossy(rr.name.as_bytes()).into_owned(),
+        name.push_str(&String::from_utf8_lossy(rr.name.as_bytes()));
+        *out = PeerSnapshot {
+            name,
             config_down: rr.down != 0,
             down: rr.down != 0,
             weight: rr.weight as i64,
@@ -127,7 +136,6 @@ unsafe fn read_peer(
         if shared {
             ngx_rwlock_unlock(&mut (*list).rwlock);
         }
-        p
     }
 }
 
@@ -152,10 +160,8 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     };
     let default = loc.status.unwrap_or(Format::Text);
-    let query = parse_status_query(req.args.as_bytes(), default)
-        .and_then(|q| Ok((filter(snapshot(main), &q)?, q)));
-    let (snap, q) = match query {
-        Ok(v) => v,
+    let q = match parse_status_query(req.args.as_bytes(), default) {
+        Ok(q) => q,
         Err(e) => {
             return error(
                 r,
@@ -165,25 +171,74 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
             );
         }
     };
-    let mut body = String::new();
-    let rendered = match q.format {
-        Format::Text => render_text(&mut body, &snap),
-        Format::Json => render_json(&mut body, &snap),
-        Format::Prometheus => render_prometheus(&mut body, &snap),
-        Format::Html => render_html(&mut body, &snap, q.refresh),
+    // The upstreams shown: all, or those of the asked name (one pass over the names).
+    let shown: Vec<usize> = match &q.upstream {
+        None => (0..main.upstreams.len()).collect(),
+        Some(name) => (0..main.upstreams.len())
+            .filter(|&i| &main.upstreams[i].name == name)
+            .collect(),
     };
-    if rendered.is_err() {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    if let Some(name) = q.upstream.as_deref().filter(|_| shown.is_empty()) {
+        let e = unknown_upstream(name);
+        return error(r, q.format, e.status, &e.message);
     }
+    let names: Vec<&str> = shown
+        .iter()
+        .map(|&i| main.upstreams[i].name.as_str())
+        .collect();
+    // SAFETY: the header, when set, points into the zone mapped for this cycle.
+    let header = unsafe { main.header.as_ref() };
+    let ha_mode = match header.map(|h| h.ha_state.load(Ordering::Acquire)) {
+        Some(HA_MASTER) => HaMode::Master,
+        Some(HA_SLAVER) => HaMode::Slaver,
+        _ => HaMode::Disabled,
+    };
+    let page = Page {
+        format: q.format,
+        ha_mode,
+        now_ms: unix_msec(),
+        refresh: q.refresh,
+        state: q.state,
+        names: &names,
+    };
+    let mut reader = StateReader {
+        main,
+        header,
+        probing: ha_mode != HaMode::Slaver,
+        now: now_msec(),
+        slots: Vec::new(),
+    };
+    let mut fill = |k: usize, u: &mut UpstreamSnapshot| reader.fill(shown[k], u);
+
+    // HEAD: the length GET would have, counted without writing the page.
+    if req.method & NGX_HTTP_HEAD as usize != 0 {
+        let mut length = Counter::default();
+        if render_page(&mut length, &page, &mut fill).is_err() {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        }
+        // SAFETY: as above.
+        return unsafe {
+            send_header(
+                r,
+                NGX_HTTP_OK as usize,
+                q.format.content_type(),
+                Some(length.0),
+            )
+        };
+    }
+    // GET: the page is written as it is rendered, in 64 KiB buffers, with chunked encoding
+    // (or to the close of the connection for HTTP/1.0).
     // SAFETY: as above.
-    unsafe {
-        send(
-            r,
-            NGX_HTTP_OK as usize,
-            q.format.content_type(),
-            body.as_bytes(),
-        )
+    let rc = unsafe { send_header(r, NGX_HTTP_OK as usize, q.format.content_type(), None) };
+    if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || req.header_only() != 0 {
+        return rc;
     }
+    // SAFETY: the header is sent; r is live.
+    let mut body = unsafe { BodyWriter::new(r) };
+    if render_page(&mut body, &page, &mut fill).is_err() {
+        return NGX_ERROR as ngx_int_t;
+    }
+    body.finish()
 }
 
 /// Answers a bad request: a JSON error envelope for JSON clients, a line of text otherwise.
@@ -226,6 +281,32 @@ pub unsafe fn allow(r: *mut ngx_http_request_t, methods: &'static str) {
     }
 }
 
+/// Sets the status and headers and sends them; `length` is the body's, `None` when unknown
+/// (the body is then chunked).
+///
+/// # Safety
+/// `r` must be a live request in its content phase.
+unsafe fn send_header(
+    r: *mut ngx_http_request_t,
+    status: usize,
+    content_type: &'static str,
+    length: Option<usize>,
+) -> ngx_int_t {
+    // SAFETY: per the contract.
+    unsafe {
+        let req = &mut *r;
+        req.headers_out.status = status;
+        req.headers_out.content_length_n = length.map_or(-1, |n| n as off_t);
+        req.headers_out.content_type = ngx_str_t {
+            len: content_type.len(),
+            data: content_type.as_ptr() as *mut u8,
+        };
+        req.headers_out.content_type_len = content_type.len();
+        req.headers_out.content_type_lowcase = ptr::null_mut();
+        ngx_http_send_header(r)
+    }
+}
+
 /// Sends a complete response.
 ///
 /// # Safety
@@ -239,16 +320,7 @@ pub unsafe fn send(
     // SAFETY: per the contract; buffers come from the request pool.
     unsafe {
         let req = &mut *r;
-        req.headers_out.status = status;
-        req.headers_out.content_length_n = body.len() as off_t;
-        req.headers_out.content_type = ngx_str_t {
-            len: content_type.len(),
-            data: content_type.as_ptr() as *mut u8,
-        };
-        req.headers_out.content_type_len = content_type.len();
-        req.headers_out.content_type_lowcase = ptr::null_mut();
-
-        let rc = ngx_http_send_header(r);
+        let rc = send_header(r, status, content_type, Some(body.len()));
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || req.header_only() != 0 {
             return rc;
         }

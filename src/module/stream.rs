@@ -1,0 +1,164 @@
+//! A response body written as it is rendered: a `fmt::Write` that fills 64 KiB buffers from
+//! the request pool and passes each full one down nginx's output filters, reusing the ones
+//! already sent.
+
+use core::fmt;
+use core::mem::size_of;
+use core::ptr;
+
+use ngx::ffi::{
+    ngx_alloc_chain_link, ngx_buf_t, ngx_chain_get_free_buf, ngx_chain_t, ngx_chain_update_chains,
+    ngx_http_output_filter, ngx_http_request_t, ngx_int_t, ngx_palloc, ngx_pcalloc, NGX_ERROR,
+    NGX_OK,
+};
+
+use crate::module::Module;
+use ngx::http::HttpModule;
+
+/// Size of one body buffer.
+const CHUNK: usize = 64 * 1024;
+
+pub struct BodyWriter {
+    r: *mut ngx_http_request_t,
+    /// Buffers sent and free again.
+    free: *mut ngx_chain_t,
+    /// Buffers passed down and not sent yet.
+    busy: *mut ngx_chain_t,
+    /// The buffer being filled, null between buffers.
+    current: *mut ngx_chain_t,
+    /// What the last pass down the filters returned.
+    rc: ngx_int_t,
+}
+
+impl BodyWriter {
+    /// # Safety
+    /// `r` must be a live request in its content phase whose header was sent.
+    pub unsafe fn new(r: *mut ngx_http_request_t) -> BodyWriter {
+        BodyWriter {
+            r,
+            free: ptr::null_mut(),
+            busy: ptr::null_mut(),
+            current: ptr::null_mut(),
+            rc: NGX_OK as ngx_int_t,
+        }
+    }
+
+    fn tag() -> *mut core::ffi::c_void {
+        Module::module() as *const _ as *mut core::ffi::c_void
+    }
+
+    /// The buffer being filled, with room for at least one byte.
+    fn room(&mut self) -> Result<*mut ngx_buf_t, fmt::Error> {
+        // SAFETY: current is null or a link this writer took from the pool; its buffer's
+        // pointers are start <= pos <= last <= end.
+        unsafe {
+            if let Some(cl) = self.current.as_ref() {
+                let b = cl.buf;
+                if (*b).last < (*b).end {
+                    return Ok(b);
+                }
+                self.pass(false)?;
+            }
+            let pool = (*self.r).pool;
+            let cl = ngx_chain_get_free_buf(pool, &mut self.free);
+            if cl.is_null() || (*cl).buf.is_null() {
+                return Err(fmt::Error);
+            }
+            let b = (*cl).buf;
+            if (*b).start.is_null() {
+                let mem = ngx_palloc(pool, CHUNK) as *mut u8;
+                if mem.is_null() {
+                    return Err(fmt::Error);
+                }
+                (*b).start = mem;
+                (*b).end = mem.add(CHUNK);
+                (*b).set_temporary(1);
+                (*b).tag = Self::tag();
+            }
+            (*b).pos = (*b).start;
+            (*b).last = (*b).start;
+            self.current = cl;
+            Ok(b)
+        }
+    }
+
+    /// Passes the current buffer down the filters, the last one of the body when `last`.
+    fn pass(&mut self, last: bool) -> fmt::Result {
+        // SAFETY: r is live (per `new`); current is a link of this writer's, handed to the
+        // filters and then kept in busy until sent, as nginx's own filters do.
+        unsafe {
+            let mut out = self.current;
+            self.current = ptr::null_mut();
+            if out.is_null() {
+                if !last {
+                    return Ok(());
+                }
+                // The body ends with a last buffer even when nothing is left: an empty one
+                // without memory, which the filters take as the end mark.
+                let pool = (*self.r).pool;
+                out = ngx_alloc_chain_link(pool);
+                let b = ngx_pcalloc(pool, size_of::<ngx_buf_t>()) as *mut ngx_buf_t;
+                if out.is_null() || b.is_null() {
+                    return Err(fmt::Error);
+                }
+                (*out).buf = b;
+                (*out).next = ptr::null_mut();
+            }
+            if last {
+                let b = (*out).buf;
+                if ptr::eq((*self.r).main, self.r) {
+                    (*b).set_last_buf(1);
+                }
+                (*b).set_last_in_chain(1);
+            }
+            self.rc = ngx_http_output_filter(self.r, out);
+            ngx_chain_update_chains(
+                (*self.r).pool,
+                &mut self.free,
+                &mut self.busy,
+                &mut out,
+                Self::tag(),
+            );
+        }
+        if self.rc == NGX_ERROR as ngx_int_t {
+            return Err(fmt::Error);
+        }
+        Ok(())
+    }
+
+    /// Sends what is left and returns what the content handler returns.
+    pub fn finish(mut self) -> ngx_int_t {
+        match self.pass(true) {
+            Ok(()) => self.rc,
+            Err(_) => NGX_ERROR as ngx_int_t,
+        }
+    }
+}
+
+impl fmt::Write for BodyWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut s = s.as_bytes();
+        while !s.is_empty() {
+            let b = self.room()?;
+            // SAFETY: room returned a buffer with last < end, all inside its allocation.
+            unsafe {
+                let n = ((*b).end.offset_from((*b).last) as usize).min(s.len());
+                ptr::copy_nonoverlapping(s.as_ptr(), (*b).last, n);
+                (*b).last = (*b).last.add(n);
+                s = &s[n..];
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `fmt::Write` that only counts bytes: the length of a page without writing it.
+#[derive(Default)]
+pub struct Counter(pub usize);
+
+impl fmt::Write for Counter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0 += s.len();
+        Ok(())
+    }
+}
