@@ -1854,3 +1854,125 @@ fn odd_upstream_names_survive_every_format() {
     );
     nginx.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. Pages larger than a buffer
+
+/// An HTTP/1.1 GET with `Connection: close`: (status, headers, body with any chunked transfer
+/// encoding undone, whether it was chunked).
+fn get_http11(port: u16, path: &str) -> (u16, String, String, bool) {
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let resp = exchange(port, raw.as_bytes(), false).expect("HTTP/1.1 request");
+    let end = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of headers");
+    let (status, headers, _) = parse_response(&resp).expect("response");
+    let chunked = header(&headers, "Transfer-Encoding").as_deref() == Some("chunked");
+    let mut body = resp[end + 4..].to_vec();
+    if chunked {
+        let (mut out, mut rest) = (Vec::new(), &body[..]);
+        loop {
+            let eol = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .expect("chunk size line");
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap(), 16)
+                .expect("hex chunk size");
+            rest = &rest[eol + 2..];
+            if size == 0 {
+                assert_eq!(rest, b"\r\n", "trailer after the last chunk");
+                break;
+            }
+            out.extend_from_slice(&rest[..size]);
+            assert_eq!(&rest[size..size + 2], b"\r\n", "chunk end");
+            rest = &rest[size + 2..];
+        }
+        body = out;
+    }
+    (
+        status,
+        headers,
+        String::from_utf8(body).expect("UTF-8 body"),
+        chunked,
+    )
+}
+
+/// A fleet too large for one 64 KiB buffer: every format streams in chunks to an HTTP/1.1
+/// client and to the close of the connection for HTTP/1.0, the same bytes either way; HEAD
+/// announces the length GET sends; a page that fits in a buffer keeps its Content-Length.
+#[test]
+fn pages_larger_than_a_buffer_stream_whole() {
+    // Peers marked down in nginx.conf are never probed: the pages do not change between reads.
+    let upstream = |name: &str, base: usize| {
+        let servers: String = (0..1500)
+            .map(|i| {
+                format!(
+                    "    server 127.0.{}.{}:80 down;\n",
+                    (base + i) / 250,
+                    1 + (base + i) % 250
+                )
+            })
+            .collect();
+        format!("upstream {name} {{\n{servers}    upstream_healthcheck interval=3600s;\n}}\n")
+    };
+    let port = free_port();
+    let nginx = Nginx::start(&format!(
+        "{}{}server {{\n    listen 127.0.0.1:{port};\n    \
+         location = /s {{ upstream_healthcheck_status; }}\n}}\n",
+        upstream("fleet_a", 0),
+        upstream("fleet_b", 1500)
+    ));
+    for format in ["text", "json", "prometheus", "html"] {
+        let path = format!("/s?format={format}");
+        let (status, headers, body, chunked) = get_http11(port, &path);
+        assert_eq!(status, 200, "GET {path}: {headers}");
+        assert!(
+            chunked,
+            "GET {path} over HTTP/1.1 is not chunked: {headers}"
+        );
+        assert!(body.len() > 64 * 1024, "{path}: {} bytes", body.len());
+        assert_eq!(
+            header(&headers, "Content-Length"),
+            None,
+            "{path}: {headers}"
+        );
+        let (status, headers10, body10) = get(port, &path);
+        assert_eq!(status, 200, "GET {path} over HTTP/1.0: {headers10}");
+        assert_eq!(body10, body, "{path}: HTTP/1.0 and HTTP/1.1 bodies differ");
+        let (status, head, _) = http_request(port, "HEAD", &path, "").expect("HEAD");
+        assert_eq!(status, 200);
+        assert_eq!(
+            header(&head, "Content-Length"),
+            Some(body.len().to_string()),
+            "HEAD {path}: {head}"
+        );
+        match format {
+            "json" => {
+                let doc = strict_json(&body);
+                assert_eq!(
+                    doc["msg"]["upstreams"][1]["primary"]
+                        .as_array()
+                        .unwrap()
+                        .len(),
+                    1500
+                );
+            }
+            "prometheus" => promtool_accepts(&body, "a 3,000-peer page"),
+            "text" => assert_eq!(body.lines().filter(|l| l.ends_with(" DOWN")).count(), 3000),
+            _ => assert_eq!(body.matches("<tr class=\"peer down\"").count(), 3000),
+        }
+    }
+    // One upstream's page fits in a buffer: a plain Content-Length, no chunks.
+    let (status, headers, body, chunked) = get_http11(port, "/s?upstream=fleet_a&status=up");
+    assert_eq!((status, chunked), (200, false), "{headers}");
+    assert_eq!(
+        header(&headers, "Content-Length"),
+        Some(body.len().to_string())
+    );
+    assert_eq!(
+        body,
+        "Upstream fleet_a\n    Primary Peers\n    Backup Peers\n"
+    );
+    nginx.stop();
+}

@@ -5,17 +5,17 @@ use core::sync::atomic::Ordering;
 
 use ngx::ffi::{
     ngx_chain_t, ngx_create_temp_buf, ngx_http_discard_request_body, ngx_http_output_filter,
-    ngx_http_request_t, ngx_http_send_header, ngx_http_upstream_rr_peer_t,
-    ngx_http_upstream_rr_peers_t, ngx_int_t, ngx_list_push, ngx_rwlock_rlock, ngx_rwlock_unlock,
-    ngx_str_t, ngx_table_elt_t, off_t, NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK, NGX_OK,
+    ngx_http_request_t, ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_int_t,
+    ngx_list_push, ngx_rwlock_rlock, ngx_rwlock_unlock, ngx_str_t, ngx_table_elt_t, NGX_ERROR,
+    NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK,
+    NGX_OK,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf};
 
 use crate::admin::ttl_left;
 use crate::module::conf::MainConf;
 use crate::module::peers::live_peers;
-use crate::module::stream::{BodyWriter, Counter};
+use crate::module::stream::{send_header, BodyWriter, Counter};
 use crate::module::worker::{now_msec, unix_msec};
 use crate::module::zone::{Slot, ZoneHeader, HA_MASTER, HA_SLAVER};
 use crate::module::Module;
@@ -226,19 +226,12 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
             )
         };
     }
-    // GET: the page is written as it is rendered, in 64 KiB buffers, with chunked encoding
-    // (or to the close of the connection for HTTP/1.0).
-    // SAFETY: as above.
-    let rc = unsafe { send_header(r, NGX_HTTP_OK as usize, q.format.content_type(), None) };
-    if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || req.header_only() != 0 {
-        return rc;
-    }
-    // SAFETY: the header is sent; r is live.
-    let mut body = unsafe { BodyWriter::new(r) };
-    if render_page(&mut body, &page, &mut fill).is_err() {
-        return NGX_ERROR as ngx_int_t;
-    }
-    body.finish()
+    // GET: the page is written as it is rendered, in 64 KiB buffers; the header goes with the
+    // first one, with a Content-Length when the page fits in it.
+    // SAFETY: as above; nothing is sent yet.
+    let mut body = unsafe { BodyWriter::new(r, NGX_HTTP_OK as usize, q.format.content_type()) };
+    let rendered = render_page(&mut body, &page, &mut fill);
+    body.finish(rendered)
 }
 
 /// Answers a bad request: a JSON error envelope for JSON clients, a line of text otherwise.
@@ -278,32 +271,6 @@ pub unsafe fn allow(r: *mut ngx_http_request_t, methods: &'static str) {
                 data: methods.as_ptr() as *mut u8,
             };
         }
-    }
-}
-
-/// Sets the status and headers and sends them; `length` is the body's, `None` when unknown
-/// (the body is then chunked).
-///
-/// # Safety
-/// `r` must be a live request in its content phase.
-unsafe fn send_header(
-    r: *mut ngx_http_request_t,
-    status: usize,
-    content_type: &'static str,
-    length: Option<usize>,
-) -> ngx_int_t {
-    // SAFETY: per the contract.
-    unsafe {
-        let req = &mut *r;
-        req.headers_out.status = status;
-        req.headers_out.content_length_n = length.map_or(-1, |n| n as off_t);
-        req.headers_out.content_type = ngx_str_t {
-            len: content_type.len(),
-            data: content_type.as_ptr() as *mut u8,
-        };
-        req.headers_out.content_type_len = content_type.len();
-        req.headers_out.content_type_lowcase = ptr::null_mut();
-        ngx_http_send_header(r)
     }
 }
 

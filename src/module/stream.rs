@@ -1,6 +1,7 @@
-//! A response body written as it is rendered: a `fmt::Write` that fills 64 KiB buffers from
-//! the request pool and passes each full one down nginx's output filters, reusing the ones
-//! already sent.
+//! A response written as it is rendered: a `fmt::Write` that fills 64 KiB buffers from the
+//! request pool and passes each full one down nginx's output filters, reusing the ones already
+//! sent. A body that fits in the first buffer goes with a `Content-Length`; a longer one is
+//! chunked (or ends with the connection, for HTTP/1.0).
 
 use core::fmt;
 use core::mem::size_of;
@@ -8,8 +9,8 @@ use core::ptr;
 
 use ngx::ffi::{
     ngx_alloc_chain_link, ngx_buf_t, ngx_chain_get_free_buf, ngx_chain_t, ngx_chain_update_chains,
-    ngx_http_output_filter, ngx_http_request_t, ngx_int_t, ngx_palloc, ngx_pcalloc, NGX_ERROR,
-    NGX_OK,
+    ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header, ngx_int_t, ngx_palloc,
+    ngx_pcalloc, ngx_str_t, off_t, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_OK,
 };
 
 use crate::module::Module;
@@ -20,6 +21,12 @@ const CHUNK: usize = 64 * 1024;
 
 pub struct BodyWriter {
     r: *mut ngx_http_request_t,
+    status: usize,
+    content_type: &'static str,
+    /// The header went out (with the first buffer).
+    header_sent: bool,
+    /// The header's send ended the response (an error, or nothing more to send).
+    stopped: bool,
     /// Buffers sent and free again.
     free: *mut ngx_chain_t,
     /// Buffers passed down and not sent yet.
@@ -32,10 +39,18 @@ pub struct BodyWriter {
 
 impl BodyWriter {
     /// # Safety
-    /// `r` must be a live request in its content phase whose header was sent.
-    pub unsafe fn new(r: *mut ngx_http_request_t) -> BodyWriter {
+    /// `r` must be a live request in its content phase whose header is not sent yet.
+    pub unsafe fn new(
+        r: *mut ngx_http_request_t,
+        status: usize,
+        content_type: &'static str,
+    ) -> BodyWriter {
         BodyWriter {
             r,
+            status,
+            content_type,
+            header_sent: false,
+            stopped: false,
             free: ptr::null_mut(),
             busy: ptr::null_mut(),
             current: ptr::null_mut(),
@@ -104,6 +119,30 @@ impl BodyWriter {
                 (*out).buf = b;
                 (*out).next = ptr::null_mut();
             }
+            if !self.header_sent {
+                self.header_sent = true;
+                // The whole body is in this one buffer when it is the last.
+                let b = (*out).buf;
+                let length = if (*b).pos.is_null() {
+                    0
+                } else {
+                    (*b).last.offset_from((*b).pos) as usize
+                };
+                let rc = send_header(
+                    self.r,
+                    self.status,
+                    self.content_type,
+                    last.then_some(length),
+                );
+                if rc == NGX_ERROR as ngx_int_t
+                    || rc > NGX_OK as ngx_int_t
+                    || (*self.r).header_only() != 0
+                {
+                    self.rc = rc;
+                    self.stopped = true;
+                    return Err(fmt::Error);
+                }
+            }
             if last {
                 let b = (*out).buf;
                 if ptr::eq((*self.r).main, self.r) {
@@ -126,10 +165,24 @@ impl BodyWriter {
         Ok(())
     }
 
-    /// Sends what is left and returns what the content handler returns.
-    pub fn finish(mut self) -> ngx_int_t {
+    /// Ends the response after the page was rendered (`rendered`) and returns what the content
+    /// handler returns.
+    pub fn finish(mut self, rendered: fmt::Result) -> ngx_int_t {
+        if self.stopped {
+            return self.rc;
+        }
+        if rendered.is_err() {
+            // Before the header: a clean 500; after it, only closing the connection tells the
+            // client the body is incomplete.
+            return if self.header_sent {
+                NGX_ERROR as ngx_int_t
+            } else {
+                NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+            };
+        }
         match self.pass(true) {
             Ok(()) => self.rc,
+            Err(_) if self.stopped => self.rc,
             Err(_) => NGX_ERROR as ngx_int_t,
         }
     }
@@ -149,6 +202,32 @@ impl fmt::Write for BodyWriter {
             }
         }
         Ok(())
+    }
+}
+
+/// Sets the status and headers and sends them; `length` is the body's, `None` when unknown
+/// (the body is then chunked).
+///
+/// # Safety
+/// `r` must be a live request in its content phase.
+pub unsafe fn send_header(
+    r: *mut ngx_http_request_t,
+    status: usize,
+    content_type: &'static str,
+    length: Option<usize>,
+) -> ngx_int_t {
+    // SAFETY: per the contract.
+    unsafe {
+        let req = &mut *r;
+        req.headers_out.status = status;
+        req.headers_out.content_length_n = length.map_or(-1, |n| n as off_t);
+        req.headers_out.content_type = ngx_str_t {
+            len: content_type.len(),
+            data: content_type.as_ptr() as *mut u8,
+        };
+        req.headers_out.content_type_len = content_type.len();
+        req.headers_out.content_type_lowcase = ptr::null_mut();
+        ngx_http_send_header(r)
     }
 }
 
