@@ -119,7 +119,10 @@ unsafe fn read_peer(
             ngx_rwlock_rlock(&mut (*list).rwlock);
         }
         let rr = &*rr;
-        name.push_str(&String::from_utf8_lossy(rr.name.as_bytes()));
+        match core::str::from_utf8(rr.name.as_bytes()) {
+            Ok(n) => name.push_str(n),
+            Err(_) => name.push_str(&String::from_utf8_lossy(rr.name.as_bytes())),
+        }
         *out = PeerSnapshot {
             name,
             config_down: rr.down != 0,

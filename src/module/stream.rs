@@ -189,7 +189,27 @@ impl BodyWriter {
 }
 
 impl fmt::Write for BodyWriter {
+    #[inline]
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        // SAFETY: current is null or a link of this writer's whose buffer has
+        // start <= last <= end.
+        unsafe {
+            if let Some(cl) = self.current.as_ref() {
+                let b = cl.buf;
+                if ((*b).end.offset_from((*b).last) as usize) >= s.len() {
+                    ptr::copy_nonoverlapping(s.as_ptr(), (*b).last, s.len());
+                    (*b).last = (*b).last.add(s.len());
+                    return Ok(());
+                }
+            }
+        }
+        self.write_spanning(s)
+    }
+}
+
+impl BodyWriter {
+    /// `write_str` for text that does not fit in the current buffer.
+    fn write_spanning(&mut self, s: &str) -> fmt::Result {
         let mut s = s.as_bytes();
         while !s.is_empty() {
             let b = self.room()?;

@@ -2,7 +2,8 @@
 
 use core::fmt::{self, Write};
 use core::hash::Hash;
-use std::collections::HashSet;
+
+use rustc_hash::FxHashSet;
 
 use super::num::write_decimal;
 use super::{write_escaped, PeerSnapshot, Snapshot, UpstreamSnapshot};
@@ -144,9 +145,11 @@ pub fn prometheus_page(
     Ok(())
 }
 
-/// For each item, whether it is the first one equal to it: one hash lookup per item.
+/// For each item, whether it is the first one equal to it: one hash lookup per item (Fx: the
+/// names are the operator's own, no one to flood the table).
 fn first_occurrences<T: Hash + Eq>(items: impl Iterator<Item = T>) -> Vec<bool> {
-    let mut seen = HashSet::new();
+    let mut seen = FxHashSet::default();
+    seen.reserve(items.size_hint().0);
     items.map(|item| seen.insert(item)).collect()
 }
 
@@ -319,7 +322,9 @@ fn peer_sample(
     upstream: &str,
     p: &PeerSnapshot,
 ) -> fmt::Result {
-    write!(out, "{P}{metric}{{upstream=\"")?;
+    out.write_str(P)?;
+    out.write_str(metric)?;
+    out.write_str("{upstream=\"")?;
     label(out, upstream)?;
     out.write_str("\",peer=\"")?;
     label(out, &p.name)?;
@@ -351,6 +356,9 @@ fn histogram(out: &mut impl Write, upstream: &str, h: &Histogram) -> fmt::Result
 
 /// Writes a label value escaped per the exposition format: `\` `"` and newline.
 fn label(out: &mut impl Write, s: &str) -> fmt::Result {
+    if !s.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        return out.write_str(s);
+    }
     write_escaped(out, s, |c| match c {
         '\\' => Some("\\\\"),
         '"' => Some("\\\""),
