@@ -11,6 +11,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::fs;
+use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -1871,24 +1872,7 @@ fn get_http11(port: u16, path: &str) -> (u16, String, String, bool) {
     let chunked = header(&headers, "Transfer-Encoding").as_deref() == Some("chunked");
     let mut body = resp[end + 4..].to_vec();
     if chunked {
-        let (mut out, mut rest) = (Vec::new(), &body[..]);
-        loop {
-            let eol = rest
-                .windows(2)
-                .position(|w| w == b"\r\n")
-                .expect("chunk size line");
-            let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap(), 16)
-                .expect("hex chunk size");
-            rest = &rest[eol + 2..];
-            if size == 0 {
-                assert_eq!(rest, b"\r\n", "trailer after the last chunk");
-                break;
-            }
-            out.extend_from_slice(&rest[..size]);
-            assert_eq!(&rest[size..size + 2], b"\r\n", "chunk end");
-            rest = &rest[size + 2..];
-        }
-        body = out;
+        body = dechunk(&body);
     }
     (
         status,
@@ -1896,6 +1880,27 @@ fn get_http11(port: u16, path: &str) -> (u16, String, String, bool) {
         String::from_utf8(body).expect("UTF-8 body"),
         chunked,
     )
+}
+
+/// Undoes chunked transfer encoding.
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap(), 16)
+            .expect("hex chunk size");
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            assert_eq!(rest, b"\r\n", "trailer after the last chunk");
+            return out;
+        }
+        out.extend_from_slice(&rest[..size]);
+        assert_eq!(&rest[size..size + 2], b"\r\n", "chunk end");
+        rest = &rest[size + 2..];
+    }
 }
 
 /// A fleet too large for one 64 KiB buffer: every format streams in chunks to an HTTP/1.1
@@ -1973,6 +1978,46 @@ fn pages_larger_than_a_buffer_stream_whole() {
     assert_eq!(
         body,
         "Upstream fleet_a\n    Primary Peers\n    Backup Peers\n"
+    );
+    nginx.stop();
+}
+
+/// A scraper that stalls (a paused process, a congested link) while nginx has a page of
+/// megabytes for it: rendering waits for it instead of piling the page up in memory, and
+/// once it reads on, it gets the whole page, the same as a fast client.
+#[test]
+fn a_stalled_client_gets_the_whole_page_after_the_pause() {
+    let servers: String = (0..3000)
+        .map(|i| format!("    server 127.1.{}.{}:80 down;\n", i / 250, 1 + i % 250))
+        .collect();
+    let port = free_port();
+    // A small send buffer, so nginx meets the stalled client within the first buffers.
+    let nginx = Nginx::start(&format!(
+        "upstream fleet {{\n{servers}    upstream_healthcheck interval=3600s;\n}}\n\
+         server {{\n    listen 127.0.0.1:{port} sndbuf=16k;\n    \
+         location = /s {{ upstream_healthcheck_status prometheus; }}\n}}\n"
+    ));
+    let (status, _, fast, chunked) = get_http11(port, "/s");
+    assert_eq!((status, chunked), (200, true));
+    assert!(fast.len() > 1_000_000, "{} bytes", fast.len());
+
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    slow.write_all(b"GET /s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    thread::sleep(Duration::from_millis(500)); // the stall
+    slow.set_read_timeout(Some(SETTLE)).unwrap();
+    let mut raw = Vec::new();
+    slow.read_to_end(&mut raw).expect("the whole response");
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of headers");
+    let body = String::from_utf8(dechunk(&raw[end + 4..])).expect("UTF-8");
+    assert!(
+        body == fast,
+        "the stalled client's page differs ({} bytes, not {})",
+        body.len(),
+        fast.len()
     );
     nginx.stop();
 }

@@ -1,8 +1,13 @@
 //! The status content handler: each upstream's state taken in turn and streamed to the client.
 
+use core::ffi::c_void;
 use core::ptr;
 use core::sync::atomic::Ordering;
 
+use ngx::ffi::{
+    ngx_add_timer, ngx_del_timer, ngx_handle_write_event, ngx_http_finalize_request,
+    ngx_http_request_empty_handler, ngx_pool_cleanup_add, NGX_DONE, NGX_HTTP_REQUEST_TIME_OUT,
+};
 use ngx::ffi::{
     ngx_chain_t, ngx_create_temp_buf, ngx_http_discard_request_body, ngx_http_output_filter,
     ngx_http_request_t, ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_int_t,
@@ -10,7 +15,7 @@ use ngx::ffi::{
     NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK,
     NGX_OK,
 };
-use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf};
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 
 use crate::admin::ttl_left;
 use crate::module::conf::MainConf;
@@ -19,9 +24,9 @@ use crate::module::stream::{send_header, BodyWriter, Counter};
 use crate::module::worker::{now_msec, unix_msec};
 use crate::module::zone::{Slot, ZoneHeader, HA_MASTER, HA_SLAVER};
 use crate::module::Module;
-use crate::query::{error_format, parse_status_query, unknown_upstream, Format};
+use crate::query::{error_format, parse_status_query, unknown_upstream, Format, StateFilter};
 use crate::render::json::render_json_error;
-use crate::render::page::{render_page, Page};
+use crate::render::page::{render_page, Page, PageCursor};
 use crate::render::{HaMode, PeerSnapshot, UpstreamSnapshot};
 
 /// Takes the state of one upstream at a time: its shared slots copied under the zone lock
@@ -230,11 +235,164 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         };
     }
     // GET: the page is written as it is rendered, in 64 KiB buffers; the header goes with the
-    // first one, with a Content-Length when the page fits in it.
-    // SAFETY: as above; nothing is sent yet.
-    let mut body = unsafe { BodyWriter::new(r, NGX_HTTP_OK as usize, q.format.content_type()) };
-    let rendered = render_page(&mut body, &page, &mut fill);
-    body.finish(rendered)
+    // first one, with a Content-Length when the page fits in it. When the client falls behind,
+    // rendering pauses until it has taken what waits (write events, `resume`).
+    // SAFETY: nothing is sent yet; the configuration of the cycle outlives its requests, and
+    // the stream lives in the request's pool (freed by its cleanup).
+    unsafe {
+        let names: Vec<&'static str> = names.iter().map(|&n| &*(n as *const str)).collect();
+        let stream = Box::new(Stream {
+            cursor: PageCursor::new(&page),
+            format: q.format,
+            ha_mode,
+            now_ms: page.now_ms,
+            refresh: q.refresh,
+            state: q.state,
+            names,
+            shown,
+            reader: StateReader {
+                main: &*(main as *const MainConf),
+                header: header.map(|h| &*(h as *const ZoneHeader)),
+                probing: reader.probing,
+                now: reader.now,
+                slots: Vec::new(),
+            },
+            body: BodyWriter::new(r, NGX_HTTP_OK as usize, q.format.content_type()),
+        });
+        let cln = ngx_pool_cleanup_add(req.pool, 0);
+        if cln.is_null() {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        }
+        let stream = Box::into_raw(stream);
+        (*cln).handler = Some(drop_stream);
+        (*cln).data = stream as *mut c_void;
+        *req.ctx.add(Module::module().ctx_index) = stream as *mut c_void;
+        match (*stream).run() {
+            Some(rc) => rc,
+            None => {
+                let main_req = &mut *req.main;
+                main_req.set_count(main_req.count() + 1);
+                req.write_event_handler = Some(resume);
+                wait_for_client(r);
+                NGX_DONE as ngx_int_t
+            }
+        }
+    }
+}
+
+/// A status page being sent: what it shows, where it stands, and its writer. Lives in the
+/// request's pool until the request ends.
+struct Stream {
+    cursor: PageCursor,
+    format: Format,
+    ha_mode: HaMode,
+    now_ms: u64,
+    refresh: Option<u32>,
+    state: Option<StateFilter>,
+    names: Vec<&'static str>,
+    /// Index in `MainConf::upstreams` of each upstream shown.
+    shown: Vec<usize>,
+    reader: StateReader<'static>,
+    body: BodyWriter,
+}
+
+impl Stream {
+    /// Renders until the page is complete (`Some` of what to finalize the request with) or
+    /// the client is behind (`None`).
+    fn run(&mut self) -> Option<ngx_int_t> {
+        let page = Page {
+            format: self.format,
+            ha_mode: self.ha_mode,
+            now_ms: self.now_ms,
+            refresh: self.refresh,
+            state: self.state,
+            names: &self.names,
+        };
+        let (reader, shown) = (&mut self.reader, &self.shown);
+        let mut fill = |k: usize, u: &mut UpstreamSnapshot| reader.fill(shown[k], u);
+        loop {
+            if self.body.behind() {
+                return None;
+            }
+            match self.cursor.write_next(&mut self.body, &page, &mut fill) {
+                Ok(true) => {}
+                Ok(false) => return Some(self.body.finish(Ok(()))),
+                Err(e) => return Some(self.body.finish(Err(e))),
+            }
+        }
+    }
+}
+
+/// The pool cleanup of a request that streamed a page.
+unsafe extern "C" fn drop_stream(data: *mut c_void) {
+    // SAFETY: data is the Box leaked by the handler, dropped once, with the request's pool.
+    drop(unsafe { Box::from_raw(data as *mut Stream) });
+}
+
+/// The write event handler of a page whose client was behind: sends what waits, then
+/// renders on.
+extern "C" fn resume(r: *mut ngx_http_request_t) {
+    // SAFETY: nginx calls the write event handler with the live request; its ctx holds the
+    // stream the handler set, alive until the request's pool goes.
+    unsafe {
+        let req = &mut *r;
+        let stream = *req.ctx.add(Module::module().ctx_index) as *mut Stream;
+        let Some(stream) = stream.as_mut() else {
+            ngx_http_finalize_request(r, NGX_ERROR as ngx_int_t);
+            return;
+        };
+        let c = &mut *req.connection;
+        let wev = &mut *c.write;
+        if wev.timedout() != 0 {
+            c.set_timedout(1);
+            ngx_http_finalize_request(r, NGX_HTTP_REQUEST_TIME_OUT as ngx_int_t);
+            return;
+        }
+        if wev.delayed() != 0 {
+            wait_for_client(r);
+            return;
+        }
+        if stream.body.flush() == NGX_ERROR as ngx_int_t {
+            ngx_http_finalize_request(r, NGX_ERROR as ngx_int_t);
+            return;
+        }
+        if stream.body.behind() {
+            wait_for_client(r);
+            return;
+        }
+        if wev.timer_set() != 0 {
+            ngx_del_timer(wev);
+        }
+        match stream.run() {
+            None => wait_for_client(r),
+            Some(rc) => {
+                req.write_event_handler = Some(ngx_http_request_empty_handler);
+                ngx_http_finalize_request(r, rc);
+            }
+        }
+    }
+}
+
+/// Waits for the client to take more: the next write event (or `send_timeout`) calls
+/// `resume`, as nginx's own writer waits.
+///
+/// # Safety
+/// `r` must be a live request whose write handler is `resume`.
+unsafe fn wait_for_client(r: *mut ngx_http_request_t) {
+    // SAFETY: per the contract; the core module's location conf exists for every request.
+    unsafe {
+        let wev = (*(*r).connection).write;
+        let Some(clcf) = NgxHttpCoreModule::location_conf(&*(*r).main) else {
+            ngx_http_finalize_request(r, NGX_ERROR as ngx_int_t);
+            return;
+        };
+        if (*wev).delayed() == 0 {
+            ngx_add_timer(wev, clcf.send_timeout);
+        }
+        if ngx_handle_write_event(wev, clcf.send_lowat) != NGX_OK as ngx_int_t {
+            ngx_http_finalize_request(r, NGX_ERROR as ngx_int_t);
+        }
+    }
 }
 
 /// Answers a bad request: a JSON error envelope for JSON clients, a line of text otherwise.

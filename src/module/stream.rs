@@ -10,7 +10,7 @@ use core::ptr;
 use ngx::ffi::{
     ngx_alloc_chain_link, ngx_buf_t, ngx_chain_get_free_buf, ngx_chain_t, ngx_chain_update_chains,
     ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header, ngx_int_t, ngx_palloc,
-    ngx_pcalloc, ngx_str_t, off_t, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_OK,
+    ngx_pcalloc, ngx_str_t, off_t, NGX_AGAIN, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_OK,
 };
 
 use crate::module::Module;
@@ -18,6 +18,9 @@ use ngx::http::HttpModule;
 
 /// Size of one body buffer.
 const CHUNK: usize = 64 * 1024;
+
+/// Buffers that may wait for a slow client before rendering pauses.
+const MAX_BUSY: usize = 4;
 
 pub struct BodyWriter {
     r: *mut ngx_http_request_t,
@@ -165,9 +168,42 @@ impl BodyWriter {
         Ok(())
     }
 
+    /// The client is behind: the last pass could not send everything and `MAX_BUSY` buffers
+    /// wait to be sent. Rendering more now would only pile up memory.
+    pub fn behind(&self) -> bool {
+        if self.rc != NGX_AGAIN as ngx_int_t {
+            return false;
+        }
+        let mut n = 0;
+        let mut cl = self.busy;
+        // SAFETY: busy is a chain of this writer's links, null-terminated.
+        while let Some(link) = unsafe { cl.as_ref() } {
+            n += 1;
+            cl = link.next;
+        }
+        n >= MAX_BUSY
+    }
+
+    /// Sends what the filters kept back (on a write event of a client that was behind).
+    pub fn flush(&mut self) -> ngx_int_t {
+        let mut out = ptr::null_mut();
+        // SAFETY: r is live (per `new`); passing no new data flushes the filters' own queue.
+        unsafe {
+            self.rc = ngx_http_output_filter(self.r, ptr::null_mut());
+            ngx_chain_update_chains(
+                (*self.r).pool,
+                &mut self.free,
+                &mut self.busy,
+                &mut out,
+                Self::tag(),
+            );
+        }
+        self.rc
+    }
+
     /// Ends the response after the page was rendered (`rendered`) and returns what the content
     /// handler returns.
-    pub fn finish(mut self, rendered: fmt::Result) -> ngx_int_t {
+    pub fn finish(&mut self, rendered: fmt::Result) -> ngx_int_t {
         if self.stopped {
             return self.rc;
         }

@@ -5,7 +5,7 @@ use core::fmt::{self, Write};
 
 use super::html::{html_begin, html_end, html_upstream, Summary};
 use super::json::{json_begin, json_end, json_upstream};
-use super::prometheus::prometheus_page;
+use super::prometheus::PrometheusCursor;
 use super::text::{text_begin, text_upstream};
 use super::{HaMode, UpstreamSnapshot};
 use crate::query::{keep_state, Format, StateFilter};
@@ -34,45 +34,89 @@ pub fn render_page(
     page: &Page<'_>,
     mut fill: impl FnMut(usize, &mut UpstreamSnapshot),
 ) -> fmt::Result {
-    let mut take = |k: usize, u: &mut UpstreamSnapshot| {
-        fill(k, u);
-        if let Some(state) = page.state {
-            keep_state(u, state);
+    let mut cursor = PageCursor::new(page);
+    while cursor.write_next(out, page, &mut fill)? {}
+    Ok(())
+}
+
+/// Where a page stands: it is written one part at a time (its head, one upstream, its end; for
+/// Prometheus one family's header or one upstream's samples of a family), so the writer can
+/// stop between parts, when the client is slow, and go on later.
+#[derive(Debug)]
+pub struct PageCursor {
+    /// The next upstream; `None` before the head; `names.len()` for the end.
+    next: Option<usize>,
+    done: bool,
+    u: UpstreamSnapshot,
+    prometheus: Option<PrometheusCursor>,
+}
+
+impl PageCursor {
+    pub fn new(page: &Page<'_>) -> PageCursor {
+        PageCursor {
+            next: None,
+            done: false,
+            u: UpstreamSnapshot::default(),
+            prometheus: (page.format == Format::Prometheus)
+                .then(|| PrometheusCursor::new(page.names)),
         }
-    };
-    let n = page.names.len();
-    let mut u = UpstreamSnapshot::default();
-    match page.format {
-        Format::Text => {
-            text_begin(out, page.ha_mode)?;
-            for k in 0..n {
-                take(k, &mut u);
-                text_upstream(out, k, &u)?;
+    }
+
+    /// Writes the next part, with `page` and `fill` as for `render_page` (the same on every
+    /// call); false once the page is complete (nothing written then).
+    pub fn write_next(
+        &mut self,
+        out: &mut impl Write,
+        page: &Page<'_>,
+        fill: &mut impl FnMut(usize, &mut UpstreamSnapshot),
+    ) -> Result<bool, fmt::Error> {
+        let mut take = |k: usize, u: &mut UpstreamSnapshot| {
+            fill(k, u);
+            if let Some(state) = page.state {
+                keep_state(u, state);
             }
-            Ok(())
+        };
+        if let Some(p) = &mut self.prometheus {
+            return p.write_next(out, &mut take);
         }
-        Format::Json => {
-            json_begin(out, page.ha_mode)?;
-            for k in 0..n {
-                take(k, &mut u);
-                json_upstream(out, k, &u)?;
-            }
-            json_end(out)
+        if self.done {
+            return Ok(false);
         }
-        Format::Html => {
-            let mut summary = Summary::default();
-            for k in 0..n {
-                take(k, &mut u);
-                summary.add(&u);
+        let n = page.names.len();
+        let Some(k) = self.next else {
+            match page.format {
+                Format::Text => text_begin(out, page.ha_mode)?,
+                Format::Json => json_begin(out, page.ha_mode)?,
+                _ => {
+                    // The summary line counts every peer before the first table.
+                    let mut summary = Summary::default();
+                    for k in 0..n {
+                        take(k, &mut self.u);
+                        summary.add(&self.u);
+                    }
+                    html_begin(out, page.refresh, page.ha_mode, &summary)?;
+                }
             }
-            html_begin(out, page.refresh, page.ha_mode, &summary)?;
-            for k in 0..n {
-                take(k, &mut u);
-                html_upstream(out, page.now_ms, &u)?;
+            self.next = Some(0);
+            return Ok(true);
+        };
+        if k == n {
+            match page.format {
+                Format::Json => json_end(out)?,
+                Format::Html => html_end(out)?,
+                _ => {}
             }
-            html_end(out)
+            self.done = true;
+            return Ok(true);
         }
-        Format::Prometheus => prometheus_page(out, page.names, take),
+        take(k, &mut self.u);
+        match page.format {
+            Format::Text => text_upstream(out, k, &self.u)?,
+            Format::Json => json_upstream(out, k, &self.u)?,
+            _ => html_upstream(out, page.now_ms, &self.u)?,
+        }
+        self.next = Some(k + 1);
+        Ok(true)
     }
 }
 

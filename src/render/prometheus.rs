@@ -120,29 +120,69 @@ pub fn prometheus_page(
     names: &[&str],
     mut fill: impl FnMut(usize, &mut UpstreamSnapshot),
 ) -> fmt::Result {
-    let shown = first_occurrences(names.iter());
-    // Whether each upstream was checked when the first family was written: the others skip
-    // those that were not without taking their state again.
-    let mut checked = vec![false; names.len()];
-    let mut u = UpstreamSnapshot::default();
-    let mut peers = Vec::new();
-    for family in Family::ALL {
-        let (name, help, kind) = family.header();
-        writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}")?;
-        for k in (0..names.len()).filter(|&k| shown[k]) {
-            if family != Family::StatusInfo && !checked[k] {
-                continue;
-            }
-            fill(k, &mut u);
-            checked[k] = u.checked;
-            if family != Family::StatusInfo && !u.checked {
-                continue;
-            }
-            unique_peers(&u, &mut peers);
-            samples(out, family, &u, &peers)?;
+    let mut cursor = PrometheusCursor::new(names);
+    while cursor.write_next(out, &mut fill)? {}
+    Ok(())
+}
+
+/// Where a Prometheus page stands: it is written one step at a time (a family's header, or
+/// one upstream's samples of a family), so the writer can stop between steps and go on later.
+#[derive(Debug, Default)]
+pub struct PrometheusCursor {
+    /// Index into `Family::ALL`; `Family::ALL.len()` once done.
+    family: usize,
+    /// The next upstream of the family; `None` before the family's header.
+    next: Option<usize>,
+    /// Whether each upstream is the first of its name.
+    shown: Vec<bool>,
+    /// Whether each upstream was checked when the first family was written: the others skip
+    /// those that were not without taking their state again.
+    checked: Vec<bool>,
+    u: UpstreamSnapshot,
+    peers: Vec<(usize, bool)>,
+}
+
+impl PrometheusCursor {
+    pub fn new(names: &[&str]) -> PrometheusCursor {
+        PrometheusCursor {
+            shown: first_occurrences(names.iter()),
+            checked: vec![false; names.len()],
+            ..Default::default()
         }
     }
-    Ok(())
+
+    /// Writes the next step; false once the page is complete (nothing written then).
+    pub fn write_next(
+        &mut self,
+        out: &mut impl Write,
+        fill: &mut impl FnMut(usize, &mut UpstreamSnapshot),
+    ) -> Result<bool, fmt::Error> {
+        let Some(&family) = Family::ALL.get(self.family) else {
+            return Ok(false);
+        };
+        let Some(start) = self.next else {
+            let (name, help, kind) = family.header();
+            writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}")?;
+            self.next = Some(0);
+            return Ok(true);
+        };
+        let n = self.shown.len();
+        let per_peer = family != Family::StatusInfo;
+        let k = (start..n).find(|&k| self.shown[k] && !(per_peer && !self.checked[k]));
+        let Some(k) = k else {
+            self.family += 1;
+            self.next = None;
+            return Ok(self.family < Family::ALL.len());
+        };
+        self.next = Some(k + 1);
+        fill(k, &mut self.u);
+        self.checked[k] = self.u.checked;
+        if !per_peer || self.u.checked {
+            unique_peers(&self.u, &mut self.peers);
+            samples(out, family, &self.u, &self.peers)?;
+        }
+        Ok(true)
+    }
 }
 
 /// For each item, whether it is the first one equal to it: one hash lookup per item (Fx: the
