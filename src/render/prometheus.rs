@@ -168,7 +168,7 @@ impl PrometheusCursor {
         };
         let n = self.shown.len();
         let per_peer = family != Family::StatusInfo;
-        let k = (start..n).find(|&k| self.shown[k] && !(per_peer && !self.checked[k]));
+        let k = (start..n).find(|&k| self.shown[k] && (!per_peer || self.checked[k]));
         let Some(k) = k else {
             self.family += 1;
             self.next = None;
