@@ -71,6 +71,10 @@ declare -A port
 while read -r kind p; do port[$kind]=$p; done <"$out/ports"
 addr() { echo "127.0.0.1:${port[$1]}"; }
 front=$(python3 scripts/memcheck.py free-port)
+# A fleet whose pages span several 64 KiB buffers, and a front with a small send buffer where
+# a slow client makes the page pause and resume.
+slow_front=$(python3 scripts/memcheck.py free-port)
+fleet_servers=$(for i in $(seq 1500); do printf '        server 127.0.2.%d:%d down;\n' $((1 + i % 250)) $((10000 + i)); done)
 
 # ---- configuration ----------------------------------------------------------------------------
 # write_conf [EXTRA_PEERS_OF_APP [CHECK_TYPE_OF_TCP]]: the config, with changes for reloads.
@@ -128,6 +132,14 @@ $app_extra
     }
     upstream plain {
         server $(addr up);
+    }
+    upstream fleet {
+$fleet_servers
+        upstream_healthcheck interval=3600s;
+    }
+    server {
+        listen 127.0.0.1:$slow_front sndbuf=16k;
+        location = /sp { upstream_healthcheck_status prometheus; }
     }
     server {
         listen 127.0.0.1:$front;
@@ -217,6 +229,12 @@ exercise() {
   expect 400 GET "/st?upstream=%zz"
   expect 400 GET "/sj?status=up&status=down"
   expect 200 HEAD /sp -I
+  expect 200 GET "/sj?upstream=fleet"
+  # A client reading at 256 KB/s: rendering pauses and resumes on write events.
+  [[ $(curl -s -o "$out/last-body" -w '%{http_code}' --max-time 60 --limit-rate 256k \
+    "http://127.0.0.1:$slow_front/sp") == 200 ]] || fail "slow client of /sp"
+  grep -qF 'nginx_upstream_healthcheck_probe_duration_seconds_count{upstream="app"}' "$out/last-body" \
+    || fail "slow client of /sp: page incomplete"
   expect 405 POST /st -d x=1
   # The control API.
   expect 200 GET /admin

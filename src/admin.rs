@@ -65,7 +65,7 @@ pub fn parse_command(params: &[(String, String)]) -> Result<Command, QueryError>
     const KNOWN: [&str; 5] = ["t", "u", "p", "a", "ttl"];
     for (i, (name, _)) in params.iter().enumerate() {
         if !KNOWN.contains(&name.as_str()) {
-            return Err(bad(format!("unknown parameter {name:?}")));
+            return Err(bad(format!("unknown parameter {:?}", shortened(name))));
         }
         if params[..i].iter().any(|(n, _)| n == name) {
             return Err(bad(format!("parameter {name:?} is repeated")));
@@ -120,6 +120,32 @@ pub fn parse_command(params: &[(String, String)]) -> Result<Command, QueryError>
         }
     };
     Ok(Command::Apply { subject, action })
+}
+
+/// Longest unknown parameter name echoed back whole, in bytes.
+const MAX_ECHOED_NAME: usize = 32;
+
+/// `name`, cut to `MAX_ECHOED_NAME` bytes (on a character boundary) with `...` when longer.
+fn shortened(name: &str) -> String {
+    if name.len() <= MAX_ECHOED_NAME {
+        return name.to_owned();
+    }
+    let mut end = MAX_ECHOED_NAME;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &name[..end])
+}
+
+/// Whether a request's `Content-Type` is a form: the media type, before any parameters,
+/// is `application/x-www-form-urlencoded` (case-insensitive), exactly.
+pub fn is_form(content_type: &[u8]) -> bool {
+    let media = content_type
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    media.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
 }
 
 fn parse_ttl(v: &str) -> Result<u64, QueryError> {
@@ -274,6 +300,49 @@ mod tests {
             .unwrap()
             .changes_state());
         assert!(!Command::List.changes_state());
+    }
+
+    #[test]
+    fn a_form_is_its_media_type_exactly_with_any_parameters() {
+        for ct in [
+            "application/x-www-form-urlencoded",
+            "Application/X-WWW-Form-Urlencoded",
+            "application/x-www-form-urlencoded; charset=utf-8",
+            "application/x-www-form-urlencoded;charset=UTF-8",
+            "application/x-www-form-urlencoded ; charset=utf-8",
+        ] {
+            assert!(is_form(ct.as_bytes()), "{ct}");
+        }
+        for ct in [
+            "application/x-www-form-urlencodedXYZ",
+            "application/x-www-form-urlencoded-not",
+            "application/x-www-form",
+            "multipart/form-data",
+            "application/json",
+            "",
+        ] {
+            assert!(!is_form(ct.as_bytes()), "{ct}");
+        }
+    }
+
+    #[test]
+    fn unknown_parameter_names_are_echoed_shortened() {
+        let long = "n".repeat(1024);
+        let e = parse_command(&[(long, String::new())]).unwrap_err();
+        assert_eq!(
+            e.message,
+            format!("unknown parameter \"{}...\"", "n".repeat(32))
+        );
+        let exact = "m".repeat(32);
+        let e = parse_command(&[(exact.clone(), String::new())]).unwrap_err();
+        assert_eq!(e.message, format!("unknown parameter \"{exact}\""));
+        // Cut on a character boundary: 31 ASCII bytes then a two-byte character.
+        let name = format!("{}\u{e9}\u{e9}", "x".repeat(31));
+        let e = parse_command(&[(name, String::new())]).unwrap_err();
+        assert_eq!(
+            e.message,
+            format!("unknown parameter \"{}...\"", "x".repeat(31))
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod escape;
 pub mod health;
 pub mod histogram;
 pub mod journal;

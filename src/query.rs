@@ -1,6 +1,6 @@
 //! The status request's query string: format, upstream and state filters, page refresh.
 
-use crate::render::Snapshot;
+use crate::render::{Snapshot, UpstreamSnapshot};
 
 /// Longest accepted parameter name or value, in bytes after decoding.
 pub const MAX_ARG_LEN: usize = 1024;
@@ -200,6 +200,22 @@ pub fn parse_status_query(args: &[u8], default: Format) -> Result<StatusQuery, Q
     Ok(q)
 }
 
+/// The format of an error answer: the one `format=` asks for when it is given once with a
+/// known value, else the location's default (a repeated or unknown `format=` says nothing).
+pub fn error_format(args: &[u8], default: Format) -> Format {
+    let mut asked = args.split(|&b| b == b'&').filter_map(|seg| {
+        let (k, v) = match seg.iter().position(|&b| b == b'=') {
+            Some(i) => (&seg[..i], &seg[i + 1..]),
+            None => (seg, &b""[..]),
+        };
+        (url_decode(k)? == b"format").then(|| url_decode(v))
+    });
+    match (asked.next(), asked.next()) {
+        (Some(Some(v)), None) => Format::parse(&v).unwrap_or(default),
+        _ => default,
+    }
+}
+
 /// Keeps what the query asks for: only the named upstream (404 when there is none by that
 /// name), only peers in the asked state (`down` true counts as down, config-down included).
 /// Upstreams left without peers stay, with empty lists.
@@ -207,26 +223,36 @@ pub fn filter(mut snap: Snapshot, q: &StatusQuery) -> Result<Snapshot, QueryErro
     if let Some(name) = &q.upstream {
         snap.upstreams.retain(|u| &u.name == name);
         if snap.upstreams.is_empty() {
-            return Err(QueryError {
-                status: 404,
-                message: format!("unknown upstream {name:?}"),
-            });
+            return Err(unknown_upstream(name));
         }
     }
     if let Some(state) = q.state {
-        let want_down = state == StateFilter::Down;
         for u in &mut snap.upstreams {
-            u.primary.retain(|p| p.down == want_down);
-            u.backup.retain(|p| p.down == want_down);
+            keep_state(u, state);
         }
     }
     Ok(snap)
 }
 
+/// The 404 of `?upstream=` naming no upstream.
+pub fn unknown_upstream(name: &str) -> QueryError {
+    QueryError {
+        status: 404,
+        message: format!("unknown upstream {name:?}"),
+    }
+}
+
+/// Keeps the peers of `u` in `state` (`down` true counts as down, config-down included).
+pub fn keep_state(u: &mut UpstreamSnapshot, state: StateFilter) {
+    let want_down = state == StateFilter::Down;
+    u.primary.retain(|p| p.down == want_down);
+    u.backup.retain(|p| p.down == want_down);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::{PeerSnapshot, UpstreamSnapshot};
+    use crate::render::PeerSnapshot;
 
     fn q(args: &str) -> Result<StatusQuery, QueryError> {
         parse_status_query(args.as_bytes(), Format::Text)
@@ -239,6 +265,20 @@ mod tests {
 
     fn bad(msg: &str) -> (u16, String) {
         (400, msg.to_owned())
+    }
+
+    #[test]
+    fn errors_come_in_the_one_format_asked_for_else_the_default() {
+        let f = |args: &str, default| error_format(args.as_bytes(), default);
+        assert_eq!(f("format=json&upstream=nope", Format::Text), Format::Json);
+        assert_eq!(f("%66ormat=json", Format::Text), Format::Json);
+        assert_eq!(f("format=json&format=json", Format::Text), Format::Text);
+        assert_eq!(f("format=json&format=text", Format::Text), Format::Text);
+        assert_eq!(f("format=text&format=json", Format::Json), Format::Json);
+        assert_eq!(f("format=jsonx", Format::Text), Format::Text);
+        assert_eq!(f("format=%zz", Format::Json), Format::Json);
+        assert_eq!(f("", Format::Json), Format::Json);
+        assert_eq!(f("xformat=json", Format::Text), Format::Text);
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::fs;
+use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -801,6 +802,25 @@ fn the_directive_sets_the_default_format_and_the_query_overrides_it() {
             CT_TEXT,
             "unknown upstream \"x\"\n",
         ),
+        // A repeated format= names no format: the error comes in the location's own.
+        (
+            "/status?format=json&format=json",
+            400,
+            CT_TEXT,
+            "parameter \"format\" is repeated\n",
+        ),
+        (
+            "/status?format=json&format=text",
+            400,
+            CT_TEXT,
+            "parameter \"format\" is repeated\n",
+        ),
+        (
+            "/status.json?format=text&format=text",
+            400,
+            CT_JSON,
+            r#"{"status":"err","err_msg":"parameter \"format\" is repeated","msg":""}"#,
+        ),
     ] {
         let (status, headers, body) = get(port, path);
         assert_eq!(status, want_status, "GET {path}: {headers}\n{body}");
@@ -845,9 +865,16 @@ fn the_directive_sets_the_default_format_and_the_query_overrides_it() {
     }
     for method in ["POST", "PUT", "DELETE", "PATCH"] {
         for location in ["/status", "/status.json?format=json", "/metrics"] {
-            let (status, headers, _) =
+            let (status, headers, body) =
                 http_request(port, method, location, "x=1").expect("request");
             assert_eq!(status, 405, "{method} {location}: {headers}");
+            assert_eq!(
+                header(&headers, "Allow").as_deref(),
+                Some("GET, HEAD"),
+                "{method} {location}: {headers}"
+            );
+            assert_eq!(content_type(&headers).as_deref(), Some(CT_TEXT));
+            assert_eq!(body, "method not allowed, use GET or HEAD\n");
         }
     }
 
@@ -1792,6 +1819,13 @@ fn odd_upstream_names_survive_every_format() {
         );
     }
 
+    // error.log: the name between quotes with its quotes and backslash escaped as nginx's logs
+    // escape them, so the line reads unambiguously.
+    let log = nginx.error_log();
+    let escaped = "we<b>ird</b> \\x22q\\x22 & 'sq' \\x5C end";
+    let line = format!("peer {down} in upstream \"{escaped}\" is DOWN");
+    assert!(log.contains(&line), "no line {line:?} in:\n{log}");
+
     // HTML, as a browser builds it: no markup injected, the names read back as written.
     tool("/usr/bin/chromium", "chromium");
     let dir = TempPrefix::new();
@@ -1818,6 +1852,172 @@ fn odd_upstream_names_survive_every_format() {
     assert!(
         dom.contains("<p id=\"summary\">2 checked peers: 1 up, 1 down</p>"),
         "{dom}"
+    );
+    nginx.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Pages larger than a buffer
+
+/// An HTTP/1.1 GET with `Connection: close`: (status, headers, body with any chunked transfer
+/// encoding undone, whether it was chunked).
+fn get_http11(port: u16, path: &str) -> (u16, String, String, bool) {
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let resp = exchange(port, raw.as_bytes(), false).expect("HTTP/1.1 request");
+    let end = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of headers");
+    let (status, headers, _) = parse_response(&resp).expect("response");
+    let chunked = header(&headers, "Transfer-Encoding").as_deref() == Some("chunked");
+    let mut body = resp[end + 4..].to_vec();
+    if chunked {
+        body = dechunk(&body);
+    }
+    (
+        status,
+        headers,
+        String::from_utf8(body).expect("UTF-8 body"),
+        chunked,
+    )
+}
+
+/// Undoes chunked transfer encoding.
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap(), 16)
+            .expect("hex chunk size");
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            assert_eq!(rest, b"\r\n", "trailer after the last chunk");
+            return out;
+        }
+        out.extend_from_slice(&rest[..size]);
+        assert_eq!(&rest[size..size + 2], b"\r\n", "chunk end");
+        rest = &rest[size + 2..];
+    }
+}
+
+/// A fleet too large for one 64 KiB buffer: every format streams in chunks to an HTTP/1.1
+/// client and to the close of the connection for HTTP/1.0, the same bytes either way; HEAD
+/// announces the length GET sends; a page that fits in a buffer keeps its Content-Length.
+#[test]
+fn pages_larger_than_a_buffer_stream_whole() {
+    // Peers marked down in nginx.conf are never probed: the pages do not change between reads.
+    let upstream = |name: &str, base: usize| {
+        let servers: String = (0..1500)
+            .map(|i| {
+                format!(
+                    "    server 127.0.{}.{}:80 down;\n",
+                    (base + i) / 250,
+                    1 + (base + i) % 250
+                )
+            })
+            .collect();
+        format!("upstream {name} {{\n{servers}    upstream_healthcheck interval=3600s;\n}}\n")
+    };
+    let port = free_port();
+    let nginx = Nginx::start(&format!(
+        "{}{}server {{\n    listen 127.0.0.1:{port};\n    \
+         location = /s {{ upstream_healthcheck_status; }}\n}}\n",
+        upstream("fleet_a", 0),
+        upstream("fleet_b", 1500)
+    ));
+    for format in ["text", "json", "prometheus", "html"] {
+        let path = format!("/s?format={format}");
+        let (status, headers, body, chunked) = get_http11(port, &path);
+        assert_eq!(status, 200, "GET {path}: {headers}");
+        assert!(
+            chunked,
+            "GET {path} over HTTP/1.1 is not chunked: {headers}"
+        );
+        assert!(body.len() > 64 * 1024, "{path}: {} bytes", body.len());
+        assert_eq!(
+            header(&headers, "Content-Length"),
+            None,
+            "{path}: {headers}"
+        );
+        let (status, headers10, body10) = get(port, &path);
+        assert_eq!(status, 200, "GET {path} over HTTP/1.0: {headers10}");
+        assert_eq!(body10, body, "{path}: HTTP/1.0 and HTTP/1.1 bodies differ");
+        let (status, head, _) = http_request(port, "HEAD", &path, "").expect("HEAD");
+        assert_eq!(status, 200);
+        assert_eq!(
+            header(&head, "Content-Length"),
+            Some(body.len().to_string()),
+            "HEAD {path}: {head}"
+        );
+        match format {
+            "json" => {
+                let doc = strict_json(&body);
+                assert_eq!(
+                    doc["msg"]["upstreams"][1]["primary"]
+                        .as_array()
+                        .unwrap()
+                        .len(),
+                    1500
+                );
+            }
+            "prometheus" => promtool_accepts(&body, "a 3,000-peer page"),
+            "text" => assert_eq!(body.lines().filter(|l| l.ends_with(" DOWN")).count(), 3000),
+            _ => assert_eq!(body.matches("<tr class=\"peer down\"").count(), 3000),
+        }
+    }
+    // One upstream's page fits in a buffer: a plain Content-Length, no chunks.
+    let (status, headers, body, chunked) = get_http11(port, "/s?upstream=fleet_a&status=up");
+    assert_eq!((status, chunked), (200, false), "{headers}");
+    assert_eq!(
+        header(&headers, "Content-Length"),
+        Some(body.len().to_string())
+    );
+    assert_eq!(
+        body,
+        "Upstream fleet_a\n    Primary Peers\n    Backup Peers\n"
+    );
+    nginx.stop();
+}
+
+/// A scraper that stalls (a paused process, a congested link) while nginx has a page of
+/// megabytes for it: rendering waits for it instead of piling the page up in memory, and
+/// once it reads on, it gets the whole page, the same as a fast client.
+#[test]
+fn a_stalled_client_gets_the_whole_page_after_the_pause() {
+    let servers: String = (0..3000)
+        .map(|i| format!("    server 127.1.{}.{}:80 down;\n", i / 250, 1 + i % 250))
+        .collect();
+    let port = free_port();
+    // A small send buffer, so nginx meets the stalled client within the first buffers.
+    let nginx = Nginx::start(&format!(
+        "upstream fleet {{\n{servers}    upstream_healthcheck interval=3600s;\n}}\n\
+         server {{\n    listen 127.0.0.1:{port} sndbuf=16k;\n    \
+         location = /s {{ upstream_healthcheck_status prometheus; }}\n}}\n"
+    ));
+    let (status, _, fast, chunked) = get_http11(port, "/s");
+    assert_eq!((status, chunked), (200, true));
+    assert!(fast.len() > 1_000_000, "{} bytes", fast.len());
+
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    slow.write_all(b"GET /s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    thread::sleep(Duration::from_millis(500)); // the stall
+    slow.set_read_timeout(Some(SETTLE)).unwrap();
+    let mut raw = Vec::new();
+    slow.read_to_end(&mut raw).expect("the whole response");
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of headers");
+    let body = String::from_utf8(dechunk(&raw[end + 4..])).expect("UTF-8");
+    assert!(
+        body == fast,
+        "the stalled client's page differs ({} bytes, not {})",
+        body.len(),
+        fast.len()
     );
     nginx.stop();
 }

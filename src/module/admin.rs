@@ -2,20 +2,22 @@
 //! changes exclusions and manual downs in the shared zone, answers in JSON.
 
 use ngx::ffi::{
-    ngx_http_discard_request_body, ngx_http_finalize_request, ngx_http_read_client_request_body,
-    ngx_http_request_t, ngx_int_t, NGX_DONE, NGX_HTTP_GET, NGX_HTTP_HEAD,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_OK, NGX_HTTP_POST, NGX_HTTP_SPECIAL_RESPONSE, NGX_OK,
+    ngx_exiting, ngx_http_discard_request_body, ngx_http_finalize_request,
+    ngx_http_read_client_request_body, ngx_http_request_t, ngx_int_t, ngx_quit, ngx_terminate,
+    NGX_DONE, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_OK,
+    NGX_HTTP_POST, NGX_HTTP_SPECIAL_RESPONSE, NGX_OK,
 };
 use ngx::http::HttpModuleMainConf;
 
 use crate::admin::{
-    expiry, parse_command, render_answer, ttl_left, Action, Answer, Command, Entry, Subject,
+    expiry, is_form, parse_command, render_answer, ttl_left, Action, Answer, Command, Entry,
+    Subject,
 };
 use crate::journal::Change;
 use crate::module::clock::now_msec;
 use crate::module::conf::MainConf;
 use crate::module::peers::apply_now;
-use crate::module::status::send;
+use crate::module::status::{allow, send};
 use crate::module::zone::{restart_checks, ZoneHeader};
 use crate::module::Module;
 use crate::query::{parse_args, QueryError};
@@ -33,6 +35,8 @@ pub extern "C" fn admin_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls content handlers with a live request.
     let req = unsafe { &mut *r };
     if req.method & (NGX_HTTP_GET | NGX_HTTP_HEAD | NGX_HTTP_POST) as usize == 0 {
+        // SAFETY: as above; nothing is sent yet.
+        unsafe { allow(r, "GET, HEAD, POST") };
         return reply(r, Err(err(405, "method not allowed, use GET or POST")));
     }
     if req.method & NGX_HTTP_POST as usize != 0 {
@@ -86,9 +90,7 @@ fn body(req: &ngx_http_request_t) -> Result<Vec<u8>, QueryError> {
     if !out.is_empty() {
         // SAFETY: headers_in.content_type is null or a valid header.
         let ct = unsafe { req.headers_in.content_type.as_ref() }.map(|h| h.value.as_bytes());
-        let form = b"application/x-www-form-urlencoded";
-        if !ct.is_some_and(|v| v.len() >= form.len() && v[..form.len()].eq_ignore_ascii_case(form))
-        {
+        if !ct.is_some_and(is_form) {
             return Err(err(
                 415,
                 "the body must be application/x-www-form-urlencoded",
@@ -98,11 +100,13 @@ fn body(req: &ngx_http_request_t) -> Result<Vec<u8>, QueryError> {
     Ok(out)
 }
 
-fn handle(req: &ngx_http_request_t, body: &[u8]) -> Result<Answer, QueryError> {
+fn handle(req: &mut ngx_http_request_t, body: &[u8]) -> Result<Answer, QueryError> {
     let mut params = parse_args(req.args.as_bytes())?;
     params.extend(parse_args(body)?);
     let command = parse_command(&params)?;
     if command.changes_state() && req.method & NGX_HTTP_POST as usize == 0 {
+        // SAFETY: the request is live and its header not sent yet.
+        unsafe { allow(req, "POST") };
         return Err(err(405, "a=set and a=del must come as POST"));
     }
     let main = Module::main_conf(req).ok_or_else(|| err(500, "no configuration"))?;
@@ -123,6 +127,11 @@ fn execute(
     now: u64,
 ) -> Result<Answer, QueryError> {
     let mut locked = header.lock();
+    if command.changes_state() && (header.is_superseded() || exiting()) {
+        // A newer cycle copied the zone, or this worker is on its way out: a change written
+        // now would be acknowledged and then lost.
+        return Err(err(503, "nginx is reloading, retry"));
+    }
     let Command::Apply { subject, action } = command else {
         let mut entries = Vec::new();
         for (ui, up) in main.upstreams.iter().enumerate() {
@@ -225,6 +234,13 @@ fn execute(
             }
         }
     }
+}
+
+/// This worker is shutting down (reload, upgrade, stop).
+fn exiting() -> bool {
+    // SAFETY: process globals nginx sets from its signal handlers and event loop; reading
+    // them is what nginx's own loop does.
+    unsafe { ngx_exiting != 0 || ngx_quit != 0 || ngx_terminate != 0 }
 }
 
 /// Sends the JSON answer or error.

@@ -3,6 +3,7 @@
 
 use core::sync::atomic::Ordering;
 
+use crate::escape::LogEscaped;
 use crate::journal::Change;
 use crate::module::ha;
 use crate::module::log::hc_log;
@@ -71,7 +72,7 @@ fn expire_ttls(w: &mut Worker, now: u64) {
             hc_log!(
                 NGX_LOG_NOTICE,
                 "exclusion of upstream \"{}\" expired",
-                main.upstreams[ui].name
+                LogEscaped(&main.upstreams[ui].name)
             );
         }
     }

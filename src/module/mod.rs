@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_conf_t, ngx_http_module_t, ngx_http_upstream_rr_peers_t, ngx_http_upstream_server_t,
-    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_module_t, ngx_shared_memory_add, ngx_str_t,
-    AF_UNIX, NGX_HTTP_MODULE,
+    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_module_t, ngx_pool_cleanup_add,
+    ngx_shared_memory_add, ngx_str_t, AF_UNIX, NGX_HTTP_MODULE,
 };
 use ngx::http::{
     HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf,
@@ -32,6 +32,7 @@ mod peers;
 mod probe;
 mod process;
 mod status;
+mod stream;
 mod tick;
 mod zone;
 
@@ -58,6 +59,7 @@ pub static mut ngx_http_upstream_healthcheck_module: ngx_module_t = ngx_module_t
     // SAFETY: taking the address of the command table; nginx only reads it.
     commands: unsafe { &raw mut directives::COMMANDS[0] },
     type_: NGX_HTTP_MODULE as _,
+    init_module: Some(zone::commit_supersede),
     init_process: Some(process::init_process),
     exit_process: Some(process::exit_process),
     ..ngx_module_t::default()
@@ -327,6 +329,11 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
     shm.init = Some(zone::init_zone);
     shm.data = main as *mut MainConf as *mut c_void;
     shm.noreuse = 1;
+    // SAFETY: cf->pool is the new cycle's pool, destroyed when that cycle fails or ends.
+    let Some(cln) = (unsafe { ngx_pool_cleanup_add((*cf).pool, 0).as_mut() }) else {
+        return Err(());
+    };
+    cln.handler = Some(zone::undo_supersede);
 
     // Wrap every balancer's per-request init, so a worker applies a changed verdict before
     // choosing a peer: the cost is one atomic load per request.

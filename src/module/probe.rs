@@ -15,6 +15,7 @@ use ngx::ffi::{
 };
 
 use crate::config::{CheckType, ValidStatuses};
+use crate::escape::LogEscaped;
 use crate::module::log::hc_debug;
 use crate::module::process::{with_any_worker, Worker};
 use crate::module::tick;
@@ -64,7 +65,11 @@ pub fn start(w: &mut Worker, slot: usize) -> Option<Ended> {
             peer.name, up.name
         )));
     }
-    hc_debug!("probe of {} in upstream \"{}\" starts", peer.name, up.name);
+    hc_debug!(
+        "probe of {} in upstream \"{}\" starts",
+        LogEscaped(&peer.name),
+        LogEscaped(&up.name)
+    );
     let started = Instant::now();
     let mut probe = Box::new(Probe {
         index: 0,
@@ -114,7 +119,10 @@ pub fn start(w: &mut Worker, slot: usize) -> Option<Ended> {
         // connect() failed at once (nginx closed the socket): refused on loopback, a missing
         // unix socket, or a local shortage such as no free source port.
         let err = ngx_socket_errno();
-        hc_debug!("probe of {} connect() failed ({err})", peer.name);
+        hc_debug!(
+            "probe of {} connect() failed ({err})",
+            LogEscaped(&peer.name)
+        );
         return Some(match classify_connect_errno(err) {
             ConnectError::Peer(f) => Ended::Outcome(Outcome::failed(f, None)),
             ConnectError::Local => {

@@ -1,109 +1,129 @@
-//! The status content handler: a snapshot of every upstream, rendered for the client.
+//! The status content handler: each upstream's state taken in turn and streamed to the client.
 
+use core::ffi::c_void;
 use core::ptr;
 use core::sync::atomic::Ordering;
 
 use ngx::ffi::{
-    ngx_chain_t, ngx_create_temp_buf, ngx_http_discard_request_body, ngx_http_output_filter,
-    ngx_http_request_t, ngx_http_send_header, ngx_http_upstream_rr_peer_t,
-    ngx_http_upstream_rr_peers_t, ngx_int_t, ngx_rwlock_rlock, ngx_rwlock_unlock, ngx_str_t, off_t,
-    NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED,
-    NGX_HTTP_OK, NGX_OK,
+    ngx_add_timer, ngx_del_timer, ngx_handle_write_event, ngx_http_finalize_request,
+    ngx_http_request_empty_handler, ngx_pool_cleanup_add, NGX_DONE, NGX_HTTP_REQUEST_TIME_OUT,
 };
-use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf};
+use ngx::ffi::{
+    ngx_chain_t, ngx_create_temp_buf, ngx_http_discard_request_body, ngx_http_output_filter,
+    ngx_http_request_t, ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_int_t,
+    ngx_list_push, ngx_rwlock_rlock, ngx_rwlock_unlock, ngx_str_t, ngx_table_elt_t, NGX_ERROR,
+    NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK,
+    NGX_OK,
+};
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 
 use crate::admin::ttl_left;
 use crate::module::clock::{now_msec, unix_msec};
 use crate::module::conf::MainConf;
 use crate::module::peers::live_peers;
-use crate::module::zone::{Slot, UpstreamRecord, HA_MASTER, HA_SLAVER};
+use crate::module::stream::{send_header, BodyWriter, Counter};
+use crate::module::zone::{Slot, ZoneHeader, HA_MASTER, HA_SLAVER};
 use crate::module::Module;
-use crate::query::{filter, parse_status_query, Format};
-use crate::render::html::render_html;
-use crate::render::json::{render_json, render_json_error};
-use crate::render::prometheus::render_prometheus;
-use crate::render::text::render_text;
-use crate::render::{HaMode, PeerSnapshot, Snapshot, UpstreamSnapshot};
+use crate::policy::PeerFacts;
+use crate::query::{error_format, parse_status_query, unknown_upstream, Format, StateFilter};
+use crate::render::json::render_json_error;
+use crate::render::page::{render_page, Page, PageCursor};
+use crate::render::{HaMode, PeerSnapshot, UpstreamSnapshot};
 
-/// Copies the state of every upstream block: nginx's peers as this worker sees them, and the
-/// shared health of checked peers.
-fn snapshot(main: &MainConf) -> Snapshot {
-    let now = now_msec();
-    let mut snap = Snapshot {
-        now_ms: unix_msec(),
-        ..Snapshot::default()
-    };
-    // The shared state, copied under the lock; absent when no zone was needed.
-    let mut slots: Vec<Slot> = Vec::new();
-    let mut records: Vec<UpstreamRecord> = Vec::new();
-    // SAFETY: the header, when set, points into the zone mapped for this cycle.
-    if let Some(h) = unsafe { main.header.as_ref() } {
-        let mut locked = h.lock();
-        slots = locked.slots().to_vec();
-        records = locked.upstreams().to_vec();
-        snap.ha_mode = match h.ha_state.load(Ordering::Acquire) {
-            HA_MASTER => HaMode::Master,
-            HA_SLAVER => HaMode::Slaver,
-            _ => HaMode::Disabled,
+/// Takes the state of one upstream at a time: its shared slots copied under the zone lock
+/// (held for that upstream only), nginx's peers as this worker sees them.
+struct StateReader<'a> {
+    main: &'a MainConf,
+    header: Option<&'a ZoneHeader>,
+    /// False on the HA standby: nothing is checked there.
+    probing: bool,
+    /// Monotonic now, for the ttls.
+    now: u64,
+    /// The slots of the upstream being read, one per configured peer; reused.
+    slots: Vec<Option<Slot>>,
+}
+
+impl StateReader<'_> {
+    /// Writes the state of upstream `ui` into `out`, reusing its buffers.
+    fn fill(&mut self, ui: usize, out: &mut UpstreamSnapshot) {
+        let up = &self.main.upstreams[ui];
+        let mut record = None;
+        self.slots.clear();
+        if let Some(h) = self.header {
+            let mut locked = h.lock();
+            record = locked.upstreams().get(ui).copied();
+            let all = locked.slots();
+            self.slots
+                .extend(up.peers.iter().map(|c| all.get(c.slot).copied()));
+        }
+        let facts = PeerFacts {
+            checked: up.check.is_some(),
+            excluded: record.is_some_and(|r| r.excluded()),
+            standby: !self.probing,
+            ..PeerFacts::default()
         };
-    }
-    let probing = snap.ha_mode != HaMode::Slaver;
+        let checked = facts.verdict_applies();
+        out.name.clear();
+        out.name.push_str(&up.name);
+        out.checked = checked;
+        out.probe_durations = record.filter(|_| checked).map(|r| r.probe_durations);
 
-    for (ui, up) in main.upstreams.iter().enumerate() {
-        let record = records.get(ui);
-        let checked = up.check.is_some() && probing && !record.is_some_and(|r| r.excluded());
         // SAFETY: uscf is valid for the cycle; its peer data is round-robin peers.
         let primary = unsafe { (*up.uscf).peer.data as *mut ngx_http_upstream_rr_peers_t };
-        let mut out = UpstreamSnapshot {
-            name: up.name.clone(),
-            checked,
-            probe_durations: record.filter(|_| checked).map(|r| r.probe_durations),
-            ..Default::default()
-        };
-        let mut backup_index = 0;
+        let (mut np, mut nb) = (0, 0);
         // SAFETY: as above.
         for (i, (list, rr)) in unsafe { live_peers(primary) }.into_iter().enumerate() {
+            let (peers, n) = if list == primary {
+                (&mut out.primary, &mut np)
+            } else {
+                (&mut out.backup, &mut nb)
+            };
+            if peers.len() == *n {
+                peers.push(PeerSnapshot::default());
+            }
+            let peer = &mut peers[*n];
             // SAFETY: list and rr are live; zone peers are read under the list's read lock.
-            let mut peer = unsafe { read_peer(list, rr) };
+            unsafe { read_peer(list, rr, peer) };
+            peer.id = *n;
+            *n += 1;
             let slot = up
                 .peers
                 .get(i)
                 .filter(|c| c.name == peer.name)
                 .and_then(|c| {
                     peer.config_down = c.config_down;
-                    slots.get(c.slot)
+                    self.slots.get(i).copied().flatten()
                 });
             if let Some(s) = slot {
                 peer.manual_down = s.manual_down();
-                peer.manual_down_ttl =
-                    (s.manual_until_ms != u64::MAX).then(|| ttl_left(s.manual_until_ms, now));
-                peer.manual_down_ttl = peer.manual_down_ttl.filter(|_| peer.manual_down);
-                let unhealthy = checked && !s.health.is_up();
-                peer.down = peer.config_down || peer.manual_down || unhealthy;
+                peer.manual_down_ttl = (peer.manual_down && s.manual_until_ms != u64::MAX)
+                    .then(|| ttl_left(s.manual_until_ms, self.now));
+                peer.down = PeerFacts {
+                    config_down: peer.config_down,
+                    manual_down: peer.manual_down,
+                    healthy: s.health.is_up(),
+                    ..facts
+                }
+                .down_for_balancer();
                 peer.health = checked.then_some(s.health);
             }
-            if list == primary {
-                peer.id = i;
-                out.primary.push(peer);
-            } else {
-                peer.id = backup_index;
-                backup_index += 1;
-                out.backup.push(peer);
-            }
         }
-        snap.upstreams.push(out);
+        out.primary.truncate(np);
+        out.backup.truncate(nb);
     }
-    snap
 }
 
-/// nginx's view of one peer.
+/// nginx's view of one peer, written over `out` (its name's buffer reused).
 ///
 /// # Safety
 /// `list` and `rr` must be live round-robin peers of the running cycle.
 unsafe fn read_peer(
     list: *mut ngx_http_upstream_rr_peers_t,
     rr: *mut ngx_http_upstream_rr_peer_t,
-) -> PeerSnapshot {
+    out: &mut PeerSnapshot,
+) {
+    let mut name = core::mem::take(&mut out.name);
+    name.clear();
     // SAFETY: per the contract; zone peers are read under the list's read lock.
     unsafe {
         let shared = !(*list).shpool.is_null();
@@ -111,8 +131,12 @@ unsafe fn read_peer(
             ngx_rwlock_rlock(&mut (*list).rwlock);
         }
         let rr = &*rr;
-        let p = PeerSnapshot {
-            name: String::from_utf8_lossy(rr.name.as_bytes()).into_owned(),
+        match core::str::from_utf8(rr.name.as_bytes()) {
+            Ok(n) => name.push_str(n),
+            Err(_) => name.push_str(&String::from_utf8_lossy(rr.name.as_bytes())),
+        }
+        *out = PeerSnapshot {
+            name,
             config_down: rr.down != 0,
             down: rr.down != 0,
             weight: rr.weight as i64,
@@ -127,7 +151,6 @@ unsafe fn read_peer(
         if shared {
             ngx_rwlock_unlock(&mut (*list).rwlock);
         }
-        p
     }
 }
 
@@ -138,7 +161,10 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls content handlers with a live request.
     let req = unsafe { &mut *r };
     if req.method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as usize == 0 {
-        return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
+        // SAFETY: as above.
+        unsafe { allow(r, "GET, HEAD") };
+        let message = "method not allowed, use GET or HEAD";
+        return error(r, Format::Text, NGX_HTTP_NOT_ALLOWED as u16, message);
     }
     // SAFETY: as above.
     let rc = unsafe { ngx_http_discard_request_body(r) };
@@ -149,41 +175,231 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     };
     let default = loc.status.unwrap_or(Format::Text);
-    let query = parse_status_query(req.args.as_bytes(), default)
-        .and_then(|q| Ok((filter(snapshot(main), &q)?, q)));
-    let (snap, q) = match query {
-        Ok(v) => v,
+    let q = match parse_status_query(req.args.as_bytes(), default) {
+        Ok(q) => q,
         Err(e) => {
-            let format = Format::parse(arg(req.args.as_bytes(), "format")).unwrap_or(default);
-            return error(r, format, e.status, &e.message);
+            return error(
+                r,
+                error_format(req.args.as_bytes(), default),
+                e.status,
+                &e.message,
+            );
         }
     };
-    let mut body = String::new();
-    let rendered = match q.format {
-        Format::Text => render_text(&mut body, &snap),
-        Format::Json => render_json(&mut body, &snap),
-        Format::Prometheus => render_prometheus(&mut body, &snap),
-        Format::Html => render_html(&mut body, &snap, q.refresh),
+    // The upstreams shown: all, or those of the asked name (one pass over the names).
+    let shown: Vec<usize> = match &q.upstream {
+        None => (0..main.upstreams.len()).collect(),
+        Some(name) => (0..main.upstreams.len())
+            .filter(|&i| &main.upstreams[i].name == name)
+            .collect(),
     };
-    if rendered.is_err() {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    if let Some(name) = q.upstream.as_deref().filter(|_| shown.is_empty()) {
+        let e = unknown_upstream(name);
+        return error(r, q.format, e.status, &e.message);
     }
-    // SAFETY: as above.
+    let names: Vec<&str> = shown
+        .iter()
+        .map(|&i| main.upstreams[i].name.as_str())
+        .collect();
+    // SAFETY: the header, when set, points into the zone mapped for this cycle.
+    let header = unsafe { main.header.as_ref() };
+    let ha_mode = match header.map(|h| h.ha_state.load(Ordering::Acquire)) {
+        Some(HA_MASTER) => HaMode::Master,
+        Some(HA_SLAVER) => HaMode::Slaver,
+        _ => HaMode::Disabled,
+    };
+    let page = Page {
+        format: q.format,
+        ha_mode,
+        now_ms: unix_msec(),
+        refresh: q.refresh,
+        state: q.state,
+        names: &names,
+    };
+    let mut reader = StateReader {
+        main,
+        header,
+        probing: ha_mode != HaMode::Slaver,
+        now: now_msec(),
+        slots: Vec::new(),
+    };
+    let mut fill = |k: usize, u: &mut UpstreamSnapshot| reader.fill(shown[k], u);
+
+    // HEAD: the length GET would have, counted without writing the page.
+    if req.method & NGX_HTTP_HEAD as usize != 0 {
+        let mut length = Counter::default();
+        if render_page(&mut length, &page, &mut fill).is_err() {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        }
+        // SAFETY: as above.
+        return unsafe {
+            send_header(
+                r,
+                NGX_HTTP_OK as usize,
+                q.format.content_type(),
+                Some(length.0),
+            )
+        };
+    }
+    // GET: the page is written as it is rendered, in 64 KiB buffers; the header goes with the
+    // first one, with a Content-Length when the page fits in it. When the client falls behind,
+    // rendering pauses until it has taken what waits (write events, `resume`).
+    // SAFETY: nothing is sent yet; the configuration of the cycle outlives its requests, and
+    // the stream lives in the request's pool (freed by its cleanup).
     unsafe {
-        send(
-            r,
-            NGX_HTTP_OK as usize,
-            q.format.content_type(),
-            body.as_bytes(),
-        )
+        let names: Vec<&'static str> = names.iter().map(|&n| &*(n as *const str)).collect();
+        let stream = Box::new(Stream {
+            cursor: PageCursor::new(&page),
+            format: q.format,
+            ha_mode,
+            now_ms: page.now_ms,
+            refresh: q.refresh,
+            state: q.state,
+            names,
+            shown,
+            reader: StateReader {
+                main: &*(main as *const MainConf),
+                header: header.map(|h| &*(h as *const ZoneHeader)),
+                probing: reader.probing,
+                now: reader.now,
+                slots: Vec::new(),
+            },
+            body: BodyWriter::new(r, NGX_HTTP_OK as usize, q.format.content_type()),
+        });
+        let cln = ngx_pool_cleanup_add(req.pool, 0);
+        if cln.is_null() {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        }
+        let stream = Box::into_raw(stream);
+        (*cln).handler = Some(drop_stream);
+        (*cln).data = stream as *mut c_void;
+        *req.ctx.add(Module::module().ctx_index) = stream as *mut c_void;
+        match (*stream).run() {
+            Some(rc) => rc,
+            None => {
+                let main_req = &mut *req.main;
+                main_req.set_count(main_req.count() + 1);
+                req.write_event_handler = Some(resume);
+                wait_for_client(r);
+                NGX_DONE as ngx_int_t
+            }
+        }
     }
 }
 
-/// The raw value of query argument `name`, empty when absent.
-fn arg<'a>(args: &'a [u8], name: &str) -> &'a [u8] {
-    args.split(|&b| b == b'&')
-        .find_map(|kv| kv.strip_prefix(name.as_bytes())?.strip_prefix(b"="))
-        .unwrap_or_default()
+/// A status page being sent: what it shows, where it stands, and its writer. Lives in the
+/// request's pool until the request ends.
+struct Stream {
+    cursor: PageCursor,
+    format: Format,
+    ha_mode: HaMode,
+    now_ms: u64,
+    refresh: Option<u32>,
+    state: Option<StateFilter>,
+    names: Vec<&'static str>,
+    /// Index in `MainConf::upstreams` of each upstream shown.
+    shown: Vec<usize>,
+    reader: StateReader<'static>,
+    body: BodyWriter,
+}
+
+impl Stream {
+    /// Renders until the page is complete (`Some` of what to finalize the request with) or
+    /// the client is behind (`None`).
+    fn run(&mut self) -> Option<ngx_int_t> {
+        let page = Page {
+            format: self.format,
+            ha_mode: self.ha_mode,
+            now_ms: self.now_ms,
+            refresh: self.refresh,
+            state: self.state,
+            names: &self.names,
+        };
+        let (reader, shown) = (&mut self.reader, &self.shown);
+        let mut fill = |k: usize, u: &mut UpstreamSnapshot| reader.fill(shown[k], u);
+        loop {
+            if self.body.behind() {
+                return None;
+            }
+            match self.cursor.write_next(&mut self.body, &page, &mut fill) {
+                Ok(true) => {}
+                Ok(false) => return Some(self.body.finish(Ok(()))),
+                Err(e) => return Some(self.body.finish(Err(e))),
+            }
+        }
+    }
+}
+
+/// The pool cleanup of a request that streamed a page.
+unsafe extern "C" fn drop_stream(data: *mut c_void) {
+    // SAFETY: data is the Box leaked by the handler, dropped once, with the request's pool.
+    drop(unsafe { Box::from_raw(data as *mut Stream) });
+}
+
+/// The write event handler of a page whose client was behind: sends what waits, then
+/// renders on.
+extern "C" fn resume(r: *mut ngx_http_request_t) {
+    // SAFETY: nginx calls the write event handler with the live request; its ctx holds the
+    // stream the handler set, alive until the request's pool goes.
+    unsafe {
+        let req = &mut *r;
+        let stream = *req.ctx.add(Module::module().ctx_index) as *mut Stream;
+        let Some(stream) = stream.as_mut() else {
+            ngx_http_finalize_request(r, NGX_ERROR as ngx_int_t);
+            return;
+        };
+        let c = &mut *req.connection;
+        let wev = &mut *c.write;
+        if wev.timedout() != 0 {
+            c.set_timedout(1);
+            ngx_http_finalize_request(r, NGX_HTTP_REQUEST_TIME_OUT as ngx_int_t);
+            return;
+        }
+        if wev.delayed() != 0 {
+            wait_for_client(r);
+            return;
+        }
+        if stream.body.flush() == NGX_ERROR as ngx_int_t {
+            ngx_http_finalize_request(r, NGX_ERROR as ngx_int_t);
+            return;
+        }
+        if stream.body.behind() {
+            wait_for_client(r);
+            return;
+        }
+        if wev.timer_set() != 0 {
+            ngx_del_timer(wev);
+        }
+        match stream.run() {
+            None => wait_for_client(r),
+            Some(rc) => {
+                req.write_event_handler = Some(ngx_http_request_empty_handler);
+                ngx_http_finalize_request(r, rc);
+            }
+        }
+    }
+}
+
+/// Waits for the client to take more: the next write event (or `send_timeout`) calls
+/// `resume`, as nginx's own writer waits.
+///
+/// # Safety
+/// `r` must be a live request whose write handler is `resume`.
+unsafe fn wait_for_client(r: *mut ngx_http_request_t) {
+    // SAFETY: per the contract; the core module's location conf exists for every request.
+    unsafe {
+        let wev = (*(*r).connection).write;
+        let Some(clcf) = NgxHttpCoreModule::location_conf(&*(*r).main) else {
+            ngx_http_finalize_request(r, NGX_ERROR as ngx_int_t);
+            return;
+        };
+        if (*wev).delayed() == 0 {
+            ngx_add_timer(wev, clcf.send_timeout);
+        }
+        if ngx_handle_write_event(wev, clcf.send_lowat) != NGX_OK as ngx_int_t {
+            ngx_http_finalize_request(r, NGX_ERROR as ngx_int_t);
+        }
+    }
 }
 
 /// Answers a bad request: a JSON error envelope for JSON clients, a line of text otherwise.
@@ -201,6 +417,31 @@ fn error(r: *mut ngx_http_request_t, format: Format, status: u16, message: &str)
     unsafe { send(r, status as usize, content_type, body.as_bytes()) }
 }
 
+/// Adds `Allow: methods` to the response headers, for a 405.
+///
+/// # Safety
+/// `r` must be a live request whose header is not sent yet.
+pub unsafe fn allow(r: *mut ngx_http_request_t, methods: &'static str) {
+    let key = "Allow";
+    // SAFETY: per the contract; the element is zeroed before use, and its strings are
+    // static, so they outlive the request.
+    unsafe {
+        let h = ngx_list_push(&mut (*r).headers_out.headers) as *mut ngx_table_elt_t;
+        if let Some(h) = h.as_mut() {
+            ptr::write_bytes(h as *mut ngx_table_elt_t, 0, 1);
+            h.hash = 1;
+            h.key = ngx_str_t {
+                len: key.len(),
+                data: key.as_ptr() as *mut u8,
+            };
+            h.value = ngx_str_t {
+                len: methods.len(),
+                data: methods.as_ptr() as *mut u8,
+            };
+        }
+    }
+}
+
 /// Sends a complete response.
 ///
 /// # Safety
@@ -214,16 +455,7 @@ pub unsafe fn send(
     // SAFETY: per the contract; buffers come from the request pool.
     unsafe {
         let req = &mut *r;
-        req.headers_out.status = status;
-        req.headers_out.content_length_n = body.len() as off_t;
-        req.headers_out.content_type = ngx_str_t {
-            len: content_type.len(),
-            data: content_type.as_ptr() as *mut u8,
-        };
-        req.headers_out.content_type_len = content_type.len();
-        req.headers_out.content_type_lowcase = ptr::null_mut();
-
-        let rc = ngx_http_send_header(r);
+        let rc = send_header(r, status, content_type, Some(body.len()));
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || req.header_only() != 0 {
             return rc;
         }

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use ngx::ffi::{ngx_event_t, ngx_random};
 
+use crate::escape::LogEscaped;
 use crate::health::Transition;
 use crate::journal::Change;
 use crate::module::clock::{now_msec, unix_msec};
@@ -117,8 +118,8 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
             requeue(w, slot, next);
             hc_debug!(
                 "probe of {} in upstream \"{}\": local error",
-                peer.name,
-                up.name
+                LogEscaped(&peer.name),
+                LogEscaped(&up.name)
             );
             arm_next(w);
             return;
@@ -163,8 +164,8 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
     };
     hc_debug!(
         "probe of {} in upstream \"{}\" ended in {} us: {}",
-        peer.name,
-        up.name,
+        LogEscaped(&peer.name),
+        LogEscaped(&up.name),
         duration_us,
         outcome
             .failure
@@ -184,8 +185,8 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
             hc_log!(
                 NGX_LOG_WARN,
                 "peer {} in upstream \"{}\" is DOWN after {} failed checks, last error: {error}{status}",
-                peer.name,
-                up.name,
+                LogEscaped(&peer.name),
+                LogEscaped(&up.name),
                 health.fall_count
             );
         }
@@ -193,8 +194,8 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
             hc_log!(
                 NGX_LOG_WARN,
                 "peer {} in upstream \"{}\" is UP after {} successful checks",
-                peer.name,
-                up.name,
+                LogEscaped(&peer.name),
+                LogEscaped(&up.name),
                 health.rise_count
             );
         }

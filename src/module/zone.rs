@@ -4,13 +4,13 @@
 use core::ffi::c_void;
 use core::mem::size_of;
 use core::ptr;
-use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering};
 use std::collections::HashMap;
 
 use ngx::ffi::{
-    ngx_current_msec, ngx_cycle, ngx_int_t, ngx_list_part_t, ngx_random, ngx_shm_zone_t,
-    ngx_shmtx_lock, ngx_shmtx_trylock, ngx_shmtx_unlock, ngx_slab_alloc, ngx_slab_pool_t,
-    NGX_ERROR, NGX_OK,
+    ngx_current_msec, ngx_cycle, ngx_cycle_t, ngx_int_t, ngx_list_part_t, ngx_random,
+    ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_trylock, ngx_shmtx_unlock, ngx_slab_alloc,
+    ngx_slab_pool_t, NGX_ERROR, NGX_OK,
 };
 
 use crate::health::PeerHealth;
@@ -77,6 +77,9 @@ pub struct ZoneHeader {
     /// The earliest end of a manual down or exclusion with a ttl (monotonic ms), `u64::MAX`
     /// when none: workers look for expired ones only from then on.
     pub expiry_hint: AtomicU64,
+    /// Set, under the lock, when a new cycle has copied this zone: a change written here
+    /// afterwards would be lost, so the control API refuses changes then.
+    pub superseded: AtomicBool,
     pub nslots: usize,
     slots: *mut Slot,
     pub nupstreams: usize,
@@ -138,6 +141,11 @@ impl ZoneHeader {
     /// False while this host is the HA standby: nothing is probed then.
     pub fn probing_allowed(&self) -> bool {
         self.ha_state.load(Ordering::Acquire) != HA_SLAVER
+    }
+
+    /// A newer cycle took its state from this zone (read under the lock).
+    pub fn is_superseded(&self) -> bool {
+        self.superseded.load(Ordering::Acquire)
     }
 
     /// Notes a new ttl so that workers look for its expiry in time.
@@ -216,6 +224,28 @@ impl Drop for Locked<'_> {
     }
 }
 
+/// The zone that the cycle being initialized marked superseded, until that cycle is committed
+/// (master process only).
+static PENDING: AtomicPtr<ZoneHeader> = AtomicPtr::new(ptr::null_mut());
+
+/// `ngx_module_t.init_module`: the new cycle can no longer fail, the old zone stays superseded.
+pub extern "C" fn commit_supersede(_cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    PENDING.store(ptr::null_mut(), Ordering::Release);
+    NGX_OK as ngx_int_t
+}
+
+/// A cleanup of the new cycle's pool: when that cycle failed after copying the zone (a
+/// `listen` that cannot bind, say), the old cycle runs on and its zone takes changes again.
+pub unsafe extern "C" fn undo_supersede(_data: *mut c_void) {
+    let old = PENDING.swap(ptr::null_mut(), Ordering::AcqRel);
+    // SAFETY: PENDING is set only between the copy and the commit of a new cycle; a cycle
+    // that fails in between leaves the old cycle, and its zone, running.
+    if let Some(old) = unsafe { old.as_ref() } {
+        let _locked = old.lock();
+        old.superseded.store(false, Ordering::Release);
+    }
+}
+
 /// Finds the state kept by the previous cycle: its zone is still mapped while the new
 /// cycle's zones are initialized (the old cycle is `ngx_cycle` then).
 ///
@@ -259,6 +289,12 @@ fn copy_previous(old: &ZoneHeader) -> (HashMap<u64, Slot>, HashMap<u64, Upstream
     let copy = |locked: &mut Locked<'_>| {
         let slots = locked.slots().iter().map(|s| (s.key, *s)).collect();
         let upstreams = locked.upstreams().iter().map(|u| (u.key, *u)).collect();
+        // Under the same lock as the copy: a change is either in the copy or refused.
+        old.superseded.store(true, Ordering::Release);
+        PENDING.store(
+            old as *const ZoneHeader as *mut ZoneHeader,
+            Ordering::Release,
+        );
         (slots, upstreams)
     };
     if let Some(mut locked) = old.try_lock_for(LOCK_WAIT_AT_RELOAD_MS) {
@@ -371,6 +407,7 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
             journal_head: AtomicU64::new(0),
             ha_state: AtomicU8::new(ha_state),
             expiry_hint: AtomicU64::new(0),
+            superseded: AtomicBool::new(false),
             nslots: n,
             slots,
             nupstreams: nup,

@@ -17,6 +17,47 @@ td.num{text-align:right}";
 
 /// Writes the page; `refresh` adds `<meta http-equiv="refresh" content="N">`.
 pub fn render_html(out: &mut impl Write, snap: &Snapshot, refresh: Option<u32>) -> fmt::Result {
+    let mut summary = Summary::default();
+    for u in &snap.upstreams {
+        summary.add(u);
+    }
+    html_begin(out, refresh, snap.ha_mode, &summary)?;
+    for u in &snap.upstreams {
+        html_upstream(out, snap.now_ms, u)?;
+    }
+    html_end(out)
+}
+
+/// The counts of the page's summary line, gathered upstream by upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub up: usize,
+    pub down: usize,
+}
+
+impl Summary {
+    /// Counts the peers of a checked upstream.
+    pub fn add(&mut self, u: &UpstreamSnapshot) {
+        if !u.checked {
+            return;
+        }
+        for p in u.primary.iter().chain(&u.backup) {
+            if state(p).0 == "down" {
+                self.down += 1;
+            } else {
+                self.up += 1;
+            }
+        }
+    }
+}
+
+/// The document up to the first table: head, title and the summary line.
+pub fn html_begin(
+    out: &mut impl Write,
+    refresh: Option<u32>,
+    ha_mode: HaMode,
+    summary: &Summary,
+) -> fmt::Result {
     out.write_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n")?;
     if let Some(n) = refresh {
         writeln!(out, "<meta http-equiv=\"refresh\" content=\"{n}\">")?;
@@ -24,33 +65,30 @@ pub fn render_html(out: &mut impl Write, snap: &Snapshot, refresh: Option<u32>) 
     out.write_str("<title>Upstream health</title>\n<style>")?;
     out.write_str(STYLE)?;
     out.write_str("</style>\n</head>\n<body>\n<h1>Upstream health</h1>\n")?;
-    summary(out, snap)?;
-    for u in &snap.upstreams {
-        upstream(out, snap.now_ms, u)?;
-    }
+    summary_line(out, ha_mode, summary)
+}
+
+/// One upstream's table.
+pub fn html_upstream(out: &mut impl Write, now_ms: u64, u: &UpstreamSnapshot) -> fmt::Result {
+    upstream(out, now_ms, u)
+}
+
+/// Closes the document.
+pub fn html_end(out: &mut impl Write) -> fmt::Result {
     out.write_str("</body>\n</html>\n")
 }
 
 /// `<p id="summary">5 checked peers: 3 up, 2 down; HA mode: Master</p>`
-fn summary(out: &mut impl Write, snap: &Snapshot) -> fmt::Result {
-    let (mut up, mut down) = (0usize, 0usize);
-    for u in snap.upstreams.iter().filter(|u| u.checked) {
-        for p in u.primary.iter().chain(&u.backup) {
-            if state(p).0 == "down" {
-                down += 1;
-            } else {
-                up += 1;
-            }
-        }
-    }
+fn summary_line(out: &mut impl Write, ha_mode: HaMode, summary: &Summary) -> fmt::Result {
+    let (up, down) = (summary.up, summary.down);
     let total = up + down;
     let s = if total == 1 { "" } else { "s" };
     write!(
         out,
         "<p id=\"summary\">{total} checked peer{s}: {up} up, {down} down"
     )?;
-    if snap.ha_mode != HaMode::Disabled {
-        write!(out, "; HA mode: {}", snap.ha_mode.as_str())?;
+    if ha_mode != HaMode::Disabled {
+        write!(out, "; HA mode: {}", ha_mode.as_str())?;
     }
     out.write_str("</p>\n")
 }

@@ -3,20 +3,35 @@
 use core::fmt::{self, Write};
 
 use super::num::write_decimal;
-use super::{PeerSnapshot, Snapshot, UpstreamSnapshot};
+use super::{HaMode, PeerSnapshot, Snapshot, UpstreamSnapshot};
 use crate::health::PeerHealth;
 
 /// Writes `{"status":"ok","err_msg":"","msg":{"ha_mode":..,"upstreams":[..]}}`.
 pub fn render_json(out: &mut impl Write, snap: &Snapshot) -> fmt::Result {
-    out.write_str("{\"status\":\"ok\",\"err_msg\":\"\",\"msg\":{\"ha_mode\":")?;
-    write_json_str(out, snap.ha_mode.as_str())?;
-    out.write_str(",\"upstreams\":[")?;
+    json_begin(out, snap.ha_mode)?;
     for (i, u) in snap.upstreams.iter().enumerate() {
-        if i > 0 {
-            out.write_char(',')?;
-        }
-        upstream(out, u)?;
+        json_upstream(out, i, u)?;
     }
+    json_end(out)
+}
+
+/// The envelope up to the opening of the upstream list.
+pub fn json_begin(out: &mut impl Write, ha_mode: HaMode) -> fmt::Result {
+    out.write_str("{\"status\":\"ok\",\"err_msg\":\"\",\"msg\":{\"ha_mode\":")?;
+    write_json_str(out, ha_mode.as_str())?;
+    out.write_str(",\"upstreams\":[")
+}
+
+/// The `i`-th upstream of the list (0-based), with the comma before it.
+pub fn json_upstream(out: &mut impl Write, i: usize, u: &UpstreamSnapshot) -> fmt::Result {
+    if i > 0 {
+        out.write_char(',')?;
+    }
+    upstream(out, u)
+}
+
+/// Closes the list and the envelope.
+pub fn json_end(out: &mut impl Write) -> fmt::Result {
     out.write_str("]}}")
 }
 
@@ -156,7 +171,6 @@ fn unix_seconds(out: &mut impl Write, ms: u64) -> fmt::Result {
 mod tests {
     use super::*;
     use crate::outcome::Failure;
-    use crate::render::HaMode;
     use serde_json::{json, Value};
 
     fn render(snap: &Snapshot) -> String {

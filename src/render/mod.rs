@@ -8,6 +8,7 @@ use crate::histogram::Histogram;
 pub mod html;
 pub mod json;
 mod num;
+pub mod page;
 pub mod prometheus;
 pub mod text;
 

@@ -1,6 +1,9 @@
 //! The Prometheus metrics page (text exposition format 0.0.4), lua-resty-upstream-healthcheck's gauge first.
 
 use core::fmt::{self, Write};
+use core::hash::Hash;
+
+use rustc_hash::FxHashSet;
 
 use super::num::write_decimal;
 use super::{write_escaped, PeerSnapshot, Snapshot, UpstreamSnapshot};
@@ -10,233 +13,359 @@ use crate::outcome::Failure;
 
 const P: &str = "nginx_upstream_healthcheck_";
 
+/// The metric families, in page order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    StatusInfo,
+    PeerUp,
+    PeerManualDown,
+    ChecksTotal,
+    FailuresTotal,
+    TransitionsTotal,
+    LastCheck,
+    LastDuration,
+    LastChange,
+    ProbeDuration,
+}
+
+impl Family {
+    const ALL: [Family; 10] = [
+        Family::StatusInfo,
+        Family::PeerUp,
+        Family::PeerManualDown,
+        Family::ChecksTotal,
+        Family::FailuresTotal,
+        Family::TransitionsTotal,
+        Family::LastCheck,
+        Family::LastDuration,
+        Family::LastChange,
+        Family::ProbeDuration,
+    ];
+
+    /// Name, help and type.
+    fn header(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Family::StatusInfo => (
+                "nginx_upstream_status_info",
+                "The running status of nginx upstream",
+                "gauge",
+            ),
+            Family::PeerUp => (
+                "nginx_upstream_healthcheck_peer_up",
+                "Whether the peer is up for the balancer (1) or down (0).",
+                "gauge",
+            ),
+            Family::PeerManualDown => (
+                "nginx_upstream_healthcheck_peer_manual_down",
+                "Whether the peer is forced down at run time (1) or not (0).",
+                "gauge",
+            ),
+            Family::ChecksTotal => (
+                "nginx_upstream_healthcheck_checks_total",
+                "Health check probes completed.",
+                "counter",
+            ),
+            Family::FailuresTotal => (
+                "nginx_upstream_healthcheck_failures_total",
+                "Failed health check probes by reason.",
+                "counter",
+            ),
+            Family::TransitionsTotal => (
+                "nginx_upstream_healthcheck_transitions_total",
+                "Changes of the health verdict, by the state changed to.",
+                "counter",
+            ),
+            Family::LastCheck => (
+                "nginx_upstream_healthcheck_last_check_timestamp_seconds",
+                "Unix time the last probe ended.",
+                "gauge",
+            ),
+            Family::LastDuration => (
+                "nginx_upstream_healthcheck_last_duration_seconds",
+                "Duration of the last probe.",
+                "gauge",
+            ),
+            Family::LastChange => (
+                "nginx_upstream_healthcheck_last_change_timestamp_seconds",
+                "Unix time of the last change of the health verdict.",
+                "gauge",
+            ),
+            Family::ProbeDuration => (
+                "nginx_upstream_healthcheck_probe_duration_seconds",
+                "Durations of the upstream's health check probes.",
+                "histogram",
+            ),
+        }
+    }
+}
+
 /// Writes every metric family once, its `# HELP` and `# TYPE` lines followed by all its samples.
 ///
 /// `nginx_upstream_status_info` is lua-resty-upstream-healthcheck's gauge, line for line: per
 /// checked upstream its peers' `UP`/`DOWN` pairs then the upstream's `UP`/`DOWN`/`UNKNOWN`
 /// triple; per unchecked upstream only the triple, `UNKNOWN` set. The other families cover
 /// checked upstreams only. A peer listed twice in one upstream (same name) counts once: the
-/// first one wins, so no series is ever duplicated.
+/// first one wins, so no series is ever duplicated; so does an upstream.
 pub fn render_prometheus(out: &mut impl Write, snap: &Snapshot) -> fmt::Result {
-    let ups = unique(snap);
+    let names: Vec<&str> = snap.upstreams.iter().map(|u| u.name.as_str()).collect();
+    prometheus_page(out, &names, |k, u| u.clone_from(&snap.upstreams[k]))
+}
 
-    family(
-        out,
-        "nginx_upstream_status_info",
-        "The running status of nginx upstream",
-        "gauge",
-    )?;
-    for u in &ups {
-        if u.checked {
-            for (p, role) in &u.peers {
-                let role = if *role { "BACKUP" } else { "PRIMARY" };
-                for (status, v) in [("UP", !p.down), ("DOWN", p.down)] {
-                    out.write_str("nginx_upstream_status_info{name=\"")?;
-                    label(out, u.name)?;
-                    out.write_str("\",endpoint=\"")?;
-                    label(out, &p.name)?;
-                    writeln!(out, "\",status=\"{status}\",role=\"{role}\"}} {}", v as u8)?;
+/// Streams the page of the upstreams named `names`: `fill(k, u)` writes the current state of
+/// the `k`-th into `u` (reused, so its buffers are too). Families are written one after the
+/// other, so `fill` is called for each upstream once per family it has samples in; everything
+/// else is linear in the number of peers.
+pub fn prometheus_page(
+    out: &mut impl Write,
+    names: &[&str],
+    mut fill: impl FnMut(usize, &mut UpstreamSnapshot),
+) -> fmt::Result {
+    let mut cursor = PrometheusCursor::new(names);
+    while cursor.write_next(out, &mut fill)? {}
+    Ok(())
+}
+
+/// Where a Prometheus page stands: it is written one step at a time (a family's header, or
+/// one upstream's samples of a family), so the writer can stop between steps and go on later.
+#[derive(Debug, Default)]
+pub struct PrometheusCursor {
+    /// Index into `Family::ALL`; `Family::ALL.len()` once done.
+    family: usize,
+    /// The next upstream of the family; `None` before the family's header.
+    next: Option<usize>,
+    /// Whether each upstream is the first of its name.
+    shown: Vec<bool>,
+    /// Whether each upstream was checked when the first family was written: the others skip
+    /// those that were not without taking their state again.
+    checked: Vec<bool>,
+    u: UpstreamSnapshot,
+    peers: Vec<(usize, bool)>,
+}
+
+impl PrometheusCursor {
+    pub fn new(names: &[&str]) -> PrometheusCursor {
+        PrometheusCursor {
+            shown: first_occurrences(names.iter()),
+            checked: vec![false; names.len()],
+            ..Default::default()
+        }
+    }
+
+    /// Writes the next step; false once the page is complete (nothing written then).
+    pub fn write_next(
+        &mut self,
+        out: &mut impl Write,
+        fill: &mut impl FnMut(usize, &mut UpstreamSnapshot),
+    ) -> Result<bool, fmt::Error> {
+        let Some(&family) = Family::ALL.get(self.family) else {
+            return Ok(false);
+        };
+        let Some(start) = self.next else {
+            let (name, help, kind) = family.header();
+            writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}")?;
+            self.next = Some(0);
+            return Ok(true);
+        };
+        let n = self.shown.len();
+        let per_peer = family != Family::StatusInfo;
+        let k = (start..n).find(|&k| self.shown[k] && (!per_peer || self.checked[k]));
+        let Some(k) = k else {
+            self.family += 1;
+            self.next = None;
+            return Ok(self.family < Family::ALL.len());
+        };
+        self.next = Some(k + 1);
+        fill(k, &mut self.u);
+        self.checked[k] = self.u.checked;
+        if !per_peer || self.u.checked {
+            unique_peers(&self.u, &mut self.peers);
+            samples(out, family, &self.u, &self.peers)?;
+        }
+        Ok(true)
+    }
+}
+
+/// For each item, whether it is the first one equal to it: one hash lookup per item (Fx: the
+/// names are the operator's own, no one to flood the table).
+fn first_occurrences<T: Hash + Eq>(items: impl Iterator<Item = T>) -> Vec<bool> {
+    let mut seen = FxHashSet::default();
+    seen.reserve(items.size_hint().0);
+    items.map(|item| seen.insert(item)).collect()
+}
+
+/// The peers of `u` (and whether each is a backup), the first of each name only.
+fn unique_peers(u: &UpstreamSnapshot, out: &mut Vec<(usize, bool)>) {
+    out.clear();
+    let names = u.primary.iter().chain(&u.backup).map(|p| p.name.as_str());
+    let primary = (0..u.primary.len()).map(|i| (i, false));
+    let backup = (0..u.backup.len()).map(|i| (i, true));
+    let first = first_occurrences(names);
+    out.extend(
+        primary
+            .chain(backup)
+            .zip(first)
+            .filter_map(|(peer, first)| first.then_some(peer)),
+    );
+}
+
+/// The samples of one family for one upstream; `peers` are its unique peers as indexes into
+/// its primary (`false`) or backup (`true`) list.
+fn samples(
+    out: &mut impl Write,
+    family: Family,
+    u: &UpstreamSnapshot,
+    peers: &[(usize, bool)],
+) -> fmt::Result {
+    let peer = |&(i, backup): &(usize, bool)| -> (&PeerSnapshot, bool) {
+        if backup {
+            (&u.backup[i], true)
+        } else {
+            (&u.primary[i], false)
+        }
+    };
+    let name = u.name.as_str();
+    match family {
+        Family::StatusInfo => {
+            if u.checked {
+                for (p, backup) in peers.iter().map(peer) {
+                    let role = if backup { "BACKUP" } else { "PRIMARY" };
+                    for (status, v) in [("UP", !p.down), ("DOWN", p.down)] {
+                        out.write_str("nginx_upstream_status_info{name=\"")?;
+                        label(out, name)?;
+                        out.write_str("\",endpoint=\"")?;
+                        label(out, &p.name)?;
+                        writeln!(out, "\",status=\"{status}\",role=\"{role}\"}} {}", v as u8)?;
+                    }
                 }
             }
+            let any_up = peers.iter().map(peer).any(|(p, _)| !p.down);
+            let (up, down, unknown) = match (u.checked, any_up) {
+                (false, _) => (0, 0, 1),
+                (true, true) => (1, 0, 0),
+                (true, false) => (0, 1, 0),
+            };
+            for (status, v) in [("UP", up), ("DOWN", down), ("UNKNOWN", unknown)] {
+                out.write_str("nginx_upstream_status_info{name=\"")?;
+                label(out, name)?;
+                writeln!(out, "\",status=\"{status}\"}} {v}")?;
+            }
         }
-        let any_up = u.peers.iter().any(|(p, _)| !p.down);
-        let (up, down, unknown) = match (u.checked, any_up) {
-            (false, _) => (0, 0, 1),
-            (true, true) => (1, 0, 0),
-            (true, false) => (0, 1, 0),
-        };
-        for (status, v) in [("UP", up), ("DOWN", down), ("UNKNOWN", unknown)] {
-            out.write_str("nginx_upstream_status_info{name=\"")?;
-            label(out, u.name)?;
-            writeln!(out, "\",status=\"{status}\"}} {v}")?;
+        Family::PeerUp => {
+            for (p, backup) in peers.iter().map(peer) {
+                peer_sample(out, "peer_up", name, p)?;
+                let role = if backup { "backup" } else { "primary" };
+                writeln!(out, ",role=\"{role}\"}} {}", !p.down as u8)?;
+            }
         }
-    }
-
-    let checked: Vec<&Upstream> = ups.iter().filter(|u| u.checked).collect();
-
-    family(
-        out,
-        "nginx_upstream_healthcheck_peer_up",
-        "Whether the peer is up for the balancer (1) or down (0).",
-        "gauge",
-    )?;
-    for u in &checked {
-        for (p, backup) in &u.peers {
-            peer_sample(out, "peer_up", u, p)?;
-            let role = if *backup { "backup" } else { "primary" };
-            writeln!(out, ",role=\"{role}\"}} {}", !p.down as u8)?;
+        Family::PeerManualDown => {
+            for (p, _) in peers.iter().map(peer) {
+                peer_sample(out, "peer_manual_down", name, p)?;
+                writeln!(out, "}} {}", p.manual_down as u8)?;
+            }
         }
-    }
-
-    family(
-        out,
-        "nginx_upstream_healthcheck_peer_manual_down",
-        "Whether the peer is forced down at run time (1) or not (0).",
-        "gauge",
-    )?;
-    for u in &checked {
-        for (p, _) in &u.peers {
-            peer_sample(out, "peer_manual_down", u, p)?;
-            writeln!(out, "}} {}", p.manual_down as u8)?;
+        Family::ProbeDuration => {
+            if let Some(h) = &u.probe_durations {
+                histogram(out, name, h)?;
+            }
         }
-    }
-
-    family(
-        out,
-        "nginx_upstream_healthcheck_checks_total",
-        "Health check probes completed.",
-        "counter",
-    )?;
-    for (u, p, h) in health_of(&checked) {
-        peer_sample(out, "checks_total", u, p)?;
-        writeln!(out, "}} {}", h.checks)?;
-    }
-
-    family(
-        out,
-        "nginx_upstream_healthcheck_failures_total",
-        "Failed health check probes by reason.",
-        "counter",
-    )?;
-    for (u, p, h) in health_of(&checked) {
-        for f in Failure::ALL {
-            peer_sample(out, "failures_total", u, p)?;
-            writeln!(
-                out,
-                ",reason=\"{}\"}} {}",
-                f.as_str(),
-                h.failures[f.index()]
-            )?;
-        }
-    }
-
-    family(
-        out,
-        "nginx_upstream_healthcheck_transitions_total",
-        "Changes of the health verdict, by the state changed to.",
-        "counter",
-    )?;
-    for (u, p, h) in health_of(&checked) {
-        for (to, n) in [("up", h.transitions_up), ("down", h.transitions_down)] {
-            peer_sample(out, "transitions_total", u, p)?;
-            writeln!(out, ",to=\"{to}\"}} {n}")?;
-        }
-    }
-
-    family(
-        out,
-        "nginx_upstream_healthcheck_last_check_timestamp_seconds",
-        "Unix time the last probe ended.",
-        "gauge",
-    )?;
-    for (u, p, h) in health_of(&checked) {
-        if h.last_check_ms != 0 {
-            peer_sample(out, "last_check_timestamp_seconds", u, p)?;
-            out.write_str("} ")?;
-            write_decimal(out, h.last_check_ms, 3, 0)?;
-            out.write_char('\n')?;
-        }
-    }
-
-    family(
-        out,
-        "nginx_upstream_healthcheck_last_duration_seconds",
-        "Duration of the last probe.",
-        "gauge",
-    )?;
-    for (u, p, h) in health_of(&checked) {
-        if h.last_check_ms != 0 {
-            peer_sample(out, "last_duration_seconds", u, p)?;
-            out.write_str("} ")?;
-            write_decimal(out, u64::from(h.last_duration_us), 6, 0)?;
-            out.write_char('\n')?;
-        }
-    }
-
-    family(
-        out,
-        "nginx_upstream_healthcheck_last_change_timestamp_seconds",
-        "Unix time of the last change of the health verdict.",
-        "gauge",
-    )?;
-    for (u, p, h) in health_of(&checked) {
-        if h.last_change_ms != 0 {
-            peer_sample(out, "last_change_timestamp_seconds", u, p)?;
-            out.write_str("} ")?;
-            write_decimal(out, h.last_change_ms, 3, 0)?;
-            out.write_char('\n')?;
-        }
-    }
-
-    family(
-        out,
-        "nginx_upstream_healthcheck_probe_duration_seconds",
-        "Durations of the upstream's health check probes.",
-        "histogram",
-    )?;
-    for u in &checked {
-        if let Some(h) = u.probe_durations {
-            histogram(out, u.name, h)?;
+        _ => {
+            for (p, _) in peers.iter().map(peer) {
+                if let Some(h) = &p.health {
+                    health_samples(out, family, name, p, h)?;
+                }
+            }
         }
     }
     Ok(())
 }
 
-/// One upstream with its peers (and whether each is a backup), duplicates removed.
-struct Upstream<'a> {
-    name: &'a str,
-    checked: bool,
-    peers: Vec<(&'a PeerSnapshot, bool)>,
-    probe_durations: Option<&'a Histogram>,
-}
-
-fn unique(snap: &Snapshot) -> Vec<Upstream<'_>> {
-    let mut ups: Vec<Upstream<'_>> = Vec::with_capacity(snap.upstreams.len());
-    for u in &snap.upstreams {
-        if ups.iter().any(|seen| seen.name == u.name) {
-            continue;
+/// The samples of a peer's health record in one of the per-peer counter and time families.
+fn health_samples(
+    out: &mut impl Write,
+    family: Family,
+    upstream: &str,
+    p: &PeerSnapshot,
+    h: &PeerHealth,
+) -> fmt::Result {
+    match family {
+        Family::ChecksTotal => {
+            peer_sample(out, "checks_total", upstream, p)?;
+            writeln!(out, "}} {}", h.checks)
         }
-        ups.push(dedup_peers(u));
-    }
-    ups
-}
-
-fn dedup_peers(u: &UpstreamSnapshot) -> Upstream<'_> {
-    let mut peers: Vec<(&PeerSnapshot, bool)> = Vec::new();
-    let all = u.primary.iter().map(|p| (p, false));
-    for (p, backup) in all.chain(u.backup.iter().map(|p| (p, true))) {
-        if !peers.iter().any(|(q, _)| q.name == p.name) {
-            peers.push((p, backup));
+        Family::FailuresTotal => {
+            for f in Failure::ALL {
+                peer_sample(out, "failures_total", upstream, p)?;
+                writeln!(
+                    out,
+                    ",reason=\"{}\"}} {}",
+                    f.as_str(),
+                    h.failures[f.index()]
+                )?;
+            }
+            Ok(())
         }
-    }
-    Upstream {
-        name: &u.name,
-        checked: u.checked,
-        peers,
-        probe_durations: u.probe_durations.as_ref(),
+        Family::TransitionsTotal => {
+            for (to, n) in [("up", h.transitions_up), ("down", h.transitions_down)] {
+                peer_sample(out, "transitions_total", upstream, p)?;
+                writeln!(out, ",to=\"{to}\"}} {n}")?;
+            }
+            Ok(())
+        }
+        Family::LastCheck if h.last_check_ms != 0 => seconds(
+            out,
+            upstream,
+            p,
+            "last_check_timestamp_seconds",
+            h.last_check_ms,
+            3,
+        ),
+        Family::LastDuration if h.last_check_ms != 0 => seconds(
+            out,
+            upstream,
+            p,
+            "last_duration_seconds",
+            u64::from(h.last_duration_us),
+            6,
+        ),
+        Family::LastChange if h.last_change_ms != 0 => seconds(
+            out,
+            upstream,
+            p,
+            "last_change_timestamp_seconds",
+            h.last_change_ms,
+            3,
+        ),
+        _ => Ok(()),
     }
 }
 
-/// The peers of checked upstreams that have a health record.
-fn health_of<'a>(
-    ups: &'a [&'a Upstream<'a>],
-) -> impl Iterator<Item = (&'a Upstream<'a>, &'a PeerSnapshot, &'a PeerHealth)> + 'a {
-    ups.iter().flat_map(|u| {
-        u.peers
-            .iter()
-            .filter_map(move |(p, _)| p.health.as_ref().map(|h| (*u, *p, h)))
-    })
-}
-
-fn family(out: &mut impl Write, name: &str, help: &str, kind: &str) -> fmt::Result {
-    writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}")
+/// A time sample: `v` in units of 10^-`scale` seconds.
+fn seconds(
+    out: &mut impl Write,
+    upstream: &str,
+    p: &PeerSnapshot,
+    metric: &str,
+    v: u64,
+    scale: u32,
+) -> fmt::Result {
+    peer_sample(out, metric, upstream, p)?;
+    out.write_str("} ")?;
+    write_decimal(out, v, scale, 0)?;
+    out.write_char('\n')
 }
 
 /// Writes `nginx_upstream_healthcheck_<metric>{upstream="..",peer=".."`, leaving the label set
 /// open for more labels.
-fn peer_sample(out: &mut impl Write, metric: &str, u: &Upstream, p: &PeerSnapshot) -> fmt::Result {
-    write!(out, "{P}{metric}{{upstream=\"")?;
-    label(out, u.name)?;
+fn peer_sample(
+    out: &mut impl Write,
+    metric: &str,
+    upstream: &str,
+    p: &PeerSnapshot,
+) -> fmt::Result {
+    out.write_str(P)?;
+    out.write_str(metric)?;
+    out.write_str("{upstream=\"")?;
+    label(out, upstream)?;
     out.write_str("\",peer=\"")?;
     label(out, &p.name)?;
     out.write_char('"')
@@ -267,6 +396,9 @@ fn histogram(out: &mut impl Write, upstream: &str, h: &Histogram) -> fmt::Result
 
 /// Writes a label value escaped per the exposition format: `\` `"` and newline.
 fn label(out: &mut impl Write, s: &str) -> fmt::Result {
+    if !s.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        return out.write_str(s);
+    }
     write_escaped(out, s, |c| match c {
         '\\' => Some("\\\\"),
         '"' => Some("\\\""),
@@ -534,6 +666,94 @@ mod tests {
         assert!(!s.contains("last_change_timestamp_seconds{"));
         assert!(!s.contains("probe_duration_seconds_bucket"));
         assert!(s.contains("checks_total{upstream=\"u\",peer=\"a:1\"} 0\n"));
+    }
+
+    /// A string whose comparisons are counted: the work of de-duplication.
+    struct Counted<'a>(&'a str, &'a core::cell::Cell<usize>);
+
+    impl core::hash::Hash for Counted<'_> {
+        fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+            self.0.hash(state);
+        }
+    }
+
+    impl PartialEq for Counted<'_> {
+        fn eq(&self, other: &Self) -> bool {
+            self.1.set(self.1.get() + 1);
+            self.0 == other.0
+        }
+    }
+    impl Eq for Counted<'_> {}
+
+    #[test]
+    fn de_duplication_compares_each_name_about_once() {
+        let names: Vec<String> = (0..100_000).map(|i| format!("10.0.{i}.1:80")).collect();
+        let cmp = core::cell::Cell::new(0);
+        // Every name twice: each second copy is found by one comparison or a few.
+        let items = names.iter().chain(&names).map(|n| Counted(n, &cmp));
+        let first = first_occurrences(items);
+        assert_eq!(first.iter().filter(|&&f| f).count(), names.len());
+        assert!(first[..names.len()].iter().all(|&f| f));
+        assert!(
+            cmp.get() >= names.len() && cmp.get() <= 3 * names.len(),
+            "{} comparisons for {} names",
+            cmp.get(),
+            2 * names.len()
+        );
+    }
+
+    fn fleet(upstreams: usize, peers: usize) -> Snapshot {
+        let mut h = PeerHealth::new(true);
+        h.last_check_ms = 1_763_700_000_123;
+        h.last_change_ms = 1_763_690_000_000;
+        Snapshot {
+            upstreams: (0..upstreams)
+                .map(|u| UpstreamSnapshot {
+                    name: format!("up{u}"),
+                    checked: true,
+                    primary: (0..peers)
+                        .map(|p| PeerSnapshot {
+                            health: Some(h),
+                            ..peer(&format!("10.{}.{}.{}:80", u % 256, p / 256, p % 256), false)
+                        })
+                        .collect(),
+                    probe_durations: Some(Histogram::default()),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// The same 100,000 peers as 1,000 upstreams of 100 and as one upstream of 100,000: each
+    /// upstream's state is taken once per family, and the page has a fixed number of lines
+    /// per peer and per upstream, so the work is linear in peers whatever their grouping.
+    #[test]
+    fn a_fleet_page_is_linear_in_peers_however_grouped() {
+        let per_peer = 2 + 1 + 1 + 1 + Failure::ALL.len() + 2 + 3;
+        let per_upstream = 3 + BUCKETS_US.len() + 3;
+        for (upstreams, peers) in [(1_000, 100), (1, 100_000)] {
+            let snap = fleet(upstreams, peers);
+            let names: Vec<&str> = snap.upstreams.iter().map(|u| u.name.as_str()).collect();
+            let mut fills = vec![0usize; upstreams];
+            let mut page = String::new();
+            prometheus_page(&mut page, &names, |k, u| {
+                fills[k] += 1;
+                u.clone_from(&snap.upstreams[k]);
+            })
+            .unwrap();
+            assert!(
+                fills.iter().all(|&n| n == Family::ALL.len()),
+                "{upstreams}x{peers}"
+            );
+            let samples = page.lines().filter(|l| !l.starts_with('#')).count();
+            assert_eq!(
+                samples,
+                upstreams * (peers * per_peer + per_upstream),
+                "{upstreams}x{peers}"
+            );
+            assert_eq!(page.lines().count() - samples, 2 * Family::ALL.len());
+        }
     }
 
     #[test]

@@ -2,32 +2,43 @@
 
 use core::fmt::{self, Write};
 
-use super::{HaMode, PeerSnapshot, Snapshot};
+use super::{HaMode, PeerSnapshot, Snapshot, UpstreamSnapshot};
 
 /// Writes the page: per upstream a header line, then its primary and backup peers, each with
 /// ` up`, ` DOWN` or ` DOWN (manual)`; one empty line between upstreams. Under HA the page starts
 /// with `HA Mode: Master` (or `Slaver`) and an empty line.
 pub fn render_text(out: &mut impl Write, snap: &Snapshot) -> fmt::Result {
-    if snap.ha_mode != HaMode::Disabled {
-        out.write_str("HA Mode: ")?;
-        out.write_str(snap.ha_mode.as_str())?;
-        out.write_str("\n\n")?;
-    }
+    text_begin(out, snap.ha_mode)?;
     for (i, u) in snap.upstreams.iter().enumerate() {
-        if i > 0 {
-            out.write_str("\n")?;
-        }
-        out.write_str("Upstream ")?;
-        out.write_str(&u.name)?;
-        if !u.checked {
-            out.write_str(" (NO checkers)")?;
-        }
-        out.write_str("\n    Primary Peers\n")?;
-        peers(out, &u.primary)?;
-        out.write_str("    Backup Peers\n")?;
-        peers(out, &u.backup)?;
+        text_upstream(out, i, u)?;
     }
     Ok(())
+}
+
+/// The start of the page: the HA line, if any.
+pub fn text_begin(out: &mut impl Write, ha_mode: HaMode) -> fmt::Result {
+    if ha_mode != HaMode::Disabled {
+        out.write_str("HA Mode: ")?;
+        out.write_str(ha_mode.as_str())?;
+        out.write_str("\n\n")?;
+    }
+    Ok(())
+}
+
+/// The part of the `i`-th upstream on the page (0-based); the text page has no end.
+pub fn text_upstream(out: &mut impl Write, i: usize, u: &UpstreamSnapshot) -> fmt::Result {
+    if i > 0 {
+        out.write_str("\n")?;
+    }
+    out.write_str("Upstream ")?;
+    out.write_str(&u.name)?;
+    if !u.checked {
+        out.write_str(" (NO checkers)")?;
+    }
+    out.write_str("\n    Primary Peers\n")?;
+    peers(out, &u.primary)?;
+    out.write_str("    Backup Peers\n")?;
+    peers(out, &u.backup)
 }
 
 fn peers(out: &mut impl Write, list: &[PeerSnapshot]) -> fmt::Result {
@@ -48,7 +59,6 @@ fn peers(out: &mut impl Write, list: &[PeerSnapshot]) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::UpstreamSnapshot;
 
     fn peer(name: &str, down: bool) -> PeerSnapshot {
         PeerSnapshot {

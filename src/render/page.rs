@@ -1,0 +1,242 @@
+//! A status page streamed upstream by upstream: each upstream's state is taken just before it
+//! is written, so neither the whole state nor the whole page is ever held at once.
+
+use core::fmt::{self, Write};
+
+use super::html::{html_begin, html_end, html_upstream, Summary};
+use super::json::{json_begin, json_end, json_upstream};
+use super::prometheus::PrometheusCursor;
+use super::text::{text_begin, text_upstream};
+use super::{HaMode, UpstreamSnapshot};
+use crate::query::{keep_state, Format, StateFilter};
+
+/// What a page shows besides the upstreams' own state.
+#[derive(Clone, Copy, Debug)]
+pub struct Page<'a> {
+    pub format: Format,
+    pub ha_mode: HaMode,
+    /// Unix time of the page in milliseconds.
+    pub now_ms: u64,
+    /// Seconds between reloads of the HTML page.
+    pub refresh: Option<u32>,
+    /// Only peers in this state.
+    pub state: Option<StateFilter>,
+    /// The upstreams shown, in order.
+    pub names: &'a [&'a str],
+}
+
+/// Writes the page; `fill(k, u)` puts the current state of the `k`-th upstream of
+/// `page.names` into `u`, a buffer reused from one upstream to the next. Each upstream is
+/// filled once (text, JSON), twice (HTML: the summary line comes first) or once per metric
+/// family it has samples in (Prometheus): the work is linear in the number of peers.
+pub fn render_page(
+    out: &mut impl Write,
+    page: &Page<'_>,
+    mut fill: impl FnMut(usize, &mut UpstreamSnapshot),
+) -> fmt::Result {
+    let mut cursor = PageCursor::new(page);
+    while cursor.write_next(out, page, &mut fill)? {}
+    Ok(())
+}
+
+/// Where a page stands: it is written one part at a time (its head, one upstream, its end; for
+/// Prometheus one family's header or one upstream's samples of a family), so the writer can
+/// stop between parts, when the client is slow, and go on later.
+#[derive(Debug)]
+pub struct PageCursor {
+    /// The next upstream; `None` before the head; `names.len()` for the end.
+    next: Option<usize>,
+    done: bool,
+    u: UpstreamSnapshot,
+    prometheus: Option<PrometheusCursor>,
+}
+
+impl PageCursor {
+    pub fn new(page: &Page<'_>) -> PageCursor {
+        PageCursor {
+            next: None,
+            done: false,
+            u: UpstreamSnapshot::default(),
+            prometheus: (page.format == Format::Prometheus)
+                .then(|| PrometheusCursor::new(page.names)),
+        }
+    }
+
+    /// Writes the next part, with `page` and `fill` as for `render_page` (the same on every
+    /// call); false once the page is complete (nothing written then).
+    pub fn write_next(
+        &mut self,
+        out: &mut impl Write,
+        page: &Page<'_>,
+        fill: &mut impl FnMut(usize, &mut UpstreamSnapshot),
+    ) -> Result<bool, fmt::Error> {
+        let mut take = |k: usize, u: &mut UpstreamSnapshot| {
+            fill(k, u);
+            if let Some(state) = page.state {
+                keep_state(u, state);
+            }
+        };
+        if let Some(p) = &mut self.prometheus {
+            return p.write_next(out, &mut take);
+        }
+        if self.done {
+            return Ok(false);
+        }
+        let n = page.names.len();
+        let Some(k) = self.next else {
+            match page.format {
+                Format::Text => text_begin(out, page.ha_mode)?,
+                Format::Json => json_begin(out, page.ha_mode)?,
+                _ => {
+                    // The summary line counts every peer before the first table.
+                    let mut summary = Summary::default();
+                    for k in 0..n {
+                        take(k, &mut self.u);
+                        summary.add(&self.u);
+                    }
+                    html_begin(out, page.refresh, page.ha_mode, &summary)?;
+                }
+            }
+            self.next = Some(0);
+            return Ok(true);
+        };
+        if k == n {
+            match page.format {
+                Format::Json => json_end(out)?,
+                Format::Html => html_end(out)?,
+                _ => {}
+            }
+            self.done = true;
+            return Ok(true);
+        }
+        take(k, &mut self.u);
+        match page.format {
+            Format::Text => text_upstream(out, k, &self.u)?,
+            Format::Json => json_upstream(out, k, &self.u)?,
+            _ => html_upstream(out, page.now_ms, &self.u)?,
+        }
+        self.next = Some(k + 1);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::PeerHealth;
+    use crate::render::html::render_html;
+    use crate::render::json::render_json;
+    use crate::render::prometheus::render_prometheus;
+    use crate::render::text::render_text;
+    use crate::render::{PeerSnapshot, Snapshot};
+
+    fn peer(name: &str, down: bool) -> PeerSnapshot {
+        PeerSnapshot {
+            name: name.to_owned(),
+            down,
+            health: Some(PeerHealth::new(!down)),
+            ..PeerSnapshot::default()
+        }
+    }
+
+    fn sample() -> Snapshot {
+        Snapshot {
+            now_ms: 1_000_000,
+            ha_mode: HaMode::Master,
+            upstreams: vec![
+                UpstreamSnapshot {
+                    name: "a".to_owned(),
+                    checked: true,
+                    primary: vec![peer("1:1", false), peer("1:2", true)],
+                    backup: vec![peer("1:3", false)],
+                    ..Default::default()
+                },
+                UpstreamSnapshot {
+                    name: "b".to_owned(),
+                    checked: false,
+                    primary: vec![PeerSnapshot {
+                        name: "2:1".to_owned(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                UpstreamSnapshot {
+                    name: "c".to_owned(),
+                    checked: true,
+                    primary: vec![peer("3:1", true)],
+                    ..Default::default()
+                },
+            ],
+        }
+    }
+
+    /// The page streamed from `snap` with `format` and `state`, and how often each upstream was
+    /// filled.
+    fn stream(snap: &Snapshot, format: Format, state: Option<StateFilter>) -> (String, Vec<usize>) {
+        let names: Vec<&str> = snap.upstreams.iter().map(|u| u.name.as_str()).collect();
+        let page = Page {
+            format,
+            ha_mode: snap.ha_mode,
+            now_ms: snap.now_ms,
+            refresh: Some(5),
+            state,
+            names: &names,
+        };
+        let mut fills = vec![0; names.len()];
+        let mut out = String::new();
+        render_page(&mut out, &page, |k, u| {
+            fills[k] += 1;
+            u.clone_from(&snap.upstreams[k]);
+        })
+        .unwrap();
+        (out, fills)
+    }
+
+    fn whole(snap: &Snapshot, format: Format) -> String {
+        let mut out = String::new();
+        match format {
+            Format::Text => render_text(&mut out, snap),
+            Format::Json => render_json(&mut out, snap),
+            Format::Html => render_html(&mut out, snap, Some(5)),
+            Format::Prometheus => render_prometheus(&mut out, snap),
+        }
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn streamed_pages_equal_whole_ones_with_each_upstream_taken_a_bounded_number_of_times() {
+        let snap = sample();
+        for (format, most) in [
+            (Format::Text, 1),
+            (Format::Json, 1),
+            (Format::Html, 2),
+            (Format::Prometheus, 10),
+        ] {
+            let (out, fills) = stream(&snap, format, None);
+            assert_eq!(out, whole(&snap, format), "{format:?}");
+            assert!(
+                fills.iter().all(|&n| n >= 1 && n <= most),
+                "{format:?} {fills:?}"
+            );
+        }
+        // Prometheus takes an unchecked upstream once, for its status triple only.
+        assert_eq!(stream(&snap, Format::Prometheus, None).1, [10, 1, 10]);
+    }
+
+    #[test]
+    fn the_state_filter_applies_to_every_upstream_taken() {
+        let snap = sample();
+        for (state, down) in [(StateFilter::Up, false), (StateFilter::Down, true)] {
+            let mut want = snap.clone();
+            for u in &mut want.upstreams {
+                u.primary.retain(|p| p.down == down);
+                u.backup.retain(|p| p.down == down);
+            }
+            for format in [Format::Text, Format::Json, Format::Html, Format::Prometheus] {
+                let (out, _) = stream(&snap, format, Some(state));
+                assert_eq!(out, whole(&want, format), "{format:?} {state:?}");
+            }
+        }
+    }
+}
