@@ -121,6 +121,16 @@ fn a_host_short_of_connections_gives_no_verdict_and_says_so_once() {
     }
     let local = up["probe_errors"]["local"].as_u64().unwrap_or(0);
     assert!(local >= 10, "local errors are counted: {up}");
+    let metrics = status_page(port, "/status?format=prometheus");
+    let sample =
+        "nginx_upstream_healthcheck_probe_errors_total{upstream=\"backend\",reason=\"local\"} ";
+    let counted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.parse::<u64>().ok());
+    assert!(
+        counted.is_some_and(|n| n >= local),
+        "the metrics count them too ({local} in JSON):\n{metrics}"
+    );
 
     let log = nginx.stop_allowing(|l| l.contains("worker_connections are not enough"));
     assert!(

@@ -67,6 +67,7 @@ impl StateReader<'_> {
         out.name.push_str(&up.name);
         out.checked = checked;
         out.probe_durations = record.filter(|_| checked).map(|r| r.probe_durations);
+        out.local_errors = record.filter(|_| checked).map(|r| r.local_errors);
 
         // SAFETY: uscf is valid for the cycle; its peer data is round-robin peers.
         let primary = unsafe { (*up.uscf).peer.data as *mut ngx_http_upstream_rr_peers_t };

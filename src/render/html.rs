@@ -243,6 +243,7 @@ mod tests {
                         peer("127.0.0.1:8085", false),
                     ],
                     probe_durations: None,
+                    local_errors: Some(0),
                 },
                 UpstreamSnapshot {
                     name: "plain".to_owned(),

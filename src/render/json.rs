@@ -83,6 +83,9 @@ fn upstream(out: &mut impl Write, u: &UpstreamSnapshot) -> fmt::Result {
     peers(out, &u.primary)?;
     out.write_str(",\"backup\":")?;
     peers(out, &u.backup)?;
+    if let Some(n) = u.local_errors {
+        write!(out, ",\"probe_errors\":{{\"local\":{n}}}")?;
+    }
     out.write_char('}')
 }
 
@@ -235,6 +238,7 @@ mod tests {
                 }],
                 backup: vec![],
                 probe_durations: None,
+                local_errors: Some(4),
             }],
         };
         let expected = concat!(
@@ -246,7 +250,7 @@ mod tests {
             r#""last_check":1763700000.123,"last_duration_ms":0.4,"last_status":200,"#,
             r#""last_error":null,"last_change":1763690000.0,"#,
             r#""manual_down":false,"manual_down_ttl":null}}],"#,
-            r#""backup":[]}]}}"#
+            r#""backup":[],"probe_errors":{"local":4}}]}}"#
         );
         let s = render(&snap);
         assert_eq!(s, expected);
@@ -308,12 +312,14 @@ mod tests {
                     ..peer("c:3")
                 }],
                 probe_durations: None,
+                local_errors: None,
             }],
             ..Default::default()
         };
         let s = render(&snap);
         assert!(!s.contains("health"));
         assert!(!s.contains("manual_down"));
+        assert!(!s.contains("probe_errors"));
         let v = parse(&s);
         let u = &v["msg"]["upstreams"][0];
         assert_eq!(u["checked"], json!(false));

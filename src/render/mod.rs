@@ -72,6 +72,9 @@ pub struct UpstreamSnapshot {
     pub backup: Vec<PeerSnapshot>,
     /// Durations of this upstream's probes; `None` when unchecked.
     pub probe_durations: Option<Histogram>,
+    /// Probes that could not start for a local reason (no free connection, descriptor or
+    /// source port) and gave no verdict; `None` when unchecked.
+    pub local_errors: Option<u64>,
 }
 
 /// Everything a status page renders, upstreams in configuration order.

@@ -211,7 +211,7 @@ mod tests {
             (Format::Text, 1),
             (Format::Json, 1),
             (Format::Html, 2),
-            (Format::Prometheus, 10),
+            (Format::Prometheus, 11),
         ] {
             let (out, fills) = stream(&snap, format, None);
             assert_eq!(out, whole(&snap, format), "{format:?}");
@@ -221,7 +221,7 @@ mod tests {
             );
         }
         // Prometheus takes an unchecked upstream once, for its status triple only.
-        assert_eq!(stream(&snap, Format::Prometheus, None).1, [10, 1, 10]);
+        assert_eq!(stream(&snap, Format::Prometheus, None).1, [11, 1, 11]);
     }
 
     #[test]

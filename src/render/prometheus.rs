@@ -26,10 +26,11 @@ enum Family {
     LastDuration,
     LastChange,
     ProbeDuration,
+    ProbeErrorsTotal,
 }
 
 impl Family {
-    const ALL: [Family; 10] = [
+    const ALL: [Family; 11] = [
         Family::StatusInfo,
         Family::PeerUp,
         Family::PeerManualDown,
@@ -40,6 +41,7 @@ impl Family {
         Family::LastDuration,
         Family::LastChange,
         Family::ProbeDuration,
+        Family::ProbeErrorsTotal,
     ];
 
     /// Name, help and type.
@@ -94,6 +96,11 @@ impl Family {
                 "nginx_upstream_healthcheck_probe_duration_seconds",
                 "Durations of the upstream's health check probes.",
                 "histogram",
+            ),
+            Family::ProbeErrorsTotal => (
+                "nginx_upstream_healthcheck_probe_errors_total",
+                "Probes that could not start for a local reason and gave no verdict.",
+                "counter",
             ),
         }
     }
@@ -268,6 +275,13 @@ fn samples(
                 histogram(out, name, h)?;
             }
         }
+        Family::ProbeErrorsTotal => {
+            if let Some(n) = u.local_errors {
+                write!(out, "{P}probe_errors_total{{upstream=\"")?;
+                label(out, name)?;
+                writeln!(out, "\",reason=\"local\"}} {n}")?;
+            }
+        }
         _ => {
             for (p, _) in peers.iter().map(peer) {
                 if let Some(h) = &p.health {
@@ -426,7 +440,7 @@ mod tests {
         }
     }
 
-    const HEADERS: [&str; 10] = [
+    const HEADERS: [&str; 11] = [
         "# HELP nginx_upstream_status_info The running status of nginx upstream\n\
          # TYPE nginx_upstream_status_info gauge\n",
         "# HELP nginx_upstream_healthcheck_peer_up Whether the peer is up for the balancer (1) or down (0).\n\
@@ -447,6 +461,8 @@ mod tests {
          # TYPE nginx_upstream_healthcheck_last_change_timestamp_seconds gauge\n",
         "# HELP nginx_upstream_healthcheck_probe_duration_seconds Durations of the upstream's health check probes.\n\
          # TYPE nginx_upstream_healthcheck_probe_duration_seconds histogram\n",
+        "# HELP nginx_upstream_healthcheck_probe_errors_total Probes that could not start for a local reason and gave no verdict.\n\
+         # TYPE nginx_upstream_healthcheck_probe_errors_total counter\n",
     ];
 
     #[test]
@@ -495,6 +511,7 @@ mod tests {
                     ],
                     backup: vec![peer("127.0.0.1:8083", true)],
                     probe_durations: Some(hist),
+                    local_errors: Some(7),
                 },
                 UpstreamSnapshot {
                     name: "dead".to_owned(),
@@ -581,6 +598,8 @@ mod tests {
             "nginx_upstream_healthcheck_probe_duration_seconds_bucket{upstream=\"backend\",le=\"+Inf\"} 3\n",
             "nginx_upstream_healthcheck_probe_duration_seconds_sum{upstream=\"backend\"} 20.0034\n",
             "nginx_upstream_healthcheck_probe_duration_seconds_count{upstream=\"backend\"} 3\n",
+            HEADERS[10],
+            "nginx_upstream_healthcheck_probe_errors_total{upstream=\"backend\",reason=\"local\"} 7\n",
         ]
         .concat();
         assert!(s.ends_with(&tail), "got:\n{s}");
@@ -768,6 +787,7 @@ mod tests {
                     primary: vec![peer("a:1", false)],
                     backup: vec![peer("b:1", true)],
                     probe_durations: Some(hist),
+                    local_errors: Some(0),
                 },
                 UpstreamSnapshot {
                     name: "y".to_owned(),
@@ -798,6 +818,6 @@ mod tests {
                 assert_eq!(base, current, "{line}");
             }
         }
-        assert_eq!(families.len(), 10);
+        assert_eq!(families.len(), 11);
     }
 }
