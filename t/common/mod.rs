@@ -1,7 +1,7 @@
 //! Integration-test harness shared by every test in `t/` (`mod common;`): runs a real nginx with
 //! the module loaded, scriptable HTTP backends, and small HTTP/polling helpers; `json` (status
-//! documents, serde_json), `load` (a request loop on its own thread) and `procfs` (sockets of
-//! processes) hold more.
+//! documents, serde_json), `load` (a request loop on its own thread), `ports` (listen ports that
+//! cannot collide) and `procfs` (sockets of processes) hold more.
 //!
 //! The nginx binary and module come from `NGX_HC_NGINX` / `NGX_HC_MODULE`, which
 //! `scripts/test.sh` exports for each target (`NGX_HC_TARGET` = vendored | debian).
@@ -9,6 +9,7 @@
 
 mod json;
 mod load;
+mod ports;
 mod procfs;
 
 // Not every test crate uses every module.
@@ -16,6 +17,8 @@ mod procfs;
 pub use json::*;
 #[allow(unused_imports)]
 pub use load::*;
+#[allow(unused_imports)]
+pub use ports::*;
 #[allow(unused_imports)]
 pub use procfs::*;
 
@@ -28,7 +31,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -124,50 +127,6 @@ impl Drop for TempPrefix {
             let _ = fs::remove_dir_all(&self.path);
         }
     }
-}
-
-/// A free TCP port on 127.0.0.1, never the same twice in this process. Ports are picked below the
-/// kernel's ephemeral range (when there is room), so nginx's own outgoing connections (proxying,
-/// health probes) cannot grab a port between this call and the moment nginx binds it.
-pub fn free_port() -> u16 {
-    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let given = GIVEN.get_or_init(|| Mutex::new(HashSet::new()));
-    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u32>().ok())
-        })
-        .unwrap_or(32768);
-    let (base, span) = if low > 12000 {
-        (10000u32, low - 10000)
-    } else {
-        (0, 0)
-    };
-    let seed = std::process::id() as u64 * 7919
-        + SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos() as u64)
-            .unwrap_or(0);
-    for _ in 0..1000 {
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let candidate = if span > 0 {
-            (base as u64 + (seed.wrapping_add(n.wrapping_mul(2654435761)) % span as u64)) as u16
-        } else {
-            0
-        };
-        let Ok(listener) = TcpListener::bind(("127.0.0.1", candidate)) else {
-            continue;
-        };
-        let port = listener.local_addr().expect("local_addr").port();
-        drop(listener);
-        if given.lock().unwrap().insert(port) {
-            return port;
-        }
-    }
-    panic!("free_port: no free port found");
 }
 
 // ---------------------------------------------------------------------------------------------
