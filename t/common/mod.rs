@@ -724,6 +724,59 @@ impl Nginx {
             thread::sleep(POLL);
         }
     }
+
+    /// Starts nginx with `full_conf` verbatim as nginx.conf in a fresh prefix (`-p`, so relative
+    /// paths land in the prefix), `daemon off`. Add `load_module_line()` yourself. The config must
+    /// write its pid to `nginx.pid` in the prefix (`pid nginx.pid;`) and its error log to
+    /// `error.log` (`error_log error.log info;`) for readiness and `stop()` to work. Readiness
+    /// as for `start` (pid file, `worker_processes` workers, every `listen 127.0.0.1:PORT`).
+    /// Do not use `rewrite_conf*` on it.
+    pub fn start_raw(full_conf: &str) -> Nginx {
+        let _ = nginx_bin();
+        let prefix = TempPrefix::new();
+        let main_extra = format!("worker_processes {};", worker_processes_in(full_conf));
+        Nginx::launch(prefix, main_extra, full_conf.to_string())
+    }
+
+    /// (pid, command line) of every live child of the master: workers (also those "shutting
+    /// down"), cache manager, cache loader.
+    pub fn child_processes(&self) -> Vec<(u32, String)> {
+        self.all_children();
+        children_of(self.master)
+    }
+
+    /// The path of the running nginx.conf.
+    pub fn conf_path(&self) -> PathBuf {
+        self.prefix.path().join("nginx.conf")
+    }
+
+    /// The text of the running (or last rewritten) nginx.conf.
+    pub fn conf_text(&self) -> &str {
+        &self.conf
+    }
+
+    /// Like `stop` (SIGQUIT, asserts a graceful exit within the stop deadline), but error-log
+    /// lines with `[alert]`, `[crit]` or `[emerg]` are allowed when `allowed(line)` is true (e.g.
+    /// the master's `worker process N exited on signal 9` after a test killed a worker). Returns
+    /// the error log.
+    pub fn stop_allowing(mut self, allowed: impl Fn(&str) -> bool) -> String {
+        let graceful = self.shutdown();
+        let log = self.error_log();
+        assert!(
+            graceful,
+            "nginx did not exit within {STOP_DEADLINE:?} of SIGQUIT (graceful shutdown blocked?); it was killed.\n{log}"
+        );
+        let bad: Vec<&str> = alert_lines(&log)
+            .into_iter()
+            .filter(|l| !allowed(l))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "error log has unexpected alert/crit/emerg lines:\n{}\n--- full log ---\n{log}",
+            bad.join("\n")
+        );
+        log
+    }
 }
 
 /// The lines of an error log with `[alert]`, `[crit]` or `[emerg]`.
@@ -1243,38 +1296,6 @@ fn worker_processes_in(conf: &str) -> usize {
         .unwrap_or(1)
 }
 
-impl Nginx {
-    /// Starts nginx with `full_conf` verbatim as nginx.conf in a fresh prefix (`-p`, so relative
-    /// paths land in the prefix), `daemon off`. Add `load_module_line()` yourself. The config must
-    /// write its pid to `nginx.pid` in the prefix (`pid nginx.pid;`) and its error log to
-    /// `error.log` (`error_log error.log info;`) for readiness and `stop()` to work. Readiness
-    /// as for `start` (pid file, `worker_processes` workers, every `listen 127.0.0.1:PORT`).
-    /// Do not use `rewrite_conf*` on it.
-    pub fn start_raw(full_conf: &str) -> Nginx {
-        let _ = nginx_bin();
-        let prefix = TempPrefix::new();
-        let main_extra = format!("worker_processes {};", worker_processes_in(full_conf));
-        Nginx::launch(prefix, main_extra, full_conf.to_string())
-    }
-
-    /// (pid, command line) of every live child of the master: workers (also those "shutting
-    /// down"), cache manager, cache loader.
-    pub fn child_processes(&self) -> Vec<(u32, String)> {
-        self.all_children();
-        children_of(self.master)
-    }
-
-    /// The path of the running nginx.conf.
-    pub fn conf_path(&self) -> PathBuf {
-        self.prefix.path().join("nginx.conf")
-    }
-
-    /// The text of the running (or last rewritten) nginx.conf.
-    pub fn conf_text(&self) -> &str {
-        &self.conf
-    }
-}
-
 /// GET `path` (e.g. `/upstream_status`) on 127.0.0.1:port and return the body; panics unless the
 /// answer is 200.
 pub fn status_page(port: u16, path: &str) -> String {
@@ -1305,29 +1326,4 @@ pub fn peer_state<'a>(page: &'a str, upstream: &str, peer: &str) -> Option<&'a s
         }
     }
     None
-}
-
-impl Nginx {
-    /// Like `stop` (SIGQUIT, asserts a graceful exit within the stop deadline), but error-log
-    /// lines with `[alert]`, `[crit]` or `[emerg]` are allowed when `allowed(line)` is true (e.g.
-    /// the master's `worker process N exited on signal 9` after a test killed a worker). Returns
-    /// the error log.
-    pub fn stop_allowing(mut self, allowed: impl Fn(&str) -> bool) -> String {
-        let graceful = self.shutdown();
-        let log = self.error_log();
-        assert!(
-            graceful,
-            "nginx did not exit within {STOP_DEADLINE:?} of SIGQUIT (graceful shutdown blocked?); it was killed.\n{log}"
-        );
-        let bad: Vec<&str> = alert_lines(&log)
-            .into_iter()
-            .filter(|l| !allowed(l))
-            .collect();
-        assert!(
-            bad.is_empty(),
-            "error log has unexpected alert/crit/emerg lines:\n{}\n--- full log ---\n{log}",
-            bad.join("\n")
-        );
-        log
-    }
 }
