@@ -10,6 +10,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::net::TcpListener;
+use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -67,7 +68,9 @@ fn claim_block(locks: &mut Vec<File>) -> u16 {
             .write(true)
             .open(&path)
             .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        if file.try_lock().is_ok() {
+        // SAFETY: `file` is open for the whole call, and flock only reads the descriptor.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if locked {
             locks.push(file);
             return FIRST + n * BLOCK;
         }
