@@ -203,12 +203,6 @@ fn now_secs() -> f64 {
         .as_secs_f64()
 }
 
-/// Polls `f` every 50 ms until it returns Ok; panics with `what` and the last Err after
-/// `timeout`.
-fn poll<T>(timeout: Duration, what: &str, f: impl FnMut() -> Result<T, String>) -> T {
-    poll_every(POLL, timeout, what, f)
-}
-
 /// Percent-encodes everything but RFC 3986 unreserved characters.
 fn url_encode(s: &str) -> String {
     s.bytes()

@@ -29,28 +29,12 @@ fn proxy_server(port: u16) -> String {
 
 /// The status page body (asserting a 200).
 fn status_page(port: u16) -> String {
-    let (status, headers, body) = http_get(port, "/upstream_status").expect("GET /upstream_status");
-    assert_eq!(status, 200, "status page: {headers}\n{body}");
-    body
+    common::status_page(port, "/upstream_status")
 }
 
 /// `up`/`DOWN` of `peer` in `upstream` on a status page; None when not listed.
 fn state_on_page(page: &str, upstream: &str, peer: &str) -> Option<String> {
-    let mut current: Option<&str> = None;
-    for line in page.lines() {
-        if let Some(rest) = line.strip_prefix("Upstream ") {
-            current = Some(rest.strip_suffix(" (NO checkers)").unwrap_or(rest));
-        } else if let Some(rest) = line.strip_prefix("        ") {
-            if current == Some(upstream) {
-                if let Some((name, state)) = rest.rsplit_once(' ') {
-                    if name == peer {
-                        return Some(state.to_string());
-                    }
-                }
-            }
-        }
-    }
-    None
+    common::peer_state(page, upstream, peer).map(str::to_string)
 }
 
 fn peer_state(port: u16, upstream: &str, peer: &str) -> String {

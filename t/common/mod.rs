@@ -1,21 +1,31 @@
 //! Integration-test harness shared by every test in `t/` (`mod common;`): runs a real nginx with
-//! the module loaded, scriptable HTTP backends, and small HTTP/polling helpers; `json` (status
-//! documents, serde_json), `load` (a request loop on its own thread) and `procfs` (sockets of
-//! processes) hold more.
+//! the module loaded (this file); `backend` (scriptable HTTP backends), `http` (polling and a
+//! small HTTP client), `json` (status documents, serde_json), `load` (a request loop on its own
+//! thread), `ports` (listen ports that cannot collide) and `procfs` (sockets of processes) hold
+//! the rest. Everything is re-exported here, so tests name it `common::NAME`.
 //!
 //! The nginx binary and module come from `NGX_HC_NGINX` / `NGX_HC_MODULE`, which
 //! `scripts/test.sh` exports for each target (`NGX_HC_TARGET` = vendored | debian).
 #![allow(dead_code)]
 
+mod backend;
+mod http;
 mod json;
 mod load;
+mod ports;
 mod procfs;
 
 // Not every test crate uses every module.
 #[allow(unused_imports)]
+pub use backend::*;
+#[allow(unused_imports)]
+pub use http::*;
+#[allow(unused_imports)]
 pub use json::*;
 #[allow(unused_imports)]
 pub use load::*;
+#[allow(unused_imports)]
+pub use ports::*;
 #[allow(unused_imports)]
 pub use procfs::*;
 
@@ -28,7 +38,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -68,7 +78,7 @@ pub fn load_module_line() -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Temp dirs and ports
+// Temp dirs
 
 /// A unique directory under `std::env::temp_dir()`, world-traversable (nginx workers run as
 /// `nobody` when the master is root). Removed on drop, unless the thread is panicking: then it is
@@ -124,208 +134,6 @@ impl Drop for TempPrefix {
             let _ = fs::remove_dir_all(&self.path);
         }
     }
-}
-
-/// A free TCP port on 127.0.0.1, never the same twice in this process. Ports are picked below the
-/// kernel's ephemeral range (when there is room), so nginx's own outgoing connections (proxying,
-/// health probes) cannot grab a port between this call and the moment nginx binds it.
-pub fn free_port() -> u16 {
-    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let given = GIVEN.get_or_init(|| Mutex::new(HashSet::new()));
-    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u32>().ok())
-        })
-        .unwrap_or(32768);
-    let (base, span) = if low > 12000 {
-        (10000u32, low - 10000)
-    } else {
-        (0, 0)
-    };
-    let seed = std::process::id() as u64 * 7919
-        + SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos() as u64)
-            .unwrap_or(0);
-    for _ in 0..1000 {
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let candidate = if span > 0 {
-            (base as u64 + (seed.wrapping_add(n.wrapping_mul(2654435761)) % span as u64)) as u16
-        } else {
-            0
-        };
-        let Ok(listener) = TcpListener::bind(("127.0.0.1", candidate)) else {
-            continue;
-        };
-        let port = listener.local_addr().expect("local_addr").port();
-        drop(listener);
-        if given.lock().unwrap().insert(port) {
-            return port;
-        }
-    }
-    panic!("free_port: no free port found");
-}
-
-// ---------------------------------------------------------------------------------------------
-// Polling and HTTP client
-
-/// Polls `f` every 20 ms until it returns true; panics with `what` after `timeout`.
-pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
-        thread::sleep(POLL);
-    }
-}
-
-/// Polls `f` every 20 ms until it returns Ok; panics with `what` and the last Err after
-/// `timeout`.
-pub fn poll<T>(timeout: Duration, what: &str, f: impl FnMut() -> Result<T, String>) -> T {
-    poll_every(POLL, timeout, what, f)
-}
-
-/// Polls `f` every `every` until it returns Ok; panics with `what` and the last Err after
-/// `timeout`.
-pub fn poll_every<T>(
-    every: Duration,
-    timeout: Duration,
-    what: &str,
-    mut f: impl FnMut() -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match f() {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}\nlast seen: {last}");
-        }
-        thread::sleep(every);
-    }
-}
-
-/// The value of header `name` (case-insensitive) in raw header lines.
-pub fn header(headers: &str, name: &str) -> Option<String> {
-    headers.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_owned())
-    })
-}
-
-/// An address nothing listens on: connecting is refused.
-pub fn dead_addr() -> String {
-    format!("127.0.0.1:{}", free_port())
-}
-
-/// `GET path` over HTTP/1.0 to 127.0.0.1:port; returns (status, headers, body). 5 s timeout.
-pub fn http_get(port: u16, path: &str) -> io::Result<(u16, String, String)> {
-    http_request(port, "GET", path, "")
-}
-
-/// One HTTP/1.0 request to 127.0.0.1:port (Content-Length sent when `body` is non-empty or the
-/// method is POST/PUT); returns (status, headers, body). Headers are the raw header lines after
-/// the status line. 5 s timeout for connect, write and the whole read.
-pub fn http_request(
-    port: u16,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> io::Result<(u16, String, String)> {
-    let mut req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: ngx-hc-test\r\n"
-    );
-    if !body.is_empty() || method == "POST" || method == "PUT" {
-        req.push_str(&format!(
-            "Content-Type: text/plain\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    parse_response(&exchange(port, req.as_bytes(), false)?)
-}
-
-/// Writes `raw` to 127.0.0.1:port and reads until the server closes; 5 s timeout for connect,
-/// write and the whole read. With `keep_on_reset`, a connection reset after part of the answer
-/// came ends the read with what came (nginx may close with unread request body bytes, the 413
-/// path) instead of failing.
-pub fn exchange(port: u16, raw: &[u8], keep_on_reset: bool) -> io::Result<Vec<u8>> {
-    let timeout = Duration::from_secs(5);
-    let deadline = Instant::now() + timeout;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_write_timeout(Some(timeout))?;
-    stream.write_all(raw)?;
-    let mut resp = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "response not complete after 5 s",
-            ));
-        }
-        stream.set_read_timeout(Some(left))?;
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => resp.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if keep_on_reset
-                    && !resp.is_empty()
-                    && e.kind() == io::ErrorKind::ConnectionReset =>
-            {
-                break
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(resp)
-}
-
-/// Splits an HTTP answer into (status, header lines after the status line, body).
-pub fn parse_response(raw: &[u8]) -> io::Result<(u16, String, String)> {
-    let bad = |msg: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{msg}: {:?}", String::from_utf8_lossy(raw)),
-        )
-    };
-    let end = find(raw, b"\r\n\r\n").ok_or_else(|| bad("no end of response headers"))?;
-    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-    let body = String::from_utf8_lossy(&raw[end + 4..]).into_owned();
-    let (status_line, headers) = head.split_once("\r\n").unwrap_or((head.as_str(), ""));
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| bad("bad status line"))?;
-    Ok((status, headers.to_string(), body))
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn port_accepts(port: u16) -> bool {
-    TcpStream::connect_timeout(
-        &SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(200),
-    )
-    .is_ok()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -765,6 +573,59 @@ impl Nginx {
             thread::sleep(POLL);
         }
     }
+
+    /// Starts nginx with `full_conf` verbatim as nginx.conf in a fresh prefix (`-p`, so relative
+    /// paths land in the prefix), `daemon off`. Add `load_module_line()` yourself. The config must
+    /// write its pid to `nginx.pid` in the prefix (`pid nginx.pid;`) and its error log to
+    /// `error.log` (`error_log error.log info;`) for readiness and `stop()` to work. Readiness
+    /// as for `start` (pid file, `worker_processes` workers, every `listen 127.0.0.1:PORT`).
+    /// Do not use `rewrite_conf*` on it.
+    pub fn start_raw(full_conf: &str) -> Nginx {
+        let _ = nginx_bin();
+        let prefix = TempPrefix::new();
+        let main_extra = format!("worker_processes {};", worker_processes_in(full_conf));
+        Nginx::launch(prefix, main_extra, full_conf.to_string())
+    }
+
+    /// (pid, command line) of every live child of the master: workers (also those "shutting
+    /// down"), cache manager, cache loader.
+    pub fn child_processes(&self) -> Vec<(u32, String)> {
+        self.all_children();
+        children_of(self.master)
+    }
+
+    /// The path of the running nginx.conf.
+    pub fn conf_path(&self) -> PathBuf {
+        self.prefix.path().join("nginx.conf")
+    }
+
+    /// The text of the running (or last rewritten) nginx.conf.
+    pub fn conf_text(&self) -> &str {
+        &self.conf
+    }
+
+    /// Like `stop` (SIGQUIT, asserts a graceful exit within the stop deadline), but error-log
+    /// lines with `[alert]`, `[crit]` or `[emerg]` are allowed when `allowed(line)` is true (e.g.
+    /// the master's `worker process N exited on signal 9` after a test killed a worker). Returns
+    /// the error log.
+    pub fn stop_allowing(mut self, allowed: impl Fn(&str) -> bool) -> String {
+        let graceful = self.shutdown();
+        let log = self.error_log();
+        assert!(
+            graceful,
+            "nginx did not exit within {STOP_DEADLINE:?} of SIGQUIT (graceful shutdown blocked?); it was killed.\n{log}"
+        );
+        let bad: Vec<&str> = alert_lines(&log)
+            .into_iter()
+            .filter(|l| !allowed(l))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "error log has unexpected alert/crit/emerg lines:\n{}\n--- full log ---\n{log}",
+            bad.join("\n")
+        );
+        log
+    }
 }
 
 /// The lines of an error log with `[alert]`, `[crit]` or `[emerg]`.
@@ -783,421 +644,6 @@ impl Drop for Nginx {
             );
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Backends
-
-/// How a `Backend` answers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Reads the request and answers with this status, a short body naming the port
-    /// (`backend <port> status <code>`), header `X-Backend: <port>` and `Connection: close`.
-    Status(u16),
-    /// Reads the request and never answers, until the mode changes (then answers per the new
-    /// mode) or the backend is stopped/dropped (then closes).
-    Hang,
-    /// Reads the request (at most 1 s), then closes cleanly (FIN) without answering.
-    Close,
-    /// Waits for the request, then closes with the request still unread, so Linux sends RST.
-    Reset,
-}
-
-struct BackendShared {
-    port: u16,
-    mode: Mutex<Mode>,
-    path_modes: Mutex<HashMap<String, Mode>>,
-    health_path: Mutex<String>,
-    /// Arrival time of every request, by path (query string removed).
-    arrivals: Mutex<HashMap<String, Vec<Instant>>>,
-    proxied: AtomicUsize,
-    connections: AtomicUsize,
-    listener: Mutex<Option<TcpListener>>,
-    /// Bumped by stop()/drop: hanging connections of an older generation close.
-    generation: AtomicU64,
-    shutdown: AtomicBool,
-    changed: Condvar,
-    changed_lock: Mutex<()>,
-}
-
-/// A small threaded HTTP/1.x server on 127.0.0.1 whose behaviour can be switched at runtime; one
-/// request per connection. Counts requests per path and records their arrival times.
-pub struct Backend {
-    shared: Arc<BackendShared>,
-    acceptor: Option<JoinHandle<()>>,
-}
-
-fn bind_retry(port: u16) -> TcpListener {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match TcpListener::bind(("127.0.0.1", port)) {
-            Ok(l) => {
-                l.set_nonblocking(true).expect("set_nonblocking");
-                return l;
-            }
-            Err(e) if Instant::now() >= deadline => {
-                panic!("backend cannot bind 127.0.0.1:{port}: {e}")
-            }
-            Err(_) => thread::sleep(POLL),
-        }
-    }
-}
-
-impl Backend {
-    /// A backend on a fresh `free_port()`, answering `Mode::Status(200)`.
-    pub fn new() -> Backend {
-        Backend::on_port(free_port())
-    }
-
-    /// A backend on `port`, answering `Mode::Status(200)`.
-    pub fn on_port(port: u16) -> Backend {
-        let shared = Arc::new(BackendShared {
-            port,
-            mode: Mutex::new(Mode::Status(200)),
-            path_modes: Mutex::new(HashMap::new()),
-            health_path: Mutex::new("/health".to_string()),
-            arrivals: Mutex::new(HashMap::new()),
-            proxied: AtomicUsize::new(0),
-            connections: AtomicUsize::new(0),
-            listener: Mutex::new(Some(bind_retry(port))),
-            generation: AtomicU64::new(0),
-            shutdown: AtomicBool::new(false),
-            changed: Condvar::new(),
-            changed_lock: Mutex::new(()),
-        });
-        let s = Arc::clone(&shared);
-        let acceptor = thread::Builder::new()
-            .name(format!("backend-{port}"))
-            .spawn(move || accept_loop(s))
-            .expect("spawn backend thread");
-        Backend {
-            shared,
-            acceptor: Some(acceptor),
-        }
-    }
-
-    pub fn port(&self) -> u16 {
-        self.shared.port
-    }
-
-    /// `127.0.0.1:<port>`, as used in `server` lines of an upstream block.
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.shared.port)
-    }
-
-    /// Switches the behaviour for every path without a per-path mode.
-    pub fn set_mode(&self, mode: Mode) {
-        *self.shared.mode.lock().unwrap() = mode;
-        self.shared.notify();
-    }
-
-    pub fn mode(&self) -> Mode {
-        self.shared.mode.lock().unwrap().clone()
-    }
-
-    /// Overrides the behaviour for one path (e.g. fail `/health` while proxied traffic works).
-    pub fn set_path_mode(&self, path: &str, mode: Mode) {
-        self.shared
-            .path_modes
-            .lock()
-            .unwrap()
-            .insert(path.to_string(), mode);
-        self.shared.notify();
-    }
-
-    pub fn clear_path_modes(&self) {
-        self.shared.path_modes.lock().unwrap().clear();
-        self.shared.notify();
-    }
-
-    /// The path counted as health probes (default `/health`); all others count as `proxied()`.
-    pub fn set_health_path(&self, path: &str) {
-        *self.shared.health_path.lock().unwrap() = path.to_string();
-    }
-
-    /// Requests seen for `path` (query string ignored).
-    pub fn hits(&self, path: &str) -> usize {
-        self.shared
-            .arrivals
-            .lock()
-            .unwrap()
-            .get(path)
-            .map_or(0, |v| v.len())
-    }
-
-    /// Arrival time of every request for `path`, in order.
-    pub fn arrivals(&self, path: &str) -> Vec<Instant> {
-        self.shared
-            .arrivals
-            .lock()
-            .unwrap()
-            .get(path)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// Requests whose path is not the health path.
-    pub fn proxied(&self) -> usize {
-        self.shared.proxied.load(Ordering::SeqCst)
-    }
-
-    /// Accepted TCP connections (including ones that never sent a request).
-    pub fn connections(&self) -> usize {
-        self.shared.connections.load(Ordering::SeqCst)
-    }
-
-    /// Forgets all counts and arrival times.
-    pub fn reset_counts(&self) {
-        self.shared.arrivals.lock().unwrap().clear();
-        self.shared.proxied.store(0, Ordering::SeqCst);
-        self.shared.connections.store(0, Ordering::SeqCst);
-    }
-
-    /// Closes the listening socket (the port then refuses connections) and closes hanging
-    /// connections.
-    pub fn stop(&self) {
-        *self.shared.listener.lock().unwrap() = None;
-        self.shared.generation.fetch_add(1, Ordering::SeqCst);
-        self.shared.notify();
-    }
-
-    /// Reopens the listening socket on the same port.
-    pub fn start(&self) {
-        let mut l = self.shared.listener.lock().unwrap();
-        if l.is_none() {
-            *l = Some(bind_retry(self.shared.port));
-        }
-    }
-
-    pub fn is_listening(&self) -> bool {
-        self.shared.listener.lock().unwrap().is_some()
-    }
-}
-
-impl Default for Backend {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.shared.shutdown.store(true, Ordering::SeqCst);
-        self.stop();
-        if let Some(h) = self.acceptor.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-impl BackendShared {
-    fn notify(&self) {
-        let _g = self.changed_lock.lock().unwrap();
-        self.changed.notify_all();
-    }
-
-    fn mode_for(&self, path: &str) -> Mode {
-        if let Some(m) = self.path_modes.lock().unwrap().get(path) {
-            return m.clone();
-        }
-        self.mode.lock().unwrap().clone()
-    }
-
-    fn record(&self, path: &str) {
-        self.arrivals
-            .lock()
-            .unwrap()
-            .entry(path.to_string())
-            .or_default()
-            .push(Instant::now());
-        if path != *self.health_path.lock().unwrap() {
-            self.proxied.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-fn accept_loop(s: Arc<BackendShared>) {
-    while !s.shutdown.load(Ordering::SeqCst) {
-        let accepted = match s.listener.lock().unwrap().as_ref() {
-            Some(l) => l.accept().ok(),
-            None => None,
-        };
-        match accepted {
-            Some((stream, _)) => {
-                s.connections.fetch_add(1, Ordering::SeqCst);
-                let s2 = Arc::clone(&s);
-                let _ = thread::Builder::new()
-                    .name(format!("backend-{}-conn", s.port))
-                    .spawn(move || {
-                        let _ = handle_conn(&s2, stream);
-                    });
-            }
-            None => thread::sleep(Duration::from_millis(5)),
-        }
-    }
-}
-
-/// A request head seen on a connection.
-struct Head {
-    path: String,
-    version: String,
-    /// Bytes of head plus body (Content-Length) to consume.
-    len: usize,
-}
-
-/// Waits (peeking, nothing consumed) until the request head has arrived; None when the peer
-/// closes first, sends no complete head within `timeout`, or sends more than 16 KiB of head.
-fn peek_head(stream: &TcpStream, timeout: Duration) -> io::Result<Option<Head>> {
-    let deadline = Instant::now() + timeout;
-    let mut buf = vec![0u8; 16384];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(None);
-        }
-        stream.set_read_timeout(Some(left))?;
-        let n = match stream.peek(&mut buf) {
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            return Ok(None);
-        }
-        if let Some(end) = find(&buf[..n], b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let mut parts = head.lines().next().unwrap_or("").split_whitespace();
-            let _method = parts.next();
-            let path = parts
-                .next()
-                .unwrap_or("/")
-                .split('?')
-                .next()
-                .unwrap_or("/")
-                .to_string();
-            let version = parts.next().unwrap_or("HTTP/1.0").to_string();
-            let body = head
-                .lines()
-                .filter_map(|l| l.split_once(':'))
-                .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-                .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            return Ok(Some(Head {
-                path,
-                version,
-                len: end + 4 + body,
-            }));
-        }
-        if n == buf.len() {
-            return Ok(None);
-        }
-        // Incomplete head: peek returns at once while data is pending, so wait a little.
-        thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// Consumes `len` bytes (the request) so that closing later sends FIN, not RST.
-fn consume(stream: &mut TcpStream, mut len: usize) -> io::Result<()> {
-    let mut buf = [0u8; 8192];
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    while len > 0 {
-        let n = stream.read(&mut buf[..len.min(8192)])?;
-        if n == 0 {
-            break;
-        }
-        len -= n;
-    }
-    Ok(())
-}
-
-fn reason(code: u16) -> &'static str {
-    match code {
-        200 => "OK",
-        204 => "No Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    }
-}
-
-fn handle_conn(s: &BackendShared, mut stream: TcpStream) -> io::Result<()> {
-    let gen = s.generation.load(Ordering::SeqCst);
-    let wait = if s.mode_for("") == Mode::Close {
-        Duration::from_secs(1)
-    } else {
-        Duration::from_secs(5)
-    };
-    let Some(head) = peek_head(&stream, wait)? else {
-        return Ok(());
-    };
-    s.record(&head.path);
-    let mut mode = s.mode_for(&head.path);
-    if mode == Mode::Reset {
-        // Close with the request still unread: Linux answers with RST.
-        drop(stream);
-        return Ok(());
-    }
-    consume(&mut stream, head.len)?;
-    while mode == Mode::Hang {
-        if s.shutdown.load(Ordering::SeqCst) || s.generation.load(Ordering::SeqCst) != gen {
-            return Ok(());
-        }
-        let g = s.changed_lock.lock().unwrap();
-        let _ = s
-            .changed
-            .wait_timeout(g, Duration::from_millis(50))
-            .unwrap();
-        mode = s.mode_for(&head.path);
-    }
-    match mode {
-        Mode::Status(code) => {
-            let body = format!("backend {} status {}\n", s.port, code);
-            let version = if head.version.starts_with("HTTP/1.") {
-                head.version.as_str()
-            } else {
-                "HTTP/1.0"
-            };
-            let resp = format!(
-                "{version} {code} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Backend: {}\r\nConnection: close\r\n\r\n{body}",
-                reason(code),
-                body.len(),
-                s.port
-            );
-            stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-            stream.write_all(resp.as_bytes())?;
-            stream.flush()?;
-        }
-        Mode::Reset => {
-            // Switched from Hang to Reset after the request was consumed: abort abruptly.
-            let _ = stream.shutdown(Shutdown::Both);
-            return Ok(());
-        }
-        Mode::Close | Mode::Hang => {}
-    }
-    let _ = stream.shutdown(Shutdown::Write);
-    // Let the peer close first (bounded), so our close never turns into an RST.
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut sink = [0u8; 1024];
-    while let Ok(n) = stream.read(&mut sink) {
-        if n == 0 {
-            break;
-        }
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1284,38 +730,6 @@ fn worker_processes_in(conf: &str) -> usize {
         .unwrap_or(1)
 }
 
-impl Nginx {
-    /// Starts nginx with `full_conf` verbatim as nginx.conf in a fresh prefix (`-p`, so relative
-    /// paths land in the prefix), `daemon off`. Add `load_module_line()` yourself. The config must
-    /// write its pid to `nginx.pid` in the prefix (`pid nginx.pid;`) and its error log to
-    /// `error.log` (`error_log error.log info;`) for readiness and `stop()` to work. Readiness
-    /// as for `start` (pid file, `worker_processes` workers, every `listen 127.0.0.1:PORT`).
-    /// Do not use `rewrite_conf*` on it.
-    pub fn start_raw(full_conf: &str) -> Nginx {
-        let _ = nginx_bin();
-        let prefix = TempPrefix::new();
-        let main_extra = format!("worker_processes {};", worker_processes_in(full_conf));
-        Nginx::launch(prefix, main_extra, full_conf.to_string())
-    }
-
-    /// (pid, command line) of every live child of the master: workers (also those "shutting
-    /// down"), cache manager, cache loader.
-    pub fn child_processes(&self) -> Vec<(u32, String)> {
-        self.all_children();
-        children_of(self.master)
-    }
-
-    /// The path of the running nginx.conf.
-    pub fn conf_path(&self) -> PathBuf {
-        self.prefix.path().join("nginx.conf")
-    }
-
-    /// The text of the running (or last rewritten) nginx.conf.
-    pub fn conf_text(&self) -> &str {
-        &self.conf
-    }
-}
-
 /// GET `path` (e.g. `/upstream_status`) on 127.0.0.1:port and return the body; panics unless the
 /// answer is 200.
 pub fn status_page(port: u16, path: &str) -> String {
@@ -1346,29 +760,4 @@ pub fn peer_state<'a>(page: &'a str, upstream: &str, peer: &str) -> Option<&'a s
         }
     }
     None
-}
-
-impl Nginx {
-    /// Like `stop` (SIGQUIT, asserts a graceful exit within the stop deadline), but error-log
-    /// lines with `[alert]`, `[crit]` or `[emerg]` are allowed when `allowed(line)` is true (e.g.
-    /// the master's `worker process N exited on signal 9` after a test killed a worker). Returns
-    /// the error log.
-    pub fn stop_allowing(mut self, allowed: impl Fn(&str) -> bool) -> String {
-        let graceful = self.shutdown();
-        let log = self.error_log();
-        assert!(
-            graceful,
-            "nginx did not exit within {STOP_DEADLINE:?} of SIGQUIT (graceful shutdown blocked?); it was killed.\n{log}"
-        );
-        let bad: Vec<&str> = alert_lines(&log)
-            .into_iter()
-            .filter(|l| !allowed(l))
-            .collect();
-        assert!(
-            bad.is_empty(),
-            "error log has unexpected alert/crit/emerg lines:\n{}\n--- full log ---\n{log}",
-            bad.join("\n")
-        );
-        log
-    }
 }
