@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import lib  # noqa: E402
 
-# Durations and repetitions of the full run (~10-12 min) and the --quick smoke run (~3 min).
+# Durations and repetitions of the full run (~16-18 min) and the --quick smoke run (~5 min).
 FULL = dict(
     rp_rounds=9, rp_seconds=5,
     pc_sizes=(1000, 5000, 10000), pc_one_sizes=(1000, 5000, 10000), pc_types=("tcp", "http"),
@@ -24,6 +24,8 @@ FULL = dict(
     det_trials=20,
     out_rounds=3, out_phase1=8, out_kill_at=2, out_phase2=21,
     dup_workers=(1, 2, 4), dup_window=12,
+    sc_rate_window=10, sc_page_repeats=5, sc_page_max_s=5, sc_window=7, sc_pattern="ABBAABBA",
+    sc_reload_max_s=20,
 )
 QUICK = dict(
     rp_rounds=3, rp_seconds=2,
@@ -32,6 +34,8 @@ QUICK = dict(
     det_trials=5,
     out_rounds=1, out_phase1=5, out_kill_at=2, out_phase2=11,
     dup_workers=(1, 2, 4), dup_window=4,
+    sc_rate_window=5, sc_page_repeats=3, sc_page_max_s=3, sc_window=4, sc_pattern="AB",
+    sc_reload_max_s=10,
 )
 
 
@@ -55,10 +59,11 @@ def machine():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="short smoke run (~3 min)")
-    ap.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated measurements to run")
+    ap.add_argument("--quick", action="store_true", help="short smoke run (~5 min)")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated measurements to run")
     ap.add_argument("--profile", action="store_true",
-                    help="also record a perf profile of the workers at 10,000 peers (http, one upstream)")
+                    help="also record perf profiles of the workers at 10,000 peers (http, one upstream) "
+                    "and at 100,000 (measurement 7)")
     ap.add_argument("--out", default="target/bench")
     args = ap.parse_args()
     cfg = dict(QUICK if args.quick else FULL, profile=args.profile, out=os.path.abspath(args.out))
@@ -82,13 +87,15 @@ def main():
     import outage
     import probe_cost
     import request_path
+    import scale
 
     started = time.monotonic()
     header = machine()
     results = {}  # measurement number -> (rows, details)
     shared = {}  # data handed from one measurement to another (worker RSS at 10,000 peers)
     plan = [(1, request_path.run), (2, probe_cost.run), (5, memory.run), (3, detection.run),
-            (4, outage.run), (6, duplicates.run)]
+            (4, outage.run), (6, duplicates.run),
+            (7, scale.run)]
     try:
         for num, fn in plan:
             if num not in only:
