@@ -3,8 +3,8 @@
 //! Everything but `module` is the pure core: it calls no nginx function and reads no clock, so
 //! `cargo test` links and runs it anywhere. `module` is the nginx glue, left out of unit tests.
 
-pub mod admin;
 pub mod config;
+pub mod control;
 pub mod escape;
 pub mod health;
 pub mod histogram;

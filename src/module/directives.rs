@@ -13,9 +13,9 @@ use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::ngx_string;
 
 use crate::config::CheckType;
-use crate::module::admin::admin_handler;
-use crate::module::conf::{conf_error, ConfPos, LocConf, MainConf, SrvConf};
-use crate::module::status::status_handler;
+use crate::module::control_handler::admin_handler;
+use crate::module::module_conf::{conf_error, ConfPos, LocConf, MainConf, SrvConf};
+use crate::module::status_handler::status_handler;
 use crate::module::Module;
 use crate::parse::{self, ParseError};
 

@@ -16,23 +16,23 @@ use ngx::http::{
 
 use crate::config::default_request;
 use crate::key::peer_key;
-use crate::module::conf::{
+use crate::module::module_conf::{
     conf_error_at, conf_warn_at, Check, ConfPos, LocConf, MainConf, PeerConf, SrvConf, UpstreamConf,
 };
 use crate::parse;
 
-mod admin;
 mod clock;
-mod conf;
+mod control_handler;
 mod directives;
 mod ha;
 mod housekeeping;
 mod log;
+mod module_conf;
 mod peers;
 mod probe;
 mod process;
-mod status;
-mod stream;
+mod response_writer;
+mod status_handler;
 mod tick;
 mod zone;
 

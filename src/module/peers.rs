@@ -12,7 +12,7 @@ use ngx::http::HttpModuleServerConf;
 
 use crate::journal::{self, Change, Pending};
 use crate::module::clock::now_msec;
-use crate::module::conf::MainConf;
+use crate::module::module_conf::MainConf;
 use crate::module::process::{with_worker, SlotView, Worker};
 use crate::module::Module;
 use crate::policy::PeerFacts;

@@ -10,8 +10,8 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleMainConf;
 
-use crate::module::conf::{Check, MainConf, PeerConf, UpstreamConf};
 use crate::module::log::hc_log;
+use crate::module::module_conf::{Check, MainConf, PeerConf, UpstreamConf};
 use crate::module::peers::{self, Target};
 use crate::module::probe::{self, Probe};
 use crate::module::zone::ZoneHeader;

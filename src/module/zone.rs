@@ -17,9 +17,9 @@ use crate::health::PeerHealth;
 use crate::histogram::Histogram;
 use crate::journal::{self, Change};
 use crate::key::{peer_key, zone_size_for};
-use crate::module::conf::MainConf;
 use crate::module::ha;
 use crate::module::log::hc_log;
+use crate::module::module_conf::MainConf;
 use crate::schedule::Schedule;
 
 /// The zone's name as `ngx_shared_memory_add` knows it.

@@ -17,11 +17,11 @@ use ngx::ffi::{
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 
-use crate::admin::ttl_left;
+use crate::control::ttl_left;
 use crate::module::clock::{now_msec, unix_msec};
-use crate::module::conf::MainConf;
+use crate::module::module_conf::MainConf;
 use crate::module::peers::live_peers;
-use crate::module::stream::{send_header, BodyWriter, Counter};
+use crate::module::response_writer::{send_header, BodyWriter, Counter};
 use crate::module::zone::{Slot, ZoneHeader, HA_MASTER, HA_SLAVER};
 use crate::module::Module;
 use crate::policy::PeerFacts;

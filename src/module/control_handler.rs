@@ -9,15 +9,15 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleMainConf;
 
-use crate::admin::{
+use crate::control::{
     expiry, is_form, parse_command, render_answer, ttl_left, Action, Answer, Command, Entry,
     Subject,
 };
 use crate::journal::Change;
 use crate::module::clock::now_msec;
-use crate::module::conf::MainConf;
+use crate::module::module_conf::MainConf;
 use crate::module::peers::apply_now;
-use crate::module::status::{allow, send};
+use crate::module::status_handler::{allow, send};
 use crate::module::zone::{restart_checks, ZoneHeader};
 use crate::module::Module;
 use crate::query::{parse_args, QueryError};
