@@ -232,14 +232,6 @@ fn wait_text_state(port: u16, upstream: &str, peer: &str, state: &str, timeout: 
 // ---------------------------------------------------------------------------------------------
 // Configs and traffic
 
-fn upstream(name: &str, servers: &[String], check: &str) -> String {
-    let servers: String = servers
-        .iter()
-        .map(|s| format!("    server {s};\n"))
-        .collect();
-    format!("upstream {name} {{\n{servers}    {check}\n}}\n")
-}
-
 /// The front server: status page, control endpoint, and per upstream `/u/NAME/` (proxy, retries
 /// on errors as usual) and `/strict/NAME/` (no retry, so a request sent to a dead peer is a 502).
 /// Every answer names the worker (`X-Worker`); `reuseport` spreads connections over workers.
@@ -311,7 +303,7 @@ fn exclusion_stops_checks_until_deleted_then_checks_restart_fresh() {
     let port = free_port();
     let conf = format!(
         "{}{}",
-        upstream("ex1", &[live.addr(), format!("{dead} max_fails=0")], CHECK),
+        upstream_block("ex1", &[live.addr(), format!("{dead} max_fails=0")], CHECK),
         front(port, &["ex1"])
     );
     let nginx = Nginx::start(&conf);
@@ -451,7 +443,7 @@ fn manual_down_takes_a_peer_out_of_every_worker_while_probes_continue() {
     let port = free_port();
     let conf = format!(
         "{}{}",
-        upstream("g2", &[a.addr(), b.addr()], CHECK),
+        upstream_block("g2", &[a.addr(), b.addr()], CHECK),
         front(port, &["g2"])
     );
     let nginx = Nginx::start_with("worker_processes 2;", &conf);
@@ -572,7 +564,7 @@ fn ttls_expire_by_themselves_even_with_hour_long_intervals() {
         "upstream_healthcheck type=http interval=1h timeout=500ms fall=2 rise=1 uri=/health;";
     let conf = format!(
         "{}{}",
-        upstream("t3", &[a.addr(), b.addr()], check),
+        upstream_block("t3", &[a.addr(), b.addr()], check),
         front(port, &["t3"])
     );
     let nginx = Nginx::start(&conf);
@@ -676,7 +668,7 @@ fn set_and_del_need_post_and_forms_are_url_decoded() {
     let port = free_port();
     let conf = format!(
         "{}{}",
-        upstream("u4", &[a.addr(), b.addr()], CHECK),
+        upstream_block("u4", &[a.addr(), b.addr()], CHECK),
         front(port, &["u4"])
     );
     let nginx = Nginx::start(&conf);
@@ -805,7 +797,7 @@ fn raw_post_is_answered(raw: &[u8], want: &str, setup: &str, then: impl Fn(&str)
     let port = free_port();
     let conf = format!(
         "{}{}",
-        upstream("u4b", &[a.addr()], CHECK),
+        upstream_block("u4b", &[a.addr()], CHECK),
         front(port, &["u4b"])
     );
     let nginx = Nginx::start(&conf);
@@ -865,8 +857,8 @@ fn exclusions_and_manual_downs_survive_a_reload() {
     let port = free_port();
     let conf = format!(
         "{}{}{}",
-        upstream("r5x", &[x.addr()], CHECK),
-        upstream("r5g", &[g1.addr(), g2.addr()], CHECK),
+        upstream_block("r5x", &[x.addr()], CHECK),
+        upstream_block("r5g", &[g1.addr(), g2.addr()], CHECK),
         front(port, &["r5x", "r5g"])
     );
     let mut nginx = Nginx::start(&conf);
@@ -984,7 +976,7 @@ fn bad_requests_are_refused_with_exact_messages_and_change_nothing() {
     let port = free_port();
     let conf = format!(
         "{}{}",
-        upstream("u6", &[a.addr(), b.addr()], CHECK),
+        upstream_block("u6", &[a.addr(), b.addr()], CHECK),
         front(port, &["u6"])
     );
     let nginx = Nginx::start(&conf);
@@ -1235,7 +1227,7 @@ fn changes_acknowledged_during_reloads_are_never_lost() {
     let conf = format!(
         "{}server {{\n    listen 127.0.0.1:{port};\n    keepalive_timeout 0;\n    \
          location = /admin {{ upstream_healthcheck_admin; }}\n}}\n",
-        upstream("u9", &peers, "")
+        upstream_block("u9", &peers, "")
     );
     let mut nginx = Nginx::start_with("worker_processes 2;", &conf);
     // The peers to be brought back during the race are down before it.
@@ -1320,7 +1312,7 @@ fn a_failed_reload_leaves_the_control_api_working() {
         format!(
             "{}server {{\n    listen 127.0.0.1:{port};\n    keepalive_timeout 0;\n    \
              location = /admin {{ upstream_healthcheck_admin; }}\n}}\n{extra}",
-            upstream("u10", &peers, "")
+            upstream_block("u10", &peers, "")
         )
     };
     let mut nginx = Nginx::start(&server(""));
@@ -1589,7 +1581,7 @@ fn ha_standby_probes_only_while_this_host_holds_the_address() {
         "upstream_healthcheck_ha_address {vip} interval=200ms;\n{}\
          server {{\n    listen 127.0.0.1:{live_port};\n    access_log live.log;\n    \
          location / {{ return 200 \"live\\n\"; }}\n}}\n{}",
-        upstream("ha7", &[live.clone(), format!("{dead} max_fails=0")], CHECK),
+        upstream_block("ha7", &[live.clone(), format!("{dead} max_fails=0")], CHECK),
         front(front_port, &["ha7"]),
     );
     let nginx = NsNginx::start(&ns, &body, front_port);

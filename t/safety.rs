@@ -25,14 +25,6 @@ fn front(port: u16) -> String {
     )
 }
 
-fn upstream(name: &str, servers: &[String], check: &str) -> String {
-    let servers: String = servers
-        .iter()
-        .map(|s| format!("    server {s};\n"))
-        .collect();
-    format!("upstream {name} {{\n{servers}    {check}\n}}\n")
-}
-
 /// Starts nginx with `http_body` and `worker_connections n` (paths relative to the prefix).
 fn start_with_connections(http_body: &str, n: usize) -> Nginx {
     let conf = render_conf(Path::new("."), "", http_body).replace(
@@ -42,23 +34,8 @@ fn start_with_connections(http_body: &str, n: usize) -> Nginx {
     Nginx::start_raw(&conf)
 }
 
-fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
-    log.lines().filter(|l| l.contains(needle)).collect()
-}
-
 fn json_status(port: u16) -> serde_json::Value {
     strict_json(&status_page(port, "/status?format=json"))
-}
-
-/// Context switches of a process so far (voluntary + involuntary): each wakeup of its event
-/// loop is one.
-fn context_switches(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .filter(|l| l.contains("ctxt_switches:"))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum()
 }
 
 #[test]
@@ -70,12 +47,12 @@ fn a_host_short_of_connections_gives_no_verdict_and_says_so_once() {
     let port = free_port();
     let body = format!(
         "{}{}{}",
-        upstream(
+        upstream_block(
             "backend",
             &healthy.iter().map(Backend::addr).collect::<Vec<_>>(),
             "upstream_healthcheck type=http interval=50ms timeout=1s fall=1 rise=1;"
         ),
-        upstream("slow", &[hanging.addr()], ""),
+        upstream_block("slow", &[hanging.addr()], ""),
         front(port)
     );
     // 16 connections: one for the listener, two for each proxied request.
@@ -157,12 +134,12 @@ fn a_full_probe_cap_serves_peers_by_due_time_and_does_not_spin() {
     let port = free_port();
     let body = format!(
         "{}{}{}{}",
-        upstream(
+        upstream_block(
             "backend",
             &vec![hanging.addr(); 20],
             "upstream_healthcheck type=http interval=100ms timeout=300ms uri=/hang;"
         ),
-        upstream(
+        upstream_block(
             "slow",
             &[live.addr()],
             "upstream_healthcheck type=http interval=100ms timeout=1s uri=/live;"
@@ -208,12 +185,12 @@ fn a_live_peer_behind_two_hundred_refused_ones_keeps_its_cadence() {
     servers.push(live.addr());
     let body = format!(
         "{}{}{}",
-        upstream(
+        upstream_block(
             "backend",
             &servers,
             "upstream_healthcheck type=http interval=200ms timeout=1s uri=/live;"
         ),
-        upstream("slow", &[live.addr()], ""),
+        upstream_block("slow", &[live.addr()], ""),
         front(port)
     );
     let nginx = Nginx::start(&body);
@@ -245,12 +222,12 @@ fn a_missing_unix_socket_is_refused_and_logged_once() {
     let live = Backend::new();
     let body = format!(
         "{}{}{}",
-        upstream(
+        upstream_block(
             "backend",
             &[format!("unix:{}", sock.display())],
             "upstream_healthcheck type=http interval=100ms timeout=1s fall=2 rise=1;"
         ),
-        upstream("slow", &[live.addr()], ""),
+        upstream_block("slow", &[live.addr()], ""),
         front(port)
     );
     let nginx = Nginx::start(&body);
@@ -281,12 +258,12 @@ fn ending_an_exclusion_probes_every_peer_of_the_upstream_at_once() {
     let port = free_port();
     let body = format!(
         "{}{}{}",
-        upstream(
+        upstream_block(
             "backend",
             &peers.iter().map(Backend::addr).collect::<Vec<_>>(),
             "upstream_healthcheck type=http interval=30s timeout=1s uri=/hc;"
         ),
-        upstream("slow", &[peers[0].addr()], ""),
+        upstream_block("slow", &[peers[0].addr()], ""),
         front(port)
     );
     let nginx = Nginx::start(&body);
@@ -343,12 +320,12 @@ fn a_reload_does_not_hang_on_a_zone_lock_that_a_vanished_process_holds() {
     let port = free_port();
     let body = format!(
         "upstream_healthcheck_zone 1m;\n{}{}{}",
-        upstream(
+        upstream_block(
             "backend",
             &[b.addr()],
             "upstream_healthcheck type=http interval=100ms timeout=1s;"
         ),
-        upstream("slow", &[b.addr()], ""),
+        upstream_block("slow", &[b.addr()], ""),
         front(port)
     );
     let nginx = Nginx::start(&body);

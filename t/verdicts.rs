@@ -70,9 +70,6 @@ fn get_200(port: u16, path: &str) -> u16 {
 }
 
 /// Lines of `log` containing `needle`.
-fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
-    log.lines().filter(|l| l.contains(needle)).collect()
-}
 
 fn down_needle(peer: &str, upstream: &str) -> String {
     format!("upstream_healthcheck: peer {peer} in upstream \"{upstream}\" is DOWN")

@@ -104,6 +104,11 @@ def routes_teardown():
     ip("rule", "del", "pref", "100", check=False)
 
 
+def routes_clear():
+    """Every peer reachable again: what a previous layout left unreachable is routed to lo."""
+    ip("route", "flush", "table", str(TABLE), check=False)
+
+
 def routes_apply(down, up):
     lines = [f"route replace unreachable {block_prefix(b)} table {TABLE}" for g in down for b in group_blocks(g)]
     lines += [f"route del {block_prefix(b)} table {TABLE}" for g in up for b in group_blocks(g)]
@@ -461,7 +466,10 @@ def run(cfg):
     fl = floor_nginx().start(wait_for=("127.0.0.1", FLOOR_PORT))
     routes_setup()
     try:
-        results = [run_layout(cfg, layout, per, fl) for layout, per in LAYOUTS]
+        results = []
+        for layout, per in LAYOUTS:
+            routes_clear()
+            results.append(run_layout(cfg, layout, per, fl))
     finally:
         routes_teardown()
         for n in (fl, app, be):

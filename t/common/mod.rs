@@ -628,6 +628,20 @@ impl Nginx {
     }
 }
 
+/// The lines of an error log that contain `needle`.
+pub fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
+    log.lines().filter(|l| l.contains(needle)).collect()
+}
+
+/// An `upstream NAME {}` block with one `server` line per address and `directives` after them.
+pub fn upstream_block(name: &str, servers: &[String], directives: &str) -> String {
+    let servers: String = servers
+        .iter()
+        .map(|s| format!("    server {s};\n"))
+        .collect();
+    format!("upstream {name} {{\n{servers}    {directives}\n}}\n")
+}
+
 /// The lines of an error log with `[alert]`, `[crit]` or `[emerg]`.
 pub fn alert_lines(log: &str) -> Vec<&str> {
     log.lines()

@@ -1,4 +1,4 @@
-//! What /proc tells about the sockets of processes.
+//! What /proc tells about processes: their sockets and how often they were woken.
 use std::collections::HashSet;
 use std::fs;
 
@@ -38,4 +38,15 @@ pub fn worker_connected_to(workers: &[u32], port: u16) -> Option<u32> {
         .iter()
         .copied()
         .find(|&w| !socket_inodes(w).is_disjoint(&inodes))
+}
+
+/// Context switches of a process so far (voluntary + involuntary): each wakeup of its event
+/// loop is one.
+pub fn context_switches(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .filter(|l| l.contains("ctxt_switches:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
 }
