@@ -69,8 +69,6 @@ fn get_200(port: u16, path: &str) -> u16 {
         .unwrap_or_else(|| panic!("GET {path}: no X-Backend header: {headers}"))
 }
 
-/// Lines of `log` containing `needle`.
-
 fn down_needle(peer: &str, upstream: &str) -> String {
     format!("upstream_healthcheck: peer {peer} in upstream \"{upstream}\" is DOWN")
 }
