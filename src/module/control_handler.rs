@@ -35,7 +35,7 @@ pub extern "C" fn admin_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls content handlers with a live request.
     let req = unsafe { &mut *r };
     if req.method & (NGX_HTTP_GET | NGX_HTTP_HEAD | NGX_HTTP_POST) as usize == 0 {
-        // SAFETY: as above; nothing is sent yet.
+        // SAFETY: r is the live request nginx passed in; no header has been sent yet.
         unsafe { allow(r, "GET, HEAD, POST") };
         return reply(r, Err(err(405, "method not allowed, use GET or POST")));
     }
@@ -47,7 +47,7 @@ pub extern "C" fn admin_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         }
         return NGX_DONE as ngx_int_t;
     }
-    // SAFETY: as above.
+    // SAFETY: r is the live request nginx passed in, and its body is not being read.
     let rc = unsafe { ngx_http_discard_request_body(r) };
     if rc != NGX_OK as ngx_int_t {
         return rc;

@@ -85,11 +85,11 @@ impl HttpModule for Module {
 unsafe impl HttpModuleMainConf for Module {
     type MainConf = MainConf;
 }
-// SAFETY: as above.
+// SAFETY: the server conf type matches what create_srv_conf allocates for this module.
 unsafe impl HttpModuleServerConf for Module {
     type ServerConf = SrvConf;
 }
-// SAFETY: as above.
+// SAFETY: the location conf type matches what create_loc_conf allocates for this module.
 unsafe impl HttpModuleLocationConf for Module {
     type LocationConf = LocConf;
 }

@@ -72,7 +72,7 @@ impl StateReader<'_> {
         // SAFETY: uscf is valid for the cycle; its peer data is round-robin peers.
         let primary = unsafe { (*up.uscf).peer.data as *mut ngx_http_upstream_rr_peers_t };
         let (mut np, mut nb) = (0, 0);
-        // SAFETY: as above.
+        // SAFETY: primary is the uscf peer data read just above: null or round-robin peers of this cycle.
         for (i, (list, rr)) in unsafe { live_peers(primary) }.into_iter().enumerate() {
             let (peers, n) = if list == primary {
                 (&mut out.primary, &mut np)
@@ -162,12 +162,12 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls content handlers with a live request.
     let req = unsafe { &mut *r };
     if req.method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as usize == 0 {
-        // SAFETY: as above.
+        // SAFETY: r is the live request nginx passed in; no header has been sent yet.
         unsafe { allow(r, "GET, HEAD") };
         let message = "method not allowed, use GET or HEAD";
         return error(r, Format::Text, NGX_HTTP_NOT_ALLOWED as u16, message);
     }
-    // SAFETY: as above.
+    // SAFETY: r is the live request nginx passed in, and its body is not being read.
     let rc = unsafe { ngx_http_discard_request_body(r) };
     if rc != NGX_OK as ngx_int_t {
         return rc;
@@ -232,7 +232,7 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         if render_page(&mut length, &page, &mut fill).is_err() {
             return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
         }
-        // SAFETY: as above.
+        // SAFETY: r is the live request nginx passed in; its header has not been sent.
         return unsafe {
             send_header(
                 r,
