@@ -145,11 +145,11 @@ fn execute(
                 });
             }
             for peer in &up.peers {
-                let until = locked.slots()[peer.slot].manual_until_ms;
+                let until = locked.slots()[peer.slot()].manual_until_ms;
                 if until != 0 {
                     entries.push(Entry {
                         upstream: up.name.clone(),
-                        peer: Some(peer.name.clone()),
+                        peer: Some(peer.name.to_string()),
                         ttl_secs: ttl_left(until, now),
                     });
                 }
@@ -198,8 +198,8 @@ fn execute(
             let slots: Vec<usize> = up
                 .peers
                 .iter()
-                .filter(|p| p.name == peer)
-                .map(|p| p.slot)
+                .filter(|p| *p.name == *peer)
+                .map(|p| p.slot())
                 .collect();
             if slots.is_empty() {
                 return Err(err(

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_conf_t, ngx_http_module_t, ngx_http_upstream_rr_peers_t, ngx_http_upstream_server_t,
-    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_module_t, ngx_pool_cleanup_add,
-    ngx_shared_memory_add, ngx_str_t, AF_UNIX, NGX_HTTP_MODULE,
+    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_module_t, ngx_pnalloc, ngx_pool_cleanup_add,
+    ngx_pool_t, ngx_shared_memory_add, ngx_str_t, AF_UNIX, NGX_HTTP_MODULE,
 };
 use ngx::http::{
     HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf,
@@ -100,7 +100,7 @@ fn text(s: &ngx_str_t) -> String {
 
 /// One peer as nginx's round robin built it.
 struct ConfigPeer {
-    name: String,
+    name: &'static str,
     /// Marked `down` in nginx.conf.
     down: bool,
     /// A `unix:` socket, which has no port.
@@ -111,22 +111,58 @@ struct ConfigPeer {
 ///
 /// # Safety
 /// `uscf` must be an initialized upstream whose peer.data is round-robin peers (or null).
-unsafe fn config_peers(uscf: &ngx_http_upstream_srv_conf_t) -> Vec<ConfigPeer> {
+unsafe fn config_peers(
+    pool: *mut ngx_pool_t,
+    uscf: &ngx_http_upstream_srv_conf_t,
+) -> Result<Vec<ConfigPeer>, ()> {
     // SAFETY: per the contract.
     unsafe { peers::live_peers(uscf.peer.data as *mut ngx_http_upstream_rr_peers_t) }
         .into_iter()
         // SAFETY: live_peers returns valid peers; a peer's sockaddr is null or its address.
         .map(|(_, rr)| unsafe {
-            ConfigPeer {
-                name: text(&(*rr).name),
+            Ok(ConfigPeer {
+                name: cycle_str(pool, &(*rr).name).ok_or(())?,
                 down: (*rr).down != 0,
                 unix: (*rr)
                     .sockaddr
                     .as_ref()
                     .is_some_and(|sa| u32::from(sa.sa_family) == AF_UNIX),
-            }
+            })
         })
         .collect()
+}
+
+/// `s` as text that lives as long as this configuration, without a copy: nginx built `s` in
+/// the configuration's pool, which is destroyed only after the module's configuration (kept in
+/// the same pool) is dropped. A name that is not UTF-8 is copied lossily into that pool.
+/// None when the pool is out of memory.
+///
+/// # Safety
+/// `s` must point into memory of the configuration `pool` belongs to (or static memory), and
+/// `pool` must be that configuration's pool.
+unsafe fn cycle_str(pool: *mut ngx_pool_t, s: &ngx_str_t) -> Option<&'static str> {
+    // SAFETY: per the contract, the bytes outlive every user of this configuration.
+    let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(s.data, s.len) };
+    if s.len == 0 {
+        return Some("");
+    }
+    if let Ok(name) = core::str::from_utf8(bytes) {
+        return Some(name);
+    }
+    let lossy = String::from_utf8_lossy(bytes);
+    // SAFETY: pool is the configuration's pool; the copy lives as long as it.
+    let copy = unsafe { ngx_pnalloc(pool, lossy.len()) } as *mut u8;
+    if copy.is_null() {
+        return None;
+    }
+    // SAFETY: copy has room for lossy.len() bytes, which are UTF-8.
+    unsafe {
+        core::ptr::copy_nonoverlapping(lossy.as_ptr(), copy, lossy.len());
+        Some(core::str::from_utf8_unchecked(core::slice::from_raw_parts(
+            copy,
+            lossy.len(),
+        )))
+    }
 }
 
 /// True when some `server` of the upstream gets its peers at run time (`resolve`, nginx 1.27+):
@@ -147,6 +183,19 @@ unsafe fn has_runtime_peers(uscf: &ngx_http_upstream_srv_conf_t) -> bool {
     // SAFETY: per the contract.
     let built = unsafe { peers::live_peers(uscf.peer.data as *mut ngx_http_upstream_rr_peers_t) };
     configured > built.len()
+}
+
+/// Where an `upstream {}` block is written.
+fn upstream_pos(us: &ngx_http_upstream_srv_conf_t) -> ConfPos {
+    if us.file_name.is_null() {
+        return ConfPos::default();
+    }
+    // SAFETY: a non-null file_name is the NUL-terminated name of the file the block is in.
+    let file = unsafe { core::ffi::CStr::from_ptr(us.file_name as *const _) };
+    ConfPos {
+        file: file.to_string_lossy().into_owned(),
+        line: us.line,
+    }
 }
 
 /// The two directives that shape an http probe, and where each was written.
@@ -185,7 +234,7 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
         let name = text(&us.host);
         let sc = Module::server_conf(us).ok_or(())?;
         // SAFETY: upstream init_main_conf ran before postconfiguration and built the peers.
-        let listed = unsafe { config_peers(us) };
+        let listed = unsafe { config_peers(cfr.pool, us) }?;
         let params = match &sc.check {
             Some((Some(p), pos)) => {
                 if sc.request.is_some() {
@@ -234,15 +283,9 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
 
         // SAFETY: upstream init_main_conf ran before postconfiguration and built the peers.
         if params.is_some() && unsafe { has_runtime_peers(us) } {
-            // SAFETY: file_name is the NUL-terminated name of the file the block is in.
-            let file = unsafe { core::ffi::CStr::from_ptr(us.file_name as *const _) };
-            let pos = ConfPos {
-                file: file.to_string_lossy().into_owned(),
-                line: us.line,
-            };
             conf_error_at(
                 cf,
-                &pos,
+                &upstream_pos(us),
                 format!("\"upstream_healthcheck\" cannot check the peers of \"server ... resolve\" in upstream \"{name}\""),
             );
             return Err(());
@@ -259,29 +302,20 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
             }
         });
         // Every peer gets a slot, checked or not, so run-time state (a manual down) can
-        // apply to any of them.
-        let mut seen: HashMap<String, u32> = HashMap::new();
-        let peers = listed
-            .into_iter()
-            .map(
-                |ConfigPeer {
-                     name: peer_name,
-                     down: config_down,
-                     ..
-                 }| {
-                    let n = seen.entry(peer_name.clone()).or_default();
-                    let key = peer_key(name.as_bytes(), peer_name.as_bytes(), *n);
-                    *n += 1;
-                    next_slot += 1;
-                    PeerConf {
-                        name: peer_name,
-                        config_down,
-                        key,
-                        slot: next_slot - 1,
-                    }
-                },
-            )
-            .collect();
+        // apply to any of them. A name listed twice gets keys 0, 1, ... of its own.
+        let mut seen: HashMap<&str, u32> = HashMap::with_capacity(listed.len());
+        let mut peers = Vec::with_capacity(listed.len());
+        for peer in &listed {
+            let n = seen.entry(peer.name).or_default();
+            let key = peer_key(name.as_bytes(), peer.name.as_bytes(), *n);
+            *n += 1;
+            let Ok(slot) = u32::try_from(next_slot) else {
+                conf_error_at(cf, &upstream_pos(us), "too many peers");
+                return Err(());
+            };
+            peers.push(PeerConf::new(peer.name, peer.down, key, slot));
+            next_slot += 1;
+        }
         main.upstreams.push(UpstreamConf {
             name,
             uscf,

@@ -137,10 +137,28 @@ pub struct Check {
 
 /// One peer of an upstream block.
 pub struct PeerConf {
-    pub name: String,
+    /// As nginx shows it, borrowed from nginx's configuration memory (see `cycle_str`):
+    /// one per peer, so no copy.
+    pub name: &'static str,
     /// Marked `down` in nginx.conf: never probed, never brought up.
     pub config_down: bool,
     pub key: u64,
+    /// Index of its slot in the shared zone (u32 keeps a peer at 32 bytes).
+    slot: u32,
+}
+
+impl PeerConf {
+    pub fn new(name: &'static str, config_down: bool, key: u64, slot: u32) -> PeerConf {
+        PeerConf {
+            name,
+            config_down,
+            key,
+            slot,
+        }
+    }
+
     /// Index of its slot in the shared zone.
-    pub slot: usize,
+    pub fn slot(&self) -> usize {
+        self.slot as usize
+    }
 }

@@ -19,10 +19,10 @@ use crate::policy::PeerFacts;
 
 /// The live nginx peer behind one slot.
 pub struct Target {
-    /// Index of the upstream in `MainConf::upstreams`.
-    pub upstream: usize,
+    /// Index of the upstream in `MainConf::upstreams` (u32 keeps a target at 32 bytes).
+    upstream: u32,
     /// Index of the peer in that upstream's `peers`.
-    pub peer: usize,
+    peer: u32,
     /// The upstream has checks.
     pub checked: bool,
     pub config_down: bool,
@@ -31,6 +31,18 @@ pub struct Target {
     pub rr: *mut ngx_http_upstream_rr_peer_t,
     /// Its list; for an upstream with `zone`, the flag is flipped under the list's rwlock.
     pub list: *mut ngx_http_upstream_rr_peers_t,
+}
+
+impl Target {
+    /// Index of the upstream in `MainConf::upstreams`.
+    pub fn upstream(&self) -> usize {
+        self.upstream as usize
+    }
+
+    /// Index of the peer in its upstream's `peers`.
+    pub fn peer(&self) -> usize {
+        self.peer as usize
+    }
 }
 
 /// The live peers of an upstream as (list, peer) pairs, primary then backup. The lists of an
@@ -84,8 +96,8 @@ pub fn targets(main: &MainConf) -> Vec<Target> {
                 .filter(|&(_, rr)| unsafe { (*rr).name.as_bytes() } == peer.name.as_bytes())
                 .unwrap_or((ptr::null_mut(), ptr::null_mut()));
             out.push(Target {
-                upstream: ui,
-                peer: pi,
+                upstream: ui as u32,
+                peer: pi as u32,
                 checked: up.check.is_some(),
                 config_down: peer.config_down,
                 rr,
@@ -122,16 +134,30 @@ unsafe fn set_down(t: &Target, down: bool) {
     }
 }
 
+/// Slots read under one hold of the zone lock when a whole upstream or everything is re-read:
+/// the lock is never held for O(all peers), and a worker keeps views for this many slots.
+const SWEEP_CHUNK: usize = 1024;
+
+/// A run of slots to re-read in chunks after the journal was read.
+#[derive(Clone, Copy)]
+pub enum Sweep {
+    /// Every peer of one upstream (an exclusion began or ended, its checks restarted).
+    Upstream(usize),
+    /// Every peer (the HA mode changed, or this worker fell behind the journal).
+    All,
+}
+
 /// Applies what changed in the shared state since this worker last looked: one atomic load
 /// when nothing did; otherwise the changed slots are read under the zone lock (O(changes),
 /// no allocation) and nginx's flags and this worker's queue are set after it is released.
+/// Whole upstreams and everything are re-read a chunk of slots per hold of the lock.
 pub fn apply_changes(w: &mut Worker) {
     if w.header.journal_head() == w.applied {
         return;
     }
     let now = now_msec();
-    let main = w.main;
     w.views.clear();
+    w.sweeps.clear();
     {
         let mut locked = w.header.lock();
         let head = w.header.journal_head();
@@ -143,15 +169,11 @@ pub fn apply_changes(w: &mut Worker) {
                 for seq in seqs {
                     match locked.change_at(seq) {
                         Change::Slot(slot) => push_view(w, &mut locked, slot, now),
-                        Change::Upstream(ui) => {
-                            let Some(up) = main.upstreams.get(ui) else {
-                                continue;
-                            };
+                        Change::Upstream(ui) if ui < w.excluded.len() => {
                             w.excluded[ui] = locked.upstreams()[ui].excluded();
-                            for peer in &up.peers {
-                                push_view(w, &mut locked, peer.slot, now);
-                            }
+                            w.sweeps.push(Sweep::Upstream(ui));
                         }
+                        Change::Upstream(_) => {}
                         Change::All => {
                             everything = true;
                             break;
@@ -162,16 +184,50 @@ pub fn apply_changes(w: &mut Worker) {
         }
         if everything {
             w.views.clear();
+            w.sweeps.clear();
+            w.sweeps.push(Sweep::All);
             w.standby = !w.header.probing_allowed();
-            for ui in 0..main.upstreams.len() {
+            for ui in 0..w.excluded.len() {
                 w.excluded[ui] = locked.upstreams()[ui].excluded();
-            }
-            for slot in 0..w.targets.len() {
-                push_view(w, &mut locked, slot, now);
             }
         }
         w.applied = head;
     }
+    apply_views(w);
+    let sweeps = core::mem::take(&mut w.sweeps);
+    let main = w.main;
+    for sweep in &sweeps {
+        match *sweep {
+            Sweep::Upstream(ui) => {
+                for chunk in main.upstreams[ui].peers.chunks(SWEEP_CHUNK) {
+                    sweep_chunk(w, chunk.iter().map(|p| p.slot()), now);
+                }
+            }
+            Sweep::All => {
+                for start in (0..w.targets.len()).step_by(SWEEP_CHUNK) {
+                    let end = (start + SWEEP_CHUNK).min(w.targets.len());
+                    sweep_chunk(w, start..end, now);
+                }
+            }
+        }
+    }
+    w.sweeps = sweeps;
+}
+
+/// Reads at most `SWEEP_CHUNK` slots under one hold of the zone lock, then applies them.
+fn sweep_chunk(w: &mut Worker, slots: impl Iterator<Item = usize>, now: u64) {
+    w.views.clear();
+    {
+        let mut locked = w.header.lock();
+        for slot in slots {
+            push_view(w, &mut locked, slot, now);
+        }
+    }
+    apply_views(w);
+}
+
+/// Applies the views read under the lock, after it was released.
+fn apply_views(w: &mut Worker) {
     let views = core::mem::take(&mut w.views);
     for v in &views {
         apply_view(w, v);
@@ -195,7 +251,7 @@ fn push_view(w: &mut Worker, locked: &mut crate::module::zone::Locked<'_>, slot:
     };
     let mine = s.sched.owner_pid == w.pid && !s.sched.is_idle(now);
     w.views.push(SlotView {
-        slot,
+        slot: slot as u32,
         healthy: s.health.is_up(),
         manual_down: s.manual_down(),
         look_at: (!mine).then(|| now + s.sched.wake_in(now)),
@@ -204,21 +260,22 @@ fn push_view(w: &mut Worker, locked: &mut crate::module::zone::Locked<'_>, slot:
 
 /// Sets nginx's flag of one peer and its place in this worker's queue.
 fn apply_view(w: &mut Worker, v: &SlotView) {
-    let Some(t) = w.targets.get(v.slot) else {
+    let slot = v.slot as usize;
+    let Some(t) = w.targets.get(slot) else {
         return;
     };
     let facts = PeerFacts {
         config_down: t.config_down,
         manual_down: v.manual_down,
         checked: t.checked,
-        excluded: w.excluded[t.upstream],
+        excluded: w.excluded[t.upstream()],
         standby: w.standby,
         healthy: v.healthy,
     };
     // SAFETY: the targets are live peers of this worker's cycle.
     unsafe { set_down(t, facts.down_for_balancer()) };
     if let Some(at) = v.look_at {
-        w.queue.set(v.slot, facts.probed().then_some(at));
+        w.queue.set(slot, facts.probed().then_some(at));
     }
 }
 

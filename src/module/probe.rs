@@ -67,7 +67,7 @@ pub fn start(w: &mut Worker, slot: usize) -> Option<Ended> {
     }
     hc_debug!(
         "probe of {} in upstream \"{}\" starts",
-        LogEscaped(&peer.name),
+        LogEscaped(peer.name),
         LogEscaped(&up.name)
     );
     let started = Instant::now();
@@ -121,7 +121,7 @@ pub fn start(w: &mut Worker, slot: usize) -> Option<Ended> {
         let err = ngx_socket_errno();
         hc_debug!(
             "probe of {} connect() failed ({err})",
-            LogEscaped(&peer.name)
+            LogEscaped(peer.name)
         );
         return Some(match classify_connect_errno(err) {
             ConnectError::Peer(f) => Ended::Outcome(Outcome::failed(f, None)),

@@ -12,7 +12,7 @@ use ngx::http::HttpModuleMainConf;
 
 use crate::module::log::hc_log;
 use crate::module::module_conf::{Check, MainConf, PeerConf, UpstreamConf};
-use crate::module::peers::{self, Target};
+use crate::module::peers::{self, Sweep, Target};
 use crate::module::probe::{self, Probe};
 use crate::module::zone::ZoneHeader;
 use crate::module::{tick, Module};
@@ -21,7 +21,8 @@ use crate::schedule::{batch_ms, DueQueue};
 /// One slot's state as the last application of changes read it (see `peers::apply_changes`).
 #[derive(Clone, Copy)]
 pub struct SlotView {
-    pub slot: usize,
+    /// u32 keeps a view at 24 bytes: a resync holds one per peer.
+    pub slot: u32,
     pub healthy: bool,
     pub manual_down: bool,
     /// When this worker should next look at the slot; `None` while this worker has its probe
@@ -60,8 +61,10 @@ pub struct Worker {
     pub standby: bool,
     /// The journal position up to which changes are applied.
     pub applied: u64,
-    /// Scratch space for `apply_changes`, allocated once.
+    /// Scratch space for `apply_changes`, reused: at most a journal or a sweep chunk of views.
     pub views: Vec<SlotView>,
+    /// Whole upstreams or everything to re-read after the journal, in chunks.
+    pub sweeps: Vec<Sweep>,
     /// When to look for the HA address next.
     pub ha_next_ms: u64,
     /// How early a scan starts probes, to wake once per batch: `schedule::batch_ms`.
@@ -78,8 +81,8 @@ impl Worker {
     ) -> Option<(&'static UpstreamConf, &'static Check, &'static PeerConf)> {
         let t = self.targets.get(slot)?;
         let main: &'static MainConf = self.main;
-        let up = main.upstreams.get(t.upstream)?;
-        Some((up, up.check.as_ref()?, up.peers.get(t.peer)?))
+        let up = main.upstreams.get(t.upstream())?;
+        Some((up, up.check.as_ref()?, up.peers.get(t.peer())?))
     }
 
     /// True when `w` belongs to an older cycle (a reload with `master_process off`) and must
@@ -164,7 +167,8 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         excluded: vec![false; main.upstreams.len()],
         standby: false,
         applied: 0,
-        views: Vec::with_capacity(slots),
+        views: Vec::new(),
+        sweeps: Vec::new(),
         ha_next_ms: 0,
         batch_ms: batch_ms(
             main.upstreams

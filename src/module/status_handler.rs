@@ -54,7 +54,7 @@ impl StateReader<'_> {
             record = locked.upstreams().get(ui).copied();
             let all = locked.slots();
             self.slots
-                .extend(up.peers.iter().map(|c| all.get(c.slot).copied()));
+                .extend(up.peers.iter().map(|c| all.get(c.slot()).copied()));
         }
         let facts = PeerFacts {
             checked: up.check.is_some(),
@@ -90,7 +90,7 @@ impl StateReader<'_> {
             let slot = up
                 .peers
                 .get(i)
-                .filter(|c| c.name == peer.name)
+                .filter(|c| *c.name == *peer.name)
                 .and_then(|c| {
                     peer.config_down = c.config_down;
                     self.slots.get(i).copied().flatten()

@@ -104,7 +104,7 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
     };
     let p = &check.params;
     let now = now_msec();
-    let ui = w.targets[slot].upstream;
+    let ui = w.targets[slot].upstream();
     let outcome = match ended {
         Ended::Local(reason) => {
             let next = {
@@ -118,7 +118,7 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
             requeue(w, slot, next);
             hc_debug!(
                 "probe of {} in upstream \"{}\": local error",
-                LogEscaped(&peer.name),
+                LogEscaped(peer.name),
                 LogEscaped(&up.name)
             );
             arm_next(w);
@@ -164,7 +164,7 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
     };
     hc_debug!(
         "probe of {} in upstream \"{}\" ended in {} us: {}",
-        LogEscaped(&peer.name),
+        LogEscaped(peer.name),
         LogEscaped(&up.name),
         duration_us,
         outcome
@@ -185,7 +185,7 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
             hc_log!(
                 NGX_LOG_WARN,
                 "peer {} in upstream \"{}\" is DOWN after {} failed checks, last error: {error}{status}",
-                LogEscaped(&peer.name),
+                LogEscaped(peer.name),
                 LogEscaped(&up.name),
                 health.fall_count
             );
@@ -194,7 +194,7 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
             hc_log!(
                 NGX_LOG_WARN,
                 "peer {} in upstream \"{}\" is UP after {} successful checks",
-                LogEscaped(&peer.name),
+                LogEscaped(peer.name),
                 LogEscaped(&up.name),
                 health.rise_count
             );
@@ -209,7 +209,10 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
 
 /// Puts `slot` back in the queue for `at`, unless its upstream is no longer probed here.
 fn requeue(w: &mut Worker, slot: usize, at: u64) {
-    let probed = !w.standby && w.targets.get(slot).is_some_and(|t| !w.excluded[t.upstream]);
+    let probed = !w.standby
+        && w.targets
+            .get(slot)
+            .is_some_and(|t| !w.excluded[t.upstream()]);
     w.queue.set(slot, probed.then_some(at));
 }
 

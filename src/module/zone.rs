@@ -177,7 +177,7 @@ pub fn restart_checks(locked: &mut Locked<'_>, main: &MainConf, ui: usize, now: 
     let up = &main.upstreams[ui];
     let Some(check) = &up.check else { return };
     for peer in &up.peers {
-        let s = &mut locked.slots()[peer.slot];
+        let s = &mut locked.slots()[peer.slot()];
         s.health = PeerHealth::new(!check.params.default_down);
         s.sched = Schedule::restart(now);
     }
