@@ -1901,6 +1901,57 @@ fn dechunk(mut rest: &[u8]) -> Vec<u8> {
 /// client and to the close of the connection for HTTP/1.0, the same bytes either way; HEAD
 /// announces the length GET sends; a page that fits in a buffer keeps its Content-Length.
 #[test]
+fn a_peer_name_that_is_not_utf8_is_checked_and_shown_with_a_replacement_character() {
+    // nginx.conf is bytes: a unix socket path with a byte that is not UTF-8 comes in through an
+    // included file, since a quoted string cannot spell it.
+    let include = std::env::temp_dir().join(format!("ngx-hc-not-utf8-{}.conf", std::process::id()));
+    let mut server = b"server unix:/nonexistent/hc-".to_vec();
+    server.push(0xff);
+    server.extend_from_slice(b".sock;\n");
+    std::fs::write(&include, &server).expect("write the included file");
+    let live = Backend::new();
+    let port = free_port();
+    let nginx = Nginx::start(&format!(
+        "upstream bytes {{\n    include {};\n    server {};\n    \
+         upstream_healthcheck interval=100ms fall=1 rise=1;\n}}\n\
+         server {{\n    listen 127.0.0.1:{port};\n    \
+         location = /s {{ upstream_healthcheck_status json; }}\n}}\n",
+        include.display(),
+        live.addr()
+    ));
+    let shown = "unix:/nonexistent/hc-\u{fffd}.sock";
+    poll(
+        SETTLE,
+        "the socket peer judged down, the live one up",
+        || {
+            let doc = strict_json(&status_page(port, "/s"));
+            let (odd, ok) = (
+                health(&doc, "bytes", shown),
+                health(&doc, "bytes", &live.addr()),
+            );
+            if odd["status"] == "down" && odd["last_error"] == "refused" && ok["status"] == "up" {
+                Ok(())
+            } else {
+                Err(doc.to_string())
+            }
+        },
+    );
+    let log = nginx.stop();
+    let _ = std::fs::remove_file(&include);
+    assert!(alert_lines(&log).is_empty(), "{log}");
+    assert!(
+        lines_with(&log, "probes cannot start").is_empty(),
+        "the peer is found among nginx's peers and probed:\n{log}"
+    );
+    assert!(
+        log.contains(
+            "peer unix:/nonexistent/hc-\\xEF\\xBF\\xBD.sock in upstream \"bytes\" is DOWN"
+        ) || log.contains("peer unix:/nonexistent/hc-\\xFF.sock in upstream \"bytes\" is DOWN"),
+        "the transition is logged with the name escaped:\n{log}"
+    );
+}
+
+#[test]
 fn pages_larger_than_a_buffer_stream_whole() {
     // Peers marked down in nginx.conf are never probed: the pages do not change between reads.
     let upstream = |name: &str, base: usize| {

@@ -10,8 +10,10 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleServerConf;
 
+use crate::escape::LogEscaped;
 use crate::journal::{self, Change, Pending};
 use crate::module::clock::now_msec;
+use crate::module::log::hc_log;
 use crate::module::module_conf::MainConf;
 use crate::module::process::{with_worker, SlotView, Worker};
 use crate::module::Module;
@@ -88,13 +90,20 @@ pub fn targets(main: &MainConf) -> Vec<Target> {
         // SAFETY: uscf is valid for the cycle; after the zone init, peer.data points at the
         // zone copy for upstreams with `zone`, or the cycle's own peers.
         let live = unsafe { live_peers((*up.uscf).peer.data as *mut ngx_http_upstream_rr_peers_t) };
+        let mut unmatched = 0;
         for (pi, peer) in up.peers.iter().enumerate() {
             let (list, rr) = live
                 .get(pi)
                 .copied()
-                // SAFETY: rr comes from the live list above.
-                .filter(|&(_, rr)| unsafe { (*rr).name.as_bytes() } == peer.name.as_bytes())
+                // SAFETY: rr comes from the live list above. Names that are not UTF-8 were
+                // kept with replacement characters, and are compared so.
+                .filter(|&(_, rr)| {
+                    String::from_utf8_lossy(unsafe { (*rr).name.as_bytes() }) == peer.name
+                })
                 .unwrap_or((ptr::null_mut(), ptr::null_mut()));
+            if rr.is_null() {
+                unmatched += 1;
+            }
             out.push(Target {
                 upstream: ui as u32,
                 peer: pi as u32,
@@ -103,6 +112,13 @@ pub fn targets(main: &MainConf) -> Vec<Target> {
                 rr,
                 list,
             });
+        }
+        if unmatched > 0 && up.check.is_some() {
+            hc_log!(
+                NGX_LOG_ERR,
+                "{unmatched} peer(s) of upstream \"{}\" were not found among nginx's peers and are not checked",
+                LogEscaped(&up.name)
+            );
         }
     }
     out
@@ -275,7 +291,8 @@ fn apply_view(w: &mut Worker, v: &SlotView) {
     // SAFETY: the targets are live peers of this worker's cycle.
     unsafe { set_down(t, facts.down_for_balancer()) };
     if let Some(at) = v.look_at {
-        w.queue.set(slot, facts.probed().then_some(at));
+        let probed = facts.probed() && !t.rr.is_null();
+        w.queue.set(slot, probed.then_some(at));
     }
 }
 

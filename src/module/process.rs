@@ -36,6 +36,8 @@ pub struct SlotView {
 pub struct LocalBurst {
     pub count: u64,
     pub since_ms: u64,
+    /// When the last local error of the run happened.
+    pub last_ms: u64,
 }
 
 /// Everything one worker needs to run probes; lives from init_process to exit_process.

@@ -18,6 +18,9 @@ use crate::schedule::{rearm, MAX_TICK_MS};
 
 /// How soon a probe that could not start for a local reason is tried again.
 const LOCAL_RETRY_MS: u64 = 1000;
+/// A run of local errors ends when a probe completes this long after the last one: a peer
+/// that keeps failing locally while others succeed makes one run, not a line per retry.
+const BURST_QUIET_MS: u64 = 2000;
 
 /// The timer's handler.
 pub extern "C" fn on_tick(_ev: *mut ngx_event_t) {
@@ -126,7 +129,8 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
         }
         Ended::Outcome(outcome) => outcome,
     };
-    if let Some(burst) = w.local_burst.take() {
+    let quiet = |b: &LocalBurst| now.saturating_sub(b.last_ms) >= BURST_QUIET_MS;
+    if let Some(burst) = w.local_burst.take_if(|b| quiet(b)) {
         hc_log!(
             NGX_LOG_NOTICE,
             "probes run again after {} that could not start for a local reason in {} ms",
@@ -220,11 +224,13 @@ fn requeue(w: &mut Worker, slot: usize, at: u64) {
 fn note_local_error(w: &mut Worker, now: u64, reason: &str) {
     if let Some(burst) = &mut w.local_burst {
         burst.count += 1;
+        burst.last_ms = now;
         return;
     }
     w.local_burst = Some(LocalBurst {
         count: 1,
         since_ms: now,
+        last_ms: now,
     });
     hc_log!(
         NGX_LOG_ERR,
