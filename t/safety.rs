@@ -55,24 +55,41 @@ fn a_host_short_of_connections_gives_no_verdict_and_says_so_once() {
         upstream_block("slow", &[hanging.addr()], ""),
         front(port)
     );
-    // 16 connections: one for the listener, two for each proxied request.
+    // 16 connections: one for the listener, one for the master's channel, two for each
+    // proxied request, so seven slow requests leave none free.
     let nginx = start_with_connections(&body, 16);
     wait_until(Duration::from_secs(5), "first probes", || {
         healthy.iter().all(|b| b.hits("/") >= 1)
     });
 
-    // Slow requests take every connection the worker has: probes cannot get one.
-    let clients: Vec<TcpStream> = (0..10)
-        .filter_map(|_| {
-            let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-            s.write_all(b"GET /slow/x HTTP/1.0\r\n\r\n").ok()?;
-            Some(s)
-        })
-        .collect();
-    wait_until(
-        Duration::from_secs(5),
-        "the slow requests hold the connections",
-        || hanging.hits("/slow/x") >= 7,
+    // Slow requests, one at a time, until the probes find no free connection (seven held).
+    // A request that arrives while a probe holds a connection fails upstream (502) and is
+    // sent again.
+    let short = || nginx.error_log().contains("probes cannot start");
+    let mut clients: Vec<TcpStream> = Vec::new();
+    for _ in 0..40 {
+        if short() {
+            break;
+        }
+        let held = hanging.hits("/slow/x");
+        if held < 7 {
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+                continue;
+            };
+            if s.write_all(b"GET /slow/x HTTP/1.0\r\n\r\n").is_ok() {
+                clients.push(s);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while hanging.hits("/slow/x") == held && !short() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert!(
+        short(),
+        "{} slow requests held, and the probes still found connections:\n{}",
+        hanging.hits("/slow/x"),
+        nginx.error_log()
     );
     // 1.5 s of pressure: some 120 probes cannot get a connection.
     thread::sleep(Duration::from_millis(1500));
