@@ -331,10 +331,24 @@ impl Stream {
     }
 }
 
+/// An upstream this large leaves megabytes of freed buffers in the worker's heap once its
+/// page is sent; they are handed back to the system rather than kept for the next scrape.
+const TRIM_AFTER_PEERS: usize = 10_000;
+
 /// The pool cleanup of a request that streamed a page.
 unsafe extern "C" fn drop_stream(data: *mut c_void) {
     // SAFETY: data is the Box leaked by the handler, dropped once, with the request's pool.
-    drop(unsafe { Box::from_raw(data as *mut Stream) });
+    let stream = unsafe { Box::from_raw(data as *mut Stream) };
+    let large = stream.cursor.peers_held() >= TRIM_AFTER_PEERS;
+    drop(stream);
+    #[cfg(target_env = "gnu")]
+    if large {
+        // SAFETY: glibc's malloc_trim only returns free heap pages to the system; the worker
+        // is single-threaded and holds no pointer into freed memory.
+        unsafe { libc::malloc_trim(0) };
+    }
+    #[cfg(not(target_env = "gnu"))]
+    let _ = large;
 }
 
 /// The write event handler of a page whose client was behind: sends what waits, then

@@ -62,6 +62,15 @@ impl PageCursor {
         }
     }
 
+    /// Peers the cursor's reused buffers have room for: the largest upstream it rendered.
+    pub fn peers_held(&self) -> usize {
+        let prometheus = self
+            .prometheus
+            .as_ref()
+            .map_or(0, PrometheusCursor::peers_held);
+        (self.u.primary.capacity() + self.u.backup.capacity()).max(prometheus)
+    }
+
     /// Writes the next part, with `page` and `fill` as for `render_page` (the same on every
     /// call); false once the page is complete (nothing written then).
     pub fn write_next(

@@ -158,6 +158,11 @@ impl PrometheusCursor {
         }
     }
 
+    /// Peers its reused buffers have room for: the largest upstream it rendered.
+    pub fn peers_held(&self) -> usize {
+        self.u.primary.capacity() + self.u.backup.capacity()
+    }
+
     /// Writes the next step; false once the page is complete (nothing written then).
     pub fn write_next(
         &mut self,
