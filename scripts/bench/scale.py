@@ -26,7 +26,7 @@ import subprocess
 import threading
 import time
 
-from lib import (Nginx, Row, WORK, children, cpu_ns, http_get, largest_shared_mapping, log, median, spawn,
+from lib import (Nginx, Row, WORK, _cmdline, children, cpu_ns, http_get, largest_shared_mapping, log, median, spawn,
                  status_kb)
 from memory import zone_need
 from probe_cost import BACKEND_PORT, accepts, backend, profile
@@ -327,14 +327,6 @@ def is_gone(pid):
 
 def workers_of(master):
     return [p for p in children(master) if b"worker process" in _cmdline(p)]
-
-
-def _cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
 
 
 def reload(ng, timeout):

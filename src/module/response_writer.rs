@@ -153,14 +153,7 @@ impl BodyWriter {
                 }
                 (*b).set_last_in_chain(1);
             }
-            self.rc = ngx_http_output_filter(self.r, out);
-            ngx_chain_update_chains(
-                (*self.r).pool,
-                &mut self.free,
-                &mut self.busy,
-                &mut out,
-                Self::tag(),
-            );
+            self.filter(out);
         }
         if self.rc == NGX_ERROR as ngx_int_t {
             return Err(fmt::Error);
@@ -186,10 +179,20 @@ impl BodyWriter {
 
     /// Sends what the filters kept back (on a write event of a client that was behind).
     pub fn flush(&mut self) -> ngx_int_t {
-        let mut out = ptr::null_mut();
         // SAFETY: r is live (per `new`); passing no new data flushes the filters' own queue.
+        unsafe { self.filter(ptr::null_mut()) };
+        self.rc
+    }
+
+    /// Passes `out` (null: nothing new) down the output filters and moves the buffers they
+    /// are done with back to `free`.
+    ///
+    /// # Safety
+    /// The request must be live; `out` must be null or a chain of this writer's links.
+    unsafe fn filter(&mut self, mut out: *mut ngx_chain_t) {
+        // SAFETY: per the contract.
         unsafe {
-            self.rc = ngx_http_output_filter(self.r, ptr::null_mut());
+            self.rc = ngx_http_output_filter(self.r, out);
             ngx_chain_update_chains(
                 (*self.r).pool,
                 &mut self.free,
@@ -198,7 +201,6 @@ impl BodyWriter {
                 Self::tag(),
             );
         }
-        self.rc
     }
 
     /// Ends the response after the page was rendered (`rendered`) and returns what the content
