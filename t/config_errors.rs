@@ -85,6 +85,18 @@ fn warn_lines(check: &ConfCheck) -> Vec<&str> {
         .collect()
 }
 
+/// The two directives that shape only an http probe, each with a line that sets it.
+const HTTP_ONLY: [(&str, &str); 2] = [
+    (
+        "upstream_healthcheck_request",
+        "    upstream_healthcheck_request \"GET / HTTP/1.0\\r\\n\\r\\n\";",
+    ),
+    (
+        "upstream_healthcheck_valid_statuses",
+        "    upstream_healthcheck_valid_statuses 200;",
+    ),
+];
+
 #[test]
 fn unknown_parameter() {
     rejected(
@@ -243,16 +255,7 @@ fn unknown_status_token() {
 
 #[test]
 fn http_only_directives_with_type_tcp_in_either_order() {
-    for (directive, line) in [
-        (
-            "upstream_healthcheck_request",
-            "    upstream_healthcheck_request \"GET / HTTP/1.0\\r\\n\\r\\n\";",
-        ),
-        (
-            "upstream_healthcheck_valid_statuses",
-            "    upstream_healthcheck_valid_statuses 200;",
-        ),
-    ] {
+    for (directive, line) in HTTP_ONLY {
         let msg = format!(
             "\"{directive}\" directive applies to type=http only, but \"upstream_healthcheck\" sets type=tcp"
         );
@@ -290,16 +293,7 @@ fn request_without_the_final_empty_line() {
 
 #[test]
 fn http_directives_need_upstream_healthcheck() {
-    for (directive, line) in [
-        (
-            "upstream_healthcheck_request",
-            "    upstream_healthcheck_request \"GET / HTTP/1.0\\r\\n\\r\\n\";",
-        ),
-        (
-            "upstream_healthcheck_valid_statuses",
-            "    upstream_healthcheck_valid_statuses 200;",
-        ),
-    ] {
+    for (directive, line) in HTTP_ONLY {
         rejected(
             line,
             directive,
@@ -511,16 +505,7 @@ fn uri_or_host_with_a_request_of_ones_own() {
 
 #[test]
 fn request_or_statuses_with_upstream_healthcheck_off() {
-    for (directive, line) in [
-        (
-            "upstream_healthcheck_request",
-            "    upstream_healthcheck_request \"GET / HTTP/1.0\\r\\n\\r\\n\";",
-        ),
-        (
-            "upstream_healthcheck_valid_statuses",
-            "    upstream_healthcheck_valid_statuses 200;",
-        ),
-    ] {
+    for (directive, line) in HTTP_ONLY {
         let msg = format!(
             "\"{directive}\" directive needs \"upstream_healthcheck\" in upstream \"u\", but it is off"
         );

@@ -187,20 +187,12 @@ mod tests {
     use super::*;
     use crate::health::PeerHealth;
     use crate::outcome::Failure;
+    use crate::render::fixtures::peer;
 
     fn render(snap: &Snapshot, refresh: Option<u32>) -> String {
         let mut s = String::new();
         render_html(&mut s, snap, refresh).unwrap();
         s
-    }
-
-    fn peer(name: &str, down: bool) -> PeerSnapshot {
-        PeerSnapshot {
-            name: name.to_owned(),
-            down,
-            health: Some(PeerHealth::new(!down)),
-            ..PeerSnapshot::default()
-        }
     }
 
     fn sample() -> Snapshot {

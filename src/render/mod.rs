@@ -103,3 +103,20 @@ pub(crate) fn write_escaped(
     }
     out.write_str(&s[start..])
 }
+
+/// Snapshots shared by the renderers' tests.
+#[cfg(test)]
+pub mod fixtures {
+    use super::PeerSnapshot;
+    use crate::health::PeerHealth;
+
+    /// A peer of a checked upstream, up or down by its health.
+    pub fn peer(name: &str, down: bool) -> PeerSnapshot {
+        PeerSnapshot {
+            name: name.to_owned(),
+            down,
+            health: Some(PeerHealth::new(!down)),
+            ..PeerSnapshot::default()
+        }
+    }
+}

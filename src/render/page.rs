@@ -132,21 +132,12 @@ impl PageCursor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::PeerHealth;
+    use crate::render::fixtures::peer;
     use crate::render::html::render_html;
     use crate::render::json::render_json;
     use crate::render::prometheus::render_prometheus;
     use crate::render::text::render_text;
     use crate::render::{PeerSnapshot, Snapshot};
-
-    fn peer(name: &str, down: bool) -> PeerSnapshot {
-        PeerSnapshot {
-            name: name.to_owned(),
-            down,
-            health: Some(PeerHealth::new(!down)),
-            ..PeerSnapshot::default()
-        }
-    }
 
     fn sample() -> Snapshot {
         Snapshot {

@@ -429,20 +429,12 @@ fn label(out: &mut impl Write, s: &str) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::fixtures::peer;
 
     fn render(snap: &Snapshot) -> String {
         let mut s = String::new();
         render_prometheus(&mut s, snap).unwrap();
         s
-    }
-
-    fn peer(name: &str, down: bool) -> PeerSnapshot {
-        PeerSnapshot {
-            name: name.to_owned(),
-            down,
-            health: Some(PeerHealth::new(!down)),
-            ..PeerSnapshot::default()
-        }
     }
 
     const HEADERS: [&str; 11] = [
