@@ -33,7 +33,9 @@ pub struct PeerHealth {
     /// Number of up-to-down transitions.
     pub transitions_down: u32,
     /// Failed probes by kind, indexed by `Failure::index`.
-    pub failures: [u32; 6],
+    pub failures: [u32; Failure::ALL.len()],
+    /// The last probe's detail code (`Outcome::detail`), 0 when it passed.
+    pub last_detail: u32,
     /// Probes completed.
     pub checks: u64,
     /// Unix time of the last probe's end in milliseconds, 0 when never probed.
@@ -88,6 +90,7 @@ impl PeerHealth {
                 let slot = &mut self.failures[failure.index()];
                 *slot = slot.wrapping_add(1);
                 self.last_error = failure as u8;
+                self.last_detail = outcome.detail;
                 self.rise_count = 0;
                 self.fall_count = self.fall_count.saturating_add(1);
                 if self.is_up() && self.fall_count >= fall {
@@ -99,6 +102,7 @@ impl PeerHealth {
             }
             None => {
                 self.last_error = 0;
+                self.last_detail = 0;
                 self.fall_count = 0;
                 self.rise_count = self.rise_count.saturating_add(1);
                 if !self.is_up() && self.rise_count >= rise {
@@ -120,14 +124,17 @@ mod tests {
     const OK: Outcome = Outcome {
         failure: None,
         status: Some(200),
+        detail: 0,
     };
     const REFUSED: Outcome = Outcome {
         failure: Some(Failure::Refused),
         status: None,
+        detail: 0,
     };
     const BAD: Outcome = Outcome {
         failure: Some(Failure::BadStatus),
         status: Some(500),
+        detail: 0,
     };
 
     fn run(h: &mut PeerHealth, seq: &[Outcome], rise: u32, fall: u32) -> Vec<Option<Transition>> {
@@ -199,6 +206,34 @@ mod tests {
             ]
         );
         assert_eq!(h.last_status(), Some(200));
+    }
+
+    #[test]
+    fn the_detail_of_the_last_failure_is_kept_until_a_probe_passes() {
+        let mut h = PeerHealth::new(true);
+        h.record(
+            Outcome::failed_with(Failure::Mismatch, Some(200), 2),
+            1,
+            5,
+            2,
+            3,
+        );
+        assert_eq!(
+            (h.last_error(), h.last_detail),
+            (Some(Failure::Mismatch), 2)
+        );
+        h.record(REFUSED, 2, 5, 2, 3);
+        assert_eq!((h.last_error(), h.last_detail), (Some(Failure::Refused), 0));
+        h.record(
+            Outcome::failed_with(Failure::TlsVerify, None, 10),
+            3,
+            5,
+            2,
+            3,
+        );
+        h.record(OK, 4, 5, 2, 3);
+        assert_eq!((h.last_error(), h.last_detail), (None, 0));
+        assert_eq!(h.failures[Failure::TlsVerify.index()], 1);
     }
 
     #[test]

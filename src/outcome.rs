@@ -18,18 +18,38 @@ pub enum Failure {
     BadResponse = 5,
     /// The status line was fine but the status is not a valid one.
     BadStatus = 6,
+    /// The TLS handshake failed or did not finish in time.
+    TlsHandshake = 7,
+    /// The peer's certificate was rejected.
+    TlsVerify = 8,
+    /// The response failed a condition of the upstream's `upstream_healthcheck_match` block.
+    Mismatch = 9,
 }
 
 impl Failure {
     /// Every failure kind, in discriminant order.
-    pub const ALL: [Failure; 6] = [
+    pub const ALL: [Failure; 9] = [
         Failure::Refused,
         Failure::Timeout,
         Failure::Reset,
         Failure::Closed,
         Failure::BadResponse,
         Failure::BadStatus,
+        Failure::TlsHandshake,
+        Failure::TlsVerify,
+        Failure::Mismatch,
     ];
+
+    /// The kinds a check can report: the connection and HTTP kinds always, the TLS kinds for
+    /// `https`, `mismatch` with a match block. Metrics list these, so a plain http check
+    /// does not carry series that can never move.
+    pub fn possible(tls: bool, matched: bool) -> impl Iterator<Item = Failure> {
+        Failure::ALL.into_iter().filter(move |f| match f {
+            Failure::TlsHandshake | Failure::TlsVerify => tls,
+            Failure::Mismatch => matched,
+            _ => true,
+        })
+    }
 
     /// The short name used in metrics labels and JSON (`refused`, `bad_status`, ...).
     pub fn as_str(self) -> &'static str {
@@ -40,6 +60,9 @@ impl Failure {
             Failure::Closed => "closed",
             Failure::BadResponse => "bad_response",
             Failure::BadStatus => "bad_status",
+            Failure::TlsHandshake => "tls_handshake",
+            Failure::TlsVerify => "tls_verify",
+            Failure::Mismatch => "mismatch",
         }
     }
 
@@ -63,6 +86,9 @@ impl fmt::Display for Failure {
             Failure::Closed => "connection closed before the status line",
             Failure::BadResponse => "invalid response status line",
             Failure::BadStatus => "invalid HTTP status",
+            Failure::TlsHandshake => "TLS handshake failed",
+            Failure::TlsVerify => "certificate rejected",
+            Failure::Mismatch => "response did not match",
         })
     }
 }
@@ -74,6 +100,11 @@ pub struct Outcome {
     pub failure: Option<Failure>,
     /// The HTTP status, when a status line was read.
     pub status: Option<u16>,
+    /// What exactly failed, as a code the failure kind gives meaning to (0: nothing more to
+    /// say): for `Mismatch` the failing condition's index + 1, for `TlsVerify` OpenSSL's
+    /// verify result, for `TlsHandshake` OpenSSL's error code. Kept as a number so a peer's
+    /// record stays fixed-size in shared memory; the glue turns it into text.
+    pub detail: u32,
 }
 
 impl Outcome {
@@ -81,13 +112,20 @@ impl Outcome {
         Outcome {
             failure: None,
             status,
+            detail: 0,
         }
     }
 
     pub fn failed(failure: Failure, status: Option<u16>) -> Outcome {
+        Outcome::failed_with(failure, status, 0)
+    }
+
+    /// A failure with a detail code (see `detail`).
+    pub fn failed_with(failure: Failure, status: Option<u16>, detail: u32) -> Outcome {
         Outcome {
             failure: Some(failure),
             status,
+            detail,
         }
     }
 }

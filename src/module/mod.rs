@@ -24,6 +24,7 @@ use crate::parse;
 mod clock;
 mod control_handler;
 mod directives;
+mod failure_detail;
 mod ha;
 mod housekeeping;
 mod log;

@@ -19,6 +19,7 @@ use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpC
 
 use crate::control::ttl_left;
 use crate::module::clock::{now_msec, unix_msec};
+use crate::module::failure_detail::detail_text;
 use crate::module::module_conf::MainConf;
 use crate::module::peers::live_peers;
 use crate::module::response_writer::{send_header, BodyWriter, Counter};
@@ -68,6 +69,8 @@ impl StateReader<'_> {
         out.checked = checked;
         out.probe_durations = record.filter(|_| checked).map(|r| r.probe_durations);
         out.local_errors = record.filter(|_| checked).map(|r| r.local_errors);
+        out.tls = false;
+        out.matched = false;
 
         // SAFETY: uscf is valid for the cycle; its peer data is round-robin peers.
         let primary = unsafe { (*up.uscf).peer.data as *mut ngx_http_upstream_rr_peers_t };
@@ -107,6 +110,11 @@ impl StateReader<'_> {
                 }
                 .down_for_balancer();
                 peer.health = checked.then_some(s.health);
+                peer.last_error_detail = up
+                    .check
+                    .as_ref()
+                    .filter(|_| checked)
+                    .and_then(|c| detail_text(c, s.health.last_error()?, s.health.last_detail));
             }
         }
         out.primary.truncate(np);

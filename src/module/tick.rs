@@ -9,6 +9,7 @@ use crate::escape::LogEscaped;
 use crate::health::Transition;
 use crate::journal::Change;
 use crate::module::clock::{now_msec, unix_msec};
+use crate::module::failure_detail::detail_text;
 use crate::module::housekeeping;
 use crate::module::log::{hc_debug, hc_log};
 use crate::module::peers;
@@ -184,7 +185,10 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
                 .unwrap_or_default();
             let error = health
                 .last_error()
-                .map(|e| e.to_string())
+                .map(|e| match detail_text(check, e, health.last_detail) {
+                    Some(detail) => format!("{e}: {detail}"),
+                    None => e.to_string(),
+                })
                 .unwrap_or_default();
             hc_log!(
                 NGX_LOG_WARN,

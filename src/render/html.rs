@@ -158,6 +158,10 @@ fn peer(out: &mut impl Write, now_ms: u64, p: &PeerSnapshot, role: &str) -> fmt:
             if let Some(f) = h.last_error() {
                 // Fixed ASCII descriptions, escaped all the same.
                 escape(out, &f.to_string())?;
+                if let Some(detail) = &p.last_error_detail {
+                    out.write_str(": ")?;
+                    escape(out, detail)?;
+                }
             }
             write!(
                 out,
@@ -236,6 +240,7 @@ mod tests {
                     ],
                     probe_durations: None,
                     local_errors: Some(0),
+                    ..Default::default()
                 },
                 UpstreamSnapshot {
                     name: "plain".to_owned(),
@@ -248,6 +253,18 @@ mod tests {
                 },
             ],
         }
+    }
+
+    #[test]
+    fn the_detail_of_a_failure_follows_its_kind_escaped() {
+        let mut snap = sample();
+        let p = &mut snap.upstreams[0].primary[1];
+        p.last_error_detail = Some("body ~ \"<ok>\"".to_owned());
+        let page = render(&snap, None);
+        assert!(
+            page.contains("<td>connection refused: body ~ &quot;&lt;ok&gt;&quot;</td>"),
+            "{page}"
+        );
     }
 
     #[test]

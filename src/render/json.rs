@@ -147,6 +147,11 @@ fn health(out: &mut impl Write, p: &PeerSnapshot, h: &PeerHealth) -> fmt::Result
         Some(f) => write_json_str(out, f.as_str())?,
         None => out.write_str("null")?,
     }
+    out.write_str(",\"last_error_detail\":")?;
+    match &p.last_error_detail {
+        Some(d) => write_json_str(out, d)?,
+        None => out.write_str("null")?,
+    }
     out.write_str(",\"last_change\":")?;
     unix_seconds(out, h.last_change_ms)?;
     write!(
@@ -239,6 +244,7 @@ mod tests {
                 backup: vec![],
                 probe_durations: None,
                 local_errors: Some(4),
+                ..Default::default()
             }],
         };
         let expected = concat!(
@@ -248,7 +254,7 @@ mod tests {
             r#""down":false,"conns":0,"current_weight":0,"effective_weight":1,"fails":0,"#,
             r#""health":{"status":"up","rise_count":5,"fall_count":0,"checks":120,"failures":3,"#,
             r#""last_check":1763700000.123,"last_duration_ms":0.4,"last_status":200,"#,
-            r#""last_error":null,"last_change":1763690000.0,"#,
+            r#""last_error":null,"last_error_detail":null,"last_change":1763690000.0,"#,
             r#""manual_down":false,"manual_down_ttl":null}}],"#,
             r#""backup":[],"probe_errors":{"local":4}}]}}"#
         );
@@ -313,6 +319,7 @@ mod tests {
                 }],
                 probe_durations: None,
                 local_errors: None,
+                ..Default::default()
             }],
             ..Default::default()
         };
@@ -366,10 +373,11 @@ mod tests {
         let mut h = busy_health();
         h.up = 0;
         h.fall_count = 3;
-        h.last_error = Failure::BadStatus as u8;
+        h.last_error = Failure::Mismatch as u8;
         h.last_status = 503;
         h.last_duration_us = 12_345_678;
         let failing = PeerSnapshot {
+            last_error_detail: Some(r#"body ~ "\"ok\"""#.to_owned()),
             down: true,
             manual_down: true,
             manual_down_ttl: Some(300),
@@ -388,7 +396,7 @@ mod tests {
         };
         let s = render(&snap);
         assert!(s.contains(
-            r#""health":{"status":"up","rise_count":0,"fall_count":0,"checks":0,"failures":0,"last_check":null,"last_duration_ms":0.0,"last_status":null,"last_error":null,"last_change":null,"manual_down":false,"manual_down_ttl":null}"#
+            r#""health":{"status":"up","rise_count":0,"fall_count":0,"checks":0,"failures":0,"last_check":null,"last_duration_ms":0.0,"last_status":null,"last_error":null,"last_error_detail":null,"last_change":null,"manual_down":false,"manual_down_ttl":null}"#
         ));
         let v = parse(&s);
         let h = &v["msg"]["upstreams"][0]["backup"][0]["health"];
@@ -396,7 +404,8 @@ mod tests {
             *h,
             json!({"status":"down","rise_count":5,"fall_count":3,"checks":120,"failures":3,
                    "last_check":1763700000.123,"last_duration_ms":12345.678,"last_status":503,
-                   "last_error":"bad_status","last_change":1763690000.0,
+                   "last_error":"mismatch","last_error_detail":r#"body ~ "\"ok\"""#,
+                   "last_change":1763690000.0,
                    "manual_down":true,"manual_down_ttl":300})
         );
     }

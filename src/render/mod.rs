@@ -56,6 +56,9 @@ pub struct PeerSnapshot {
     pub fails: u64,
     /// `None` for a peer of an unchecked upstream.
     pub health: Option<PeerHealth>,
+    /// What exactly the last failure was (the failing match condition, OpenSSL's reason),
+    /// when there is more to say than its kind.
+    pub last_error_detail: Option<String>,
     /// Forced down at run time (gray release); `down` is true then.
     pub manual_down: bool,
     /// Seconds left of a manual down, `None` when it does not expire.
@@ -75,6 +78,10 @@ pub struct UpstreamSnapshot {
     /// Probes that could not start for a local reason (no free connection, descriptor or
     /// source port) and gave no verdict; `None` when unchecked.
     pub local_errors: Option<u64>,
+    /// Its probes speak TLS (`type=https`): they can fail `tls_handshake` and `tls_verify`.
+    pub tls: bool,
+    /// Its probes judge responses with a match block: they can fail `mismatch`.
+    pub matched: bool,
 }
 
 /// Everything a status page renders, upstreams in configuration order.

@@ -290,7 +290,7 @@ fn samples(
         _ => {
             for (p, _) in peers.iter().map(peer) {
                 if let Some(h) = &p.health {
-                    health_samples(out, family, name, p, h)?;
+                    health_samples(out, family, u, p, h)?;
                 }
             }
         }
@@ -302,17 +302,18 @@ fn samples(
 fn health_samples(
     out: &mut impl Write,
     family: Family,
-    upstream: &str,
+    u: &UpstreamSnapshot,
     p: &PeerSnapshot,
     h: &PeerHealth,
 ) -> fmt::Result {
+    let upstream = u.name.as_str();
     match family {
         Family::ChecksTotal => {
             peer_sample(out, "checks_total", upstream, p)?;
             writeln!(out, "}} {}", h.checks)
         }
         Family::FailuresTotal => {
-            for f in Failure::ALL {
+            for f in Failure::possible(u.tls, u.matched) {
                 peer_sample(out, "failures_total", upstream, p)?;
                 writeln!(
                     out,
@@ -509,6 +510,7 @@ mod tests {
                     backup: vec![peer("127.0.0.1:8083", true)],
                     probe_durations: Some(hist),
                     local_errors: Some(7),
+                    ..Default::default()
                 },
                 UpstreamSnapshot {
                     name: "dead".to_owned(),
@@ -604,6 +606,48 @@ mod tests {
         assert!(!s.contains("12366"));
         assert_eq!(s.matches("reason=\"refused\"").count(), 4);
         assert_eq!(s.matches("to=\"down\"").count(), 4);
+    }
+
+    #[test]
+    fn tls_and_mismatch_reasons_appear_only_where_a_check_can_fail_so() {
+        let up = |name: &str, tls, matched| UpstreamSnapshot {
+            name: name.to_owned(),
+            checked: true,
+            primary: vec![peer("a:1", false)],
+            tls,
+            matched,
+            ..Default::default()
+        };
+        let snap = Snapshot {
+            upstreams: vec![
+                up("plain", false, false),
+                up("secure", true, false),
+                up("matched", false, true),
+            ],
+            ..Default::default()
+        };
+        let s = render(&snap);
+        let reasons = |upstream: &str| -> Vec<&str> {
+            s.lines()
+                .filter(|l| l.contains(&format!("failures_total{{upstream=\"{upstream}\"")))
+                .filter_map(|l| l.split("reason=\"").nth(1)?.split('"').next())
+                .collect()
+        };
+        let basic = [
+            "refused",
+            "timeout",
+            "reset",
+            "closed",
+            "bad_response",
+            "bad_status",
+        ];
+        assert_eq!(reasons("plain"), basic);
+        let mut tls = basic.to_vec();
+        tls.extend(["tls_handshake", "tls_verify"]);
+        assert_eq!(reasons("secure"), tls);
+        let mut matched = basic.to_vec();
+        matched.push("mismatch");
+        assert_eq!(reasons("matched"), matched);
     }
 
     #[test]
@@ -746,7 +790,7 @@ mod tests {
     /// per peer and per upstream, so the work is linear in peers whatever their grouping.
     #[test]
     fn a_fleet_page_is_linear_in_peers_however_grouped() {
-        let per_peer = 2 + 1 + 1 + 1 + Failure::ALL.len() + 2 + 3;
+        let per_peer = 2 + 1 + 1 + 1 + Failure::possible(false, false).count() + 2 + 3;
         let per_upstream = 3 + BUCKETS_US.len() + 3;
         for (upstreams, peers) in [(1_000, 100), (1, 100_000)] {
             let snap = fleet(upstreams, peers);
@@ -785,6 +829,7 @@ mod tests {
                     backup: vec![peer("b:1", true)],
                     probe_durations: Some(hist),
                     local_errors: Some(0),
+                    ..Default::default()
                 },
                 UpstreamSnapshot {
                     name: "y".to_owned(),
