@@ -7,6 +7,8 @@ pub enum CheckType {
     Tcp,
     /// Connect, send the request, judge the status line.
     Http,
+    /// As `Http`, over TLS.
+    Https,
 }
 
 impl CheckType {
@@ -14,6 +16,33 @@ impl CheckType {
         match self {
             CheckType::Tcp => "tcp",
             CheckType::Http => "http",
+            CheckType::Https => "https",
+        }
+    }
+
+    /// The probe speaks TLS.
+    pub fn is_tls(self) -> bool {
+        self == CheckType::Https
+    }
+}
+
+/// `upstream_healthcheck_ssl_protocols`: a set of the versions nginx's `ngx_ssl_create` knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsProtocols {
+    pub tls1: bool,
+    pub tls1_1: bool,
+    pub tls1_2: bool,
+    pub tls1_3: bool,
+}
+
+impl Default for TlsProtocols {
+    /// TLSv1.2 and TLSv1.3, as `proxy_ssl_protocols` since nginx 1.23.4.
+    fn default() -> Self {
+        TlsProtocols {
+            tls1: false,
+            tls1_1: false,
+            tls1_2: true,
+            tls1_3: true,
         }
     }
 }

@@ -8,7 +8,7 @@
 use core::fmt;
 use std::net::IpAddr;
 
-use crate::config::{CheckParams, CheckType, StatusRange, ValidStatuses};
+use crate::config::{CheckParams, CheckType, StatusRange, TlsProtocols, ValidStatuses};
 use crate::query::Format;
 use crate::status_line::is_final;
 
@@ -258,7 +258,8 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
                 params.check_type = match value {
                     b"tcp" => CheckType::Tcp,
                     b"http" => CheckType::Http,
-                    _ => return Err(bad("type must be \"tcp\" or \"http\"")),
+                    b"https" => CheckType::Https,
+                    _ => return Err(bad("type must be \"tcp\", \"http\" or \"https\"")),
                 }
             }
             "interval" | "timeout" | "jitter" => {
@@ -329,7 +330,7 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
                 return Err(ParseError::invalid_because(
                     HEALTHCHECK,
                     arg,
-                    &format!("{name} applies to type=http only"),
+                    &format!("{name} applies to type=http and type=https only"),
                 ));
             }
         }
@@ -352,6 +353,90 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
         }
     }
     Ok(Some(params))
+}
+
+/// `on` or `off`, as nginx's flag directives take.
+pub fn parse_on_off(directive: &str, arg: &[u8]) -> Result<bool, ParseError> {
+    match arg {
+        b"on" => Ok(true),
+        b"off" => Ok(false),
+        _ => Err(ParseError(format!(
+            "invalid value \"{}\" in \"{directive}\" directive, it must be \"on\" or \"off\"",
+            escape(arg)
+        ))),
+    }
+}
+
+/// The TLS versions of `upstream_healthcheck_ssl_protocols`.
+pub fn parse_tls_protocols(directive: &str, args: &[&[u8]]) -> Result<TlsProtocols, ParseError> {
+    let mut p = TlsProtocols {
+        tls1: false,
+        tls1_1: false,
+        tls1_2: false,
+        tls1_3: false,
+    };
+    for &arg in args {
+        match arg {
+            b"TLSv1" => p.tls1 = true,
+            b"TLSv1.1" => p.tls1_1 = true,
+            b"TLSv1.2" => p.tls1_2 = true,
+            b"TLSv1.3" => p.tls1_3 = true,
+            _ => {
+                return Err(ParseError(format!(
+                    "invalid value \"{}\" in \"{directive}\" directive, it must be \"TLSv1\", \
+                     \"TLSv1.1\", \"TLSv1.2\" or \"TLSv1.3\"",
+                    escape(arg)
+                )))
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// The name of `upstream_healthcheck_ssl_name`: a host name (or address) to verify and send.
+pub fn parse_ssl_name(directive: &str, arg: &[u8]) -> Result<String, ParseError> {
+    if arg.is_empty() || !arg.iter().all(u8::is_ascii_graphic) {
+        return Err(ParseError(format!(
+            "invalid value \"{}\" in \"{directive}\" directive, it must be a host name \
+             without whitespace, control characters or non-ASCII bytes",
+            escape(arg)
+        )));
+    }
+    Ok(ascii_string(arg))
+}
+
+/// A file name argument: not empty and without NUL bytes, which no path can hold.
+pub fn parse_file_name(directive: &str, arg: &[u8]) -> Result<String, ParseError> {
+    if arg.is_empty() || arg.contains(&0) {
+        return Err(ParseError(format!(
+            "invalid value \"{}\" in \"{directive}\" directive, it must be a file name",
+            escape(arg)
+        )));
+    }
+    Ok(String::from_utf8_lossy(arg).into_owned())
+}
+
+/// The name sent in SNI: none for an empty name or an IP address (RFC 6066 does not allow
+/// literal addresses), and without a `:port` suffix, as nginx's proxy does.
+pub fn sni_name(name: &str) -> Option<&str> {
+    let host = strip_port(name);
+    if host.is_empty() || host.starts_with('[') || host.parse::<IpAddr>().is_ok() {
+        return None;
+    }
+    Some(host)
+}
+
+/// `name` without a `:port` suffix (an `[IPv6]` keeps its colons).
+pub fn strip_port(name: &str) -> &str {
+    let from = if name.starts_with('[') {
+        name.find(']').unwrap_or(0)
+    } else {
+        0
+    };
+    match name[from..].find(':') {
+        Some(i) => &name[..from + i],
+        None => name,
+    }
 }
 
 /// Refuses `uri=` and `host=` when `upstream_healthcheck_request` gives the whole request:
@@ -766,7 +851,10 @@ mod tests {
         for a in ["type=udp", "type=", "type=HTTP", "type=tcp "] {
             assert_eq!(
                 hc_err(&[a]),
-                bad(&escape(a.as_bytes()), "type must be \"tcp\" or \"http\"")
+                bad(
+                    &escape(a.as_bytes()),
+                    "type must be \"tcp\", \"http\" or \"https\""
+                )
             );
         }
     }
@@ -867,19 +955,71 @@ mod tests {
     }
 
     #[test]
+    fn healthcheck_type_https() {
+        let p = hc_ok(&["type=https", "host=backend.test"]);
+        assert_eq!(p.check_type, CheckType::Https);
+        assert_eq!(p.check_type.as_str(), "https");
+        assert!(p.check_type.is_tls() && !CheckType::Http.is_tls());
+    }
+
+    #[test]
+    fn ssl_directive_arguments() {
+        const D: &str = "upstream_healthcheck_ssl_verify";
+        assert_eq!(parse_on_off(D, b"on"), Ok(true));
+        assert_eq!(parse_on_off(D, b"off"), Ok(false));
+        assert_eq!(
+            parse_on_off(D, b"yes").unwrap_err().as_str(),
+            "invalid value \"yes\" in \"upstream_healthcheck_ssl_verify\" directive, it must be \
+             \"on\" or \"off\""
+        );
+        const P: &str = "upstream_healthcheck_ssl_protocols";
+        let p = parse_tls_protocols(P, &[b"TLSv1.2"]).unwrap();
+        assert!(p.tls1_2 && !p.tls1_3 && !p.tls1 && !p.tls1_1);
+        assert_eq!(
+            TlsProtocols::default(),
+            parse_tls_protocols(P, &[b"TLSv1.3", b"TLSv1.2"]).unwrap()
+        );
+        assert!(parse_tls_protocols(P, &[b"SSLv3"])
+            .unwrap_err()
+            .as_str()
+            .starts_with("invalid value \"SSLv3\" in \"upstream_healthcheck_ssl_protocols\""));
+        const N: &str = "upstream_healthcheck_ssl_name";
+        assert_eq!(parse_ssl_name(N, b"b.test").as_deref(), Ok("b.test"));
+        assert!(parse_ssl_name(N, b"a b").is_err() && parse_ssl_name(N, b"").is_err());
+        const F: &str = "upstream_healthcheck_ssl_certificate";
+        assert_eq!(parse_file_name(F, b"/x/y.pem").as_deref(), Ok("/x/y.pem"));
+        assert!(parse_file_name(F, b"").is_err() && parse_file_name(F, b"a\0b").is_err());
+    }
+
+    #[test]
+    fn sni_is_a_host_name_without_port_never_an_address() {
+        assert_eq!(sni_name("backend.test"), Some("backend.test"));
+        assert_eq!(sni_name("backend.test:8443"), Some("backend.test"));
+        assert_eq!(sni_name("127.0.0.1"), None);
+        assert_eq!(sni_name("127.0.0.1:443"), None);
+        assert_eq!(sni_name("[::1]:443"), None);
+        assert_eq!(sni_name(""), None);
+        assert_eq!(strip_port("[::1]:443"), "[::1]");
+        assert_eq!(strip_port("name"), "name");
+    }
+
+    #[test]
     fn healthcheck_uri_and_host_are_for_http_only() {
         assert_eq!(
             hc_err(&["type=tcp", "uri=/health"]),
             "invalid parameter \"uri=/health\" in \"upstream_healthcheck\" directive, uri applies \
-             to type=http only"
+             to type=http and type=https only"
         );
         assert_eq!(
             hc_err(&["host=foo.com", "type=tcp"]),
-            bad("host=foo.com", "host applies to type=http only")
+            bad(
+                "host=foo.com",
+                "host applies to type=http and type=https only"
+            )
         );
         assert_eq!(
             hc_err(&["type=tcp", "host=foo.com", "uri=/"]),
-            bad("uri=/", "uri applies to type=http only")
+            bad("uri=/", "uri applies to type=http and type=https only")
         );
         let p = hc_ok(&["type=http", "uri=/health", "host=foo.com"]);
         assert_eq!(

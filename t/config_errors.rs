@@ -136,7 +136,7 @@ fn bad_times() {
 #[test]
 fn bad_type_port_default_down_uri() {
     for (arg, reason) in [
-        ("type=udp", "type must be \"tcp\" or \"http\""),
+        ("type=udp", "type must be \"tcp\", \"http\" or \"https\""),
         ("port=70000", "port must be from 1 to 65535"),
         (
             "default_down=maybe",
@@ -257,7 +257,7 @@ fn unknown_status_token() {
 fn http_only_directives_with_type_tcp_in_either_order() {
     for (directive, line) in HTTP_ONLY {
         let msg = format!(
-            "\"{directive}\" directive applies to type=http only, but \"upstream_healthcheck\" sets type=tcp"
+            "\"{directive}\" directive applies to type=http and type=https only, but \"upstream_healthcheck\" sets type=tcp"
         );
         // type=tcp first: the error is at the http-only directive.
         rejected(
@@ -472,14 +472,20 @@ fn uri_or_host_with_type_tcp() {
         rejected(
             &format!("    upstream_healthcheck type=tcp interval=1s {arg};"),
             arg,
-            &bad_param(arg, &format!("{name} applies to type=http only")),
+            &bad_param(
+                arg,
+                &format!("{name} applies to type=http and type=https only"),
+            ),
         );
     }
     // The order of the parameters does not matter.
     rejected(
         "    upstream_healthcheck uri=/health type=tcp;",
         "uri=/health",
-        &bad_param("uri=/health", "uri applies to type=http only"),
+        &bad_param(
+            "uri=/health",
+            "uri applies to type=http and type=https only",
+        ),
     );
 }
 

@@ -34,7 +34,7 @@ const fn command(name: ngx_str_t, type_: u32, set: SetFn, conf: usize) -> ngx_co
 
 const UPS: u32 = NGX_HTTP_UPS_CONF;
 
-pub static mut COMMANDS: [ngx_command_t; 8] = [
+pub static mut COMMANDS: [ngx_command_t; 15] = [
     command(
         ngx_string!("upstream_healthcheck"),
         UPS | NGX_CONF_ANY,
@@ -76,6 +76,48 @@ pub static mut COMMANDS: [ngx_command_t; 8] = [
         NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
         set_admin,
         NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_ssl_verify"),
+        UPS | NGX_CONF_TAKE1,
+        set_ssl,
+        NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_ssl_trusted_certificate"),
+        UPS | NGX_CONF_TAKE1,
+        set_ssl,
+        NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_ssl_name"),
+        UPS | NGX_CONF_TAKE1,
+        set_ssl,
+        NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_ssl_server_name"),
+        UPS | NGX_CONF_TAKE1,
+        set_ssl,
+        NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_ssl_certificate"),
+        UPS | NGX_CONF_TAKE1,
+        set_ssl,
+        NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_ssl_certificate_key"),
+        UPS | NGX_CONF_TAKE1,
+        set_ssl,
+        NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_ssl_protocols"),
+        UPS | NGX_CONF_1MORE,
+        set_ssl,
+        NGX_HTTP_SRV_CONF_OFFSET,
     ),
     ngx_command_t::empty(),
 ];
@@ -125,7 +167,7 @@ fn one_handler(name: &str, other: &str) -> String {
 }
 
 fn http_only(name: &str) -> String {
-    format!("\"{name}\" directive applies to type=http only, but \"upstream_healthcheck\" sets type=tcp")
+    format!("\"{name}\" directive applies to type=http and type=https only, but \"upstream_healthcheck\" sets type=tcp")
 }
 
 extern "C" fn set_check(
@@ -194,6 +236,52 @@ extern "C" fn set_valid(
     set_once(cf, &mut conf.valid, |args, pos| {
         Ok((parse::parse_valid_statuses(args)?, pos))
     })
+}
+
+fn first<'a>(args: &[&'a [u8]]) -> &'a [u8] {
+    args.first().copied().unwrap_or_default()
+}
+
+/// Every `upstream_healthcheck_ssl_*` directive: the name says which. Whether the check is
+/// `type=https` is known only once the block is read (see `build_upstreams`).
+extern "C" fn set_ssl(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's upstream-level conf for NGX_HTTP_SRV_CONF_OFFSET.
+    let ssl = unsafe { &mut (*conf.cast::<SrvConf>()).ssl };
+    // SAFETY: called by nginx while parsing this directive.
+    let (name, _) = unsafe { args(cf) };
+    let directive = String::from_utf8_lossy(name).into_owned();
+    let d = directive.as_str();
+    match d {
+        "upstream_healthcheck_ssl_verify" => set_once(cf, &mut ssl.verify, |a, pos| {
+            Ok((parse::parse_on_off(d, first(a))?, pos))
+        }),
+        "upstream_healthcheck_ssl_server_name" => set_once(cf, &mut ssl.server_name, |a, pos| {
+            Ok((parse::parse_on_off(d, first(a))?, pos))
+        }),
+        "upstream_healthcheck_ssl_trusted_certificate" => {
+            set_once(cf, &mut ssl.trusted, |a, pos| {
+                Ok((parse::parse_file_name(d, first(a))?, pos))
+            })
+        }
+        "upstream_healthcheck_ssl_certificate" => set_once(cf, &mut ssl.certificate, |a, pos| {
+            Ok((parse::parse_file_name(d, first(a))?, pos))
+        }),
+        "upstream_healthcheck_ssl_certificate_key" => {
+            set_once(cf, &mut ssl.certificate_key, |a, pos| {
+                Ok((parse::parse_file_name(d, first(a))?, pos))
+            })
+        }
+        "upstream_healthcheck_ssl_name" => set_once(cf, &mut ssl.name, |a, pos| {
+            Ok((parse::parse_ssl_name(d, first(a))?, pos))
+        }),
+        _ => set_once(cf, &mut ssl.protocols, |a, pos| {
+            Ok((parse::parse_tls_protocols(d, a)?, pos))
+        }),
+    }
 }
 
 extern "C" fn set_zone(

@@ -35,6 +35,7 @@ mod process;
 mod response_writer;
 mod status_handler;
 mod tick;
+mod tls;
 mod zone;
 
 pub struct Module;
@@ -291,9 +292,38 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
             );
             return Err(());
         }
+        // The ssl directives need a type=https check; its TLS context is built here, so that
+        // `nginx -t` reports files it cannot load.
+        let tls = match (&params, &sc.check) {
+            (Some(p), Some((_, pos))) if p.check_type.is_tls() => {
+                let host = p.host.as_deref().unwrap_or(&name);
+                // SAFETY: cf is the http block's context in postconfiguration.
+                Some(unsafe { tls::create_context(cf, &name, host, &sc.ssl, pos) }?)
+            }
+            _ => {
+                if let Some((directive, pos)) = sc.ssl.first_given() {
+                    let why = match &params {
+                        Some(p) => format!("sets type={}", p.check_type.as_str()),
+                        None if sc.check.is_some() => "is off".to_string(),
+                        None => "is not given".to_string(),
+                    };
+                    conf_error_at(
+                        cf,
+                        pos,
+                        format!(
+                            "\"{directive}\" directive applies to type=https only, but \
+                             \"upstream_healthcheck\" in upstream \"{name}\" {why}"
+                        ),
+                    );
+                    return Err(());
+                }
+                None
+            }
+        };
         let check = params.map(|params| {
             let host = params.host.clone().unwrap_or_else(|| name.clone());
             Check {
+                tls,
                 request: sc.request.as_ref().map_or_else(
                     || default_request(params.uri.as_deref().unwrap_or("/"), &host),
                     |r| r.0.clone(),

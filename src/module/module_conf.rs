@@ -12,7 +12,8 @@ use ngx::ffi::{
     ngx_uint_t, NGX_LOG_EMERG, NGX_LOG_WARN,
 };
 
-use crate::config::{CheckParams, ValidStatuses};
+use crate::config::{CheckParams, TlsProtocols, ValidStatuses};
+use crate::module::tls::TlsContext;
 use crate::module::zone::ZoneHeader;
 use crate::query::Format;
 
@@ -104,8 +105,60 @@ pub struct SrvConf {
     pub check: Option<(Option<CheckParams>, ConfPos)>,
     pub request: Option<(Vec<u8>, ConfPos)>,
     pub valid: Option<(ValidStatuses, ConfPos)>,
+    /// The `upstream_healthcheck_ssl_*` directives of a `type=https` check.
+    pub ssl: SslDirectives,
     /// The balancer's per-request init, wrapped so a request never sees stale verdicts.
     pub original_init_peer: ngx_http_upstream_init_peer_pt,
+}
+
+/// The `upstream_healthcheck_ssl_*` directives as written, each with its position.
+#[derive(Default)]
+pub struct SslDirectives {
+    pub verify: Option<(bool, ConfPos)>,
+    pub trusted: Option<(String, ConfPos)>,
+    pub name: Option<(String, ConfPos)>,
+    pub server_name: Option<(bool, ConfPos)>,
+    pub certificate: Option<(String, ConfPos)>,
+    pub certificate_key: Option<(String, ConfPos)>,
+    pub protocols: Option<(TlsProtocols, ConfPos)>,
+}
+
+impl SslDirectives {
+    /// The first directive given, in table order, and where it was written.
+    pub fn first_given(&self) -> Option<(&'static str, &ConfPos)> {
+        [
+            (
+                "upstream_healthcheck_ssl_verify",
+                self.verify.as_ref().map(|v| &v.1),
+            ),
+            (
+                "upstream_healthcheck_ssl_trusted_certificate",
+                self.trusted.as_ref().map(|v| &v.1),
+            ),
+            (
+                "upstream_healthcheck_ssl_name",
+                self.name.as_ref().map(|v| &v.1),
+            ),
+            (
+                "upstream_healthcheck_ssl_server_name",
+                self.server_name.as_ref().map(|v| &v.1),
+            ),
+            (
+                "upstream_healthcheck_ssl_certificate",
+                self.certificate.as_ref().map(|v| &v.1),
+            ),
+            (
+                "upstream_healthcheck_ssl_certificate_key",
+                self.certificate_key.as_ref().map(|v| &v.1),
+            ),
+            (
+                "upstream_healthcheck_ssl_protocols",
+                self.protocols.as_ref().map(|v| &v.1),
+            ),
+        ]
+        .into_iter()
+        .find_map(|(name, pos)| Some((name, pos?)))
+    }
 }
 
 /// `location {}` level.
@@ -133,6 +186,8 @@ pub struct Check {
     /// The bytes an http probe sends.
     pub request: Vec<u8>,
     pub valid: ValidStatuses,
+    /// The TLS context of a `type=https` check.
+    pub tls: Option<TlsContext>,
 }
 
 /// One peer of an upstream block.

@@ -1,4 +1,5 @@
-//! One probe connection on nginx's event loop: connect, send the request, read the status line.
+//! One probe connection on nginx's event loop: connect, (for https) the TLS handshake, send the
+//! request, read the status line.
 //! A probe ends with an outcome for the peer, or with a local error that gives no verdict.
 
 use core::ffi::c_void;
@@ -19,6 +20,7 @@ use crate::escape::LogEscaped;
 use crate::module::log::hc_debug;
 use crate::module::process::{with_any_worker, Worker};
 use crate::module::tick;
+use crate::module::tls::{self, ProbeTls, TlsContext};
 use crate::outcome::{classify_connect_errno, ConnectError, Failure, Outcome};
 use crate::status_line::{judge, Progress, StatusLineParser};
 
@@ -33,6 +35,8 @@ pub enum Ended {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Stage {
     Connecting,
+    /// TLS: `handshaking` says whether nginx has it in hand already.
+    Handshake,
     Sending,
     Reading,
 }
@@ -52,6 +56,17 @@ pub struct Probe {
     sockaddr: sockaddr_storage,
     name: ngx_str_t,
     pc: ngx_peer_connection_t,
+    /// The upstream's TLS context, for https.
+    tls_ctx: Option<&'static TlsContext>,
+    handshaking: bool,
+    tls: ProbeTls,
+}
+
+impl Probe {
+    /// The probe's TLS state, for nginx's session callback.
+    pub fn tls_mut(&mut self) -> &mut ProbeTls {
+        &mut self.tls
+    }
 }
 
 /// Starts the probe of `slot`: `None` when it is in flight (it reports to `tick::finish` when
@@ -87,6 +102,9 @@ pub fn start(w: &mut Worker, slot: usize) -> Option<Ended> {
         // SAFETY: all-zero is the idle state of ngx_peer_connection_t, as nginx's own
         // ngx_pcalloc'ed ones start.
         pc: unsafe { zeroed() },
+        tls_ctx: check.tls.as_ref(),
+        handshaking: false,
+        tls: ProbeTls::default(),
     });
 
     // SAFETY: rr is a live peer; its sockaddr is socklen bytes long and fits the storage.
@@ -139,13 +157,23 @@ pub fn start(w: &mut Worker, slot: usize) -> Option<Ended> {
             format!("no socket ({err}: {})", strerror(err))
         }));
     }
-    // SAFETY: c is the new connection; its events and log belong to this probe now.
+    // SAFETY: c is the new connection; its events and log belong to this probe now. The
+    // probe's address is its box's, which stays the same once it is handed to the list.
     unsafe {
+        (*c).data = &mut *probe as *mut Probe as *mut c_void;
         (*(*c).read).handler = Some(on_event);
         (*(*c).write).handler = Some(on_event);
         (*(*c).read).set_cancelable(1);
         (*(*c).write).set_cancelable(1);
         ngx::ffi::ngx_add_timer((*c).read, check.params.timeout_ms as _);
+    }
+    if let Some(ctx) = probe.tls_ctx {
+        // SAFETY: c is the new connection and its data is the probe.
+        if let Err(e) = unsafe { tls::attach(c, ctx, &w.tls_sessions, slot) } {
+            // SAFETY: c is this probe's connection.
+            unsafe { close(c) };
+            return Some(Ended::Local(e));
+        }
     }
     if rc == NGX_OK as isize {
         // Connected at once (a unix socket): the probe may end right here.
@@ -154,15 +182,15 @@ pub fn start(w: &mut Worker, slot: usize) -> Option<Ended> {
         // handlers (no event can fire before we return to the event loop).
         if let Some(ended) = unsafe { drive(p, c) } {
             // SAFETY: c is this probe's connection.
-            unsafe { ngx_close_connection(c) };
+            unsafe { close(c) };
+            w.tls_sessions.update(slot, &mut probe.tls);
             return Some(ended);
         }
     }
     probe.index = w.probes.len();
     let p = Box::into_raw(probe);
     w.probes.push(p);
-    // SAFETY: the connection's data owns the probe from now until end or abort.
-    unsafe { (*c).data = p as *mut c_void };
+    // The connection's data owns the probe from now until end or abort.
     None
 }
 
@@ -188,6 +216,17 @@ fn set_port(sa: &mut sockaddr_storage, port: u16) {
             AF_INET => (*(sa as *mut _ as *mut sockaddr_in)).sin_port = port.to_be(),
             AF_INET6 => (*(sa as *mut _ as *mut sockaddr_in6)).sin6_port = port.to_be(),
             _ => {}
+        }
+    }
+}
+
+/// nginx calls this when a handshake it had in hand is done, failed or timed out.
+unsafe extern "C" fn on_handshake(c: *mut ngx_connection_t) {
+    // SAFETY: nginx calls the handler with the probe's connection, whose data is the probe.
+    unsafe {
+        let p = (*c).data as *mut Probe;
+        if let Some(ended) = drive(p, c) {
+            end(p, c, ended);
         }
     }
 }
@@ -266,28 +305,41 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) -> Option<Ended> {
         if probe.check_type == CheckType::Tcp {
             return Some(Ended::Outcome(Outcome::ok(None)));
         }
+        probe.stage = match probe.tls_ctx {
+            Some(_) => Stage::Handshake,
+            None => Stage::Sending,
+        };
+    }
+
+    if probe.stage == Stage::Handshake {
+        let ctx = probe.tls_ctx?;
+        let passed = if probe.handshaking {
+            // SAFETY: the live connection, with TLS attached in start.
+            unsafe { tls::finish(c, ctx) }
+        } else {
+            probe.handshaking = true;
+            // SAFETY: as above.
+            unsafe { tls::handshake(c, ctx, Some(on_handshake))? }
+        };
+        if let Err(outcome) = passed {
+            return Some(Ended::Outcome(outcome));
+        }
+        hc_debug!("probe TLS handshake done");
+        probe.tls.passed = true;
+        // SAFETY: nginx's handshake handler had the events; they are the probe's again.
+        unsafe {
+            (*conn.read).handler = Some(on_event);
+            (*conn.write).handler = Some(on_event);
+        }
         probe.stage = Stage::Sending;
     }
 
     if probe.stage == Stage::Sending {
         while probe.sent < probe.request.len() {
-            let rest = &probe.request[probe.sent..];
-            // SAFETY: fd is a connected socket; rest is a valid buffer.
-            let n = unsafe {
-                send(
-                    conn.fd,
-                    rest.as_ptr() as *const c_void,
-                    rest.len(),
-                    MSG_NOSIGNAL as i32,
-                )
-            };
-            if n > 0 {
-                probe.sent += n as usize;
-                continue;
-            }
-            // SAFETY: the live connection's write event.
-            match unsafe { io_error(conn.write) } {
-                Io::Retry => continue,
+            // SAFETY: the live, connected probe connection.
+            match unsafe { conn_send(c, &probe.request[probe.sent..]) } {
+                Io::Moved(n) => probe.sent += n,
+                Io::Eof => return failed(Failure::Closed),
                 Io::Wait => return None,
                 Io::Failed(f) => return failed(f),
             }
@@ -297,48 +349,143 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) -> Option<Ended> {
 
     let mut buf = [0u8; 4096];
     loop {
-        // SAFETY: fd is a connected socket; buf is writable for its length.
-        let n = unsafe { recv(conn.fd, buf.as_mut_ptr() as *mut c_void, buf.len(), 0) };
-        if n > 0 {
-            let outcome = match probe.parser.feed(&buf[..n as usize]) {
-                Progress::NeedMore => continue,
-                Progress::Status(status) => judge(status, probe.valid),
-                Progress::Invalid(_) => Outcome::failed(Failure::BadResponse, None),
-            };
-            return Some(Ended::Outcome(outcome));
-        }
-        if n == 0 {
-            return failed(Failure::Closed);
-        }
-        // SAFETY: the live connection's read event.
-        match unsafe { io_error(conn.read) } {
-            Io::Retry => continue,
+        // SAFETY: the live, connected probe connection.
+        match unsafe { conn_recv(c, &mut buf) } {
+            Io::Moved(n) => {
+                let outcome = match probe.parser.feed(&buf[..n]) {
+                    Progress::NeedMore => continue,
+                    Progress::Status(status) => judge(status, probe.valid),
+                    Progress::Invalid(_) => Outcome::failed(Failure::BadResponse, None),
+                };
+                return Some(Ended::Outcome(outcome));
+            }
+            Io::Eof => return failed(Failure::Closed),
             Io::Wait => return None,
             Io::Failed(f) => return failed(f),
         }
     }
 }
 
-/// What to do after a send or recv that moved no data.
+/// What one send or recv on a probe connection did.
 enum Io {
-    /// Interrupted: try again at once.
-    Retry,
-    /// Nothing to do until the event fires again.
+    /// This many bytes (more than 0) went out or came in.
+    Moved(usize),
+    /// The peer closed the connection.
+    Eof,
+    /// Nothing to do until the event fires again (it is armed).
     Wait,
     Failed(Failure),
+}
+
+/// Sends what it can of `data`: through nginx's TLS layer (`c->send` is `ngx_ssl_write` once
+/// the handshake is done) or straight to the socket.
+///
+/// # Safety
+/// `c` must be a live, connected probe connection.
+unsafe fn conn_send(c: *mut ngx_connection_t, data: &[u8]) -> Io {
+    // SAFETY: per the contract.
+    unsafe {
+        if !(*c).ssl.is_null() {
+            let Some(send_fn) = (*c).send else {
+                return Io::Failed(Failure::Reset);
+            };
+            let n = send_fn(c, data.as_ptr() as *mut u8, data.len());
+            return tls_io(c, n, true);
+        }
+        loop {
+            let n = send(
+                (*c).fd,
+                data.as_ptr() as *const c_void,
+                data.len(),
+                MSG_NOSIGNAL as i32,
+            );
+            if n > 0 {
+                return Io::Moved(n as usize);
+            }
+            match io_error((*c).write) {
+                Retry::Again => continue,
+                Retry::Done(io) => return io,
+            }
+        }
+    }
+}
+
+/// Reads what there is into `buf`, as `conn_send` writes.
+///
+/// # Safety
+/// `c` must be a live, connected probe connection.
+unsafe fn conn_recv(c: *mut ngx_connection_t, buf: &mut [u8]) -> Io {
+    // SAFETY: per the contract.
+    unsafe {
+        if !(*c).ssl.is_null() {
+            let Some(recv_fn) = (*c).recv else {
+                return Io::Failed(Failure::Reset);
+            };
+            let n = recv_fn(c, buf.as_mut_ptr(), buf.len());
+            return tls_io(c, n, false);
+        }
+        loop {
+            let n = recv((*c).fd, buf.as_mut_ptr() as *mut c_void, buf.len(), 0);
+            if n > 0 {
+                return Io::Moved(n as usize);
+            }
+            if n == 0 {
+                return Io::Eof;
+            }
+            match io_error((*c).read) {
+                Retry::Again => continue,
+                Retry::Done(io) => return io,
+            }
+        }
+    }
+}
+
+/// The result `n` of nginx's `ngx_ssl_write` or `ngx_ssl_recv` on `c`. An error (an alert,
+/// a reset) counts as a reset; the details went to nginx's (quietened) probe log.
+///
+/// # Safety
+/// `c` must be a live probe connection with TLS.
+unsafe fn tls_io(c: *mut ngx_connection_t, n: isize, write: bool) -> Io {
+    if n > 0 {
+        return Io::Moved(n as usize);
+    }
+    if n == 0 && !write {
+        return Io::Eof;
+    }
+    if n == NGX_AGAIN as isize {
+        // SAFETY: per the contract; nginx cleared the event's ready flag.
+        let rc = unsafe {
+            if write {
+                ngx_handle_write_event((*c).write, 0)
+            } else {
+                ngx_handle_read_event((*c).read, 0)
+            }
+        };
+        if rc != NGX_OK as isize {
+            return Io::Failed(Failure::Reset);
+        }
+        return Io::Wait;
+    }
+    Io::Failed(Failure::Reset)
+}
+
+/// After a plain send or recv that moved no data: try again, or what it came to.
+enum Retry {
+    Again,
+    Done(Io),
 }
 
 /// Deals with a send or recv on `ev`'s side that moved no data.
 ///
 /// # Safety
 /// `ev` must be an event of a live probe connection.
-unsafe fn io_error(ev: *mut ngx_event_t) -> Io {
+unsafe fn io_error(ev: *mut ngx_event_t) -> Retry {
     let err = ngx_socket_errno();
     if err == EINTR as i32 {
-        return Io::Retry;
+        return Retry::Again;
     }
     if err != EAGAIN as i32 {
-        return Io::Failed(io_failure(err));
+        return Retry::Done(Io::Failed(io_failure(err)));
     }
     // SAFETY: per the contract.
     unsafe {
@@ -349,10 +496,10 @@ unsafe fn io_error(ev: *mut ngx_event_t) -> Io {
             ngx_handle_read_event(ev, 0)
         };
         if rc != NGX_OK as isize {
-            return Io::Failed(Failure::Reset);
+            return Retry::Done(Io::Failed(Failure::Reset));
         }
     }
-    Io::Wait
+    Retry::Done(Io::Wait)
 }
 
 /// Closes the connection of a probe in flight (which also removes its timer and events), takes
@@ -362,16 +509,30 @@ unsafe fn io_error(ev: *mut ngx_event_t) -> Io {
 /// `p` must be a live probe in flight and `c` its connection.
 unsafe fn end(p: *mut Probe, c: *mut ngx_connection_t, ended: Ended) {
     // SAFETY: per the contract; after this the probe and connection are gone.
-    let probe = unsafe {
-        ngx_close_connection(c);
+    let mut probe = unsafe {
+        close(c);
         Box::from_raw(p)
     };
     with_any_worker(|w| {
         take_off_list(w, probe.index);
+        w.tls_sessions.update(probe.slot, &mut probe.tls);
         if !w.is_stale() {
             tick::finish(w, probe.slot, ended, probe.started);
         }
     });
+}
+
+/// Closes a probe connection: TLS first (close_notify, the `SSL` and its pool), then the
+/// socket, its timer and events. The one way a probe connection is closed.
+///
+/// # Safety
+/// `c` must be a live probe connection; it is gone afterwards.
+unsafe fn close(c: *mut ngx_connection_t) {
+    // SAFETY: per the contract.
+    unsafe {
+        tls::shutdown(c);
+        ngx_close_connection(c);
+    }
 }
 
 /// Removes the probe at `index` from the worker's list, keeping the moved one's index right.
@@ -395,7 +556,7 @@ pub unsafe fn abort(p: *mut Probe) {
     unsafe {
         let probe = Box::from_raw(p);
         if !probe.pc.connection.is_null() {
-            ngx_close_connection(probe.pc.connection);
+            close(probe.pc.connection);
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::module::module_conf::{Check, MainConf, PeerConf, UpstreamConf};
 use crate::module::peers::{self, Sweep, Target};
 use crate::module::probe::{self, Probe};
 use crate::module::zone::ZoneHeader;
-use crate::module::{tick, Module};
+use crate::module::{tick, tls, Module};
 use crate::schedule::{batch_ms, DueQueue};
 
 /// One slot's state as the last application of changes read it (see `peers::apply_changes`).
@@ -73,6 +73,8 @@ pub struct Worker {
     pub batch_ms: u64,
     /// The current run of local errors, if any.
     pub local_burst: Option<LocalBurst>,
+    /// The last TLS session of each https peer, to resume with; freed with the worker.
+    pub tls_sessions: tls::Sessions,
 }
 
 impl Worker {
@@ -180,6 +182,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                 .unwrap_or(0),
         ),
         local_burst: None,
+        tls_sessions: tls::Sessions::default(),
     });
     let w = Box::into_raw(worker);
     // SAFETY: w is a fresh, exclusively owned allocation; the event is initialised before it

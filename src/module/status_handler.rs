@@ -69,7 +69,10 @@ impl StateReader<'_> {
         out.checked = checked;
         out.probe_durations = record.filter(|_| checked).map(|r| r.probe_durations);
         out.local_errors = record.filter(|_| checked).map(|r| r.local_errors);
-        out.tls = false;
+        out.tls = up
+            .check
+            .as_ref()
+            .is_some_and(|c| c.params.check_type.is_tls());
         out.matched = false;
 
         // SAFETY: uscf is valid for the cycle; its peer data is round-robin peers.

@@ -14,6 +14,7 @@ mod json;
 mod load;
 mod ports;
 mod procfs;
+mod tls;
 
 // Not every test crate uses every module.
 #[allow(unused_imports)]
@@ -28,6 +29,8 @@ pub use load::*;
 pub use ports::*;
 #[allow(unused_imports)]
 pub use procfs::*;
+#[allow(unused_imports)]
+pub use tls::*;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
