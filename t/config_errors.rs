@@ -719,3 +719,187 @@ fn status_page_and_control_endpoint_in_one_location() {
         listen()
     ));
 }
+
+// ---------------------------------------------------------------------------------------------
+// type=https and the upstream_healthcheck_ssl_* directives
+
+/// The one-argument ssl directives, each with a well-formed argument.
+const SSL_DIRECTIVES: [(&str, &str); 7] = [
+    ("upstream_healthcheck_ssl_verify", "off"),
+    (
+        "upstream_healthcheck_ssl_trusted_certificate",
+        "/tmp/ca.pem",
+    ),
+    ("upstream_healthcheck_ssl_name", "backend.test"),
+    ("upstream_healthcheck_ssl_server_name", "on"),
+    ("upstream_healthcheck_ssl_certificate", "/tmp/client.pem"),
+    (
+        "upstream_healthcheck_ssl_certificate_key",
+        "/tmp/client.key",
+    ),
+    ("upstream_healthcheck_ssl_protocols", "TLSv1.2"),
+];
+
+#[test]
+fn ssl_directives_without_type_https() {
+    for (directive, arg) in SSL_DIRECTIVES {
+        for (check, why) in [
+            ("    upstream_healthcheck type=http;\n", "sets type=http"),
+            ("    upstream_healthcheck type=tcp;\n", "sets type=tcp"),
+            ("    upstream_healthcheck off;\n", "is off"),
+            ("", "is not given"),
+        ] {
+            rejected(
+                &format!("{check}    {directive} {arg};"),
+                directive,
+                &format!(
+                    "\"{directive}\" directive applies to type=https only, but \
+                     \"upstream_healthcheck\" in upstream \"u\" {why}"
+                ),
+            );
+        }
+    }
+}
+
+#[test]
+fn ssl_directive_values() {
+    let https = "    upstream_healthcheck type=https;\n";
+    for (line, needle, msg) in [
+        (
+            "upstream_healthcheck_ssl_verify yes;",
+            "ssl_verify",
+            "invalid value \"yes\" in \"upstream_healthcheck_ssl_verify\" directive, it must be \
+             \"on\" or \"off\"",
+        ),
+        (
+            "upstream_healthcheck_ssl_server_name 1;",
+            "ssl_server_name",
+            "invalid value \"1\" in \"upstream_healthcheck_ssl_server_name\" directive, it must \
+             be \"on\" or \"off\"",
+        ),
+        (
+            "upstream_healthcheck_ssl_protocols TLSv1.2 SSLv3;",
+            "ssl_protocols",
+            "invalid value \"SSLv3\" in \"upstream_healthcheck_ssl_protocols\" directive, it must \
+             be \"TLSv1\", \"TLSv1.1\", \"TLSv1.2\" or \"TLSv1.3\"",
+        ),
+    ] {
+        rejected(&format!("{https}    {line}"), needle, msg);
+    }
+    rejected(
+        &format!(
+            "{https}    upstream_healthcheck_ssl_name a.test;\n    upstream_healthcheck_ssl_name b.test;"
+        ),
+        "b.test",
+        "\"upstream_healthcheck_ssl_name\" directive is duplicate",
+    );
+}
+
+#[test]
+fn verify_on_needs_trusted_certificates() {
+    rejected(
+        "    upstream_healthcheck type=https;\n    upstream_healthcheck_ssl_verify on;",
+        "ssl_verify",
+        "no \"upstream_healthcheck_ssl_trusted_certificate\" for \
+         \"upstream_healthcheck_ssl_verify\" in upstream \"u\"",
+    );
+}
+
+#[test]
+fn client_certificate_and_key_come_together() {
+    rejected(
+        "    upstream_healthcheck type=https;\n    upstream_healthcheck_ssl_certificate /tmp/c.pem;",
+        "ssl_certificate",
+        "no \"upstream_healthcheck_ssl_certificate_key\" is defined for certificate \"/tmp/c.pem\"",
+    );
+    rejected(
+        "    upstream_healthcheck type=https;\n    upstream_healthcheck_ssl_certificate_key /tmp/c.key;",
+        "ssl_certificate_key",
+        "\"upstream_healthcheck_ssl_certificate_key\" directive needs \
+         \"upstream_healthcheck_ssl_certificate\"",
+    );
+}
+
+/// `nginx -t` fails with nginx's own line about the file (containing `nginx_says`), then the
+/// module's line naming the directive, at the directive's `file:line`.
+fn file_rejected(directives: &str, needle: &str, nginx_says: &str, msg: &str) {
+    let check = nginx_test_conf("", &upstream_with(directives));
+    assert!(!check.ok, "nginx -t accepted:\n{}", check.output);
+    let emerg = check.emerg_lines();
+    let want = check.emerg_line(msg, check.line_of(needle));
+    assert_eq!(
+        emerg.last().copied(),
+        Some(want.as_str()),
+        "{}",
+        check.output
+    );
+    assert!(
+        emerg.len() == 2 && emerg[0].contains(nginx_says),
+        "expected nginx's own line with {nginx_says:?} first:\n{}",
+        check.output
+    );
+}
+
+#[test]
+fn files_that_cannot_be_loaded_and_keys_that_do_not_match() {
+    let pki = Pki::new();
+    let client = pki.leaf("client", "client.test");
+    let other = pki.leaf("other", "other.test");
+    let missing = pki.dir().join("missing.pem");
+    let (cert, key, other_key, ca) = (
+        client.cert.display().to_string(),
+        client.key.display().to_string(),
+        other.key.display().to_string(),
+        pki.ca().display().to_string(),
+    );
+    let missing = missing.display().to_string();
+    let https = "    upstream_healthcheck type=https;\n";
+    let pair = |c: &str, k: &str| {
+        format!(
+            "{https}    upstream_healthcheck_ssl_certificate {c};\n    \
+             upstream_healthcheck_ssl_certificate_key {k};"
+        )
+    };
+    let cannot_load = |c: &str, k: &str| {
+        format!(
+            "cannot load \"upstream_healthcheck_ssl_certificate\" \"{c}\" with \
+             \"upstream_healthcheck_ssl_certificate_key\" \"{k}\""
+        )
+    };
+    file_rejected(
+        &pair(&missing, &key),
+        "ssl_certificate ",
+        "cannot load certificate",
+        &cannot_load(&missing, &key),
+    );
+    file_rejected(
+        &pair(&cert, &missing),
+        "ssl_certificate ",
+        "cannot load certificate key",
+        &cannot_load(&cert, &missing),
+    );
+    file_rejected(
+        &pair(&cert, &other_key),
+        "ssl_certificate ",
+        "key values mismatch",
+        &cannot_load(&cert, &other_key),
+    );
+    file_rejected(
+        &format!(
+            "{https}    upstream_healthcheck_ssl_verify on;\n    \
+             upstream_healthcheck_ssl_trusted_certificate {missing};"
+        ),
+        "trusted_certificate",
+        // nginx 1.28 says "cannot load certificate", 1.22 "SSL_CTX_load_verify_locations(...)".
+        &missing,
+        &format!("cannot load \"upstream_healthcheck_ssl_trusted_certificate\" \"{missing}\""),
+    );
+    // All of it, well-formed and loadable, passes.
+    accepted(&upstream_with(&format!(
+        "{}\n    upstream_healthcheck_ssl_verify on;\n    \
+         upstream_healthcheck_ssl_trusted_certificate {ca};\n    \
+         upstream_healthcheck_ssl_name backend.test;\n    upstream_healthcheck_ssl_server_name off;\n    \
+         upstream_healthcheck_ssl_protocols TLSv1.2 TLSv1.3;",
+        pair(&cert, &key)
+    )));
+}
