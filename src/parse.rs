@@ -439,6 +439,27 @@ pub fn strip_port(name: &str) -> &str {
     }
 }
 
+/// The OpenSSL error code in a line nginx logged about a failed TLS handshake
+/// (`SSL_do_handshake() failed (SSL: error:0A000086:SSL routines::certificate verify failed)`):
+/// the last `error:XXXXXXXX:` in it; `None` for another line or one without a code.
+pub fn handshake_error_code(line: &[u8]) -> Option<u32> {
+    const WHAT: &[u8] = b"SSL_do_handshake() failed";
+    line.windows(WHAT.len()).position(|w| w == WHAT)?;
+    let mut code = None;
+    let mut rest = line;
+    while let Some(i) = rest.windows(6).position(|w| w == b"error:") {
+        rest = &rest[i + 6..];
+        let hex = rest.get(..9).filter(|h| h[8] == b':');
+        if let Some(v) = hex
+            .and_then(|h| core::str::from_utf8(&h[..8]).ok())
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+        {
+            code = Some(v);
+        }
+    }
+    code
+}
+
 /// Refuses `uri=` and `host=` when `upstream_healthcheck_request` gives the whole request:
 /// they shape the default request only, which is then never sent.
 pub fn check_with_request(params: &CheckParams) -> Result<(), ParseError> {
@@ -989,6 +1010,25 @@ mod tests {
         const F: &str = "upstream_healthcheck_ssl_certificate";
         assert_eq!(parse_file_name(F, b"/x/y.pem").as_deref(), Ok("/x/y.pem"));
         assert!(parse_file_name(F, b"").is_err() && parse_file_name(F, b"a\0b").is_err());
+    }
+
+    #[test]
+    fn handshake_error_codes_come_from_nginx_log_lines() {
+        let line = b"2026/11/28 14:00:00 [info] 1#1: *3 SSL_do_handshake() failed (SSL: \
+            error:0A00010B:SSL routines::wrong version number) while SSL handshaking";
+        assert_eq!(handshake_error_code(line), Some(0x0A00_010B));
+        let two = b"SSL_do_handshake() failed (SSL: error:0A000086:SSL routines::x \
+            error:0A000410:SSL routines::sslv3 alert handshake failure:SSL alert number 40)";
+        assert_eq!(handshake_error_code(two), Some(0x0A00_0410));
+        assert_eq!(handshake_error_code(b"SSL_do_handshake() failed"), None);
+        assert_eq!(
+            handshake_error_code(b"SSL_read() failed (SSL: error:0A00010B:x)"),
+            None
+        );
+        assert_eq!(
+            handshake_error_code(b"SSL_do_handshake() failed error:zz"),
+            None
+        );
     }
 
     #[test]

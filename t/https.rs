@@ -349,29 +349,45 @@ fn sessions_are_resumed_with_tls_1_2_and_1_3() {
 }
 
 #[test]
-fn a_closed_port_is_refused_and_a_plain_http_port_fails_the_handshake() {
-    let backend = Backend::new();
+fn plain_http_peers_fail_the_handshake_and_a_closed_port_is_refused() {
+    // nginx answers a ClientHello with a 400 at once: OpenSSL says "wrong version number".
+    let plain_port = free_port();
+    let _plain = Nginx::start(&format!(
+        "server {{\n    listen 127.0.0.1:{plain_port};\n    location / {{ return 200; }}\n}}\n"
+    ));
+    // The test backend waits for a whole HTTP request that never comes: a handshake timeout.
+    let silent = Backend::new();
     let dead = dead_addr();
     let port = free_port();
     let conf = format!(
         "{}{}",
         upstream_block(
             "plain",
-            &[backend.addr(), dead.clone()],
+            &[addr(plain_port), silent.addr(), dead.clone()],
             &format!("{CHECK};")
         ),
         status_server(port),
     );
     let nginx = Nginx::start(&conf);
-    let handshake = down_with("tls_handshake", None);
+    let wrong_version = down_with("tls_handshake", Some("wrong version number"));
+    let timed_out = |h: &Value| {
+        h["status"] == "down"
+            && h["last_error"] == "tls_handshake"
+            && h["last_error_detail"].is_null()
+    };
     let refused = down_with("refused", None);
     wait_health(
         port,
         &[
-            ("plain", backend.addr(), &handshake),
+            ("plain", addr(plain_port), &wrong_version),
+            ("plain", silent.addr(), &timed_out),
             ("plain", dead, &refused),
         ],
     );
     let log = nginx.stop();
+    assert!(
+        log.contains("last error: TLS handshake failed: wrong version number"),
+        "{log}"
+    );
     assert!(alert_lines(&log).is_empty(), "{log}");
 }

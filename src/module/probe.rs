@@ -125,7 +125,11 @@ pub fn start(w: &mut Worker, slot: usize) -> Option<Ended> {
     }
     probe.pc.name = &mut probe.name;
     probe.pc.get = Some(ngx_event_get_peer);
-    probe.pc.log = &mut w.probe_log;
+    probe.pc.log = if probe.tls_ctx.is_some() {
+        &mut w.tls_log
+    } else {
+        &mut w.probe_log
+    };
     probe.pc.set_log_error(1); // NGX_ERROR_ERR
 
     // errno tells a refused connect from a local failure; nginx leaves it as connect() set it.

@@ -51,6 +51,8 @@ pub struct Worker {
     /// The log probe connections use: the cycle's, quietened so that nginx does not log a
     /// line per failed connect; the checker logs failures itself, once per change.
     pub probe_log: ngx_log_t,
+    /// The log of https probe connections (see `tls::quiet_log`).
+    pub tls_log: ngx_log_t,
     /// Probes in flight from this worker, each knowing its index here; closed by exit_process.
     pub probes: Vec<*mut Probe>,
     /// The peers this worker may probe, by due time, and the cap on probes in flight.
@@ -164,6 +166,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         pid: unsafe { ngx_pid },
         // SAFETY: an all-zero ngx_event_t is its idle state (ngx_pcalloc'ed events are too).
         timer: unsafe { core::mem::zeroed() },
+        tls_log: tls::quiet_log(&probe_log),
         probe_log,
         probes: Vec::new(),
         queue: DueQueue::new(slots, probe_cap(connections)),

@@ -7,6 +7,7 @@
 //! the handshake runs on nginx's event loop through `ngx_ssl_handshake`, and once it is done
 //! `c->send`/`c->recv` are nginx's `ngx_ssl_write`/`ngx_ssl_recv`.
 
+use core::cell::Cell;
 use core::ffi::{c_char, c_int, c_long, c_void};
 use core::mem::size_of;
 use core::ptr;
@@ -14,13 +15,14 @@ use std::ffi::CString;
 
 use ngx::ffi::{
     ngx_conf_t, ngx_connection_handler_pt, ngx_connection_t, ngx_create_pool, ngx_destroy_pool,
-    ngx_pcalloc, ngx_pnalloc, ngx_pool_cleanup_add, ngx_ssl_certificate, ngx_ssl_check_host,
-    ngx_ssl_ciphers, ngx_ssl_cleanup_ctx, ngx_ssl_client_session_cache, ngx_ssl_create,
-    ngx_ssl_create_connection, ngx_ssl_get_session, ngx_ssl_handshake, ngx_ssl_set_session,
-    ngx_ssl_shutdown, ngx_ssl_t, ngx_ssl_trusted_certificate, ngx_str_t, ngx_uint_t, NGX_SSL_TLSv1,
-    NGX_SSL_TLSv1_1, NGX_SSL_TLSv1_2, NGX_SSL_TLSv1_3, SSL_SESSION_free, SSL_ctrl,
-    SSL_get_verify_result, NGX_AGAIN, NGX_OK, NGX_SSL_BUFFER, NGX_SSL_CLIENT,
-    SSL_CTRL_SET_TLSEXT_HOSTNAME, SSL_SESSION, X509_V_ERR_HOSTNAME_MISMATCH,
+    ngx_log_t, ngx_pcalloc, ngx_pnalloc, ngx_pool_cleanup_add, ngx_ssl_certificate,
+    ngx_ssl_check_host, ngx_ssl_ciphers, ngx_ssl_cleanup_ctx, ngx_ssl_client_session_cache,
+    ngx_ssl_create, ngx_ssl_create_connection, ngx_ssl_get_session, ngx_ssl_handshake,
+    ngx_ssl_set_session, ngx_ssl_shutdown, ngx_ssl_t, ngx_ssl_trusted_certificate, ngx_str_t,
+    ngx_uint_t, u_char, NGX_SSL_TLSv1, NGX_SSL_TLSv1_1, NGX_SSL_TLSv1_2, NGX_SSL_TLSv1_3,
+    SSL_SESSION_free, SSL_ctrl, SSL_get_verify_result, NGX_AGAIN, NGX_LOG_INFO, NGX_OK,
+    NGX_SSL_BUFFER, NGX_SSL_CLIENT, SSL_CTRL_SET_TLSEXT_HOSTNAME, SSL_SESSION,
+    X509_V_ERR_HOSTNAME_MISMATCH,
 };
 use rustc_hash::FxHashMap;
 
@@ -28,7 +30,7 @@ use crate::config::TlsProtocols;
 use crate::module::module_conf::{conf_error_at, ConfPos, SslDirectives};
 use crate::module::probe::Probe;
 use crate::outcome::{Failure, Outcome};
-use crate::parse::{sni_name, strip_port};
+use crate::parse::{handshake_error_code, sni_name, strip_port};
 
 /// `TLSEXT_NAMETYPE_host_name`: the only kind of SNI name.
 const TLSEXT_NAMETYPE_HOST_NAME: c_long = 0;
@@ -319,6 +321,39 @@ impl Drop for Sessions {
     }
 }
 
+thread_local! {
+    /// The OpenSSL error code of the last failed handshake nginx logged to `quiet_log`.
+    static HANDSHAKE_ERROR: Cell<u32> = const { Cell::new(0) };
+}
+
+/// The log of https probe connections: nginx drains OpenSSL's error queue into its log line
+/// when a handshake fails, so the code is read back from that line; nothing is written (the
+/// checker logs a peer's failures itself, once per change).
+pub fn quiet_log(base: &ngx_log_t) -> ngx_log_t {
+    let mut log = *base;
+    log.log_level = NGX_LOG_INFO as _;
+    log.writer = Some(capture);
+    log.wdata = ptr::null_mut();
+    log.next = ptr::null_mut();
+    log
+}
+
+unsafe extern "C" fn capture(
+    _: *mut ngx_log_t,
+    _: ngx::ffi::ngx_uint_t,
+    buf: *mut u_char,
+    len: usize,
+) {
+    if buf.is_null() {
+        return;
+    }
+    // SAFETY: nginx passes the formatted line, len bytes long.
+    let line = unsafe { core::slice::from_raw_parts(buf, len) };
+    if let Some(code) = handshake_error_code(line) {
+        HANDSHAKE_ERROR.with(|e| e.set(code));
+    }
+}
+
 /// Gives a new probe connection its TLS side: a pool, the `SSL` object, SNI and the session
 /// of the peer's last probe. An error is local (no verdict): nginx ran out of memory or
 /// OpenSSL refused.
@@ -403,6 +438,7 @@ pub unsafe fn handshake(
     ctx: &TlsContext,
     handler: ngx_connection_handler_pt,
 ) -> Option<Result<(), Outcome>> {
+    HANDSHAKE_ERROR.with(|e| e.set(0));
     // SAFETY: per the contract.
     unsafe {
         if ngx_ssl_handshake(c) == NGX_AGAIN as isize {
@@ -414,7 +450,8 @@ pub unsafe fn handshake(
 }
 
 /// After `ngx_ssl_handshake` returned or called the handler: a handshake that did not finish
-/// (failed or timed out) is `tls_handshake`; with verification on, a certificate that does not
+/// (failed or timed out) is `tls_handshake`, with OpenSSL's error code as the detail when
+/// there is one; with verification on, a certificate that does not
 /// chain to the trusted ones or is not valid for the name is `tls_verify`, with OpenSSL's
 /// verify result as the detail.
 ///
@@ -424,8 +461,9 @@ pub unsafe fn finish(c: *mut ngx_connection_t, ctx: &TlsContext) -> Result<(), O
     // SAFETY: per the contract.
     unsafe {
         let ssl = &*(*c).ssl;
+        let code = HANDSHAKE_ERROR.with(|e| e.replace(0));
         if ssl.handshaked() == 0 {
-            return Err(Outcome::failed(Failure::TlsHandshake, None));
+            return Err(Outcome::failed_with(Failure::TlsHandshake, None, code));
         }
         if ctx.verify {
             let rc = SSL_get_verify_result(ssl.connection);
