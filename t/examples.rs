@@ -81,7 +81,13 @@ fn every_example_passes_nginx_t() {
         .filter(|n| n.ends_with(".conf"))
         .collect();
     names.sort();
-    for want in ["basic.conf", "demo.conf", "tcp.conf", "zone.conf"] {
+    for want in [
+        "basic.conf",
+        "demo.conf",
+        "https.conf",
+        "tcp.conf",
+        "zone.conf",
+    ] {
         assert!(
             names.iter().any(|n| n == want),
             "nginx-conf/{want} is missing: {names:?}"
@@ -253,4 +259,51 @@ fn zone_example_runs() {
     assert!(peers[0].proxied() + peers[1].proxied() == 10);
     assert_eq!(peers[2].proxied(), 0);
     nginx.stop();
+}
+
+#[test]
+fn https_example_runs() {
+    let (text, ports) = move_ports(&runnable("https.conf", &example("https.conf")));
+    let front = ports[&8080];
+    // 9443 has a certificate for the right name from a CA the system does not trust; nothing
+    // listens on 9444; 9445 is the internal backend, whose certificate is not verified.
+    let pki = Pki::new();
+    let api = pki.leaf("api", "api.example.com");
+    let internal = pki.leaf("internal", "internal.test");
+    let tls = |port: u16, pair: &CertPair, body: &str| {
+        format!(
+            "server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    \
+             ssl_certificate {};\n    ssl_certificate_key {};\n    \
+             location / {{ return 200 \"{body}\\n\"; }}\n}}\n",
+            pair.cert.display(),
+            pair.key.display()
+        )
+    };
+    let _backends = Nginx::start(&format!(
+        "{}{}",
+        tls(ports[&9443], &api, "api"),
+        tls(ports[&9445], &internal, "internal")
+    ));
+    let nginx = Nginx::start_raw(&text);
+    wait_until(
+        Duration::from_secs(8),
+        "9443 and 9444 DOWN, 9445 up",
+        || {
+            state(front, "api", ports[&9443]).as_deref() == Some("DOWN")
+                && state(front, "api", ports[&9444]).as_deref() == Some("DOWN")
+                && state(front, "internal", ports[&9445]).as_deref() == Some("up")
+        },
+    );
+    let (status, _, body) = http_get(front, "/").expect("GET / through internal");
+    assert_eq!((status, body.as_str()), (200, "internal\n"));
+    let log = nginx.stop();
+    assert!(
+        log.contains(&format!(
+            "peer 127.0.0.1:{} in upstream \"api\" is DOWN after 2 failed checks, last error: \
+             certificate rejected: unable to verify the first certificate",
+            ports[&9443]
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("in upstream \"internal\" is DOWN"), "{log}");
 }
