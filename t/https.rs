@@ -391,3 +391,52 @@ fn plain_http_peers_fail_the_handshake_and_a_closed_port_is_refused() {
     );
     assert!(alert_lines(&log).is_empty(), "{log}");
 }
+
+#[test]
+fn reload_and_stop_with_tls_probes_in_flight_leave_nothing_behind() {
+    let b = Backends::start();
+    let port = free_port();
+    let conf = format!(
+        "{}{}",
+        upstream_block(
+            "good",
+            &[addr(b.good), addr(b.mtls)],
+            &format!(
+                "upstream_healthcheck type=https interval=50ms timeout=1s fall=1 rise=1 \
+                 host=backend.test;\n    upstream_healthcheck_ssl_verify on;\n    \
+                 upstream_healthcheck_ssl_trusted_certificate {};",
+                b.pki.ca().display()
+            )
+        ),
+        status_server(port),
+    );
+    let mut nginx = Nginx::start_with("worker_processes 2;", &conf);
+    let up = up_after(3);
+    let no_cert = |h: &Value| h["status"] == "down" && h["last_status"] == 400;
+    wait_health(
+        port,
+        &[
+            ("good", addr(b.good), &up),
+            ("good", addr(b.mtls), &no_cert),
+        ],
+    );
+    for _ in 0..3 {
+        nginx.reload();
+        // The new workers probe on (with sessions of their own: the old ones went with the
+        // old workers).
+        let checks = health(&json_status(port), "good", &addr(b.good))["checks"]
+            .as_u64()
+            .unwrap_or(0);
+        let more = up_after(checks + 3);
+        wait_health(
+            port,
+            &[
+                ("good", addr(b.good), &more),
+                ("good", addr(b.mtls), &no_cert),
+            ],
+        );
+    }
+    let log = nginx.stop();
+    assert!(alert_lines(&log).is_empty(), "{log}");
+    assert!(!log.contains("open socket"), "{log}");
+}

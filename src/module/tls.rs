@@ -163,6 +163,7 @@ pub unsafe fn create_context(
         cln.handler = Some(ngx_ssl_cleanup_ctx);
         cln.data = ssl as *mut c_void;
     }
+    // SAFETY: pool is the configuration's, live.
     let Some(mut ciphers) = (unsafe { pool_str(pool, "DEFAULT") }) else {
         return Err(());
     };
