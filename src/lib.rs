@@ -15,6 +15,7 @@ pub mod parse;
 pub mod policy;
 pub mod query;
 pub mod render;
+pub mod response;
 pub mod schedule;
 pub mod status_line;
 

@@ -1,7 +1,8 @@
 //! Property tests of the pure parsers (`proptest`, 256 cases a property): directive arguments
-//! (`parse.rs`), the incremental status-line parser (`status_line.rs`) and percent-decoding
-//! (`query.rs`). The parsers take bytes from nginx.conf, from the network and from request
-//! URIs, so beyond agreeing with reference models they must never panic on any input.
+//! (`parse.rs`), the incremental status-line parser (`status_line.rs`), the whole-response
+//! reader (`response.rs`) and percent-decoding (`query.rs`). The parsers take bytes from
+//! nginx.conf, from the network and from request URIs, so beyond agreeing with reference
+//! models they must never panic on any input.
 
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -12,6 +13,7 @@ use crate::parse::{
     parse_time_ms, parse_valid_statuses, parse_zone_size,
 };
 use crate::query::{parse_args, parse_status_query, url_decode, Format};
+use crate::response::{Limits, Progress as ResponseProgress, ResponseReader};
 use crate::status_line::{Progress, StatusLineParser, MAX_INTERIM, MAX_STATUS_LINE};
 
 // ---------------------------------------------------------------------------------------------
@@ -515,5 +517,106 @@ proptest! {
             .collect();
         let got = parse_args(query.join("&").as_bytes());
         prop_assert_eq!(got, Ok(pairs));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole responses (`response.rs`)
+
+/// How a generated response frames its body.
+#[derive(Clone, Debug)]
+enum Framing {
+    Length,
+    /// Chunks of these sizes (the rest of the body in a last one).
+    Chunked(Vec<usize>),
+    UntilClose,
+}
+
+/// A response with `body`, framed as told, keep-alive or not; the bytes and whether a reader
+/// should find the connection reusable.
+fn frame(status: u16, body: &[u8], framing: &Framing, close: bool) -> (Vec<u8>, bool) {
+    let mut out = format!("HTTP/1.1 {status} X\r\n").into_bytes();
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    match framing {
+        Framing::Length => {
+            out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+            out.extend_from_slice(body);
+        }
+        Framing::Chunked(sizes) => {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+            let mut rest = body;
+            for &n in sizes.iter().chain(core::iter::once(&usize::MAX)) {
+                let n = n.min(rest.len());
+                if n == 0 {
+                    continue;
+                }
+                out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                out.extend_from_slice(&rest[..n]);
+                out.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        Framing::UntilClose => {
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(body);
+        }
+    }
+    (out, !close && !matches!(framing, Framing::UntilClose))
+}
+
+fn framing() -> impl Strategy<Value = Framing> {
+    prop_oneof![
+        Just(Framing::Length),
+        vec(1usize..40, 0..6).prop_map(Framing::Chunked),
+        Just(Framing::UntilClose),
+    ]
+}
+
+/// Feeds `input` in pieces cut at `cuts` (positions, any order), then the close.
+fn read_in_pieces(limits: Limits, input: &[u8], cuts: &[usize]) -> ResponseProgress {
+    let mut cuts: Vec<usize> = cuts.iter().map(|&c| c % (input.len() + 1)).collect();
+    cuts.sort_unstable();
+    let mut reader = ResponseReader::new(limits);
+    let mut at = 0;
+    for c in cuts.into_iter().chain(core::iter::once(input.len())) {
+        let p = reader.feed(&input[at..c]);
+        at = c;
+        if p != ResponseProgress::NeedMore {
+            return p;
+        }
+    }
+    reader.eof()
+}
+
+proptest! {
+    #[test]
+    fn a_whole_response_reads_the_same_however_it_is_split(
+        status in (200u16..600).prop_filter("a status with a body", |s| *s != 204 && *s != 304),
+        body in vec(any::<u8>(), 0..300),
+        framing in framing(),
+        close in any::<bool>(),
+        keep in 0usize..400,
+        cuts in vec(any::<usize>(), 0..8),
+    ) {
+        let (input, reusable) = frame(status, &body, &framing, close);
+        let limits = Limits { body_keep: keep, body_read: 1 << 20, head_request: false };
+        let ResponseProgress::Done(r) = read_in_pieces(limits, &input, &cuts) else {
+            return Err(TestCaseError::fail("not done"));
+        };
+        prop_assert_eq!(r.status, status);
+        prop_assert_eq!(&r.body[..], &body[..keep.min(body.len())]);
+        if reusable {
+            prop_assert!(r.reusable);
+        }
+        prop_assert!(!r.reusable || reusable);
+    }
+
+    #[test]
+    fn the_response_reader_never_panics(input in http_soup(), cuts in vec(any::<usize>(), 0..8)) {
+        let limits = Limits { body_keep: 64, body_read: 256, head_request: false };
+        let _ = read_in_pieces(limits, &input, &cuts);
     }
 }
