@@ -36,6 +36,9 @@ pub struct CheckParams {
     pub host: Option<String>,
     /// Peers seen for the first time start down and need `rise` good probes.
     pub default_down: bool,
+    /// Probes one connection carries before it is closed (`keepalive=N`); 0: a new
+    /// connection per probe.
+    pub keepalive: u32,
 }
 
 impl Default for CheckParams {
@@ -51,6 +54,7 @@ impl Default for CheckParams {
             uri: None,
             host: None,
             default_down: false,
+            keepalive: 0,
         }
     }
 }
@@ -99,11 +103,18 @@ impl ValidStatuses {
     }
 }
 
-/// The request sent by an http probe when `upstream_healthcheck_request` is not given.
-pub fn default_request(uri: &str, host: &str) -> Vec<u8> {
+/// The request sent by an http probe when `upstream_healthcheck_request` is not given: HTTP/1.1
+/// without `Connection: close` when the connection is kept (`keepalive=N`), HTTP/1.0 that
+/// closes it otherwise.
+pub fn default_request(uri: &str, host: &str, keepalive: bool) -> Vec<u8> {
+    let (version, close) = if keepalive {
+        ("1.1", "")
+    } else {
+        ("1.0", "Connection: close\r\n")
+    };
     format!(
-        "GET {uri} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: nginx-upstream-healthcheck/{}\r\n\
-         Connection: close\r\n\r\n",
+        "GET {uri} HTTP/{version}\r\nHost: {host}\r\nUser-Agent: nginx-upstream-healthcheck/{}\r\n\
+         {close}\r\n",
         env!("CARGO_PKG_VERSION")
     )
     .into_bytes()
@@ -144,8 +155,15 @@ mod tests {
 
     #[test]
     fn default_request_has_host_and_closes() {
-        let req = String::from_utf8(default_request("/health", "backend")).unwrap();
+        let req = String::from_utf8(default_request("/health", "backend", false)).unwrap();
         assert!(req.starts_with("GET /health HTTP/1.0\r\nHost: backend\r\n"));
         assert!(req.contains("\r\nConnection: close\r\n") && req.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_kept_connection_gets_an_http_1_1_request_that_does_not_close_it() {
+        let req = String::from_utf8(default_request("/health", "backend", true)).unwrap();
+        assert!(req.starts_with("GET /health HTTP/1.1\r\nHost: backend\r\nUser-Agent: "));
+        assert!(!req.contains("Connection") && req.ends_with("\r\n\r\n"));
     }
 }

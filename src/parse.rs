@@ -18,6 +18,10 @@ pub const MAX_TIME_MS: u64 = 24 * 60 * 60 * 1000;
 /// The largest `fall` and `rise`.
 pub const MAX_COUNT: u32 = 1_000_000;
 
+/// The most probes `keepalive=N` lets one connection carry (nginx's own `keepalive_requests`
+/// defaults to 1000).
+pub const MAX_KEEPALIVE: u32 = 1_000_000;
+
 /// The smallest `upstream_healthcheck_zone` size.
 pub const MIN_ZONE_SIZE: usize = 32 * 1024;
 
@@ -208,7 +212,7 @@ fn show_ms(ms: u64) -> String {
 }
 
 /// The parameters of `upstream_healthcheck`, in the order of the `given` slots.
-pub(crate) const KEYS: [&str; 10] = [
+pub(crate) const KEYS: [&str; 11] = [
     "type",
     "interval",
     "timeout",
@@ -219,6 +223,7 @@ pub(crate) const KEYS: [&str; 10] = [
     "uri",
     "host",
     "default_down",
+    "keepalive",
 ];
 
 /// Parses the arguments of `upstream_healthcheck`: `Ok(None)` for `off`, the defaults of
@@ -311,6 +316,16 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
                 }
                 params.host = Some(ascii_string(value));
             }
+            "keepalive" => {
+                params.keepalive = parse_digits(value)
+                    .filter(|&n| n <= u64::from(MAX_KEEPALIVE))
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| {
+                        bad(&format!(
+                            "keepalive must be a number from 0 to {MAX_KEEPALIVE}"
+                        ))
+                    })?;
+            }
             _ => {
                 params.default_down = match value {
                     b"on" => true,
@@ -324,7 +339,7 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
     // Parameters that are each well-formed but cannot do what they say together.
     let arg_of = |name: &str| given[KEYS.iter().position(|k| *k == name).unwrap_or(0)];
     if params.check_type == CheckType::Tcp {
-        for name in ["uri", "host"] {
+        for name in ["uri", "host", "keepalive"] {
             if let Some(arg) = arg_of(name) {
                 return Err(ParseError::invalid_because(
                     HEALTHCHECK,
@@ -741,6 +756,7 @@ mod tests {
             "uri=/health?full=1",
             "host=example.com:8080",
             "default_down=on",
+            "keepalive=10",
         ]);
         assert_eq!(
             p,
@@ -755,6 +771,7 @@ mod tests {
                 uri: Some("/health?full=1".to_owned()),
                 host: Some("example.com:8080".to_owned()),
                 default_down: true,
+                keepalive: 10,
             }
         );
     }

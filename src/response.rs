@@ -99,6 +99,11 @@ pub struct ResponseReader {
 }
 
 impl ResponseReader {
+    /// What this reader was asked to read.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     pub fn new(limits: Limits) -> ResponseReader {
         ResponseReader {
             limits,

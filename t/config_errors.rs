@@ -444,7 +444,7 @@ fn valid_edge_cases_are_accepted() {
          location = /st {{ upstream_healthcheck_status text; }}\n}}\n",
         upstream_with(
             "    upstream_healthcheck type=http interval=2s timeout=1s fall=3 rise=2 port=18082 \
-             jitter=1s uri=/health host=foo.com default_down=on;\n    \
+             jitter=1s uri=/health host=foo.com default_down=on keepalive=100;\n    \
              upstream_healthcheck_valid_statuses 200 302 2xx !204 300-399;"
         ),
         listen()
@@ -466,8 +466,24 @@ fn valid_edge_cases_are_accepted() {
 // Configurations that parse but cannot do what they say
 
 #[test]
+fn keepalive_must_be_a_count() {
+    for arg in [
+        "keepalive=-1",
+        "keepalive=x",
+        "keepalive=",
+        "keepalive=1000001",
+    ] {
+        rejected(
+            &format!("    upstream_healthcheck {arg};"),
+            arg,
+            &bad_param(arg, "keepalive must be a number from 0 to 1000000"),
+        );
+    }
+}
+
+#[test]
 fn uri_or_host_with_type_tcp() {
-    for arg in ["uri=/health", "host=foo.com"] {
+    for arg in ["uri=/health", "host=foo.com", "keepalive=10"] {
         let name = arg.split('=').next().unwrap();
         rejected(
             &format!("    upstream_healthcheck type=tcp interval=1s {arg};"),

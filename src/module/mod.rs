@@ -27,6 +27,7 @@ mod directives;
 mod failure_detail;
 mod ha;
 mod housekeeping;
+mod keepalive;
 mod log;
 mod module_conf;
 mod peers;
@@ -295,7 +296,10 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
             let host = params.host.clone().unwrap_or_else(|| name.clone());
             Check {
                 request: sc.request.as_ref().map_or_else(
-                    || default_request(params.uri.as_deref().unwrap_or("/"), &host),
+                    || {
+                        let uri = params.uri.as_deref().unwrap_or("/");
+                        default_request(uri, &host, params.keepalive > 0)
+                    },
                     |r| r.0.clone(),
                 ),
                 valid: sc.valid.as_ref().map(|v| v.0.clone()).unwrap_or_default(),

@@ -10,6 +10,7 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleMainConf;
 
+use crate::module::keepalive;
 use crate::module::log::hc_log;
 use crate::module::module_conf::{Check, MainConf, PeerConf, UpstreamConf};
 use crate::module::peers::{self, Sweep, Target};
@@ -154,6 +155,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // SAFETY: connection_n is the worker_connections setting.
     let connections = unsafe { (*cycle).connection_n };
     let slots = targets.len();
+    keepalive::init(connections);
     let worker = Box::new(Worker {
         cycle,
         main,
@@ -231,6 +233,7 @@ pub fn stop() {
         for p in core::mem::take(&mut (*w).probes) {
             probe::abort(p);
         }
+        keepalive::close_all();
         drop(Box::from_raw(w));
     }
 }

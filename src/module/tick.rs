@@ -11,10 +11,12 @@ use crate::journal::Change;
 use crate::module::clock::{now_msec, unix_msec};
 use crate::module::failure_detail::detail_text;
 use crate::module::housekeeping;
+use crate::module::keepalive;
 use crate::module::log::{hc_debug, hc_log};
 use crate::module::peers;
-use crate::module::probe::{self, Ended};
+use crate::module::probe::{self, Ended, Kept};
 use crate::module::process::{exiting, stop_if_stale, with_worker, LocalBurst, Worker};
+use crate::policy::{connection_reusable, PeerFacts};
 use crate::schedule::{rearm, MAX_TICK_MS};
 
 /// How soon a probe that could not start for a local reason is tried again.
@@ -26,6 +28,7 @@ const BURST_QUIET_MS: u64 = 2000;
 /// The timer's handler.
 pub extern "C" fn on_tick(_ev: *mut ngx_event_t) {
     if exiting() || stop_if_stale() {
+        keepalive::close_all();
         return; // never re-armed once nginx is exiting
     }
     with_worker(|w| {
@@ -93,15 +96,16 @@ fn scan(w: &mut Worker) {
         }
         w.queue.started();
         let started = Instant::now();
-        if let Some(ended) = probe::start(w, slot) {
-            finish(w, slot, ended, started);
+        if let Some((ended, kept)) = probe::start(w, slot) {
+            finish(w, slot, ended, started, kept);
         }
     }
 }
 
 /// Records the end of the probe of `slot`: its verdict, or no verdict for a local error; logs
-/// and applies a change of verdict; plans the next probe.
-pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
+/// and applies a change of verdict; plans the next probe; parks the probe's connection when
+/// it may carry the next one (`kept`, closed when dropped).
+pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept: Option<Kept>) {
     w.queue.ended();
     let Some((up, check, peer)) = w.check_of(slot) else {
         return;
@@ -177,6 +181,23 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
             .map_or_else(|| "passed".to_string(), |f| f.to_string())
     );
     requeue(w, slot, next);
+    if let Some(kept) = kept {
+        let t = &w.targets[slot];
+        let facts = PeerFacts {
+            config_down: t.config_down,
+            checked: true,
+            excluded: w.excluded[ui],
+            standby: w.standby,
+            healthy: health.is_up(),
+            manual_down: false,
+        };
+        if !exiting()
+            && facts.keeps_probe_connection()
+            && connection_reusable(true, kept.carried, p.keepalive)
+        {
+            kept.park(slot);
+        }
+    }
     match transition {
         Some(Transition::Down) => {
             let status = health
