@@ -23,12 +23,17 @@ impl CheckType {
 pub struct CheckParams {
     pub check_type: CheckType,
     pub interval_ms: u64,
+    /// The interval while the verdict is in doubt (see `schedule::next_interval_ms`);
+    /// `interval` unless given.
+    pub fast_interval_ms: u64,
+    /// The interval while the peer is down and not in doubt; `interval` unless given.
+    pub down_interval_ms: u64,
     pub timeout_ms: u64,
     pub fall: u32,
     pub rise: u32,
     /// Port to probe instead of the peer's own.
     pub port: Option<u16>,
-    /// Up to this much random delay is added to every interval.
+    /// Up to this much random delay is added to every interval (fast and down ones too).
     pub jitter_ms: u64,
     /// Path of the default request; `/` when `None`.
     pub uri: Option<String>,
@@ -46,6 +51,8 @@ impl Default for CheckParams {
         CheckParams {
             check_type: CheckType::Http,
             interval_ms: 2000,
+            fast_interval_ms: 2000,
+            down_interval_ms: 2000,
             timeout_ms: 1000,
             fall: 3,
             rise: 2,

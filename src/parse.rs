@@ -12,7 +12,8 @@ use crate::config::{CheckParams, CheckType, StatusRange, ValidStatuses};
 use crate::query::Format;
 use crate::status_line::is_final;
 
-/// The longest `interval`, `timeout` or `jitter` accepted: anything longer is a typo.
+/// The longest `interval`, `fast_interval`, `down_interval`, `timeout` or `jitter` accepted:
+/// anything longer is a typo.
 pub const MAX_TIME_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// The largest `fall` and `rise`.
@@ -212,7 +213,7 @@ fn show_ms(ms: u64) -> String {
 }
 
 /// The parameters of `upstream_healthcheck`, in the order of the `given` slots.
-pub(crate) const KEYS: [&str; 11] = [
+pub(crate) const KEYS: [&str; 13] = [
     "type",
     "interval",
     "timeout",
@@ -224,6 +225,8 @@ pub(crate) const KEYS: [&str; 11] = [
     "host",
     "default_down",
     "keepalive",
+    "fast_interval",
+    "down_interval",
 ];
 
 /// Parses the arguments of `upstream_healthcheck`: `Ok(None)` for `off`, the defaults of
@@ -266,10 +269,12 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
                     _ => return Err(bad("type must be \"tcp\" or \"http\"")),
                 }
             }
-            "interval" | "timeout" | "jitter" => {
+            "interval" | "fast_interval" | "down_interval" | "timeout" | "jitter" => {
                 let ms = time_param(name, value, name == "jitter").map_err(|r| bad(&r))?;
                 match name {
                     "interval" => params.interval_ms = ms,
+                    "fast_interval" => params.fast_interval_ms = ms,
+                    "down_interval" => params.down_interval_ms = ms,
                     "timeout" => params.timeout_ms = ms,
                     _ => params.jitter_ms = ms,
                 }
@@ -336,8 +341,15 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
         }
     }
 
-    // Parameters that are each well-formed but cannot do what they say together.
     let arg_of = |name: &str| given[KEYS.iter().position(|k| *k == name).unwrap_or(0)];
+    if arg_of("fast_interval").is_none() {
+        params.fast_interval_ms = params.interval_ms;
+    }
+    if arg_of("down_interval").is_none() {
+        params.down_interval_ms = params.interval_ms;
+    }
+
+    // Parameters that are each well-formed but cannot do what they say together.
     if params.check_type == CheckType::Tcp {
         for name in ["uri", "host", "keepalive"] {
             if let Some(arg) = arg_of(name) {
@@ -349,9 +361,19 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
             }
         }
     }
-    if params.jitter_ms >= params.interval_ms {
+    // Jitter is added to every interval, so it must stay below the shortest one (the first
+    // named of those that are equally short: `interval` when the others are not given).
+    let (shortest, shortest_ms) = [
+        ("interval", params.interval_ms),
+        ("fast_interval", params.fast_interval_ms),
+        ("down_interval", params.down_interval_ms),
+    ]
+    .into_iter()
+    .min_by_key(|&(_, ms)| ms)
+    .unwrap_or(("interval", params.interval_ms));
+    if params.jitter_ms >= shortest_ms {
         if let Some(arg) = arg_of("jitter") {
-            let default = if arg_of("interval").is_none() {
+            let default = if arg_of(shortest).is_none() {
                 " by default"
             } else {
                 ""
@@ -360,8 +382,8 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
                 HEALTHCHECK,
                 arg,
                 &format!(
-                    "jitter must be less than interval ({}{default})",
-                    show_ms(params.interval_ms)
+                    "jitter must be less than {shortest} ({}{default})",
+                    show_ms(shortest_ms)
                 ),
             ));
         }
@@ -763,6 +785,8 @@ mod tests {
             CheckParams {
                 check_type: CheckType::Http,
                 interval_ms: 5000,
+                fast_interval_ms: 5000,
+                down_interval_ms: 5000,
                 timeout_ms: 300,
                 fall: 5,
                 rise: 1,
@@ -880,6 +904,87 @@ mod tests {
             hc_err(&["jitter=2s"]),
             "invalid parameter \"jitter=2s\" in \"upstream_healthcheck\" directive, jitter must \
              be less than interval (2s by default)"
+        );
+    }
+
+    #[test]
+    fn fast_and_down_intervals_default_to_the_interval() {
+        let p = hc_ok(&[]);
+        assert_eq!((p.fast_interval_ms, p.down_interval_ms), (2000, 2000));
+        let p = hc_ok(&["interval=5s"]);
+        assert_eq!((p.fast_interval_ms, p.down_interval_ms), (5000, 5000));
+        let p = hc_ok(&["down_interval=30s", "interval=5s", "fast_interval=250ms"]);
+        assert_eq!(
+            (p.interval_ms, p.fast_interval_ms, p.down_interval_ms),
+            (5000, 250, 30_000)
+        );
+        let p = hc_ok(&["type=tcp", "interval=2s", "fast_interval=100ms", "fall=3"]);
+        assert_eq!((p.check_type, p.fast_interval_ms), (CheckType::Tcp, 100));
+        assert_eq!(
+            hc_ok(&["interval=1s", "fast_interval=3s"]).fast_interval_ms,
+            3000,
+            "longer than interval is allowed, as in HAProxy"
+        );
+        assert_eq!(
+            hc_ok(&["interval=10s", "down_interval=1s"]).down_interval_ms,
+            1000
+        );
+    }
+
+    #[test]
+    fn fast_and_down_intervals_are_positive_times_up_to_24h() {
+        for name in ["fast_interval", "down_interval"] {
+            for v in ["0", "0s", "-1s", "", "abc", "1.5s"] {
+                let a = format!("{name}={v}");
+                assert_eq!(hc_err(&[&a]), bad(&a, &time_reason(name)));
+            }
+            let a = format!("{name}=25h");
+            assert_eq!(
+                hc_err(&[&a]),
+                bad(&a, &format!("{name} must be at most 24h"))
+            );
+            let a = format!("{name}=1m30s");
+            assert!(hc(&[&a]).is_ok(), "{a}");
+        }
+        assert_eq!(
+            hc_err(&["fast_interval=0"]),
+            "invalid parameter \"fast_interval=0\" in \"upstream_healthcheck\" directive, \
+             fast_interval must be a positive time (e.g. 2s, 500ms; a bare number means \
+             milliseconds)"
+        );
+    }
+
+    #[test]
+    fn jitter_must_be_less_than_every_interval_it_is_added_to() {
+        let p = hc_ok(&["interval=2s", "fast_interval=100ms", "jitter=99ms"]);
+        assert_eq!(p.jitter_ms, 99);
+        assert_eq!(
+            hc_err(&["interval=2s", "fast_interval=100ms", "jitter=500ms"]),
+            bad(
+                "jitter=500ms",
+                "jitter must be less than fast_interval (100ms)"
+            )
+        );
+        assert_eq!(
+            hc_err(&["jitter=1s", "down_interval=1s"]),
+            bad("jitter=1s", "jitter must be less than down_interval (1s)")
+        );
+        assert_eq!(
+            hc_err(&["jitter=1s", "fast_interval=1s", "interval=1s"]),
+            bad("jitter=1s", "jitter must be less than interval (1s)"),
+            "when equally short, interval is named"
+        );
+        assert_eq!(
+            hc_err(&["fast_interval=5s", "jitter=2s"]),
+            bad(
+                "jitter=2s",
+                "jitter must be less than interval (2s by default)"
+            )
+        );
+        assert_eq!(
+            hc_ok(&["down_interval=30s", "jitter=1s"]).jitter_ms,
+            1000,
+            "a longer down_interval does not matter"
         );
     }
 
@@ -1077,6 +1182,8 @@ mod tests {
             ("rise=3", "rise=3"),
             ("port=80", "port=81"),
             ("jitter=0", "jitter=1s"),
+            ("fast_interval=1s", "fast_interval=1s"),
+            ("down_interval=1s", "down_interval=5s"),
             ("uri=/", "uri=/a"),
             ("host=a", "host=b"),
             ("default_down=on", "default_down=off"),

@@ -269,6 +269,8 @@ proptest! {
     fn accepted_healthchecks_can_do_what_they_say(a in args()) {
         if let Ok(Some(p)) = parse_healthcheck(&as_slices(&a)) {
             prop_assert!(p.jitter_ms < p.interval_ms, "{:?}", p);
+            prop_assert!(p.jitter_ms < p.fast_interval_ms, "{:?}", p);
+            prop_assert!(p.jitter_ms < p.down_interval_ms, "{:?}", p);
             if p.check_type == CheckType::Tcp {
                 prop_assert!(p.host.is_none(), "{:?}", p);
                 prop_assert!(!a.iter().any(|x| x.starts_with(b"uri=")), "{:?}", p);

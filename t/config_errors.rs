@@ -119,7 +119,12 @@ fn bad_counts() {
 
 #[test]
 fn bad_times() {
-    for (arg, name) in [("interval=0", "interval"), ("timeout=-1s", "timeout")] {
+    for (arg, name) in [
+        ("interval=0", "interval"),
+        ("timeout=-1s", "timeout"),
+        ("fast_interval=0", "fast_interval"),
+        ("down_interval=1.5s", "down_interval"),
+    ] {
         rejected(
             &format!("    upstream_healthcheck {arg};"),
             arg,
@@ -443,8 +448,9 @@ fn valid_edge_cases_are_accepted() {
         "upstream_healthcheck_zone 64k;\n{}server {{\n    {}\n    \
          location = /st {{ upstream_healthcheck_status text; }}\n}}\n",
         upstream_with(
-            "    upstream_healthcheck type=http interval=2s timeout=1s fall=3 rise=2 port=18082 \
-             jitter=1s uri=/health host=foo.com default_down=on keepalive=100;\n    \
+            "    upstream_healthcheck type=http interval=2s fast_interval=1500ms \
+             down_interval=10s timeout=1s fall=3 rise=2 port=18082 jitter=1s uri=/health \
+             host=foo.com default_down=on keepalive=100;\n    \
              upstream_healthcheck_valid_statuses 200 302 2xx !204 300-399;"
         ),
         listen()
@@ -459,6 +465,10 @@ fn valid_edge_cases_are_accepted() {
     // type=tcp alone.
     accepted(&upstream_with(
         "    upstream_healthcheck type=tcp interval=1m30s;",
+    ));
+    // type=tcp with fast and down intervals.
+    accepted(&upstream_with(
+        "    upstream_healthcheck type=tcp interval=2s fast_interval=100ms down_interval=30s fall=3;",
     ));
 }
 
@@ -639,6 +649,15 @@ fn jitter_not_below_interval() {
         &bad_param(
             "jitter=5s",
             "jitter must be less than interval (2s by default)",
+        ),
+    );
+    // Jitter is added to fast_interval too.
+    rejected(
+        "    upstream_healthcheck interval=2s fast_interval=100ms jitter=500ms;",
+        "jitter=500ms",
+        &bad_param(
+            "jitter=500ms",
+            "jitter must be less than fast_interval (100ms)",
         ),
     );
 }

@@ -177,7 +177,11 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         batch_ms: batch_ms(
             main.upstreams
                 .iter()
-                .filter_map(|u| Some(u.check.as_ref()?.params.interval_ms))
+                .filter_map(|u| u.check.as_ref())
+                .flat_map(|c| {
+                    let p = &c.params;
+                    [p.interval_ms, p.fast_interval_ms, p.down_interval_ms]
+                })
                 .min()
                 .unwrap_or(0),
         ),

@@ -17,7 +17,7 @@ use crate::module::peers;
 use crate::module::probe::{self, Ended, Kept};
 use crate::module::process::{exiting, stop_if_stale, with_worker, LocalBurst, Worker};
 use crate::policy::{connection_reusable, PeerFacts};
-use crate::schedule::{rearm, MAX_TICK_MS};
+use crate::schedule::{next_interval_ms, rearm, MAX_TICK_MS};
 
 /// How soon a probe that could not start for a local reason is tried again.
 const LOCAL_RETRY_MS: u64 = 1000;
@@ -147,11 +147,7 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept:
     let (transition, health, next) = {
         let mut locked = w.header.lock();
         let s = &mut locked.slots()[slot];
-        let random = ngx_random() as u64;
-        if !s
-            .sched
-            .finish(now, w.pid, p.interval_ms, p.jitter_ms, random)
-        {
+        if !s.sched.owns(w.pid) {
             // The lease was taken over (or the checks restarted): the result is dropped.
             let next = now + s.sched.wake_in(now);
             drop(locked);
@@ -162,6 +158,11 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept:
         let t = s
             .health
             .record(outcome, unix_msec(), duration_us, p.rise, p.fall);
+        // The next interval depends on the verdict this result leaves.
+        let interval = next_interval_ms(p, &s.health);
+        let random = ngx_random() as u64;
+        let planned = s.sched.finish(now, w.pid, interval, p.jitter_ms, random);
+        debug_assert!(planned, "owned under the same lock");
         let (health, next) = (s.health, s.sched.next_due_ms);
         locked.upstreams()[ui]
             .probe_durations
