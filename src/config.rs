@@ -36,6 +36,9 @@ pub struct CheckParams {
     pub host: Option<String>,
     /// Peers seen for the first time start down and need `rise` good probes.
     pub default_down: bool,
+    /// `match=`: the name of the `upstream_healthcheck_match` block that judges responses
+    /// (resolved after parsing, so the block may come after the upstream).
+    pub match_name: Option<String>,
 }
 
 impl Default for CheckParams {
@@ -51,6 +54,7 @@ impl Default for CheckParams {
             uri: None,
             host: None,
             default_down: false,
+            match_name: None,
         }
     }
 }
