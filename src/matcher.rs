@@ -174,8 +174,11 @@ pub struct Match {
 
 impl Match {
     /// `Ok` when every condition holds; otherwise the index of the first that does not, in the
-    /// order of the block (see `condition`). Only the first `body_max` bytes of `body` are
-    /// examined, whatever the caller passes.
+    /// order of the block (see `condition`). `status` is the final status (interim 1xx
+    /// skipped); `headers` are the response's fields in arrival order, each value without the
+    /// whitespace around it, a field given twice appearing twice; `body` is what was read of
+    /// the body (empty when `needs_body` is false). Only the first `body_max` bytes of `body`
+    /// are examined, whatever the caller passes.
     pub fn check(&self, status: u16, headers: &[(&[u8], &[u8])], body: &[u8]) -> Result<(), usize> {
         let body = &body[..body.len().min(self.body_max)];
         match self
