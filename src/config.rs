@@ -44,6 +44,9 @@ pub struct CheckParams {
     /// Probes one connection carries before it is closed (`keepalive=N`); 0: a new
     /// connection per probe.
     pub keepalive: u32,
+    /// `match=`: the name of the `upstream_healthcheck_match` block that judges responses
+    /// (resolved after parsing, so the block may come after the upstream).
+    pub match_name: Option<String>,
 }
 
 impl Default for CheckParams {
@@ -62,6 +65,7 @@ impl Default for CheckParams {
             host: None,
             default_down: false,
             keepalive: 0,
+            match_name: None,
         }
     }
 }

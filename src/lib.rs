@@ -10,6 +10,7 @@ pub mod health;
 pub mod histogram;
 pub mod journal;
 pub mod key;
+pub mod matcher;
 pub mod outcome;
 pub mod parse;
 pub mod policy;

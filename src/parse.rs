@@ -38,6 +38,11 @@ const STATUS: &str = "upstream_healthcheck_status";
 pub struct ParseError(String);
 
 impl ParseError {
+    /// An error with this whole message, for the parsers of other files (the match block's).
+    pub(crate) fn new(msg: String) -> ParseError {
+        ParseError(msg)
+    }
+
     /// The message, as `Display` writes it.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -69,7 +74,7 @@ impl fmt::Display for ParseError {
 impl std::error::Error for ParseError {}
 
 /// Makes an argument safe to quote in a one-line message.
-fn escape(v: &[u8]) -> String {
+pub(crate) fn escape(v: &[u8]) -> String {
     let mut s = String::with_capacity(v.len());
     for &b in v {
         match b {
@@ -213,7 +218,7 @@ fn show_ms(ms: u64) -> String {
 }
 
 /// The parameters of `upstream_healthcheck`, in the order of the `given` slots.
-pub(crate) const KEYS: [&str; 13] = [
+pub(crate) const KEYS: [&str; 14] = [
     "type",
     "interval",
     "timeout",
@@ -227,6 +232,7 @@ pub(crate) const KEYS: [&str; 13] = [
     "keepalive",
     "fast_interval",
     "down_interval",
+    "match",
 ];
 
 /// Parses the arguments of `upstream_healthcheck`: `Ok(None)` for `off`, the defaults of
@@ -331,6 +337,7 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
                         ))
                     })?;
             }
+            "match" => params.match_name = Some(parse_match_name(value).map_err(|r| bad(&r))?),
             _ => {
                 params.default_down = match value {
                     b"on" => true,
@@ -351,7 +358,7 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
 
     // Parameters that are each well-formed but cannot do what they say together.
     if params.check_type == CheckType::Tcp {
-        for name in ["uri", "host", "keepalive"] {
+        for name in ["uri", "host", "keepalive", "match"] {
             if let Some(arg) = arg_of(name) {
                 return Err(ParseError::invalid_because(
                     HEALTHCHECK,
@@ -406,6 +413,16 @@ pub fn check_with_request(params: &CheckParams) -> Result<(), ParseError> {
         }
     }
     Ok(())
+}
+
+/// The name of an `upstream_healthcheck_match` block, in the block's directive and in
+/// `match=`: printable ASCII without spaces, so that a name reads the same in a message, a log
+/// line and the status page.
+pub fn parse_match_name(value: &[u8]) -> Result<String, String> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_graphic) {
+        return Err("a match name is printable ASCII without spaces".to_owned());
+    }
+    Ok(ascii_string(value))
 }
 
 /// A string from bytes already checked to be printable ASCII.
@@ -796,6 +813,7 @@ mod tests {
                 host: Some("example.com:8080".to_owned()),
                 default_down: true,
                 keepalive: 10,
+                match_name: None,
             }
         );
     }
@@ -1234,6 +1252,32 @@ mod tests {
         let e = hc(&["foo=1"]).unwrap_err();
         assert_eq!(e.as_str(), e.to_string());
         let _: &dyn std::error::Error = &e;
+    }
+
+    #[test]
+    fn healthcheck_match_names_a_block() {
+        assert_eq!(
+            hc_ok(&["match=json_ok"]).match_name.as_deref(),
+            Some("json_ok")
+        );
+        assert_eq!(hc_ok(&[]).match_name, None);
+        let reason = "a match name is printable ASCII without spaces";
+        assert_eq!(hc_err(&["match="]), bad("match=", reason));
+        assert_eq!(hc_err(&["match=a b"]), bad("match=a b", reason));
+        assert_eq!(hc_err(&["match=\u{e9}"]), bad("match=\\xC3\\xA9", reason));
+        assert_eq!(
+            hc_err(&["match=a", "match=b"]),
+            bad("match=b", "match is given twice")
+        );
+        // A tcp probe reads no response to match.
+        assert_eq!(
+            hc_err(&["type=tcp", "match=json_ok"]),
+            bad("match=json_ok", "match applies to type=http only")
+        );
+        assert_eq!(
+            hc_err(&["match=json_ok", "type=tcp"]),
+            bad("match=json_ok", "match applies to type=http only")
+        );
     }
 
     // --- upstream_healthcheck_valid_statuses

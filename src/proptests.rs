@@ -1,13 +1,14 @@
 //! Property tests of the pure parsers (`proptest`, 256 cases a property): directive arguments
 //! (`parse.rs`), the incremental status-line parser (`status_line.rs`), the whole-response
-//! reader (`response.rs`) and percent-decoding (`query.rs`). The parsers take bytes from
-//! nginx.conf, from the network and from request URIs, so beyond agreeing with reference
-//! models they must never panic on any input.
+//! reader (`response.rs`), the match block (`matcher.rs`) and percent-decoding (`query.rs`).
+//! The parsers take bytes from nginx.conf, from the network and from request URIs, so beyond
+//! agreeing with reference models they must never panic on any input.
 
 use proptest::collection::vec;
 use proptest::prelude::*;
 
 use crate::config::{CheckType, StatusRange, ValidStatuses};
+use crate::matcher::MatchBuilder;
 use crate::parse::{
     parse_ha_address, parse_healthcheck, parse_request, parse_size, parse_status_format,
     parse_time_ms, parse_valid_statuses, parse_zone_size,
@@ -519,6 +520,113 @@ proptest! {
             .collect();
         let got = parse_args(query.join("&").as_bytes());
         prop_assert_eq!(got, Ok(pairs));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// matcher.rs: lines from nginx.conf, responses from backends
+
+/// A line of a match block: a keyword, then words biased towards operators and patterns.
+fn match_line() -> impl Strategy<Value = Vec<Vec<u8>>> {
+    let keyword = prop::sample::select(vec![
+        &b"status"[..],
+        b"header",
+        b"body",
+        b"body_max",
+        b"!",
+        b"",
+    ]);
+    let word = prop_oneof![
+        prop::sample::select(vec![
+            b"!".to_vec(),
+            b"=".to_vec(),
+            b"!=".to_vec(),
+            b"~".to_vec(),
+            b"!~".to_vec(),
+            b"200-399".to_vec(),
+            b"!302".to_vec(),
+            b"Content-Type".to_vec(),
+            b"(a|aa)*b".to_vec(),
+            b"(".to_vec(),
+            b"64k".to_vec(),
+        ]),
+        bytes(12),
+    ];
+    (keyword, vec(word, 0..4)).prop_map(|(k, mut rest)| {
+        rest.insert(0, k.to_vec());
+        rest
+    })
+}
+
+proptest! {
+    #[test]
+    fn match_lines_never_panic_and_messages_are_one_printable_line(
+        lines in vec(match_line(), 0..5),
+    ) {
+        let mut b = MatchBuilder::default();
+        for line in &lines {
+            if let Err(e) = b.add(&as_slices(line)) {
+                let msg = e.as_str();
+                prop_assert!(msg.bytes().all(|b| (0x20..0x7f).contains(&b)), "{msg:?}");
+            }
+        }
+        if let Ok(m) = b.finish(b"m") {
+            for c in m.conditions() {
+                let text = c.to_string();
+                prop_assert!(text.bytes().all(|b| (0x20..0x7f).contains(&b)), "{text:?}");
+            }
+        }
+    }
+
+    /// Whatever a backend sends, `check` answers, names a real condition when it fails, and
+    /// looks at no more than `body_max` bytes.
+    #[test]
+    fn any_response_gets_a_verdict(
+        status in 100u16..=599,
+        headers in vec((bytes(12), bytes(24)), 0..6),
+        body in bytes(300),
+        cut in 1usize..200,
+    ) {
+        let mut b = MatchBuilder::default();
+        for line in [
+            &[&b"status"[..], b"2xx", b"!204"][..],
+            &[b"header", b"Content-Type", b"~", b"json"],
+            &[b"header", b"!", b"X-Maintenance"],
+            &[b"body", b"~", br#""status"\s*:\s*"ok""#],
+            &[b"body", b"!~", b"(a|aa)*b"],
+        ] {
+            b.add(line).unwrap();
+        }
+        let body_max = format!("{cut}");
+        b.add(&[b"body_max", body_max.as_bytes()]).unwrap();
+        let m = b.finish(b"m").unwrap();
+        let h: Vec<(&[u8], &[u8])> = headers.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+        match m.check(status, &h, &body) {
+            Ok(()) => prop_assert!((200..=299).contains(&status) && status != 204),
+            Err(i) => prop_assert!(i < m.conditions().len()),
+        }
+        // Bytes past body_max never change the verdict.
+        let mut longer = body[..body.len().min(cut)].to_vec();
+        longer.extend_from_slice(br#"{"status":"ok"} aab"#);
+        let short = &body[..body.len().min(cut)];
+        prop_assert_eq!(m.check(status, &h, &longer), m.check(status, &h, short));
+    }
+
+    /// Patterns that make a backtracking engine take exponential time take one pass here: a
+    /// few hundred KiB of adversarial input per case, answered correctly.
+    #[test]
+    fn adversarial_bodies_are_matched_in_one_pass(
+        n in 1usize..(256 * 1024),
+        pattern in prop::sample::select(vec!["(a|aa)*b", "^(a+)+$", "(a*)*c", "(a|a?)+z"]),
+    ) {
+        let mut b = MatchBuilder::default();
+        b.add(&[b"body", b"~", pattern.as_bytes()]).unwrap();
+        b.add(&[b"body_max", b"1m"]).unwrap();
+        let m = b.finish(b"m").unwrap();
+        let mut body = vec![b'a'; n];
+        body.push(b'!');
+        // No b, c or z, and the `!` breaks the anchored run: no match.
+        prop_assert_eq!(m.check(200, &[], &body), Err(0));
     }
 }
 

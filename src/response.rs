@@ -43,11 +43,12 @@ pub struct Response {
 }
 
 impl Response {
-    /// The headers as borrowed pairs, as a match block reads them.
+    /// The headers as borrowed pairs, values without the whitespace around them, as a match
+    /// block reads them.
     pub fn header_pairs(&self) -> Vec<(&[u8], &[u8])> {
         self.headers
             .iter()
-            .map(|(n, v)| (n.as_slice(), v.as_slice()))
+            .map(|(n, v)| (n.as_slice(), v.trim_ascii()))
             .collect()
     }
 }

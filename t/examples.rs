@@ -294,3 +294,29 @@ fn fast_recheck_example_runs() {
     assert_eq!((good.proxied(), failing.proxied()), (4, 0));
     nginx.stop();
 }
+
+/// match.conf: three backends (served by nginx itself) all answer 200 on /health, but only
+/// 9111 says `{"status": "ok"}` without a maintenance header: the other two go DOWN.
+#[test]
+fn match_example_runs() {
+    let (text, ports) = move_ports(&runnable("match.conf", &example("match.conf")));
+    let (front, ok, degraded, maintenance) =
+        (ports[&8080], ports[&9111], ports[&9112], ports[&9113]);
+    let nginx = Nginx::start_raw(&text);
+    wait_until(
+        Duration::from_secs(8),
+        "the degraded and the maintenance backends DOWN on the status page",
+        || {
+            state(front, "app", degraded).as_deref() == Some("DOWN")
+                && state(front, "app", maintenance).as_deref() == Some("DOWN")
+        },
+    );
+    assert_eq!(state(front, "app", ok).as_deref(), Some("up"));
+    for _ in 0..6 {
+        let (status, _, body) = http_get(front, "/").expect("GET / on match.conf");
+        assert_eq!(status, 200, "{body}");
+        // The body names the port as written in match.conf, which move_ports leaves alone.
+        assert_eq!(body, "hello from backend 9111\n");
+    }
+    nginx.stop();
+}

@@ -2,6 +2,7 @@
 
 use core::ffi::c_void;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use ngx::core::Status;
 use ngx::ffi::{
@@ -257,6 +258,28 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
                         );
                     }
                 }
+                if let Some(m) = &p.match_name {
+                    if !main.matches.iter().any(|(name, _)| name == m) {
+                        conf_error_at(
+                            cf,
+                            pos,
+                            format!("unknown match \"{m}\" in \"upstream_healthcheck\" directive"),
+                        );
+                        return Err(());
+                    }
+                    if let Some((_, valid_pos)) = &sc.valid {
+                        conf_error_at(
+                            cf,
+                            valid_pos,
+                            format!(
+                                "\"upstream_healthcheck_valid_statuses\" directive is not allowed \
+                                 with \"match={m}\" in \"upstream_healthcheck\" directive, use a \
+                                 \"status\" condition in the match"
+                            ),
+                        );
+                        return Err(());
+                    }
+                }
                 Some(p.clone())
             }
             Some((None, _)) | None => {
@@ -303,6 +326,12 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
                     |r| r.0.clone(),
                 ),
                 valid: sc.valid.as_ref().map(|v| v.0.clone()).unwrap_or_default(),
+                matcher: params.match_name.as_ref().and_then(|m| {
+                    main.matches
+                        .iter()
+                        .find(|(name, _)| name == m)
+                        .map(|(_, matcher)| Arc::clone(matcher))
+                }),
                 params,
             }
         });

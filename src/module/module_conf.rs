@@ -5,6 +5,7 @@ use core::ffi::c_char;
 use core::fmt::Display;
 use core::ptr;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ngx::core::NGX_CONF_ERROR;
 use ngx::ffi::{
@@ -13,6 +14,7 @@ use ngx::ffi::{
 };
 
 use crate::config::{CheckParams, ValidStatuses};
+use crate::matcher::Match;
 use crate::module::zone::ZoneHeader;
 use crate::query::Format;
 
@@ -75,6 +77,9 @@ pub struct MainConf {
     pub ha: Option<(IpAddr, u64)>,
     /// Some location has `upstream_healthcheck_admin`.
     pub admin: bool,
+    /// Every `upstream_healthcheck_match` block by name, in configuration order; `match=` is
+    /// resolved against them after the whole http block is read.
+    pub matches: Vec<(String, Arc<Match>)>,
 }
 
 impl Default for MainConf {
@@ -86,6 +91,7 @@ impl Default for MainConf {
             header: ptr::null_mut(),
             ha: None,
             admin: false,
+            matches: Vec::new(),
         }
     }
 }
@@ -133,6 +139,10 @@ pub struct Check {
     /// The bytes an http probe sends.
     pub request: Vec<u8>,
     pub valid: ValidStatuses,
+    /// `match=`: the block that judges a response instead of `valid` (then the default list,
+    /// unused). Shared with `MainConf::matches` and every upstream naming the same block: one
+    /// compiled copy of its regular expressions per configuration.
+    pub matcher: Option<Arc<Match>>,
 }
 
 /// One peer of an upstream block.

@@ -18,6 +18,7 @@ use ngx::ffi::{
 
 use crate::config::{CheckType, ValidStatuses};
 use crate::escape::LogEscaped;
+use crate::matcher::Match;
 use crate::module::keepalive;
 use crate::module::log::hc_debug;
 use crate::module::process::{with_any_worker, Worker};
@@ -98,6 +99,8 @@ pub struct Probe {
     check_type: CheckType,
     request: &'static [u8],
     valid: &'static ValidStatuses,
+    /// `match=`: judges the response instead of `valid`.
+    matcher: Option<&'static Match>,
     sent: usize,
     reading: Reading,
     /// Probes the connection carried before this one.
@@ -134,10 +137,14 @@ pub fn start(w: &mut Worker, slot: usize) -> Option<(Ended, Option<Kept>)> {
         LogEscaped(&up.name)
     );
     let params = &check.params;
-    let whole = params.keepalive > 0;
+    let matcher = check.matcher.as_deref();
+    let whole =
+        params.keepalive > 0 || matcher.is_some_and(|m| m.needs_headers() || m.needs_body());
     let reading = if whole {
         Reading::Whole(ResponseReader::new(Limits {
-            body_keep: 0,
+            body_keep: matcher
+                .filter(|m| m.needs_body())
+                .map_or(0, Match::body_max),
             body_read: BODY_READ_LIMIT,
             head_request: check.request.starts_with(b"HEAD "),
         }))
@@ -152,6 +159,7 @@ pub fn start(w: &mut Worker, slot: usize) -> Option<(Ended, Option<Kept>)> {
         check_type: params.check_type,
         request: &check.request,
         valid: &check.valid,
+        matcher,
         sent: 0,
         reading,
         carried: 0,
@@ -517,14 +525,17 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) -> Next {
             let outcome = match &mut probe.reading {
                 Reading::StatusLine(parser) => match parser.feed(data) {
                     Progress::NeedMore => continue,
-                    Progress::Status(status) => judge(status, probe.valid),
+                    Progress::Status(status) => match probe.matcher {
+                        Some(m) => m.judge(status, &[], &[]),
+                        None => judge(status, probe.valid),
+                    },
                     Progress::Invalid(_) => Outcome::failed(Failure::BadResponse, None),
                 },
                 Reading::Whole(reader) => match reader.feed(data) {
                     response::Progress::NeedMore => continue,
                     response::Progress::Done(r) => {
                         probe.reusable = r.reusable;
-                        judge(r.status, probe.valid)
+                        judge_response(probe, &r)
                     }
                     response::Progress::Invalid(_) => Outcome::failed(Failure::BadResponse, None),
                 },
@@ -537,7 +548,7 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) -> Next {
             }
             let outcome = match &mut probe.reading {
                 Reading::Whole(reader) => match reader.eof() {
-                    response::Progress::Done(r) => judge(r.status, probe.valid),
+                    response::Progress::Done(r) => judge_response(probe, &r),
                     _ => Outcome::failed(Failure::Closed, None),
                 },
                 Reading::StatusLine(_) => Outcome::failed(Failure::Closed, None),
@@ -550,6 +561,14 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) -> Next {
             Io::Wait => return Next::Wait,
             Io::Failed(f) => return failed(probe, f),
         }
+    }
+}
+
+/// The verdict on a whole response: its match block's, or its status's.
+fn judge_response(probe: &Probe, r: &response::Response) -> Outcome {
+    match probe.matcher {
+        Some(m) => m.judge(r.status, &r.header_pairs(), &r.body),
+        None => judge(r.status, probe.valid),
     }
 }
 

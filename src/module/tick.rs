@@ -207,10 +207,12 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept:
                 .unwrap_or_default();
             let error = health
                 .last_error()
-                .map(|e| match detail_text(check, e, health.last_detail) {
-                    Some(detail) => format!("{e}: {detail}"),
-                    None => e.to_string(),
-                })
+                .map(
+                    |e| match detail_text(check, e, health.last_detail, health.last_status()) {
+                        Some(detail) => format!("{e}: {detail}"),
+                        None => e.to_string(),
+                    },
+                )
                 .unwrap_or_default();
             hc_log!(
                 NGX_LOG_WARN,
