@@ -52,12 +52,17 @@ impl Default for TlsProtocols {
 pub struct CheckParams {
     pub check_type: CheckType,
     pub interval_ms: u64,
+    /// The interval while the verdict is in doubt (see `schedule::next_interval_ms`);
+    /// `interval` unless given.
+    pub fast_interval_ms: u64,
+    /// The interval while the peer is down and not in doubt; `interval` unless given.
+    pub down_interval_ms: u64,
     pub timeout_ms: u64,
     pub fall: u32,
     pub rise: u32,
     /// Port to probe instead of the peer's own.
     pub port: Option<u16>,
-    /// Up to this much random delay is added to every interval.
+    /// Up to this much random delay is added to every interval (fast and down ones too).
     pub jitter_ms: u64,
     /// Path of the default request; `/` when `None`.
     pub uri: Option<String>,
@@ -65,6 +70,12 @@ pub struct CheckParams {
     pub host: Option<String>,
     /// Peers seen for the first time start down and need `rise` good probes.
     pub default_down: bool,
+    /// Probes one connection carries before it is closed (`keepalive=N`); 0: a new
+    /// connection per probe.
+    pub keepalive: u32,
+    /// `match=`: the name of the `upstream_healthcheck_match` block that judges responses
+    /// (resolved after parsing, so the block may come after the upstream).
+    pub match_name: Option<String>,
 }
 
 impl Default for CheckParams {
@@ -72,6 +83,8 @@ impl Default for CheckParams {
         CheckParams {
             check_type: CheckType::Http,
             interval_ms: 2000,
+            fast_interval_ms: 2000,
+            down_interval_ms: 2000,
             timeout_ms: 1000,
             fall: 3,
             rise: 2,
@@ -80,6 +93,8 @@ impl Default for CheckParams {
             uri: None,
             host: None,
             default_down: false,
+            keepalive: 0,
+            match_name: None,
         }
     }
 }
@@ -128,11 +143,18 @@ impl ValidStatuses {
     }
 }
 
-/// The request sent by an http probe when `upstream_healthcheck_request` is not given.
-pub fn default_request(uri: &str, host: &str) -> Vec<u8> {
+/// The request sent by an http probe when `upstream_healthcheck_request` is not given: HTTP/1.1
+/// without `Connection: close` when the connection is kept (`keepalive=N`), HTTP/1.0 that
+/// closes it otherwise.
+pub fn default_request(uri: &str, host: &str, keepalive: bool) -> Vec<u8> {
+    let (version, close) = if keepalive {
+        ("1.1", "")
+    } else {
+        ("1.0", "Connection: close\r\n")
+    };
     format!(
-        "GET {uri} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: nginx-upstream-healthcheck/{}\r\n\
-         Connection: close\r\n\r\n",
+        "GET {uri} HTTP/{version}\r\nHost: {host}\r\nUser-Agent: nginx-upstream-healthcheck/{}\r\n\
+         {close}\r\n",
         env!("CARGO_PKG_VERSION")
     )
     .into_bytes()
@@ -173,8 +195,15 @@ mod tests {
 
     #[test]
     fn default_request_has_host_and_closes() {
-        let req = String::from_utf8(default_request("/health", "backend")).unwrap();
+        let req = String::from_utf8(default_request("/health", "backend", false)).unwrap();
         assert!(req.starts_with("GET /health HTTP/1.0\r\nHost: backend\r\n"));
         assert!(req.contains("\r\nConnection: close\r\n") && req.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_kept_connection_gets_an_http_1_1_request_that_does_not_close_it() {
+        let req = String::from_utf8(default_request("/health", "backend", true)).unwrap();
+        assert!(req.starts_with("GET /health HTTP/1.1\r\nHost: backend\r\nUser-Agent: "));
+        assert!(!req.contains("Connection") && req.ends_with("\r\n\r\n"));
     }
 }

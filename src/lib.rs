@@ -10,11 +10,13 @@ pub mod health;
 pub mod histogram;
 pub mod journal;
 pub mod key;
+pub mod matcher;
 pub mod outcome;
 pub mod parse;
 pub mod policy;
 pub mod query;
 pub mod render;
+pub mod response;
 pub mod schedule;
 pub mod status_line;
 

@@ -12,11 +12,16 @@ use crate::config::{CheckParams, CheckType, StatusRange, TlsProtocols, ValidStat
 use crate::query::Format;
 use crate::status_line::is_final;
 
-/// The longest `interval`, `timeout` or `jitter` accepted: anything longer is a typo.
+/// The longest `interval`, `fast_interval`, `down_interval`, `timeout` or `jitter` accepted:
+/// anything longer is a typo.
 pub const MAX_TIME_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// The largest `fall` and `rise`.
 pub const MAX_COUNT: u32 = 1_000_000;
+
+/// The most probes `keepalive=N` lets one connection carry (nginx's own `keepalive_requests`
+/// defaults to 1000).
+pub const MAX_KEEPALIVE: u32 = 1_000_000;
 
 /// The smallest `upstream_healthcheck_zone` size.
 pub const MIN_ZONE_SIZE: usize = 32 * 1024;
@@ -33,6 +38,11 @@ const STATUS: &str = "upstream_healthcheck_status";
 pub struct ParseError(String);
 
 impl ParseError {
+    /// An error with this whole message, for the parsers of other files (the match block's).
+    pub(crate) fn new(msg: String) -> ParseError {
+        ParseError(msg)
+    }
+
     /// The message, as `Display` writes it.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -64,7 +74,7 @@ impl fmt::Display for ParseError {
 impl std::error::Error for ParseError {}
 
 /// Makes an argument safe to quote in a one-line message.
-fn escape(v: &[u8]) -> String {
+pub(crate) fn escape(v: &[u8]) -> String {
     let mut s = String::with_capacity(v.len());
     for &b in v {
         match b {
@@ -208,7 +218,7 @@ fn show_ms(ms: u64) -> String {
 }
 
 /// The parameters of `upstream_healthcheck`, in the order of the `given` slots.
-pub(crate) const KEYS: [&str; 10] = [
+pub(crate) const KEYS: [&str; 14] = [
     "type",
     "interval",
     "timeout",
@@ -219,6 +229,10 @@ pub(crate) const KEYS: [&str; 10] = [
     "uri",
     "host",
     "default_down",
+    "keepalive",
+    "fast_interval",
+    "down_interval",
+    "match",
 ];
 
 /// Parses the arguments of `upstream_healthcheck`: `Ok(None)` for `off`, the defaults of
@@ -262,10 +276,12 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
                     _ => return Err(bad("type must be \"tcp\", \"http\" or \"https\"")),
                 }
             }
-            "interval" | "timeout" | "jitter" => {
+            "interval" | "fast_interval" | "down_interval" | "timeout" | "jitter" => {
                 let ms = time_param(name, value, name == "jitter").map_err(|r| bad(&r))?;
                 match name {
                     "interval" => params.interval_ms = ms,
+                    "fast_interval" => params.fast_interval_ms = ms,
+                    "down_interval" => params.down_interval_ms = ms,
                     "timeout" => params.timeout_ms = ms,
                     _ => params.jitter_ms = ms,
                 }
@@ -312,6 +328,17 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
                 }
                 params.host = Some(ascii_string(value));
             }
+            "keepalive" => {
+                params.keepalive = parse_digits(value)
+                    .filter(|&n| n <= u64::from(MAX_KEEPALIVE))
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| {
+                        bad(&format!(
+                            "keepalive must be a number from 0 to {MAX_KEEPALIVE}"
+                        ))
+                    })?;
+            }
+            "match" => params.match_name = Some(parse_match_name(value).map_err(|r| bad(&r))?),
             _ => {
                 params.default_down = match value {
                     b"on" => true,
@@ -322,10 +349,17 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
         }
     }
 
-    // Parameters that are each well-formed but cannot do what they say together.
     let arg_of = |name: &str| given[KEYS.iter().position(|k| *k == name).unwrap_or(0)];
+    if arg_of("fast_interval").is_none() {
+        params.fast_interval_ms = params.interval_ms;
+    }
+    if arg_of("down_interval").is_none() {
+        params.down_interval_ms = params.interval_ms;
+    }
+
+    // Parameters that are each well-formed but cannot do what they say together.
     if params.check_type == CheckType::Tcp {
-        for name in ["uri", "host"] {
+        for name in ["uri", "host", "keepalive", "match"] {
             if let Some(arg) = arg_of(name) {
                 return Err(ParseError::invalid_because(
                     HEALTHCHECK,
@@ -335,9 +369,19 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
             }
         }
     }
-    if params.jitter_ms >= params.interval_ms {
+    // Jitter is added to every interval, so it must stay below the shortest one (the first
+    // named of those that are equally short: `interval` when the others are not given).
+    let (shortest, shortest_ms) = [
+        ("interval", params.interval_ms),
+        ("fast_interval", params.fast_interval_ms),
+        ("down_interval", params.down_interval_ms),
+    ]
+    .into_iter()
+    .min_by_key(|&(_, ms)| ms)
+    .unwrap_or(("interval", params.interval_ms));
+    if params.jitter_ms >= shortest_ms {
         if let Some(arg) = arg_of("jitter") {
-            let default = if arg_of("interval").is_none() {
+            let default = if arg_of(shortest).is_none() {
                 " by default"
             } else {
                 ""
@@ -346,8 +390,8 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
                 HEALTHCHECK,
                 arg,
                 &format!(
-                    "jitter must be less than interval ({}{default})",
-                    show_ms(params.interval_ms)
+                    "jitter must be less than {shortest} ({}{default})",
+                    show_ms(shortest_ms)
                 ),
             ));
         }
@@ -475,6 +519,16 @@ pub fn check_with_request(params: &CheckParams) -> Result<(), ParseError> {
         }
     }
     Ok(())
+}
+
+/// The name of an `upstream_healthcheck_match` block, in the block's directive and in
+/// `match=`: printable ASCII without spaces, so that a name reads the same in a message, a log
+/// line and the status page.
+pub fn parse_match_name(value: &[u8]) -> Result<String, String> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_graphic) {
+        return Err("a match name is printable ASCII without spaces".to_owned());
+    }
+    Ok(ascii_string(value))
 }
 
 /// A string from bytes already checked to be printable ASCII.
@@ -847,12 +901,15 @@ mod tests {
             "uri=/health?full=1",
             "host=example.com:8080",
             "default_down=on",
+            "keepalive=10",
         ]);
         assert_eq!(
             p,
             CheckParams {
                 check_type: CheckType::Http,
                 interval_ms: 5000,
+                fast_interval_ms: 5000,
+                down_interval_ms: 5000,
                 timeout_ms: 300,
                 fall: 5,
                 rise: 1,
@@ -861,6 +918,8 @@ mod tests {
                 uri: Some("/health?full=1".to_owned()),
                 host: Some("example.com:8080".to_owned()),
                 default_down: true,
+                keepalive: 10,
+                match_name: None,
             }
         );
     }
@@ -1032,6 +1091,30 @@ mod tests {
     }
 
     #[test]
+    fn fast_and_down_intervals_default_to_the_interval() {
+        let p = hc_ok(&[]);
+        assert_eq!((p.fast_interval_ms, p.down_interval_ms), (2000, 2000));
+        let p = hc_ok(&["interval=5s"]);
+        assert_eq!((p.fast_interval_ms, p.down_interval_ms), (5000, 5000));
+        let p = hc_ok(&["down_interval=30s", "interval=5s", "fast_interval=250ms"]);
+        assert_eq!(
+            (p.interval_ms, p.fast_interval_ms, p.down_interval_ms),
+            (5000, 250, 30_000)
+        );
+        let p = hc_ok(&["type=tcp", "interval=2s", "fast_interval=100ms", "fall=3"]);
+        assert_eq!((p.check_type, p.fast_interval_ms), (CheckType::Tcp, 100));
+        assert_eq!(
+            hc_ok(&["interval=1s", "fast_interval=3s"]).fast_interval_ms,
+            3000,
+            "longer than interval is allowed, as in HAProxy"
+        );
+        assert_eq!(
+            hc_ok(&["interval=10s", "down_interval=1s"]).down_interval_ms,
+            1000
+        );
+    }
+
+    #[test]
     fn sni_is_a_host_name_without_port_never_an_address() {
         assert_eq!(sni_name("backend.test"), Some("backend.test"));
         assert_eq!(sni_name("backend.test:8443"), Some("backend.test"));
@@ -1041,6 +1124,63 @@ mod tests {
         assert_eq!(sni_name(""), None);
         assert_eq!(strip_port("[::1]:443"), "[::1]");
         assert_eq!(strip_port("name"), "name");
+    }
+
+    #[test]
+    fn fast_and_down_intervals_are_positive_times_up_to_24h() {
+        for name in ["fast_interval", "down_interval"] {
+            for v in ["0", "0s", "-1s", "", "abc", "1.5s"] {
+                let a = format!("{name}={v}");
+                assert_eq!(hc_err(&[&a]), bad(&a, &time_reason(name)));
+            }
+            let a = format!("{name}=25h");
+            assert_eq!(
+                hc_err(&[&a]),
+                bad(&a, &format!("{name} must be at most 24h"))
+            );
+            let a = format!("{name}=1m30s");
+            assert!(hc(&[&a]).is_ok(), "{a}");
+        }
+        assert_eq!(
+            hc_err(&["fast_interval=0"]),
+            "invalid parameter \"fast_interval=0\" in \"upstream_healthcheck\" directive, \
+             fast_interval must be a positive time (e.g. 2s, 500ms; a bare number means \
+             milliseconds)"
+        );
+    }
+
+    #[test]
+    fn jitter_must_be_less_than_every_interval_it_is_added_to() {
+        let p = hc_ok(&["interval=2s", "fast_interval=100ms", "jitter=99ms"]);
+        assert_eq!(p.jitter_ms, 99);
+        assert_eq!(
+            hc_err(&["interval=2s", "fast_interval=100ms", "jitter=500ms"]),
+            bad(
+                "jitter=500ms",
+                "jitter must be less than fast_interval (100ms)"
+            )
+        );
+        assert_eq!(
+            hc_err(&["jitter=1s", "down_interval=1s"]),
+            bad("jitter=1s", "jitter must be less than down_interval (1s)")
+        );
+        assert_eq!(
+            hc_err(&["jitter=1s", "fast_interval=1s", "interval=1s"]),
+            bad("jitter=1s", "jitter must be less than interval (1s)"),
+            "when equally short, interval is named"
+        );
+        assert_eq!(
+            hc_err(&["fast_interval=5s", "jitter=2s"]),
+            bad(
+                "jitter=2s",
+                "jitter must be less than interval (2s by default)"
+            )
+        );
+        assert_eq!(
+            hc_ok(&["down_interval=30s", "jitter=1s"]).jitter_ms,
+            1000,
+            "a longer down_interval does not matter"
+        );
     }
 
     #[test]
@@ -1240,6 +1380,8 @@ mod tests {
             ("rise=3", "rise=3"),
             ("port=80", "port=81"),
             ("jitter=0", "jitter=1s"),
+            ("fast_interval=1s", "fast_interval=1s"),
+            ("down_interval=1s", "down_interval=5s"),
             ("uri=/", "uri=/a"),
             ("host=a", "host=b"),
             ("default_down=on", "default_down=off"),
@@ -1290,6 +1432,38 @@ mod tests {
         let e = hc(&["foo=1"]).unwrap_err();
         assert_eq!(e.as_str(), e.to_string());
         let _: &dyn std::error::Error = &e;
+    }
+
+    #[test]
+    fn healthcheck_match_names_a_block() {
+        assert_eq!(
+            hc_ok(&["match=json_ok"]).match_name.as_deref(),
+            Some("json_ok")
+        );
+        assert_eq!(hc_ok(&[]).match_name, None);
+        let reason = "a match name is printable ASCII without spaces";
+        assert_eq!(hc_err(&["match="]), bad("match=", reason));
+        assert_eq!(hc_err(&["match=a b"]), bad("match=a b", reason));
+        assert_eq!(hc_err(&["match=\u{e9}"]), bad("match=\\xC3\\xA9", reason));
+        assert_eq!(
+            hc_err(&["match=a", "match=b"]),
+            bad("match=b", "match is given twice")
+        );
+        // A tcp probe reads no response to match.
+        assert_eq!(
+            hc_err(&["type=tcp", "match=json_ok"]),
+            bad(
+                "match=json_ok",
+                "match applies to type=http and type=https only"
+            )
+        );
+        assert_eq!(
+            hc_err(&["match=json_ok", "type=tcp"]),
+            bad(
+                "match=json_ok",
+                "match applies to type=http and type=https only"
+            )
+        );
     }
 
     // --- upstream_healthcheck_valid_statuses

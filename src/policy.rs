@@ -1,4 +1,5 @@
-//! The one rule for whether nginx's balancer may send traffic to a peer, and whether it is probed.
+//! The one rule for whether nginx's balancer may send traffic to a peer, whether it is probed,
+//! and whether a probe's connection is kept for its next probe.
 
 /// What is known about one peer when deciding its `down` flag.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,6 +34,18 @@ impl PeerFacts {
     pub fn probed(&self) -> bool {
         self.verdict_applies() && !self.config_down
     }
+
+    /// True when an idle probe connection to the peer may be kept: it is probed here and up
+    /// (a down peer holds no connection).
+    pub fn keeps_probe_connection(&self) -> bool {
+        self.probed() && self.healthy
+    }
+}
+
+/// Whether a probe's connection may carry the next probe under `keepalive=N`: the response
+/// allowed it and the connection has carried fewer than N probes (`carried` counts this one).
+pub fn connection_reusable(reusable: bool, carried: u32, keepalive: u32) -> bool {
+    reusable && carried < keepalive
 }
 
 #[cfg(test)]
@@ -45,6 +58,24 @@ mod tests {
             healthy,
             ..PeerFacts::default()
         }
+    }
+
+    #[test]
+    fn a_connection_carries_at_most_keepalive_probes_and_none_to_a_down_peer() {
+        assert!(connection_reusable(true, 1, 3) && connection_reusable(true, 2, 3));
+        assert!(
+            !connection_reusable(true, 3, 3),
+            "the third probe was its last"
+        );
+        assert!(!connection_reusable(false, 1, 3), "the response closed it");
+        assert!(!connection_reusable(true, 1, 1) && !connection_reusable(true, 1, 0));
+        assert!(checked(true).keeps_probe_connection());
+        assert!(!checked(false).keeps_probe_connection());
+        let excluded = PeerFacts {
+            excluded: true,
+            ..checked(true)
+        };
+        assert!(!excluded.keeps_probe_connection());
     }
 
     #[test]

@@ -1,17 +1,20 @@
 //! Property tests of the pure parsers (`proptest`, 256 cases a property): directive arguments
-//! (`parse.rs`), the incremental status-line parser (`status_line.rs`) and percent-decoding
-//! (`query.rs`). The parsers take bytes from nginx.conf, from the network and from request
-//! URIs, so beyond agreeing with reference models they must never panic on any input.
+//! (`parse.rs`), the incremental status-line parser (`status_line.rs`), the whole-response
+//! reader (`response.rs`), the match block (`matcher.rs`) and percent-decoding (`query.rs`).
+//! The parsers take bytes from nginx.conf, from the network and from request URIs, so beyond
+//! agreeing with reference models they must never panic on any input.
 
 use proptest::collection::vec;
 use proptest::prelude::*;
 
 use crate::config::{CheckType, StatusRange, ValidStatuses};
+use crate::matcher::MatchBuilder;
 use crate::parse::{
     parse_ha_address, parse_healthcheck, parse_request, parse_size, parse_status_format,
     parse_time_ms, parse_valid_statuses, parse_zone_size,
 };
 use crate::query::{parse_args, parse_status_query, url_decode, Format};
+use crate::response::{Limits, Progress as ResponseProgress, ResponseReader};
 use crate::status_line::{Progress, StatusLineParser, MAX_INTERIM, MAX_STATUS_LINE};
 
 // ---------------------------------------------------------------------------------------------
@@ -267,6 +270,8 @@ proptest! {
     fn accepted_healthchecks_can_do_what_they_say(a in args()) {
         if let Ok(Some(p)) = parse_healthcheck(&as_slices(&a)) {
             prop_assert!(p.jitter_ms < p.interval_ms, "{:?}", p);
+            prop_assert!(p.jitter_ms < p.fast_interval_ms, "{:?}", p);
+            prop_assert!(p.jitter_ms < p.down_interval_ms, "{:?}", p);
             if p.check_type == CheckType::Tcp {
                 prop_assert!(p.host.is_none(), "{:?}", p);
                 prop_assert!(!a.iter().any(|x| x.starts_with(b"uri=")), "{:?}", p);
@@ -515,5 +520,213 @@ proptest! {
             .collect();
         let got = parse_args(query.join("&").as_bytes());
         prop_assert_eq!(got, Ok(pairs));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// matcher.rs: lines from nginx.conf, responses from backends
+
+/// A line of a match block: a keyword, then words biased towards operators and patterns.
+fn match_line() -> impl Strategy<Value = Vec<Vec<u8>>> {
+    let keyword = prop::sample::select(vec![
+        &b"status"[..],
+        b"header",
+        b"body",
+        b"body_max",
+        b"!",
+        b"",
+    ]);
+    let word = prop_oneof![
+        prop::sample::select(vec![
+            b"!".to_vec(),
+            b"=".to_vec(),
+            b"!=".to_vec(),
+            b"~".to_vec(),
+            b"!~".to_vec(),
+            b"200-399".to_vec(),
+            b"!302".to_vec(),
+            b"Content-Type".to_vec(),
+            b"(a|aa)*b".to_vec(),
+            b"(".to_vec(),
+            b"64k".to_vec(),
+        ]),
+        bytes(12),
+    ];
+    (keyword, vec(word, 0..4)).prop_map(|(k, mut rest)| {
+        rest.insert(0, k.to_vec());
+        rest
+    })
+}
+
+proptest! {
+    #[test]
+    fn match_lines_never_panic_and_messages_are_one_printable_line(
+        lines in vec(match_line(), 0..5),
+    ) {
+        let mut b = MatchBuilder::default();
+        for line in &lines {
+            if let Err(e) = b.add(&as_slices(line)) {
+                let msg = e.as_str();
+                prop_assert!(msg.bytes().all(|b| (0x20..0x7f).contains(&b)), "{msg:?}");
+            }
+        }
+        if let Ok(m) = b.finish(b"m") {
+            for c in m.conditions() {
+                let text = c.to_string();
+                prop_assert!(text.bytes().all(|b| (0x20..0x7f).contains(&b)), "{text:?}");
+            }
+        }
+    }
+
+    /// Whatever a backend sends, `check` answers, names a real condition when it fails, and
+    /// looks at no more than `body_max` bytes.
+    #[test]
+    fn any_response_gets_a_verdict(
+        status in 100u16..=599,
+        headers in vec((bytes(12), bytes(24)), 0..6),
+        body in bytes(300),
+        cut in 1usize..200,
+    ) {
+        let mut b = MatchBuilder::default();
+        for line in [
+            &[&b"status"[..], b"2xx", b"!204"][..],
+            &[b"header", b"Content-Type", b"~", b"json"],
+            &[b"header", b"!", b"X-Maintenance"],
+            &[b"body", b"~", br#""status"\s*:\s*"ok""#],
+            &[b"body", b"!~", b"(a|aa)*b"],
+        ] {
+            b.add(line).unwrap();
+        }
+        let body_max = format!("{cut}");
+        b.add(&[b"body_max", body_max.as_bytes()]).unwrap();
+        let m = b.finish(b"m").unwrap();
+        let h: Vec<(&[u8], &[u8])> = headers.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+        match m.check(status, &h, &body) {
+            Ok(()) => prop_assert!((200..=299).contains(&status) && status != 204),
+            Err(i) => prop_assert!(i < m.conditions().len()),
+        }
+        // Bytes past body_max never change the verdict.
+        let mut longer = body[..body.len().min(cut)].to_vec();
+        longer.extend_from_slice(br#"{"status":"ok"} aab"#);
+        let short = &body[..body.len().min(cut)];
+        prop_assert_eq!(m.check(status, &h, &longer), m.check(status, &h, short));
+    }
+
+    /// Patterns that make a backtracking engine take exponential time take one pass here: a
+    /// few hundred KiB of adversarial input per case, answered correctly.
+    #[test]
+    fn adversarial_bodies_are_matched_in_one_pass(
+        n in 1usize..(256 * 1024),
+        pattern in prop::sample::select(vec!["(a|aa)*b", "^(a+)+$", "(a*)*c", "(a|a?)+z"]),
+    ) {
+        let mut b = MatchBuilder::default();
+        b.add(&[b"body", b"~", pattern.as_bytes()]).unwrap();
+        b.add(&[b"body_max", b"1m"]).unwrap();
+        let m = b.finish(b"m").unwrap();
+        let mut body = vec![b'a'; n];
+        body.push(b'!');
+        // No b, c or z, and the `!` breaks the anchored run: no match.
+        prop_assert_eq!(m.check(200, &[], &body), Err(0));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole responses (`response.rs`)
+
+/// How a generated response frames its body.
+#[derive(Clone, Debug)]
+enum Framing {
+    Length,
+    /// Chunks of these sizes (the rest of the body in a last one).
+    Chunked(Vec<usize>),
+    UntilClose,
+}
+
+/// A response with `body`, framed as told, keep-alive or not; the bytes and whether a reader
+/// should find the connection reusable.
+fn frame(status: u16, body: &[u8], framing: &Framing, close: bool) -> (Vec<u8>, bool) {
+    let mut out = format!("HTTP/1.1 {status} X\r\n").into_bytes();
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    match framing {
+        Framing::Length => {
+            out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+            out.extend_from_slice(body);
+        }
+        Framing::Chunked(sizes) => {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+            let mut rest = body;
+            for &n in sizes.iter().chain(core::iter::once(&usize::MAX)) {
+                let n = n.min(rest.len());
+                if n == 0 {
+                    continue;
+                }
+                out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                out.extend_from_slice(&rest[..n]);
+                out.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        Framing::UntilClose => {
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(body);
+        }
+    }
+    (out, !close && !matches!(framing, Framing::UntilClose))
+}
+
+fn framing() -> impl Strategy<Value = Framing> {
+    prop_oneof![
+        Just(Framing::Length),
+        vec(1usize..40, 0..6).prop_map(Framing::Chunked),
+        Just(Framing::UntilClose),
+    ]
+}
+
+/// Feeds `input` in pieces cut at `cuts` (positions, any order), then the close.
+fn read_in_pieces(limits: Limits, input: &[u8], cuts: &[usize]) -> ResponseProgress {
+    let mut cuts: Vec<usize> = cuts.iter().map(|&c| c % (input.len() + 1)).collect();
+    cuts.sort_unstable();
+    let mut reader = ResponseReader::new(limits);
+    let mut at = 0;
+    for c in cuts.into_iter().chain(core::iter::once(input.len())) {
+        let p = reader.feed(&input[at..c]);
+        at = c;
+        if p != ResponseProgress::NeedMore {
+            return p;
+        }
+    }
+    reader.eof()
+}
+
+proptest! {
+    #[test]
+    fn a_whole_response_reads_the_same_however_it_is_split(
+        status in (200u16..600).prop_filter("a status with a body", |s| *s != 204 && *s != 304),
+        body in vec(any::<u8>(), 0..300),
+        framing in framing(),
+        close in any::<bool>(),
+        keep in 0usize..400,
+        cuts in vec(any::<usize>(), 0..8),
+    ) {
+        let (input, reusable) = frame(status, &body, &framing, close);
+        let limits = Limits { body_keep: keep, body_read: 1 << 20, head_request: false };
+        let ResponseProgress::Done(r) = read_in_pieces(limits, &input, &cuts) else {
+            return Err(TestCaseError::fail("not done"));
+        };
+        prop_assert_eq!(r.status, status);
+        prop_assert_eq!(&r.body[..], &body[..keep.min(body.len())]);
+        if reusable {
+            prop_assert!(r.reusable);
+        }
+        prop_assert!(!r.reusable || reusable);
+    }
+
+    #[test]
+    fn the_response_reader_never_panics(input in http_soup(), cuts in vec(any::<usize>(), 0..8)) {
+        let limits = Limits { body_keep: 64, body_read: 256, head_request: false };
+        let _ = read_in_pieces(limits, &input, &cuts);
     }
 }

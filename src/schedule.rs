@@ -1,5 +1,5 @@
-//! Who probes which peer when: the shared per-peer due time and lease, and each worker's
-//! queue of peers by due time with its cap on probes in flight.
+//! Who probes which peer when: the shared per-peer due time and lease, the interval to the
+//! next probe, and each worker's queue of peers by due time with its cap on probes in flight.
 //!
 //! Every worker keeps its own queue of the peers it may probe; a worker claims a due peer under
 //! the zone lock, so exactly one probe per peer runs per interval whatever the number of
@@ -8,6 +8,9 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+
+use crate::config::CheckParams;
+use crate::health::PeerHealth;
 
 /// The longest a worker sleeps between scans, so verdicts and takeovers are never late.
 pub const MAX_TICK_MS: u64 = 100;
@@ -27,9 +30,30 @@ pub struct Schedule {
     pub respread: u8,
 }
 
+/// The interval from the probe whose result `health` has just recorded to the next one:
+/// `fast_interval` while the verdict is in doubt (up with a failure counted, or down with a
+/// success counted), else `down_interval` while the peer is down, else `interval`. A fresh
+/// peer is not in doubt.
+pub fn next_interval_ms(params: &CheckParams, health: &PeerHealth) -> u64 {
+    let in_doubt = if health.is_up() {
+        health.fall_count > 0
+    } else {
+        health.rise_count > 0
+    };
+    if in_doubt {
+        params.fast_interval_ms
+    } else if health.is_up() {
+        params.interval_ms
+    } else {
+        params.down_interval_ms
+    }
+}
+
 /// How long a claim lasts: the probe ends within `timeout`, so a lease that outlives
 /// `max(interval, timeout) + interval` belongs to a worker that is gone. With the usual
-/// `timeout <= interval` that is two intervals.
+/// `timeout <= interval` that is two intervals. It uses the plain `interval` whatever the
+/// interval in force: it outlasts the probe whatever `fast_interval`, and a worker that is gone
+/// is taken over within two intervals even for a peer probed at a longer `down_interval`.
 pub fn lease_ms(interval_ms: u64, timeout_ms: u64) -> u64 {
     interval_ms.max(timeout_ms).saturating_add(interval_ms)
 }
@@ -42,6 +66,12 @@ impl Schedule {
             next_due_ms: now_ms + random % interval_ms.max(1),
             ..Schedule::default()
         }
+    }
+
+    /// True while worker `pid` holds the claim: its probe's result counts. False when the
+    /// lease was taken over or the checks restarted meanwhile.
+    pub fn owns(&self, pid: i32) -> bool {
+        self.owner_pid == pid && self.busy_until_ms != 0
     }
 
     /// True when no probe is in flight (or its lease ran out).
@@ -74,10 +104,11 @@ impl Schedule {
         true
     }
 
-    /// Ends the probe worker `pid` ran and plans the next one: one interval after the
-    /// previous due time (so cadence does not drift), never before the probe ended, plus
-    /// `random % (jitter + 1)`. Returns false, changing nothing, when the lease was taken
-    /// over meanwhile and the result must be dropped.
+    /// Ends the probe worker `pid` ran and plans the next one: `interval_ms` (the one in force
+    /// after its result, `next_interval_ms`) after the previous due time (so cadence does not
+    /// drift), never before the probe ended, plus `random % (jitter + 1)`. Returns false,
+    /// changing nothing, when the lease was taken over meanwhile (`owns`) and the result must
+    /// be dropped.
     pub fn finish(
         &mut self,
         now_ms: u64,
@@ -86,7 +117,7 @@ impl Schedule {
         jitter_ms: u64,
         random: u64,
     ) -> bool {
-        if self.owner_pid != pid || self.busy_until_ms == 0 {
+        if !self.owns(pid) {
             return false;
         }
         let jitter = if jitter_ms == 0 {
@@ -109,7 +140,7 @@ impl Schedule {
     /// local reason: no free connection, no descriptor, no source port) and plans a new try
     /// after `retry_ms`. Returns false when the lease was taken over meanwhile.
     pub fn release(&mut self, now_ms: u64, pid: i32, retry_ms: u64) -> bool {
-        if self.owner_pid != pid || self.busy_until_ms == 0 {
+        if !self.owns(pid) {
             return false;
         }
         self.next_due_ms = now_ms.saturating_add(retry_ms);
@@ -143,7 +174,8 @@ impl Schedule {
 
 /// How early a probe may start: a scan also claims the probes due within this much, so that
 /// a worker wakes once per batch instead of once per probe (each wakeup costs a system call and
-/// nginx's time update). A twentieth of the shortest interval, at most 10 ms: probes start a
+/// nginx's time update). A twentieth of the shortest interval (`fast_interval` and
+/// `down_interval` included), at most 10 ms: probes start a
 /// little early, never late, so detection is never slower, and cadence keeps to the due times.
 pub fn batch_ms(shortest_interval_ms: u64) -> u64 {
     (shortest_interval_ms / 20).min(10)
@@ -277,6 +309,125 @@ impl DueQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcome::{Failure, Outcome};
+
+    const PASSED: Outcome = Outcome {
+        failure: None,
+        status: Some(200),
+        detail: 0,
+    };
+    const REFUSED: Outcome = Outcome {
+        failure: Some(Failure::Refused),
+        status: None,
+        detail: 0,
+    };
+
+    /// `upstream_healthcheck interval=2s fast_interval=100ms down_interval=10s fall=3 rise=2`
+    fn fast_and_down() -> CheckParams {
+        CheckParams {
+            interval_ms: 2000,
+            fast_interval_ms: 100,
+            down_interval_ms: 10_000,
+            fall: 3,
+            rise: 2,
+            ..CheckParams::default()
+        }
+    }
+
+    /// Runs one probe at each due time from 0 on, ending 5 ms after it starts, as the worker
+    /// does: claim, record the result, plan the next one with the interval then in force.
+    /// Returns when each probe ran and whether the peer was up after it.
+    fn probes(p: &CheckParams, health: &mut PeerHealth, results: &[Outcome]) -> Vec<(u64, bool)> {
+        let mut s = Schedule::default();
+        results
+            .iter()
+            .map(|&outcome| {
+                let at = s.next_due_ms;
+                assert!(s.claim(at, 0, 1, p.interval_ms, p.timeout_ms));
+                assert!(s.owns(1));
+                health.record(outcome, at + 5, 5, p.rise, p.fall);
+                let interval = next_interval_ms(p, health);
+                assert!(s.finish(at + 5, 1, interval, p.jitter_ms, 0));
+                (at, health.is_up())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn with_fast_interval_a_dead_peer_is_down_200ms_after_its_first_failed_probe() {
+        let seq = [PASSED, REFUSED, REFUSED, REFUSED];
+        let fast = probes(&fast_and_down(), &mut PeerHealth::new(true), &seq);
+        assert_eq!(
+            fast,
+            vec![(0, true), (2000, true), (2100, true), (2200, false)]
+        );
+        let plain = CheckParams {
+            interval_ms: 2000,
+            fall: 3,
+            ..CheckParams::default()
+        };
+        let slow = probes(&plain, &mut PeerHealth::new(true), &seq);
+        assert_eq!(
+            slow,
+            vec![(0, true), (2000, true), (4000, true), (6000, false)],
+            "without it, 4 s"
+        );
+    }
+
+    #[test]
+    fn a_down_peer_is_probed_every_down_interval_and_comes_back_at_fast_interval() {
+        let seq = [
+            REFUSED, REFUSED, REFUSED, // down
+            REFUSED, REFUSED, // still down, not in doubt
+            PASSED, PASSED, // in doubt, then up
+            PASSED,
+        ];
+        let times: Vec<u64> = probes(&fast_and_down(), &mut PeerHealth::new(true), &seq)
+            .into_iter()
+            .map(|(at, _)| at)
+            .collect();
+        assert_eq!(
+            times,
+            vec![0, 100, 200, 10_200, 20_200, 30_200, 30_300, 32_300]
+        );
+    }
+
+    #[test]
+    fn a_failure_that_a_pass_clears_puts_the_peer_back_on_its_interval() {
+        let seq = [REFUSED, PASSED, PASSED];
+        let times: Vec<(u64, bool)> = probes(&fast_and_down(), &mut PeerHealth::new(true), &seq);
+        assert_eq!(times, vec![(0, true), (100, true), (2100, true)]);
+    }
+
+    #[test]
+    fn a_fresh_peer_is_not_in_doubt() {
+        let p = fast_and_down();
+        assert_eq!(next_interval_ms(&p, &PeerHealth::new(true)), 2000);
+        assert_eq!(
+            next_interval_ms(&p, &PeerHealth::new(false)),
+            10_000,
+            "default_down=on: down, with no success counted yet"
+        );
+    }
+
+    #[test]
+    fn in_doubt_wins_over_down() {
+        let p = fast_and_down();
+        let mut h = PeerHealth::new(false);
+        h.record(PASSED, 1, 5, p.rise, p.fall);
+        assert!(!h.is_up());
+        assert_eq!(next_interval_ms(&p, &h), 100);
+    }
+
+    #[test]
+    fn without_them_every_probe_is_an_interval_apart() {
+        let seq = [PASSED, REFUSED, REFUSED, REFUSED, REFUSED, PASSED, PASSED];
+        let times: Vec<u64> = probes(&CheckParams::default(), &mut PeerHealth::new(true), &seq)
+            .into_iter()
+            .map(|(at, _)| at)
+            .collect();
+        assert_eq!(times, (0..7).map(|i| i * 2000).collect::<Vec<u64>>());
+    }
 
     #[test]
     fn a_timer_only_moves_earlier() {
@@ -331,6 +482,10 @@ mod tests {
     #[test]
     fn a_restart_probes_at_once_then_spreads_out() {
         let mut s = Schedule::restart(1000);
+        assert!(
+            !s.owns(7),
+            "a probe in flight before the restart does not count"
+        );
         assert!(s.is_due(1000));
         assert!(s.claim(1000, 0, 1, 2000, 500));
         assert!(s.finish(1010, 1, 2000, 0, 777));
@@ -402,7 +557,9 @@ mod tests {
         assert!(s.claim(0, 0, 1, 1000, 1000));
         assert!(!s.claim(1999, 0, 2, 1000, 1000));
         assert!(s.claim(2000, 0, 2, 1000, 1000));
-        // The late finisher does not overwrite the new owner's schedule.
+        // The late finisher's result does not count, nor does it overwrite the new owner's
+        // schedule.
+        assert!(!s.owns(1) && s.owns(2));
         assert!(!s.finish(2100, 1, 1000, 0, 0));
         assert_eq!(s.owner_pid, 2);
     }

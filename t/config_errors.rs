@@ -119,7 +119,12 @@ fn bad_counts() {
 
 #[test]
 fn bad_times() {
-    for (arg, name) in [("interval=0", "interval"), ("timeout=-1s", "timeout")] {
+    for (arg, name) in [
+        ("interval=0", "interval"),
+        ("timeout=-1s", "timeout"),
+        ("fast_interval=0", "fast_interval"),
+        ("down_interval=1.5s", "down_interval"),
+    ] {
         rejected(
             &format!("    upstream_healthcheck {arg};"),
             arg,
@@ -443,8 +448,9 @@ fn valid_edge_cases_are_accepted() {
         "upstream_healthcheck_zone 64k;\n{}server {{\n    {}\n    \
          location = /st {{ upstream_healthcheck_status text; }}\n}}\n",
         upstream_with(
-            "    upstream_healthcheck type=http interval=2s timeout=1s fall=3 rise=2 port=18082 \
-             jitter=1s uri=/health host=foo.com default_down=on;\n    \
+            "    upstream_healthcheck type=http interval=2s fast_interval=1500ms \
+             down_interval=10s timeout=1s fall=3 rise=2 port=18082 jitter=1s uri=/health \
+             host=foo.com default_down=on keepalive=100;\n    \
              upstream_healthcheck_valid_statuses 200 302 2xx !204 300-399;"
         ),
         listen()
@@ -460,14 +466,34 @@ fn valid_edge_cases_are_accepted() {
     accepted(&upstream_with(
         "    upstream_healthcheck type=tcp interval=1m30s;",
     ));
+    // type=tcp with fast and down intervals.
+    accepted(&upstream_with(
+        "    upstream_healthcheck type=tcp interval=2s fast_interval=100ms down_interval=30s fall=3;",
+    ));
 }
 
 // ---------------------------------------------------------------------------------------------
 // Configurations that parse but cannot do what they say
 
 #[test]
+fn keepalive_must_be_a_count() {
+    for arg in [
+        "keepalive=-1",
+        "keepalive=x",
+        "keepalive=",
+        "keepalive=1000001",
+    ] {
+        rejected(
+            &format!("    upstream_healthcheck {arg};"),
+            arg,
+            &bad_param(arg, "keepalive must be a number from 0 to 1000000"),
+        );
+    }
+}
+
+#[test]
 fn uri_or_host_with_type_tcp() {
-    for arg in ["uri=/health", "host=foo.com"] {
+    for arg in ["uri=/health", "host=foo.com", "keepalive=10"] {
         let name = arg.split('=').next().unwrap();
         rejected(
             &format!("    upstream_healthcheck type=tcp interval=1s {arg};"),
@@ -631,6 +657,15 @@ fn jitter_not_below_interval() {
             "jitter must be less than interval (2s by default)",
         ),
     );
+    // Jitter is added to fast_interval too.
+    rejected(
+        "    upstream_healthcheck interval=2s fast_interval=100ms jitter=500ms;",
+        "jitter=500ms",
+        &bad_param(
+            "jitter=500ms",
+            "jitter must be less than fast_interval (100ms)",
+        ),
+    );
 }
 
 /// `nginx -t` of an http block with `upstream_healthcheck_ha_address ARGS` and a checked
@@ -718,6 +753,252 @@ fn status_page_and_control_endpoint_in_one_location() {
         upstream_with("    upstream_healthcheck;"),
         listen()
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// upstream_healthcheck_match: named response tests at http level, used with match=
+
+/// An `upstream_healthcheck_match NAME { ... }` block at http level with `lines` inside.
+fn match_block(name: &str, lines: &str) -> String {
+    format!("upstream_healthcheck_match {name} {{\n{lines}\n}}\n")
+}
+
+/// The issue's JSON health endpoint: every kind of condition, and body_max.
+const JSON_OK: &str = r#"    status 200-399 !302;
+    header Content-Type ~ "json";
+    header ! X-Maintenance;
+    body ~ "\"status\"\s*:\s*\"ok\"";
+    body_max 64k;"#;
+
+/// `nginx -t` of a match block `json_ok` with `lines`, and an upstream using it.
+fn match_rejected(lines: &str, needle: &str, msg: &str) {
+    let check = nginx_test_conf(
+        "",
+        &format!(
+            "{}{}",
+            match_block("json_ok", lines),
+            upstream_with("    upstream_healthcheck match=json_ok;")
+        ),
+    );
+    assert_rejected_at(&check, needle, msg);
+}
+
+#[test]
+fn match_blocks_work_before_or_after_the_upstreams_using_them() {
+    let upstream = upstream_with("    upstream_healthcheck interval=1s match=json_ok;");
+    // Before the upstream, as NGINX Plus's examples put it.
+    accepted(&format!("{}{upstream}", match_block("json_ok", JSON_OK)));
+    // After it: names are resolved once the whole http block is read.
+    accepted(&format!("{upstream}{}", match_block("json_ok", JSON_OK)));
+    // NGINX Plus's forms, a block no upstream uses, and two upstreams sharing one block.
+    accepted(&format!(
+        "{}{}{}{}",
+        match_block(
+            "not_redirect",
+            "    status ! 301-303 307;\n    header ! Refresh;"
+        ),
+        match_block("unused", "    body !~ \"maintenance mode\";"),
+        upstream_with("    upstream_healthcheck match=not_redirect;"),
+        upstream_of(
+            "server 127.0.0.1:18082;",
+            "    upstream_healthcheck match=not_redirect;"
+        )
+        .replace("upstream u ", "upstream u2 ")
+        .replace("http://u;", "http://u2;"),
+    ));
+    // With a request of its own.
+    accepted(&format!(
+        "{}{}",
+        match_block("json_ok", JSON_OK),
+        upstream_with(
+            "    upstream_healthcheck match=json_ok;\n    \
+             upstream_healthcheck_request \"GET /health HTTP/1.0\\r\\n\\r\\n\";"
+        )
+    ));
+}
+
+#[test]
+fn match_naming_no_block() {
+    rejected(
+        "    upstream_healthcheck match=nope;",
+        "match=nope",
+        "unknown match \"nope\" in \"upstream_healthcheck\" directive",
+    );
+    // Another block exists, by another name.
+    let check = nginx_test_conf(
+        "",
+        &format!(
+            "{}{}",
+            match_block("json_ok", JSON_OK),
+            upstream_with("    upstream_healthcheck match=json_okay;")
+        ),
+    );
+    assert_rejected_at(
+        &check,
+        "match=json_okay",
+        "unknown match \"json_okay\" in \"upstream_healthcheck\" directive",
+    );
+    rejected(
+        "    upstream_healthcheck match=;",
+        "match=;",
+        &bad_param("match=", "a match name is printable ASCII without spaces"),
+    );
+}
+
+#[test]
+fn empty_match_block() {
+    // At the line that opens the block, as nginx reports an upstream without servers.
+    for lines in ["", "    body_max 16k;"] {
+        match_rejected(
+            lines,
+            "upstream_healthcheck_match json_ok",
+            "no conditions are inside \"upstream_healthcheck_match\" block \"json_ok\"",
+        );
+    }
+}
+
+#[test]
+fn match_with_a_bad_regular_expression() {
+    match_rejected(
+        "    status 200;\n    body ~ \"(unclosed\";",
+        "(unclosed",
+        "invalid regular expression \"(unclosed\" in \"body\" of \"upstream_healthcheck_match\" \
+         block, unclosed group",
+    );
+    // Backreferences would need backtracking on what a backend sends: refused.
+    let check = nginx_test_conf(
+        "",
+        &format!(
+            "{}{}",
+            match_block("json_ok", "    header X-Id ~ \"(a)\\1\";"),
+            upstream_with("    upstream_healthcheck match=json_ok;")
+        ),
+    );
+    assert!(!check.ok, "{}", check.output);
+    let emerg = check.emerg_lines();
+    assert_eq!(emerg.len(), 1, "{}", check.output);
+    assert!(
+        emerg[0].starts_with(
+            "nginx: [emerg] invalid regular expression \"(a)\\\\1\" in \"header\" of \
+             \"upstream_healthcheck_match\" block, "
+        ) && emerg[0].ends_with(&format!(
+            " in {}:{}",
+            check.conf_path.display(),
+            check.line_of("X-Id")
+        )),
+        "{}",
+        check.output
+    );
+}
+
+#[test]
+fn match_with_an_unknown_condition() {
+    match_rejected(
+        "    status 200;\n    foo bar;",
+        "foo bar",
+        "invalid condition \"foo\" in \"upstream_healthcheck_match\" block",
+    );
+    // NGINX Plus's `require` (variables) is not supported.
+    match_rejected(
+        "    require $upstream_status;",
+        "require",
+        "invalid condition \"require\" in \"upstream_healthcheck_match\" block",
+    );
+    match_rejected(
+        "    header Content-Type =~ json;",
+        "=~",
+        "invalid parameter \"=~\" in \"header\" of \"upstream_healthcheck_match\" block, the \
+         operator must be \"=\", \"!=\", \"~\" or \"!~\"",
+    );
+}
+
+#[test]
+fn match_with_valid_statuses_in_either_order() {
+    let statuses = "    upstream_healthcheck_valid_statuses 200;";
+    let msg = "\"upstream_healthcheck_valid_statuses\" directive is not allowed with \
+               \"match=json_ok\" in \"upstream_healthcheck\" directive, use a \"status\" \
+               condition in the match";
+    for directives in [
+        format!("    upstream_healthcheck match=json_ok;\n{statuses}"),
+        format!("{statuses}\n    upstream_healthcheck match=json_ok;"),
+    ] {
+        let check = nginx_test_conf(
+            "",
+            &format!(
+                "{}{}",
+                match_block("json_ok", JSON_OK),
+                upstream_with(&directives)
+            ),
+        );
+        // The error is at the directive the match would override.
+        assert_rejected_at(&check, "upstream_healthcheck_valid_statuses", msg);
+    }
+}
+
+#[test]
+fn match_with_type_tcp() {
+    let check = nginx_test_conf(
+        "",
+        &format!(
+            "{}{}",
+            match_block("json_ok", JSON_OK),
+            upstream_with("    upstream_healthcheck type=tcp match=json_ok;")
+        ),
+    );
+    assert_rejected_at(
+        &check,
+        "match=json_ok",
+        &bad_param(
+            "match=json_ok",
+            "match applies to type=http and type=https only",
+        ),
+    );
+}
+
+#[test]
+fn duplicate_match_name() {
+    let check = nginx_test_conf(
+        "",
+        &format!(
+            "{}upstream_healthcheck_match json_ok {{ status 204; }}\n{}",
+            match_block("json_ok", JSON_OK),
+            upstream_with("    upstream_healthcheck match=json_ok;")
+        ),
+    );
+    assert_rejected_at(&check, "status 204", "duplicate match \"json_ok\"");
+}
+
+#[test]
+fn match_body_max_over_1m() {
+    match_rejected(
+        "    body ~ ok;\n    body_max 2m;",
+        "body_max",
+        "invalid parameter \"2m\" in \"body_max\" of \"upstream_healthcheck_match\" block, \
+         body_max must be a size from 1 to 1m (e.g. 64k)",
+    );
+}
+
+#[test]
+fn match_block_outside_http_level_or_without_braces() {
+    // Inside an upstream.
+    rejected(
+        "    upstream_healthcheck;\n    upstream_healthcheck_match m { status 200; }",
+        "upstream_healthcheck_match",
+        "\"upstream_healthcheck_match\" directive is not allowed here",
+    );
+    // Without its block.
+    let check = nginx_test_conf(
+        "",
+        &format!(
+            "upstream_healthcheck_match m;\n{}",
+            upstream_with("    upstream_healthcheck;")
+        ),
+    );
+    assert_rejected_at(
+        &check,
+        "upstream_healthcheck_match",
+        "directive \"upstream_healthcheck_match\" has no opening \"{\"",
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

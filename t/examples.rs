@@ -84,6 +84,7 @@ fn every_example_passes_nginx_t() {
     for want in [
         "basic.conf",
         "demo.conf",
+        "fast-recheck.conf",
         "https.conf",
         "tcp.conf",
         "zone.conf",
@@ -258,6 +259,66 @@ fn zone_example_runs() {
     }
     assert!(peers[0].proxied() + peers[1].proxied() == 10);
     assert_eq!(peers[2].proxied(), 0);
+    nginx.stop();
+}
+
+#[test]
+fn fast_recheck_example_runs() {
+    let (text, ports) = move_ports(&runnable(
+        "fast-recheck.conf",
+        &example("fast-recheck.conf"),
+    ));
+    let front = ports[&8080];
+    let good = Backend::on_port(ports[&9121]);
+    let failing = Backend::on_port(ports[&9122]);
+    failing.set_mode(Mode::Status(503));
+    let nginx = Nginx::start_raw(&text);
+    // Peers start up; the first probe of 9122 fails, the next two follow 200 ms apart.
+    wait_until(Duration::from_secs(5), "9122 DOWN", || {
+        state(front, "backend", ports[&9122]).as_deref() == Some("DOWN")
+    });
+    let first_failed = failing.arrivals("/health")[0];
+    assert!(
+        first_failed.elapsed() < Duration::from_millis(1500),
+        "DOWN {:?} after its first failed probe (fast_interval=200ms fall=3)",
+        first_failed.elapsed()
+    );
+    // Down, it is probed every 10 s: none of the next 2.5 s brings a probe.
+    let at_down = failing.hits("/health");
+    assert_eq!(at_down, 3, "fall=3 probes took it down");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(failing.hits("/health"), at_down, "down_interval=10s");
+    assert_eq!(state(front, "backend", ports[&9121]).as_deref(), Some("up"));
+    for _ in 0..4 {
+        assert_eq!(http_get(front, "/x").unwrap().0, 200);
+    }
+    assert_eq!((good.proxied(), failing.proxied()), (4, 0));
+    nginx.stop();
+}
+
+/// match.conf: three backends (served by nginx itself) all answer 200 on /health, but only
+/// 9111 says `{"status": "ok"}` without a maintenance header: the other two go DOWN.
+#[test]
+fn match_example_runs() {
+    let (text, ports) = move_ports(&runnable("match.conf", &example("match.conf")));
+    let (front, ok, degraded, maintenance) =
+        (ports[&8080], ports[&9111], ports[&9112], ports[&9113]);
+    let nginx = Nginx::start_raw(&text);
+    wait_until(
+        Duration::from_secs(8),
+        "the degraded and the maintenance backends DOWN on the status page",
+        || {
+            state(front, "app", degraded).as_deref() == Some("DOWN")
+                && state(front, "app", maintenance).as_deref() == Some("DOWN")
+        },
+    );
+    assert_eq!(state(front, "app", ok).as_deref(), Some("up"));
+    for _ in 0..6 {
+        let (status, _, body) = http_get(front, "/").expect("GET / on match.conf");
+        assert_eq!(status, 200, "{body}");
+        // The body names the port as written in match.conf, which move_ports leaves alone.
+        assert_eq!(body, "hello from backend 9111\n");
+    }
     nginx.stop();
 }
 

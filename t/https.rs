@@ -109,7 +109,7 @@ impl Backends {
         let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
         let log = pki.dir().join("access.log");
         let conf = format!(
-            "log_format tls \"$server_port $ssl_protocol $ssl_session_reused $ssl_server_name $status\";\n\
+            "log_format tls \"$server_port $ssl_protocol $ssl_session_reused $ssl_server_name $status $connection_requests\";\n\
              ssl_protocols TLSv1.2 TLSv1.3;\n\
              {}{}{}{}{}{}{}",
             tls_server(ports[0], "backend.test", &good, "", "good", &log),
@@ -436,6 +436,42 @@ fn reload_and_stop_with_tls_probes_in_flight_leave_nothing_behind() {
             ],
         );
     }
+    let log = nginx.stop();
+    assert!(alert_lines(&log).is_empty(), "{log}");
+    assert!(!log.contains("open socket"), "{log}");
+}
+
+#[test]
+fn keepalive_carries_several_probes_over_one_tls_connection() {
+    let b = Backends::start();
+    let port = free_port();
+    let conf = format!(
+        "{}{}",
+        upstream_block(
+            "ka",
+            &[addr(b.good)],
+            &format!(
+                "upstream_healthcheck type=https keepalive=100 interval=100ms timeout=1s fall=1 \
+                 rise=1 host=backend.test;\n    upstream_healthcheck_ssl_verify on;\n    \
+                 upstream_healthcheck_ssl_trusted_certificate {};",
+                b.pki.ca().display()
+            )
+        ),
+        status_server(port),
+    );
+    let nginx = Nginx::start(&conf);
+    let up = up_after(6);
+    wait_health(port, &[("ka", addr(b.good), &up)]);
+    let log = b.access_log();
+    let requests: Vec<u64> = log
+        .lines()
+        .filter(|l| l.starts_with(&format!("{} ", b.good)))
+        .filter_map(|l| l.split(' ').nth(5)?.parse().ok())
+        .collect();
+    assert!(
+        requests.iter().any(|&n| n >= 5),
+        "no TLS connection carried 5 probes: {requests:?}\n{log}"
+    );
     let log = nginx.stop();
     assert!(alert_lines(&log).is_empty(), "{log}");
     assert!(!log.contains("open socket"), "{log}");

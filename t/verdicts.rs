@@ -1105,3 +1105,147 @@ fn first_probes_arrive_within_one_interval_of_start() {
     );
     nginx.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 16. fast_interval and down_interval
+
+/// Waits for the next probe of `b`, then makes `b` answer `status`: the probes from the
+/// returned index (into `b.arrivals("/health")`) on get it. The next probe is an interval (at
+/// least 1 s here) away, so none slips in between.
+fn answer_from_next_probe(b: &Backend, status: u16) -> usize {
+    let seen = b.hits("/health");
+    wait_until(SOON, "the next probe", || b.hits("/health") > seen);
+    // The probe just seen is answered as before.
+    thread::sleep(Duration::from_millis(100));
+    b.set_mode(Mode::Status(status));
+    b.hits("/health")
+}
+
+/// When probe number `i` (0-based) of `b` arrived.
+fn probe_arrival(b: &Backend, i: usize) -> Instant {
+    poll(SOON, &format!("probe {i} of {}", b.addr()), || {
+        b.arrivals("/health")
+            .get(i)
+            .copied()
+            .ok_or_else(|| format!("{} probes", b.hits("/health")))
+    })
+}
+
+#[test]
+fn fast_interval_takes_a_failing_peer_down_within_its_fall_probes_not_fall_intervals() {
+    let quick = Backend::new();
+    let plain = Backend::new();
+    let port = free_port();
+    let check = "upstream_healthcheck interval=2s timeout=500ms fall=3 rise=2 uri=/health";
+    let nginx = Nginx::start(&format!(
+        "{}{}{}",
+        upstream_block(
+            "backend",
+            &[quick.addr()],
+            &format!("{check} fast_interval=100ms;")
+        ),
+        upstream_block("plain", &[plain.addr()], &format!("{check};")),
+        proxy_server(port)
+    ));
+
+    // With fast_interval=100ms, the first failed probe is followed by two more 100 ms apart:
+    // the peer is DOWN about 200 ms after it, not two intervals (4 s) later.
+    let first = answer_from_next_probe(&quick, 500);
+    let first_failed = probe_arrival(&quick, first);
+    wait_state(port, "backend", &quick.addr(), "DOWN");
+    let down_after = first_failed.elapsed();
+    assert!(
+        down_after < Duration::from_millis(1500),
+        "DOWN {down_after:?} after the first failed probe (fall=3, fast_interval=100ms)"
+    );
+    let arrivals = quick.arrivals("/health");
+    for pair in arrivals[first..first + 3].windows(2) {
+        let gap = pair[1].duration_since(pair[0]);
+        assert!(
+            gap < Duration::from_millis(1000),
+            "failed probes {gap:?} apart (fast_interval=100ms)"
+        );
+    }
+    let log = nginx.error_log();
+    let down = lines_with(&log, &down_needle(&quick.addr(), "backend"));
+    assert_eq!(down.len(), 1, "{log}");
+    assert!(
+        down[0].contains("is DOWN after 3 failed checks"),
+        "{}",
+        down[0]
+    );
+
+    // The same check without fast_interval is still up at that point: its failed probes are
+    // an interval apart.
+    let first = answer_from_next_probe(&plain, 500);
+    let first_failed = probe_arrival(&plain, first);
+    thread::sleep(
+        (first_failed + Duration::from_millis(1500)).saturating_duration_since(Instant::now()),
+    );
+    assert_eq!(peer_state(port, "plain", &plain.addr()), "up");
+    wait_state(port, "plain", &plain.addr(), "DOWN");
+    assert!(
+        first_failed.elapsed() >= Duration::from_millis(3500),
+        "without fast_interval, DOWN two intervals after the first failed probe, not {:?}",
+        first_failed.elapsed()
+    );
+    nginx.stop();
+}
+
+#[test]
+fn down_interval_spaces_the_probes_of_a_down_peer_and_fast_interval_brings_it_back() {
+    let steady = Backend::new();
+    let sick = Backend::new();
+    sick.set_mode(Mode::Status(500));
+    let port = free_port();
+    let nginx = Nginx::start(&format!(
+        "{}{}",
+        upstream_block(
+            "backend",
+            &[steady.addr(), sick.addr()],
+            "upstream_healthcheck interval=3s fast_interval=100ms down_interval=1s \
+             timeout=500ms fall=2 rise=3 uri=/health;"
+        ),
+        proxy_server(port)
+    ));
+
+    wait_state(port, "backend", &sick.addr(), "DOWN");
+    // While it is down, the peer is probed every down_interval (1s), neither at interval (3s)
+    // nor at fast_interval (100ms).
+    let at_down = sick.hits("/health");
+    wait_until(
+        Duration::from_secs(10),
+        "four probes of the down peer",
+        || sick.hits("/health") >= at_down + 4,
+    );
+    let arrivals = sick.arrivals("/health");
+    for pair in arrivals[at_down - 1..at_down + 4].windows(2) {
+        let gap = pair[1].duration_since(pair[0]);
+        assert!(
+            gap >= Duration::from_millis(600) && gap <= Duration::from_millis(2000),
+            "probes of the down peer {gap:?} apart (down_interval=1s): {:?}",
+            arrivals.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(peer_state(port, "backend", &sick.addr()), "DOWN");
+
+    // It answers again: after the first good probe its verdict is in doubt, so the rest of the
+    // rise probes follow at fast_interval, and it is up about 200 ms later, not 2 s.
+    let first = answer_from_next_probe(&sick, 200);
+    let first_good = probe_arrival(&sick, first);
+    wait_state(port, "backend", &sick.addr(), "up");
+    let up_after = first_good.elapsed();
+    assert!(
+        up_after < Duration::from_millis(1200),
+        "UP {up_after:?} after the first good probe (rise=3, fast_interval=100ms)"
+    );
+    let log = nginx.error_log();
+    let up = lines_with(&log, &up_needle(&sick.addr(), "backend"));
+    assert_eq!(up.len(), 1, "{log}");
+    assert!(
+        up[0].contains("is UP after 3 successful checks"),
+        "{}",
+        up[0]
+    );
+    nginx.stop();
+}

@@ -2,22 +2,25 @@
 
 use core::ffi::{c_char, c_void};
 use core::ptr;
+use std::sync::Arc;
 
-use ngx::core::NGX_CONF_OK;
+use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_ANY,
-    NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
+    ngx_command_t, ngx_conf_parse, ngx_conf_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_ANY,
+    NGX_CONF_BLOCK, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF,
+    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
+    NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::ngx_string;
 
 use crate::config::CheckType;
+use crate::matcher::{MatchBuilder, BLOCK};
 use crate::module::control_handler::admin_handler;
-use crate::module::module_conf::{conf_error, ConfPos, LocConf, MainConf, SrvConf};
+use crate::module::module_conf::{conf_error, conf_error_at, ConfPos, LocConf, MainConf, SrvConf};
 use crate::module::status_handler::status_handler;
 use crate::module::Module;
-use crate::parse::{self, ParseError};
+use crate::parse::{self, escape, ParseError};
 
 type SetFn = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
@@ -34,7 +37,7 @@ const fn command(name: ngx_str_t, type_: u32, set: SetFn, conf: usize) -> ngx_co
 
 const UPS: u32 = NGX_HTTP_UPS_CONF;
 
-pub static mut COMMANDS: [ngx_command_t; 15] = [
+pub static mut COMMANDS: [ngx_command_t; 16] = [
     command(
         ngx_string!("upstream_healthcheck"),
         UPS | NGX_CONF_ANY,
@@ -118,6 +121,12 @@ pub static mut COMMANDS: [ngx_command_t; 15] = [
         UPS | NGX_CONF_1MORE,
         set_ssl,
         NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_match"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_BLOCK | NGX_CONF_TAKE1,
+        set_match,
+        NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     ngx_command_t::empty(),
 ];
@@ -372,4 +381,79 @@ extern "C" fn set_admin(
     conf.admin = true;
     main.admin = true;
     NGX_CONF_OK
+}
+
+/// `upstream_healthcheck_match NAME { ... }`: reads the block's lines with `match_line`, the
+/// way nginx's own `types { ... }` reads its lines, then keeps the block by name in the main
+/// conf; `match=` finds it after the whole http block is read.
+extern "C" fn set_match(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's main conf for NGX_HTTP_MAIN_CONF_OFFSET.
+    let main = unsafe { &mut *conf.cast::<MainConf>() };
+    // SAFETY: called by nginx while parsing this directive.
+    let (_, args) = unsafe { args(cf) };
+    let raw = args.first().copied().unwrap_or_default();
+    let name = match parse::parse_match_name(raw) {
+        Ok(name) => name,
+        Err(reason) => {
+            return conf_error(
+                cf,
+                format!(
+                    "invalid parameter \"{}\" in \"{BLOCK}\" directive, {reason}",
+                    escape(raw)
+                ),
+            )
+        }
+    };
+    if main.matches.iter().any(|(n, _)| *n == name) {
+        return conf_error(cf, format!("duplicate match \"{name}\""));
+    }
+    // SAFETY: cf is valid during parsing.
+    let pos = ConfPos::here(unsafe { &*cf });
+    let mut builder = MatchBuilder::default();
+    // SAFETY: cf is valid during parsing. As nginx's own block handlers do, the context is
+    // saved, given a line handler whose conf is `builder` (alive until ngx_conf_parse
+    // returns), parsed up to the block's "}", then restored whatever the outcome.
+    let rv = unsafe {
+        let save = *cf;
+        (*cf).handler = Some(match_line);
+        (*cf).handler_conf = (&mut builder as *mut MatchBuilder).cast();
+        let rv = ngx_conf_parse(cf, ptr::null_mut());
+        *cf = save;
+        rv
+    };
+    if rv != NGX_CONF_OK {
+        return rv;
+    }
+    match builder.finish(raw) {
+        Ok(m) => main.matches.push((name, Arc::new(m))),
+        Err(e) => {
+            // At the block's first line, as nginx reports an upstream without servers.
+            conf_error_at(cf, &pos, e);
+            return NGX_CONF_ERROR;
+        }
+    }
+    NGX_CONF_OK
+}
+
+/// One line of an `upstream_healthcheck_match` block.
+extern "C" fn match_line(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: conf is the handler_conf set_match gave, its builder, alive during the parse.
+    let builder = unsafe { &mut *conf.cast::<MatchBuilder>() };
+    // SAFETY: nginx fills cf->args with the line's words before calling the handler.
+    let (keyword, rest) = unsafe { args(cf) };
+    let mut line = Vec::with_capacity(rest.len() + 1);
+    line.push(keyword);
+    line.extend(rest);
+    match builder.add(&line) {
+        Ok(()) => NGX_CONF_OK,
+        Err(e) => conf_error(cf, e),
+    }
 }

@@ -10,7 +10,13 @@ use crate::outcome::Failure;
 
 /// The text of `code` for a failure of kind `failure` under `check`; `None` when there is
 /// nothing more to say than the kind.
-pub fn detail_text(check: &Check, failure: Failure, code: u32) -> Option<String> {
+/// `status` is the last probe's HTTP status, if it got one.
+pub fn detail_text(
+    check: &Check,
+    failure: Failure,
+    code: u32,
+    status: Option<u16>,
+) -> Option<String> {
     if code == 0 {
         return None;
     }
@@ -25,14 +31,12 @@ pub fn detail_text(check: &Check, failure: Failure, code: u32) -> Option<String>
             let s = unsafe { ERR_reason_error_string(code.into()) };
             static_str(s)
         }
-        Failure::Mismatch => mismatch_text(check, code),
+        Failure::Mismatch => {
+            let m = check.matcher.as_ref()?;
+            Some(m.failure(code as usize - 1, status.unwrap_or(0)))
+        }
         _ => None,
     }
-}
-
-/// The condition of the check's match block that failed (`code` is its index + 1).
-fn mismatch_text(_check: &Check, code: u32) -> Option<String> {
-    Some(format!("condition {code}"))
 }
 
 fn static_str(s: *const core::ffi::c_char) -> Option<String> {

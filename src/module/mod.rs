@@ -2,6 +2,7 @@
 
 use core::ffi::c_void;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use ngx::core::Status;
 use ngx::ffi::{
@@ -27,6 +28,7 @@ mod directives;
 mod failure_detail;
 mod ha;
 mod housekeeping;
+mod keepalive;
 mod log;
 mod module_conf;
 mod peers;
@@ -257,6 +259,28 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
                         );
                     }
                 }
+                if let Some(m) = &p.match_name {
+                    if !main.matches.iter().any(|(name, _)| name == m) {
+                        conf_error_at(
+                            cf,
+                            pos,
+                            format!("unknown match \"{m}\" in \"upstream_healthcheck\" directive"),
+                        );
+                        return Err(());
+                    }
+                    if let Some((_, valid_pos)) = &sc.valid {
+                        conf_error_at(
+                            cf,
+                            valid_pos,
+                            format!(
+                                "\"upstream_healthcheck_valid_statuses\" directive is not allowed \
+                                 with \"match={m}\" in \"upstream_healthcheck\" directive, use a \
+                                 \"status\" condition in the match"
+                            ),
+                        );
+                        return Err(());
+                    }
+                }
                 Some(p.clone())
             }
             Some((None, _)) | None => {
@@ -325,10 +349,19 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
             Check {
                 tls,
                 request: sc.request.as_ref().map_or_else(
-                    || default_request(params.uri.as_deref().unwrap_or("/"), &host),
+                    || {
+                        let uri = params.uri.as_deref().unwrap_or("/");
+                        default_request(uri, &host, params.keepalive > 0)
+                    },
                     |r| r.0.clone(),
                 ),
                 valid: sc.valid.as_ref().map(|v| v.0.clone()).unwrap_or_default(),
+                matcher: params.match_name.as_ref().and_then(|m| {
+                    main.matches
+                        .iter()
+                        .find(|(name, _)| name == m)
+                        .map(|(_, matcher)| Arc::clone(matcher))
+                }),
                 params,
             }
         });

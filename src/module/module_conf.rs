@@ -5,6 +5,7 @@ use core::ffi::c_char;
 use core::fmt::Display;
 use core::ptr;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ngx::core::NGX_CONF_ERROR;
 use ngx::ffi::{
@@ -13,6 +14,7 @@ use ngx::ffi::{
 };
 
 use crate::config::{CheckParams, TlsProtocols, ValidStatuses};
+use crate::matcher::Match;
 use crate::module::tls::TlsContext;
 use crate::module::zone::ZoneHeader;
 use crate::query::Format;
@@ -76,6 +78,9 @@ pub struct MainConf {
     pub ha: Option<(IpAddr, u64)>,
     /// Some location has `upstream_healthcheck_admin`.
     pub admin: bool,
+    /// Every `upstream_healthcheck_match` block by name, in configuration order; `match=` is
+    /// resolved against them after the whole http block is read.
+    pub matches: Vec<(String, Arc<Match>)>,
 }
 
 impl Default for MainConf {
@@ -87,6 +92,7 @@ impl Default for MainConf {
             header: ptr::null_mut(),
             ha: None,
             admin: false,
+            matches: Vec::new(),
         }
     }
 }
@@ -188,6 +194,10 @@ pub struct Check {
     pub valid: ValidStatuses,
     /// The TLS context of a `type=https` check.
     pub tls: Option<TlsContext>,
+    /// `match=`: the block that judges a response instead of `valid` (then the default list,
+    /// unused). Shared with `MainConf::matches` and every upstream naming the same block: one
+    /// compiled copy of its regular expressions per configuration.
+    pub matcher: Option<Arc<Match>>,
 }
 
 /// One peer of an upstream block.

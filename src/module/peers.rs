@@ -13,6 +13,7 @@ use ngx::http::HttpModuleServerConf;
 use crate::escape::LogEscaped;
 use crate::journal::{self, Change, Pending};
 use crate::module::clock::now_msec;
+use crate::module::keepalive;
 use crate::module::log::hc_log;
 use crate::module::module_conf::MainConf;
 use crate::module::process::{with_worker, SlotView, Worker};
@@ -290,6 +291,9 @@ fn apply_view(w: &mut Worker, v: &SlotView) {
     };
     // SAFETY: the targets are live peers of this worker's cycle.
     unsafe { set_down(t, facts.down_for_balancer()) };
+    if !facts.keeps_probe_connection() && !keepalive::is_empty() {
+        keepalive::close_slot(slot);
+    }
     if let Some(at) = v.look_at {
         let probed = facts.probed() && !t.rr.is_null();
         w.queue.set(slot, probed.then_some(at));

@@ -1,6 +1,7 @@
-//! One probe connection on nginx's event loop: connect, (for https) the TLS handshake, send the
-//! request, read the status line.
-//! A probe ends with an outcome for the peer, or with a local error that gives no verdict.
+//! One probe on nginx's event loop: connect (or take the peer's idle connection), for https
+//! the TLS handshake (`tls`), send the request, read the status line or the whole response. A probe ends with an outcome for the
+//! peer, or with a local error that gives no verdict; a reusable connection goes back to the
+//! worker's idle pool (`keepalive`).
 
 use core::ffi::c_void;
 use core::mem::{size_of, zeroed};
@@ -8,21 +9,28 @@ use core::ptr;
 use std::time::Instant;
 
 use ngx::ffi::{
-    getsockopt, ngx_close_connection, ngx_connection_t, ngx_event_connect_peer, ngx_event_get_peer,
-    ngx_event_t, ngx_handle_read_event, ngx_handle_write_event, ngx_peer_connection_t,
-    ngx_socket_errno, ngx_str_t, recv, send, sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage,
-    socklen_t, AF_INET, AF_INET6, EAGAIN, ECONNREFUSED, EINTR, MSG_NOSIGNAL, NGX_AGAIN,
-    NGX_DECLINED, NGX_OK, SOL_SOCKET, SO_ERROR,
+    getsockopt, ngx_connection_t, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t,
+    ngx_handle_read_event, ngx_handle_write_event, ngx_peer_connection_t, ngx_socket_errno,
+    ngx_str_t, recv, send, sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage, socklen_t,
+    AF_INET, AF_INET6, EAGAIN, ECONNREFUSED, EINTR, MSG_NOSIGNAL, NGX_AGAIN, NGX_DECLINED, NGX_OK,
+    SOL_SOCKET, SO_ERROR,
 };
 
 use crate::config::{CheckType, ValidStatuses};
 use crate::escape::LogEscaped;
+use crate::matcher::Match;
+use crate::module::keepalive;
 use crate::module::log::hc_debug;
 use crate::module::process::{with_any_worker, Worker};
 use crate::module::tick;
 use crate::module::tls::{self, ProbeTls, TlsContext};
 use crate::outcome::{classify_connect_errno, ConnectError, Failure, Outcome};
+use crate::response::{self, Limits, ResponseReader};
 use crate::status_line::{judge, Progress, StatusLineParser};
+
+/// The most body bytes a probe reads to reuse its connection: a longer body ends the
+/// connection (the verdict stands), never the worker.
+pub const BODY_READ_LIMIT: usize = 1024 * 1024;
 
 /// How a probe ended.
 pub enum Ended {
@@ -30,6 +38,49 @@ pub enum Ended {
     Outcome(Outcome),
     /// The probe could not run for a reason of this host (the text says which): no verdict.
     Local(String),
+}
+
+/// An open connection whose last response allows another request, handed from the probe to
+/// `tick::finish`, which parks it or lets it go. Dropping it closes the connection.
+pub struct Kept {
+    c: *mut ngx_connection_t,
+    /// Probes the connection has carried, the last one included.
+    pub carried: u32,
+}
+
+impl Kept {
+    /// Moves the connection into the idle pool under `slot`.
+    pub fn park(mut self, slot: usize) {
+        let c = core::mem::replace(&mut self.c, ptr::null_mut());
+        // SAFETY: c is the open connection this value owned, with no timer (removed in `end`).
+        unsafe { keepalive::park(slot, c, self.carried) };
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if !self.c.is_null() {
+            // SAFETY: the open connection this value owns.
+            unsafe { keepalive::close(self.c) };
+        }
+    }
+}
+
+/// How a probe reads its answer.
+enum Reading {
+    /// The status line only, then the connection closes.
+    StatusLine(StatusLineParser),
+    /// The whole response, to reuse the connection.
+    Whole(ResponseReader),
+}
+
+/// What to do after advancing a probe.
+enum Next {
+    /// Wait for the socket.
+    Wait,
+    End(Ended),
+    /// A kept connection turned out closed by the peer before any answer: connect anew.
+    Reconnect,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -51,8 +102,21 @@ pub struct Probe {
     check_type: CheckType,
     request: &'static [u8],
     valid: &'static ValidStatuses,
+    /// `match=`: judges the response instead of `valid`.
+    matcher: Option<&'static Match>,
     sent: usize,
-    parser: StatusLineParser,
+    reading: Reading,
+    /// Probes the connection carried before this one.
+    carried: u32,
+    /// The connection came from the idle pool.
+    reused: bool,
+    /// A byte of the answer arrived.
+    answered: bool,
+    /// The response read so far allows another request on the connection.
+    reusable: bool,
+    /// The probe already reconnected once.
+    retried: bool,
+    timeout_ms: u64,
     sockaddr: sockaddr_storage,
     name: ngx_str_t,
     pc: ngx_peer_connection_t,
@@ -70,32 +134,54 @@ impl Probe {
 }
 
 /// Starts the probe of `slot`: `None` when it is in flight (it reports to `tick::finish` when
-/// it ends), or how it ended at once.
-pub fn start(w: &mut Worker, slot: usize) -> Option<Ended> {
+/// it ends), or how it ended at once, with its connection when that may be kept.
+pub fn start(w: &mut Worker, slot: usize) -> Option<(Ended, Option<Kept>)> {
     let (up, check, peer) = w.check_of(slot)?;
     let rr = w.targets[slot].rr;
     if rr.is_null() {
-        return Some(Ended::Local(format!(
+        let why = format!(
             "peer {} of upstream \"{}\" was not found among nginx's peers",
             peer.name, up.name
-        )));
+        );
+        return Some((Ended::Local(why), None));
     }
     hc_debug!(
         "probe of {} in upstream \"{}\" starts",
         LogEscaped(peer.name),
         LogEscaped(&up.name)
     );
-    let started = Instant::now();
+    let params = &check.params;
+    let matcher = check.matcher.as_deref();
+    let whole =
+        params.keepalive > 0 || matcher.is_some_and(|m| m.needs_headers() || m.needs_body());
+    let reading = if whole {
+        Reading::Whole(ResponseReader::new(Limits {
+            body_keep: matcher
+                .filter(|m| m.needs_body())
+                .map_or(0, Match::body_max),
+            body_read: BODY_READ_LIMIT,
+            head_request: check.request.starts_with(b"HEAD "),
+        }))
+    } else {
+        Reading::StatusLine(StatusLineParser::new())
+    };
     let mut probe = Box::new(Probe {
         index: 0,
         slot,
-        started,
+        started: Instant::now(),
         stage: Stage::Connecting,
-        check_type: check.params.check_type,
+        check_type: params.check_type,
         request: &check.request,
         valid: &check.valid,
+        matcher,
         sent: 0,
-        parser: StatusLineParser::new(),
+        reading,
+        carried: 0,
+        reused: false,
+        answered: false,
+        reusable: false,
+        retried: false,
+        timeout_ms: params.timeout_ms,
         // SAFETY: all-zero is a valid (empty) sockaddr_storage.
         sockaddr: unsafe { zeroed() },
         name: ngx_str_t::default(),
@@ -117,7 +203,7 @@ pub fn start(w: &mut Worker, slot: usize) -> Option<Ended> {
             len,
         );
         probe.name = rr.name;
-        if let Some(port) = check.params.port {
+        if let Some(port) = params.port {
             set_port(&mut probe.sockaddr, port);
         }
         probe.pc.sockaddr = &mut probe.sockaddr as *mut _ as *mut sockaddr;
@@ -132,20 +218,142 @@ pub fn start(w: &mut Worker, slot: usize) -> Option<Ended> {
     };
     probe.pc.set_log_error(1); // NGX_ERROR_ERR
 
+    let idle = keepalive::take(slot);
+    if idle.is_some() {
+        hc_debug!("probe of {} reuses its connection", LogEscaped(peer.name));
+    }
+    let p = Box::into_raw(probe);
+    // SAFETY: p is the fresh probe, owned here until it is listed below or freed.
+    let next = unsafe {
+        match idle {
+            Some(idle) if whole => {
+                (*p).reused = true;
+                // A kept TLS connection passed its handshake when it was made.
+                (*p).tls.passed = true;
+                (*p).carried = idle.requests;
+                (*p).stage = Stage::Sending;
+                attach(p, idle.c);
+                drive(p, idle.c)
+            }
+            idle => {
+                if let Some(idle) = idle {
+                    keepalive::close(idle.c);
+                }
+                connect(p)
+            }
+        }
+    };
+    // SAFETY: p is live; `settle` frees it when it ended.
+    match unsafe { settle(p, next) } {
+        Some(ended) => Some(ended),
+        None => {
+            // SAFETY: p is live and in flight: the worker's list owns it from here.
+            unsafe { (*p).index = w.probes.len() };
+            w.probes.push(p);
+            None
+        }
+    }
+}
+
+/// Follows up `next`, reconnecting once when a kept connection was found closed; frees the
+/// probe when it ended, with its connection handed on (see `release`).
+///
+/// # Safety
+/// `p` must be a live probe not on the worker's list.
+unsafe fn settle(p: *mut Probe, mut next: Next) -> Option<(Ended, Option<Kept>)> {
+    loop {
+        match next {
+            Next::Wait => return None,
+            Next::Reconnect => {
+                // SAFETY: per the contract; a reconnect drops the old connection first.
+                next = unsafe { reconnect(p) };
+            }
+            Next::End(ended) => {
+                // SAFETY: p came from Box::into_raw and is referenced nowhere else.
+                let mut probe = unsafe { Box::from_raw(p) };
+                // SAFETY: the probe has ended and its connection is its own.
+                let kept = unsafe { release(&mut probe, &ended) };
+                return Some((ended, kept));
+            }
+        }
+    }
+}
+
+/// The connection of a probe that ended: handed on when the response allows another request
+/// (without its timer), closed otherwise (which also removes its timer and events). The TLS
+/// session the probe brought is kept for the peer's next one (see `tls::keep_session`).
+///
+/// # Safety
+/// `probe` must have ended; its connection, if any, is open and its own.
+unsafe fn release(probe: &mut Probe, ended: &Ended) -> Option<Kept> {
+    if probe.tls_ctx.is_some() {
+        tls::keep_session(probe.slot, &mut probe.tls);
+    }
+    let c = probe.pc.connection;
+    if c.is_null() {
+        return None;
+    }
+    // SAFETY: per the contract.
+    unsafe {
+        if probe.reusable && matches!(ended, Ended::Outcome(_)) {
+            if (*(*c).read).timer_set() != 0 {
+                ngx::ffi::ngx_del_timer((*c).read);
+            }
+            return Some(Kept {
+                c,
+                carried: probe.carried.saturating_add(1),
+            });
+        }
+        keepalive::close(c);
+    }
+    None
+}
+
+/// Closes a kept connection found closed and connects anew, within the same probe.
+///
+/// # Safety
+/// `p` must be a live probe whose connection is open.
+unsafe fn reconnect(p: *mut Probe) -> Next {
+    // SAFETY: per the contract.
+    let probe = unsafe { &mut *p };
+    hc_debug!("probe connection was closed by the peer while idle, reconnecting");
+    // SAFETY: the probe's own open connection; it is gone after this.
+    unsafe { keepalive::close(probe.pc.connection) };
+    probe.pc.connection = ptr::null_mut();
+    probe.retried = true;
+    probe.reused = false;
+    probe.carried = 0;
+    probe.sent = 0;
+    probe.stage = Stage::Connecting;
+    probe.answered = false;
+    probe.handshaking = false;
+    probe.tls.passed = false;
+    if let Reading::Whole(r) = &mut probe.reading {
+        *r = ResponseReader::new(r.limits());
+    }
+    // SAFETY: per the contract.
+    unsafe { connect(p) }
+}
+
+/// Opens a new connection for the probe and drives it as far as it goes at once.
+///
+/// # Safety
+/// `p` must be a live probe without a connection.
+unsafe fn connect(p: *mut Probe) -> Next {
+    // SAFETY: per the contract.
+    let probe = unsafe { &mut *p };
     // errno tells a refused connect from a local failure; nginx leaves it as connect() set it.
     set_errno(0);
-    // SAFETY: pc is fully set up for a TCP or unix connect; probe stays alive meanwhile.
+    // SAFETY: pc is fully set up for a TCP or unix connect; the probe stays alive meanwhile.
     let rc = unsafe { ngx_event_connect_peer(&mut probe.pc) };
     let c = probe.pc.connection;
     if rc == NGX_DECLINED as isize {
         // connect() failed at once (nginx closed the socket): refused on loopback, a missing
         // unix socket, or a local shortage such as no free source port.
+        probe.pc.connection = ptr::null_mut();
         let err = ngx_socket_errno();
-        hc_debug!(
-            "probe of {} connect() failed ({err})",
-            LogEscaped(peer.name)
-        );
-        return Some(match classify_connect_errno(err) {
+        hc_debug!("probe connect() failed ({err})");
+        return Next::End(match classify_connect_errno(err) {
             ConnectError::Peer(f) => Ended::Outcome(Outcome::failed(f, None)),
             ConnectError::Local => {
                 Ended::Local(format!("connect() failed ({err}: {})", strerror(err)))
@@ -154,48 +362,52 @@ pub fn start(w: &mut Worker, slot: usize) -> Option<Ended> {
     }
     if (rc != NGX_OK as isize && rc != NGX_AGAIN as isize) || c.is_null() {
         // No socket or no free connection (nginx cleaned up): a shortage of this host.
+        probe.pc.connection = ptr::null_mut();
         let err = ngx_socket_errno();
-        return Some(Ended::Local(if err == 0 {
+        return Next::End(Ended::Local(if err == 0 {
             "no free connection, worker_connections are not enough".to_string()
         } else {
             format!("no socket ({err}: {})", strerror(err))
         }));
     }
-    // SAFETY: c is the new connection; its events and log belong to this probe now. The
-    // probe's address is its box's, which stays the same once it is handed to the list.
-    unsafe {
-        (*c).data = &mut *probe as *mut Probe as *mut c_void;
-        (*(*c).read).handler = Some(on_event);
-        (*(*c).write).handler = Some(on_event);
-        (*(*c).read).set_cancelable(1);
-        (*(*c).write).set_cancelable(1);
-        ngx::ffi::ngx_add_timer((*c).read, check.params.timeout_ms as _);
-    }
+    // SAFETY: p and c are the live probe and its new connection.
+    unsafe { attach(p, c) };
     if let Some(ctx) = probe.tls_ctx {
-        // SAFETY: c is the new connection and its data is the probe.
-        if let Err(e) = unsafe { tls::attach(c, ctx, &w.tls_sessions, slot) } {
-            // SAFETY: c is this probe's connection.
-            unsafe { close(c) };
-            return Some(Ended::Local(e));
+        // SAFETY: c is the probe's new connection and its data is the probe.
+        if let Err(e) = unsafe { tls::attach(c, ctx, probe.slot) } {
+            return Next::End(Ended::Local(e));
         }
     }
     if rc == NGX_OK as isize {
         // Connected at once (a unix socket): the probe may end right here.
-        let p: *mut Probe = &mut *probe;
-        // SAFETY: p and c are the live probe and its connection, not yet shared with nginx's
-        // handlers (no event can fire before we return to the event loop).
-        if let Some(ended) = unsafe { drive(p, c) } {
-            // SAFETY: c is this probe's connection.
-            unsafe { close(c) };
-            w.tls_sessions.update(slot, &mut probe.tls);
-            return Some(ended);
-        }
+        // SAFETY: p and c are the live probe and its connection.
+        return unsafe { drive(p, c) };
     }
-    probe.index = w.probes.len();
-    let p = Box::into_raw(probe);
-    w.probes.push(p);
-    // The connection's data owns the probe from now until end or abort.
-    None
+    Next::Wait
+}
+
+/// Makes `c` the probe's connection: its handlers, its data and the probe's timeout (what is
+/// left of it after a reconnect).
+///
+/// # Safety
+/// `p` must be a live probe and `c` an open connection with no timer.
+unsafe fn attach(p: *mut Probe, c: *mut ngx_connection_t) {
+    // SAFETY: per the contract.
+    unsafe {
+        let probe = &mut *p;
+        probe.pc.connection = c;
+        (*c).data = p as *mut c_void;
+        (*c).log = probe.pc.log;
+        (*(*c).read).log = probe.pc.log;
+        (*(*c).write).log = probe.pc.log;
+        (*(*c).read).handler = Some(on_event);
+        (*(*c).write).handler = Some(on_event);
+        (*(*c).read).set_cancelable(1);
+        (*(*c).write).set_cancelable(1);
+        let spent = probe.started.elapsed().as_millis() as u64;
+        let left = probe.timeout_ms.saturating_sub(spent).max(1);
+        ngx::ffi::ngx_add_timer((*c).read, left as _);
+    }
 }
 
 fn set_errno(v: i32) {
@@ -229,8 +441,12 @@ unsafe extern "C" fn on_handshake(c: *mut ngx_connection_t) {
     // SAFETY: nginx calls the handler with the probe's connection, whose data is the probe.
     unsafe {
         let p = (*c).data as *mut Probe;
-        if let Some(ended) = drive(p, c) {
-            end(p, c, ended);
+        let mut next = drive(p, c);
+        if let Next::Reconnect = next {
+            next = reconnect(p);
+        }
+        if let Next::End(ended) = next {
+            end(p, ended);
         }
     }
 }
@@ -238,17 +454,20 @@ unsafe extern "C" fn on_handshake(c: *mut ngx_connection_t) {
 /// Read and write handler of probe connections.
 extern "C" fn on_event(ev: *mut ngx_event_t) {
     // SAFETY: nginx calls handlers with the connection's own events; data is the connection
-    // whose data is the probe, set in start and live until end.
+    // whose data is the probe, set in `attach` and live until `end`.
     unsafe {
         let c = (*ev).data as *mut ngx_connection_t;
         let p = (*c).data as *mut Probe;
-        let ended = if (*ev).timedout() != 0 {
-            Some(Ended::Outcome(Outcome::failed(Failure::Timeout, None)))
+        let mut next = if (*ev).timedout() != 0 {
+            Next::End(Ended::Outcome(Outcome::failed(Failure::Timeout, None)))
         } else {
             drive(p, c)
         };
-        if let Some(ended) = ended {
-            end(p, c, ended);
+        if let Next::Reconnect = next {
+            next = reconnect(p);
+        }
+        if let Next::End(ended) = next {
+            end(p, ended);
         }
     }
 }
@@ -281,24 +500,32 @@ fn io_failure(err: i32) -> Failure {
     }
 }
 
-/// Advances the probe as far as the socket allows; returns how it ended, if it did.
+/// Advances the probe as far as the socket allows.
 ///
 /// # Safety
 /// `p` and `c` must be the live probe and its connection.
-unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) -> Option<Ended> {
-    let failed = |f: Failure| Some(Ended::Outcome(Outcome::failed(f, None)));
+unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) -> Next {
     // SAFETY: per the contract.
     let (probe, conn) = unsafe { (&mut *p, &mut *c) };
+    // A kept connection that fails before any answer was closed by the peer while idle: one
+    // new connection within the same probe, whose result is the probe's.
+    let failed = |probe: &Probe, f: Failure| {
+        if probe.reused && !probe.answered && !probe.retried {
+            Next::Reconnect
+        } else {
+            Next::End(Ended::Outcome(Outcome::failed(f, None)))
+        }
+    };
     if probe.stage == Stage::Connecting {
         // SAFETY: events of a live connection.
         let (rev, wev) = unsafe { (&*conn.read, &*conn.write) };
         if rev.ready() == 0 && wev.ready() == 0 {
-            return None;
+            return Next::Wait;
         }
         let err = socket_error(conn);
         if err != 0 {
             hc_debug!("probe connect() failed ({err})");
-            return Some(match classify_connect_errno(err) {
+            return Next::End(match classify_connect_errno(err) {
                 ConnectError::Peer(f) => Ended::Outcome(Outcome::failed(f, None)),
                 ConnectError::Local => {
                     Ended::Local(format!("connect() failed ({err}: {})", strerror(err)))
@@ -307,7 +534,7 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) -> Option<Ended> {
         }
         hc_debug!("probe connected");
         if probe.check_type == CheckType::Tcp {
-            return Some(Ended::Outcome(Outcome::ok(None)));
+            return Next::End(Ended::Outcome(Outcome::ok(None)));
         }
         probe.stage = match probe.tls_ctx {
             Some(_) => Stage::Handshake,
@@ -316,17 +543,22 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) -> Option<Ended> {
     }
 
     if probe.stage == Stage::Handshake {
-        let ctx = probe.tls_ctx?;
+        let Some(ctx) = probe.tls_ctx else {
+            return Next::End(Ended::Local("no TLS context".to_string()));
+        };
         let passed = if probe.handshaking {
-            // SAFETY: the live connection, with TLS attached in start.
+            // SAFETY: the live connection, with TLS attached in `connect`.
             unsafe { tls::finish(c, ctx) }
         } else {
             probe.handshaking = true;
             // SAFETY: as above.
-            unsafe { tls::handshake(c, ctx, Some(on_handshake))? }
+            match unsafe { tls::handshake(c, ctx, Some(on_handshake)) } {
+                Some(passed) => passed,
+                None => return Next::Wait,
+            }
         };
         if let Err(outcome) = passed {
-            return Some(Ended::Outcome(outcome));
+            return Next::End(Ended::Outcome(outcome));
         }
         hc_debug!("probe TLS handshake done");
         probe.tls.passed = true;
@@ -343,9 +575,9 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) -> Option<Ended> {
             // SAFETY: the live, connected probe connection.
             match unsafe { conn_send(c, &probe.request[probe.sent..]) } {
                 Io::Moved(n) => probe.sent += n,
-                Io::Eof => return failed(Failure::Closed),
-                Io::Wait => return None,
-                Io::Failed(f) => return failed(f),
+                Io::Eof => return failed(probe, Failure::Closed),
+                Io::Wait => return Next::Wait,
+                Io::Failed(f) => return failed(probe, f),
             }
         }
         probe.stage = Stage::Reading;
@@ -354,19 +586,55 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) -> Option<Ended> {
     let mut buf = [0u8; 4096];
     loop {
         // SAFETY: the live, connected probe connection.
-        match unsafe { conn_recv(c, &mut buf) } {
-            Io::Moved(n) => {
-                let outcome = match probe.parser.feed(&buf[..n]) {
+        let n = match unsafe { conn_recv(c, &mut buf) } {
+            Io::Moved(n) => n,
+            Io::Eof => 0,
+            Io::Wait => return Next::Wait,
+            Io::Failed(f) => return failed(probe, f),
+        };
+        if n > 0 {
+            probe.answered = true;
+            let data = &buf[..n];
+            let outcome = match &mut probe.reading {
+                Reading::StatusLine(parser) => match parser.feed(data) {
                     Progress::NeedMore => continue,
-                    Progress::Status(status) => judge(status, probe.valid),
+                    Progress::Status(status) => match probe.matcher {
+                        Some(m) => m.judge(status, &[], &[]),
+                        None => judge(status, probe.valid),
+                    },
                     Progress::Invalid(_) => Outcome::failed(Failure::BadResponse, None),
-                };
-                return Some(Ended::Outcome(outcome));
-            }
-            Io::Eof => return failed(Failure::Closed),
-            Io::Wait => return None,
-            Io::Failed(f) => return failed(f),
+                },
+                Reading::Whole(reader) => match reader.feed(data) {
+                    response::Progress::NeedMore => continue,
+                    response::Progress::Done(r) => {
+                        probe.reusable = r.reusable;
+                        judge_response(probe, &r)
+                    }
+                    response::Progress::Invalid(_) => Outcome::failed(Failure::BadResponse, None),
+                },
+            };
+            return Next::End(Ended::Outcome(outcome));
         }
+        // n == 0: the peer closed the connection.
+        if !probe.answered {
+            return failed(probe, Failure::Closed);
+        }
+        let outcome = match &mut probe.reading {
+            Reading::Whole(reader) => match reader.eof() {
+                response::Progress::Done(r) => judge_response(probe, &r),
+                _ => Outcome::failed(Failure::Closed, None),
+            },
+            Reading::StatusLine(_) => Outcome::failed(Failure::Closed, None),
+        };
+        return Next::End(Ended::Outcome(outcome));
+    }
+}
+
+/// The verdict on a whole response: its match block's, or its status's.
+fn judge_response(probe: &Probe, r: &response::Response) -> Outcome {
+    match probe.matcher {
+        Some(m) => m.judge(r.status, &r.header_pairs(), &r.body),
+        None => judge(r.status, probe.valid),
     }
 }
 
@@ -506,37 +774,22 @@ unsafe fn io_error(ev: *mut ngx_event_t) -> Retry {
     Retry::Done(Io::Wait)
 }
 
-/// Closes the connection of a probe in flight (which also removes its timer and events), takes
-/// it off the worker's list, frees it and reports how it ended.
+/// Ends a probe in flight: takes it off the worker's list, frees it and reports how it ended,
+/// with its connection when that may carry the next probe (see `release`).
 ///
 /// # Safety
-/// `p` must be a live probe in flight and `c` its connection.
-unsafe fn end(p: *mut Probe, c: *mut ngx_connection_t, ended: Ended) {
-    // SAFETY: per the contract; after this the probe and connection are gone.
-    let mut probe = unsafe {
-        close(c);
-        Box::from_raw(p)
-    };
+/// `p` must be a live probe in flight.
+unsafe fn end(p: *mut Probe, ended: Ended) {
+    // SAFETY: per the contract; the probe is owned here from now on.
+    let mut probe = unsafe { Box::from_raw(p) };
+    // SAFETY: the probe has ended and its connection is its own.
+    let kept = unsafe { release(&mut probe, &ended) };
     with_any_worker(|w| {
         take_off_list(w, probe.index);
-        w.tls_sessions.update(probe.slot, &mut probe.tls);
         if !w.is_stale() {
-            tick::finish(w, probe.slot, ended, probe.started);
+            tick::finish(w, probe.slot, ended, probe.started, kept);
         }
     });
-}
-
-/// Closes a probe connection: TLS first (close_notify, the `SSL` and its pool), then the
-/// socket, its timer and events. The one way a probe connection is closed.
-///
-/// # Safety
-/// `c` must be a live probe connection; it is gone afterwards.
-unsafe fn close(c: *mut ngx_connection_t) {
-    // SAFETY: per the contract.
-    unsafe {
-        tls::shutdown(c);
-        ngx_close_connection(c);
-    }
 }
 
 /// Removes the probe at `index` from the worker's list, keeping the moved one's index right.
@@ -560,7 +813,7 @@ pub unsafe fn abort(p: *mut Probe) {
     unsafe {
         let probe = Box::from_raw(p);
         if !probe.pc.connection.is_null() {
-            close(probe.pc.connection);
+            keepalive::close(probe.pc.connection);
         }
     }
 }

@@ -10,6 +10,7 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleMainConf;
 
+use crate::module::keepalive;
 use crate::module::log::hc_log;
 use crate::module::module_conf::{Check, MainConf, PeerConf, UpstreamConf};
 use crate::module::peers::{self, Sweep, Target};
@@ -75,8 +76,6 @@ pub struct Worker {
     pub batch_ms: u64,
     /// The current run of local errors, if any.
     pub local_burst: Option<LocalBurst>,
-    /// The last TLS session of each https peer, to resume with; freed with the worker.
-    pub tls_sessions: tls::Sessions,
 }
 
 impl Worker {
@@ -158,6 +157,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // SAFETY: connection_n is the worker_connections setting.
     let connections = unsafe { (*cycle).connection_n };
     let slots = targets.len();
+    keepalive::init(connections);
     let worker = Box::new(Worker {
         cycle,
         main,
@@ -180,12 +180,15 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         batch_ms: batch_ms(
             main.upstreams
                 .iter()
-                .filter_map(|u| Some(u.check.as_ref()?.params.interval_ms))
+                .filter_map(|u| u.check.as_ref())
+                .flat_map(|c| {
+                    let p = &c.params;
+                    [p.interval_ms, p.fast_interval_ms, p.down_interval_ms]
+                })
                 .min()
                 .unwrap_or(0),
         ),
         local_burst: None,
-        tls_sessions: tls::Sessions::default(),
     });
     let w = Box::into_raw(worker);
     // SAFETY: w is a fresh, exclusively owned allocation; the event is initialised before it
@@ -237,6 +240,8 @@ pub fn stop() {
         for p in core::mem::take(&mut (*w).probes) {
             probe::abort(p);
         }
+        keepalive::close_all();
+        tls::forget_sessions();
         drop(Box::from_raw(w));
     }
 }

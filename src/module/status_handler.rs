@@ -73,7 +73,7 @@ impl StateReader<'_> {
             .check
             .as_ref()
             .is_some_and(|c| c.params.check_type.is_tls());
-        out.matched = false;
+        out.matched = up.check.as_ref().is_some_and(|c| c.matcher.is_some());
 
         // SAFETY: uscf is valid for the cycle; its peer data is round-robin peers.
         let primary = unsafe { (*up.uscf).peer.data as *mut ngx_http_upstream_rr_peers_t };
@@ -113,11 +113,11 @@ impl StateReader<'_> {
                 }
                 .down_for_balancer();
                 peer.health = checked.then_some(s.health);
-                peer.last_error_detail = up
-                    .check
-                    .as_ref()
-                    .filter(|_| checked)
-                    .and_then(|c| detail_text(c, s.health.last_error()?, s.health.last_detail));
+                let h = &s.health;
+                peer.last_error_detail =
+                    up.check.as_ref().filter(|_| checked).and_then(|c| {
+                        detail_text(c, h.last_error()?, h.last_detail, h.last_status())
+                    });
             }
         }
         out.primary.truncate(np);

@@ -11,11 +11,13 @@ use crate::journal::Change;
 use crate::module::clock::{now_msec, unix_msec};
 use crate::module::failure_detail::detail_text;
 use crate::module::housekeeping;
+use crate::module::keepalive;
 use crate::module::log::{hc_debug, hc_log};
 use crate::module::peers;
-use crate::module::probe::{self, Ended};
+use crate::module::probe::{self, Ended, Kept};
 use crate::module::process::{exiting, stop_if_stale, with_worker, LocalBurst, Worker};
-use crate::schedule::{rearm, MAX_TICK_MS};
+use crate::policy::{connection_reusable, PeerFacts};
+use crate::schedule::{next_interval_ms, rearm, MAX_TICK_MS};
 
 /// How soon a probe that could not start for a local reason is tried again.
 const LOCAL_RETRY_MS: u64 = 1000;
@@ -26,6 +28,7 @@ const BURST_QUIET_MS: u64 = 2000;
 /// The timer's handler.
 pub extern "C" fn on_tick(_ev: *mut ngx_event_t) {
     if exiting() || stop_if_stale() {
+        keepalive::close_all();
         return; // never re-armed once nginx is exiting
     }
     with_worker(|w| {
@@ -93,15 +96,16 @@ fn scan(w: &mut Worker) {
         }
         w.queue.started();
         let started = Instant::now();
-        if let Some(ended) = probe::start(w, slot) {
-            finish(w, slot, ended, started);
+        if let Some((ended, kept)) = probe::start(w, slot) {
+            finish(w, slot, ended, started, kept);
         }
     }
 }
 
 /// Records the end of the probe of `slot`: its verdict, or no verdict for a local error; logs
-/// and applies a change of verdict; plans the next probe.
-pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
+/// and applies a change of verdict; plans the next probe; parks the probe's connection when
+/// it may carry the next one (`kept`, closed when dropped).
+pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept: Option<Kept>) {
     w.queue.ended();
     let Some((up, check, peer)) = w.check_of(slot) else {
         return;
@@ -143,11 +147,7 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
     let (transition, health, next) = {
         let mut locked = w.header.lock();
         let s = &mut locked.slots()[slot];
-        let random = ngx_random() as u64;
-        if !s
-            .sched
-            .finish(now, w.pid, p.interval_ms, p.jitter_ms, random)
-        {
+        if !s.sched.owns(w.pid) {
             // The lease was taken over (or the checks restarted): the result is dropped.
             let next = now + s.sched.wake_in(now);
             drop(locked);
@@ -158,6 +158,11 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
         let t = s
             .health
             .record(outcome, unix_msec(), duration_us, p.rise, p.fall);
+        // The next interval depends on the verdict this result leaves.
+        let interval = next_interval_ms(p, &s.health);
+        let random = ngx_random() as u64;
+        let planned = s.sched.finish(now, w.pid, interval, p.jitter_ms, random);
+        debug_assert!(planned, "owned under the same lock");
         let (health, next) = (s.health, s.sched.next_due_ms);
         locked.upstreams()[ui]
             .probe_durations
@@ -177,6 +182,23 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
             .map_or_else(|| "passed".to_string(), |f| f.to_string())
     );
     requeue(w, slot, next);
+    if let Some(kept) = kept {
+        let t = &w.targets[slot];
+        let facts = PeerFacts {
+            config_down: t.config_down,
+            checked: true,
+            excluded: w.excluded[ui],
+            standby: w.standby,
+            healthy: health.is_up(),
+            manual_down: false,
+        };
+        if !exiting()
+            && facts.keeps_probe_connection()
+            && connection_reusable(true, kept.carried, p.keepalive)
+        {
+            kept.park(slot);
+        }
+    }
     match transition {
         Some(Transition::Down) => {
             let status = health
@@ -185,10 +207,12 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
                 .unwrap_or_default();
             let error = health
                 .last_error()
-                .map(|e| match detail_text(check, e, health.last_detail) {
-                    Some(detail) => format!("{e}: {detail}"),
-                    None => e.to_string(),
-                })
+                .map(
+                    |e| match detail_text(check, e, health.last_detail, health.last_status()) {
+                        Some(detail) => format!("{e}: {detail}"),
+                        None => e.to_string(),
+                    },
+                )
                 .unwrap_or_default();
             hc_log!(
                 NGX_LOG_WARN,

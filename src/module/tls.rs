@@ -7,7 +7,7 @@
 //! the handshake runs on nginx's event loop through `ngx_ssl_handshake`, and once it is done
 //! `c->send`/`c->recv` are nginx's `ngx_ssl_write`/`ngx_ssl_recv`.
 
-use core::cell::Cell;
+use core::cell::{Cell, RefCell};
 use core::ffi::{c_char, c_int, c_long, c_void};
 use core::mem::size_of;
 use core::ptr;
@@ -280,46 +280,62 @@ impl Drop for ProbeTls {
     }
 }
 
-/// The last good session of each https peer this worker probes, by slot; one reference each.
-#[derive(Default)]
-pub struct Sessions(FxHashMap<usize, *mut SSL_SESSION>);
+thread_local! {
+    /// The last good session of each https peer this worker probes, by slot; one reference
+    /// each. Beside the worker, not in it, as the idle connections are (`keepalive`): a probe
+    /// reconnects from an event handler, where the worker is not at hand. Never borrowed
+    /// across a call into nginx.
+    static SESSIONS: RefCell<FxHashMap<usize, *mut SSL_SESSION>> =
+        RefCell::new(FxHashMap::default());
+}
 
-impl Sessions {
-    /// Keeps `s` (a reference the caller hands over) as the peer's session, or forgets the
-    /// peer's session when `s` is `None` (a probe failed: the next one starts afresh).
-    pub fn set(&mut self, slot: usize, s: Option<*mut SSL_SESSION>) {
-        let old = match s {
-            Some(s) => self.0.insert(slot, s),
-            None => self.0.remove(&slot),
-        };
-        if let Some(old) = old {
-            // SAFETY: the map held one reference to it.
-            unsafe { SSL_SESSION_free(old) };
+/// Keeps `s` (a reference the caller hands over) as the peer's session, or forgets the
+/// peer's session when `s` is `None`.
+fn set_session(slot: usize, s: Option<*mut SSL_SESSION>) {
+    let old = SESSIONS.with(|m| {
+        let mut m = m.try_borrow_mut().ok()?;
+        match s {
+            Some(s) => m.insert(slot, s),
+            None => m.remove(&slot),
         }
-    }
-
-    /// After a probe of `slot`: keeps the session it brought, or the one it resumed when it
-    /// brought none; forgets the peer's session when the probe did not pass TLS.
-    pub fn update(&mut self, slot: usize, probe: &mut ProbeTls) {
-        if !probe.passed {
-            self.set(slot, None);
-        } else if let Some(s) = probe.take_session() {
-            self.set(slot, Some(s));
-        }
-    }
-
-    fn get(&self, slot: usize) -> *mut SSL_SESSION {
-        self.0.get(&slot).copied().unwrap_or(ptr::null_mut())
+    });
+    if let Some(old) = old {
+        // SAFETY: the map held one reference to it.
+        unsafe { SSL_SESSION_free(old) };
     }
 }
 
-impl Drop for Sessions {
-    fn drop(&mut self) {
-        for (_, s) in self.0.drain() {
-            // SAFETY: the map held one reference to each.
-            unsafe { SSL_SESSION_free(s) };
-        }
+/// After a probe of `slot`: keeps the session it brought, or the one it resumed when it
+/// brought none; forgets the peer's session when the probe did not pass TLS (the next one
+/// starts afresh).
+pub fn keep_session(slot: usize, probe: &mut ProbeTls) {
+    if !probe.passed {
+        set_session(slot, None);
+    } else if let Some(s) = probe.take_session() {
+        set_session(slot, Some(s));
     }
+}
+
+/// Frees every kept session (the worker exits).
+pub fn forget_sessions() {
+    let all: Vec<*mut SSL_SESSION> = SESSIONS
+        .with(|m| {
+            m.try_borrow_mut()
+                .ok()
+                .map(|mut m| m.drain().map(|(_, s)| s).collect())
+        })
+        .unwrap_or_default();
+    for s in all {
+        // SAFETY: the map held one reference to each.
+        unsafe { SSL_SESSION_free(s) };
+    }
+}
+
+/// The session to resume `slot`'s next probe with; borrowed from the map (null if none).
+fn session_of(slot: usize) -> *mut SSL_SESSION {
+    SESSIONS
+        .with(|m| m.try_borrow().ok().and_then(|m| m.get(&slot).copied()))
+        .unwrap_or(ptr::null_mut())
 }
 
 thread_local! {
@@ -364,7 +380,6 @@ unsafe extern "C" fn capture(
 pub unsafe fn attach(
     c: *mut ngx_connection_t,
     ctx: &TlsContext,
-    sessions: &Sessions,
     slot: usize,
 ) -> Result<(), String> {
     // SAFETY: per the contract; the pool belongs to the connection until `close`.
@@ -398,7 +413,7 @@ pub unsafe fn attach(
             }
         }
         ssl.save_session = Some(on_new_session);
-        let session = sessions.get(slot);
+        let session = session_of(slot);
         if !session.is_null() && ngx_ssl_set_session(c, session) != NGX_OK as isize {
             return Err("SSL_set_session() failed".to_string());
         }
@@ -412,8 +427,9 @@ unsafe extern "C" fn on_new_session(c: *mut ngx_connection_t) {
     // SAFETY: nginx calls this for a live connection with TLS; its data is the probe (set
     // before the handshake starts) or null.
     unsafe {
+        // An idle kept connection's data is its slot, not a probe.
         let p = (*c).data as *mut Probe;
-        if p.is_null() {
+        if p.is_null() || (*c).idle() != 0 {
             return;
         }
         let s = ngx_ssl_get_session(c);

@@ -14,6 +14,11 @@ pub enum Mode {
     Close,
     /// Waits for the request, then closes with the request still unread, so Linux sends RST.
     Reset,
+    /// Answers on a kept-alive connection (HTTP/1.1, no `Connection: close`) to this many
+    /// requests, then reads the next one and closes without answering: a backend whose
+    /// keepalive timeout ran out just as a request arrived. Answers 200, or the status a
+    /// path is switched to (`set_path_mode(path, Mode::Status(code))`).
+    KeepAlive(usize),
 }
 
 struct BackendShared {
@@ -364,6 +369,9 @@ fn handle_conn(s: &BackendShared, mut stream: TcpStream) -> io::Result<()> {
         drop(stream);
         return Ok(());
     }
+    if let Mode::KeepAlive(answers) = mode {
+        return serve_kept(s, stream, head, answers);
+    }
     consume(&mut stream, head.len)?;
     while mode == Mode::Hang {
         if s.shutdown.load(Ordering::SeqCst) || s.generation.load(Ordering::SeqCst) != gen {
@@ -399,7 +407,7 @@ fn handle_conn(s: &BackendShared, mut stream: TcpStream) -> io::Result<()> {
             let _ = stream.shutdown(Shutdown::Both);
             return Ok(());
         }
-        Mode::Close | Mode::Hang => {}
+        Mode::Close | Mode::Hang | Mode::KeepAlive(_) => {}
     }
     let _ = stream.shutdown(Shutdown::Write);
     // Let the peer close first (bounded), so our close never turns into an RST.
@@ -410,5 +418,41 @@ fn handle_conn(s: &BackendShared, mut stream: TcpStream) -> io::Result<()> {
             break;
         }
     }
+    Ok(())
+}
+
+/// `Mode::KeepAlive(answers)` on one connection whose first request is `head`.
+fn serve_kept(
+    s: &BackendShared,
+    mut stream: TcpStream,
+    head: Head,
+    answers: usize,
+) -> io::Result<()> {
+    let mut head = Some(head);
+    for _ in 0..answers {
+        let Some(h) = head.take() else { break };
+        consume(&mut stream, h.len)?;
+        // A path switched to a status answers it, still on the kept connection.
+        let code = match s.mode_for(&h.path) {
+            Mode::Status(code) => code,
+            _ => 200,
+        };
+        let body = format!("backend {} kept\n", s.port);
+        let resp = format!(
+            "HTTP/1.1 {code} {}\r\nContent-Length: {}\r\nX-Backend: {}\r\n\r\n{body}",
+            reason(code),
+            body.len(),
+            s.port
+        );
+        stream.write_all(resp.as_bytes())?;
+        head = peek_head(&stream, Duration::from_secs(10))?;
+        if let Some(h) = &head {
+            s.record(&h.path);
+        }
+    }
+    if let Some(h) = head {
+        consume(&mut stream, h.len)?;
+    }
+    let _ = stream.shutdown(Shutdown::Write);
     Ok(())
 }
