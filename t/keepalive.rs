@@ -225,3 +225,47 @@ fn a_peer_that_goes_down_drops_its_connection_and_keeps_one_again_when_up() {
     assert!(backend.connections() > connections);
     nginx.stop();
 }
+
+#[test]
+fn with_several_workers_a_peer_keeps_its_probes_on_one_connection() {
+    // The worker that keeps a peer's idle connection probes it next: with two workers, the
+    // probes of each of three peers do not alternate between two connections.
+    let status_port = free_port();
+    let prefix = TempPrefix::new();
+    let peers: Vec<(u16, std::path::PathBuf)> = (0..3)
+        .map(|i| (free_port(), prefix.path().join(format!("peer{i}.log"))))
+        .collect();
+    let mut conf = vec![PROBES_LOG_FORMAT.to_string(), status_server(status_port)];
+    conf.extend(
+        peers
+            .iter()
+            .map(|(port, log)| logged_backend(*port, log, "")),
+    );
+    let servers: Vec<String> = peers
+        .iter()
+        .map(|(p, _)| format!("127.0.0.1:{p}"))
+        .collect();
+    conf.push(upstream_block(
+        "kept",
+        &servers,
+        "upstream_healthcheck type=http interval=100ms keepalive=1000;",
+    ));
+    let nginx = Nginx::start_with("worker_processes 2;", &conf.concat());
+    wait_until(SOON, "30 probes of each peer", || {
+        peers.iter().all(|(_, log)| probes_logged(log).len() >= 30)
+    });
+    // Without the rule, two workers share each peer in runs (13 + 17, 22 + 8 probes); with
+    // it, one connection carries them all, or nearly (a worker held up for longer than the
+    // grace hands the peer over).
+    for (port, log) in &peers {
+        let logged = probes_logged(log);
+        let per_conn = probes_per_connection(&logged);
+        let longest = per_conn.iter().copied().max().unwrap_or(0) as usize;
+        assert!(
+            longest * 5 >= logged.len() * 4,
+            "peer {port}: {} probes over connections carrying {per_conn:?}",
+            logged.len()
+        );
+    }
+    nginx.stop();
+}
