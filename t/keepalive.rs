@@ -25,11 +25,12 @@ fn logged_backend(port: u16, log: &Path, extra: &str) -> String {
     )
 }
 
-/// A server on `port` with the JSON status page at `/status`.
+/// A server on `port` with the JSON status page at `/status` and the control API at `/admin`.
 fn status_server(port: u16) -> String {
     format!(
         "server {{\n    listen 127.0.0.1:{port};\n    \
-         location = /status {{ upstream_healthcheck_status json; }}\n}}\n"
+         location = /status {{ upstream_healthcheck_status json; }}\n    \
+         location = /admin {{ upstream_healthcheck_admin; }}\n}}\n"
     )
 }
 
@@ -189,7 +190,7 @@ fn a_connection_the_backend_closed_while_idle_is_not_a_failure() {
 }
 
 #[test]
-fn a_peer_that_goes_down_drops_its_connection_and_keeps_one_again_when_up() {
+fn a_peer_that_goes_down_or_is_excluded_drops_its_connection() {
     let backend = Backend::new();
     backend.set_mode(Mode::KeepAlive(1_000_000));
     let status_port = free_port();
@@ -223,6 +224,12 @@ fn a_peer_that_goes_down_drops_its_connection_and_keeps_one_again_when_up() {
     wait_until(SOON, "the peer up again", || state() == "up");
     wait_until(SOON, "a connection kept again", connected);
     assert!(backend.connections() > connections);
+
+    // An upstream excluded from checking keeps no probe connection either.
+    let (status, _, body) =
+        http_request(status_port, "POST", "/admin?t=ex&u=backend&a=set", "").expect("POST /admin");
+    assert_eq!(status, 200, "{body}");
+    wait_until(SOON, "its connection closed on exclusion", || !connected());
     nginx.stop();
 }
 
