@@ -15,6 +15,10 @@ use crate::health::PeerHealth;
 /// The longest a worker sleeps between scans, so verdicts and takeovers are never late.
 pub const MAX_TICK_MS: u64 = 100;
 
+/// How long past its due time a peer waits for the worker that keeps its idle connection
+/// (`Schedule::prober`) before any worker may claim it.
+pub const PROBER_GRACE_MS: u64 = MAX_TICK_MS;
+
 /// Scheduling state of one peer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
@@ -28,6 +32,10 @@ pub struct Schedule {
     /// 1 after a restart of checks: the next probe is due at once, and the one after it at a
     /// random point of an interval, so probes spread out again.
     pub respread: u8,
+    /// The worker that keeps the peer's idle probe connection (`keepalive`), 0 when none: it
+    /// alone may claim the peer until `PROBER_GRACE_MS` past the due time, so a peer's probes
+    /// stay on the worker holding its connection while that worker lives.
+    pub prober: i32,
 }
 
 /// The interval from the probe whose result `health` has just recorded to the next one:
@@ -94,7 +102,10 @@ impl Schedule {
         interval_ms: u64,
         timeout_ms: u64,
     ) -> bool {
-        if self.next_due_ms > now_ms.saturating_add(early_ms) || !self.is_idle(now_ms) {
+        if self.next_due_ms > now_ms.saturating_add(early_ms)
+            || !self.is_idle(now_ms)
+            || self.waits_for_prober(now_ms, pid)
+        {
             return false;
         }
         self.busy_until_ms = now_ms
@@ -160,13 +171,29 @@ impl Schedule {
         }
     }
 
-    /// Milliseconds until this peer next needs a look: its due time when idle, the end of
-    /// the lease when a probe is in flight (a takeover may be needed then).
-    pub fn wake_in(&self, now_ms: u64) -> u64 {
-        let at = if self.is_idle(now_ms) {
-            self.next_due_ms
-        } else {
+    /// True while the peer waits for another worker, its prober, to claim it.
+    fn waits_for_prober(&self, now_ms: u64, pid: i32) -> bool {
+        self.prober != 0
+            && self.prober != pid
+            && now_ms < self.next_due_ms.saturating_add(PROBER_GRACE_MS)
+    }
+
+    /// Records who keeps the peer's idle connection after a probe of worker `pid`: that
+    /// worker when it kept one, nobody otherwise.
+    pub fn keep_prober(&mut self, pid: i32, kept_connection: bool) {
+        self.prober = if kept_connection { pid } else { 0 };
+    }
+
+    /// Milliseconds until worker `pid` should next look at this peer: its due time when idle
+    /// (plus the grace of another worker that keeps its connection), the end of the lease
+    /// when a probe is in flight (a takeover may be needed then).
+    pub fn wake_in(&self, now_ms: u64, pid: i32) -> u64 {
+        let at = if !self.is_idle(now_ms) {
             self.busy_until_ms
+        } else if self.prober != 0 && self.prober != pid {
+            self.next_due_ms.saturating_add(PROBER_GRACE_MS)
+        } else {
+            self.next_due_ms
         };
         at.saturating_sub(now_ms)
     }
@@ -583,10 +610,36 @@ mod tests {
             next_due_ms: 5000,
             ..Schedule::default()
         };
-        assert_eq!(s.wake_in(1000), 4000);
-        assert_eq!(tick_ms(Some(s.wake_in(1000))), MAX_TICK_MS);
+        assert_eq!(s.wake_in(1000, 1), 4000);
+        assert_eq!(tick_ms(Some(s.wake_in(1000, 1))), MAX_TICK_MS);
         assert_eq!(tick_ms(Some(0)), 1);
         assert_eq!(tick_ms(None), MAX_TICK_MS);
+    }
+
+    #[test]
+    fn a_peer_whose_connection_a_worker_keeps_waits_for_that_worker_then_anyone() {
+        let mut s = Schedule {
+            next_due_ms: 1000,
+            ..Schedule::default()
+        };
+        assert!(s.claim(1000, 0, 7, 1000, 500));
+        assert!(s.finish(1010, 7, 1000, 0, 0));
+        s.keep_prober(7, true);
+        // Due at 2000: worker 8 waits out the grace, worker 7 claims at once.
+        assert_eq!(s.wake_in(1500, 8), 500 + PROBER_GRACE_MS);
+        assert_eq!(s.wake_in(1500, 7), 500);
+        assert!(!s.claim(2000, 0, 8, 1000, 500));
+        let mut kept = s;
+        assert!(kept.claim(2000, 0, 7, 1000, 500));
+        // Worker 7 is gone: worker 8 takes the peer over after the grace.
+        assert!(s.claim(2000 + PROBER_GRACE_MS, 0, 8, 1000, 500));
+        assert!(s.finish(2200, 8, 1000, 0, 0));
+        s.keep_prober(8, false);
+        assert_eq!(
+            s.prober, 0,
+            "nobody keeps a connection: every worker may claim"
+        );
+        assert!(s.claim(3000, 0, 9, 1000, 500));
     }
 
     #[test]

@@ -296,6 +296,49 @@ fn fast_recheck_example_runs() {
     nginx.stop();
 }
 
+/// keepalive.conf: both peers up, and each one's probes climb `$connection_requests` on one
+/// connection in the backends' log.
+#[test]
+fn keepalive_example_runs() {
+    let (text, ports) = move_ports(&runnable("keepalive.conf", &example("keepalive.conf")));
+    let front = ports[&8080];
+    let nginx = Nginx::start_raw(&text);
+    let log = nginx.prefix().join("logs/backend.log");
+    // (port, connection, requests on it) of every probe logged.
+    let probes = || -> Vec<(u16, u64, u64)> {
+        fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(' ');
+                Some((
+                    f.next()?.parse().ok()?,
+                    f.next()?.parse().ok()?,
+                    f.next()?.parse().ok()?,
+                ))
+            })
+            .collect()
+    };
+    let carried = |peer: u16| probes().iter().filter(|p| p.0 == peer).map(|p| p.2).max();
+    wait_until(
+        Duration::from_secs(8),
+        "three probes of each peer on one connection",
+        || [9131, 9132].iter().all(|p| carried(ports[p]) >= Some(3)),
+    );
+    for p in [9131, 9132] {
+        assert_eq!(state(front, "backend", ports[&p]).as_deref(), Some("up"));
+        let conns: std::collections::HashSet<u64> = probes()
+            .iter()
+            .filter(|x| x.0 == ports[&p])
+            .map(|x| x.1)
+            .collect();
+        // One connection; a second only if the worker keeping it was held up past the grace.
+        assert!(conns.len() <= 2, "{:?}", probes());
+    }
+    assert_eq!(http_get(front, "/").unwrap().0, 200);
+    nginx.stop();
+}
+
 /// match.conf: three backends (served by nginx itself) all answer 200 on /health, but only
 /// 9111 says `{"status": "ok"}` without a maintenance header: the other two go DOWN.
 #[test]

@@ -25,11 +25,12 @@ fn logged_backend(port: u16, log: &Path, extra: &str) -> String {
     )
 }
 
-/// A server on `port` with the JSON status page at `/status`.
+/// A server on `port` with the JSON status page at `/status` and the control API at `/admin`.
 fn status_server(port: u16) -> String {
     format!(
         "server {{\n    listen 127.0.0.1:{port};\n    \
-         location = /status {{ upstream_healthcheck_status json; }}\n}}\n"
+         location = /status {{ upstream_healthcheck_status json; }}\n    \
+         location = /admin {{ upstream_healthcheck_admin; }}\n}}\n"
     )
 }
 
@@ -189,7 +190,7 @@ fn a_connection_the_backend_closed_while_idle_is_not_a_failure() {
 }
 
 #[test]
-fn a_peer_that_goes_down_drops_its_connection_and_keeps_one_again_when_up() {
+fn a_peer_that_goes_down_or_is_excluded_drops_its_connection() {
     let backend = Backend::new();
     backend.set_mode(Mode::KeepAlive(1_000_000));
     let status_port = free_port();
@@ -223,5 +224,55 @@ fn a_peer_that_goes_down_drops_its_connection_and_keeps_one_again_when_up() {
     wait_until(SOON, "the peer up again", || state() == "up");
     wait_until(SOON, "a connection kept again", connected);
     assert!(backend.connections() > connections);
+
+    // An upstream excluded from checking keeps no probe connection either.
+    let (status, _, body) =
+        http_request(status_port, "POST", "/admin?t=ex&u=backend&a=set", "").expect("POST /admin");
+    assert_eq!(status, 200, "{body}");
+    wait_until(SOON, "its connection closed on exclusion", || !connected());
+    nginx.stop();
+}
+
+#[test]
+fn with_several_workers_a_peer_keeps_its_probes_on_one_connection() {
+    // The worker that keeps a peer's idle connection probes it next: with two workers, the
+    // probes of each of three peers do not alternate between two connections.
+    let status_port = free_port();
+    let prefix = TempPrefix::new();
+    let peers: Vec<(u16, std::path::PathBuf)> = (0..3)
+        .map(|i| (free_port(), prefix.path().join(format!("peer{i}.log"))))
+        .collect();
+    let mut conf = vec![PROBES_LOG_FORMAT.to_string(), status_server(status_port)];
+    conf.extend(
+        peers
+            .iter()
+            .map(|(port, log)| logged_backend(*port, log, "")),
+    );
+    let servers: Vec<String> = peers
+        .iter()
+        .map(|(p, _)| format!("127.0.0.1:{p}"))
+        .collect();
+    conf.push(upstream_block(
+        "kept",
+        &servers,
+        "upstream_healthcheck type=http interval=100ms keepalive=1000;",
+    ));
+    let nginx = Nginx::start_with("worker_processes 2;", &conf.concat());
+    wait_until(SOON, "30 probes of each peer", || {
+        peers.iter().all(|(_, log)| probes_logged(log).len() >= 30)
+    });
+    // Without the rule, two workers share each peer in runs (13 + 17, 22 + 8 probes); with
+    // it, one connection carries them all, or nearly (a worker held up for longer than the
+    // grace hands the peer over).
+    for (port, log) in &peers {
+        let logged = probes_logged(log);
+        let per_conn = probes_per_connection(&logged);
+        let longest = per_conn.iter().copied().max().unwrap_or(0) as usize;
+        assert!(
+            longest * 5 >= logged.len() * 4,
+            "peer {port}: {} probes over connections carrying {per_conn:?}",
+            logged.len()
+        );
+    }
     nginx.stop();
 }

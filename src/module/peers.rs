@@ -271,7 +271,7 @@ fn push_view(w: &mut Worker, locked: &mut crate::module::zone::Locked<'_>, slot:
         slot: slot as u32,
         healthy: s.health.is_up(),
         manual_down: s.manual_down(),
-        look_at: (!mine).then(|| now + s.sched.wake_in(now)),
+        look_at: (!mine).then(|| now + s.sched.wake_in(now, w.pid)),
     });
 }
 

@@ -86,7 +86,7 @@ fn scan(w: &mut Worker) {
             if s.claim(now, w.batch_ms, w.pid, p.interval_ms, p.timeout_ms) {
                 None
             } else {
-                Some(now + s.wake_in(now))
+                Some(now + s.wake_in(now, w.pid))
             }
         };
         if let Some(look_at) = claimed {
@@ -120,7 +120,7 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept:
                 locked.upstreams()[ui].local_errors += 1;
                 let s = &mut locked.slots()[slot].sched;
                 s.release(now, w.pid, LOCAL_RETRY_MS.min(p.interval_ms));
-                now + s.wake_in(now)
+                now + s.wake_in(now, w.pid)
             };
             note_local_error(w, now, &reason);
             requeue(w, slot, next);
@@ -144,12 +144,12 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept:
         );
     }
     let duration_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
-    let (transition, health, next) = {
+    let (transition, health, next, keep) = {
         let mut locked = w.header.lock();
         let s = &mut locked.slots()[slot];
         if !s.sched.owns(w.pid) {
             // The lease was taken over (or the checks restarted): the result is dropped.
-            let next = now + s.sched.wake_in(now);
+            let next = now + s.sched.wake_in(now, w.pid);
             drop(locked);
             requeue(w, slot, next);
             arm_next(w);
@@ -163,6 +163,20 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept:
         let random = ngx_random() as u64;
         let planned = s.sched.finish(now, w.pid, interval, p.jitter_ms, random);
         debug_assert!(planned, "owned under the same lock");
+        let keep = kept.as_ref().is_some_and(|k| {
+            let facts = PeerFacts {
+                config_down: w.targets[slot].config_down,
+                checked: true,
+                excluded: w.excluded[ui],
+                standby: w.standby,
+                healthy: s.health.is_up(),
+                manual_down: false,
+            };
+            !exiting()
+                && facts.keeps_probe_connection()
+                && connection_reusable(true, k.carried, p.keepalive)
+        });
+        s.sched.keep_prober(w.pid, keep);
         let (health, next) = (s.health, s.sched.next_due_ms);
         locked.upstreams()[ui]
             .probe_durations
@@ -170,7 +184,7 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept:
         if t.is_some() {
             locked.record(Change::Slot(slot));
         }
-        (t, health, next)
+        (t, health, next, keep)
     };
     hc_debug!(
         "probe of {} in upstream \"{}\" ended in {} us: {}",
@@ -182,22 +196,8 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept:
             .map_or_else(|| "passed".to_string(), |f| f.to_string())
     );
     requeue(w, slot, next);
-    if let Some(kept) = kept {
-        let t = &w.targets[slot];
-        let facts = PeerFacts {
-            config_down: t.config_down,
-            checked: true,
-            excluded: w.excluded[ui],
-            standby: w.standby,
-            healthy: health.is_up(),
-            manual_down: false,
-        };
-        if !exiting()
-            && facts.keeps_probe_connection()
-            && connection_reusable(true, kept.carried, p.keepalive)
-        {
-            kept.park(slot);
-        }
+    if let Some(kept) = kept.filter(|_| keep) {
+        kept.park(slot);
     }
     match transition {
         Some(Transition::Down) => {
