@@ -20,7 +20,7 @@ import lib  # noqa: E402
 FULL = dict(
     rp_rounds=9, rp_seconds=5,
     pc_sizes=(1000, 5000, 10000), pc_one_sizes=(1000, 5000, 10000), pc_types=("tcp", "http"),
-    pc_warmup=3, pc_window=10,
+    pc_warmup=3, pc_window=10, pc_ka_sizes=(1000, 10000), pc_ka_rounds=4,
     det_trials=20,
     out_rounds=3, out_phase1=8, out_kill_at=2, out_phase2=21,
     dup_workers=(1, 2, 4), dup_window=12,
@@ -30,7 +30,7 @@ FULL = dict(
 QUICK = dict(
     rp_rounds=3, rp_seconds=2,
     pc_sizes=(1000, 10000), pc_one_sizes=(10000,), pc_types=("tcp", "http"),
-    pc_warmup=2, pc_window=4,
+    pc_warmup=2, pc_window=4, pc_ka_sizes=(1000, 10000), pc_ka_rounds=2,
     det_trials=5,
     out_rounds=1, out_phase1=5, out_kill_at=2, out_phase2=11,
     dup_workers=(1, 2, 4), dup_window=4,
