@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import lib  # noqa: E402
 
-# Durations and repetitions of the full run (~16-18 min) and the --quick smoke run (~5 min).
+# Durations and repetitions of the full run (~20-22 min) and the --quick smoke run (~6 min).
 FULL = dict(
     rp_rounds=9, rp_seconds=5,
     pc_sizes=(1000, 5000, 10000), pc_one_sizes=(1000, 5000, 10000), pc_types=("tcp", "http"),
@@ -59,7 +59,7 @@ def machine():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="short smoke run (~5 min)")
+    ap.add_argument("--quick", action="store_true", help="short smoke run (~6 min)")
     ap.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated measurements to run")
     ap.add_argument("--profile", action="store_true",
                     help="also record perf profiles of the workers at 10,000 peers (http, one upstream) "

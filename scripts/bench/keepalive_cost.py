@@ -45,7 +45,7 @@ def measure(cfg, run_config, floor):
             for k in order:
                 res = run_config(f"pc-ka-{r}-{n}-{k.name.replace(' ', '-')}", n, 100, k.check_type,
                                  cfg["pc_warmup"], cfg["pc_window"], extra=k.extra)
-                res["round"], res["kind"] = r, k.name
+                res["round"], res["kind"], res["seq"] = r, k.name, sum(map(len, results.values()))
                 results.setdefault((k.name, n), []).append(res)
                 log(f"  keepalive round {r} {n:5} {k.name:15}: {res['us_per_probe']:.2f} us/probe "
                     f"(user {res['us_user']:.1f}, sys {res['us_sys']:.1f}), {res['achieved'] * 100:.1f} %, "
@@ -87,7 +87,7 @@ def details(cfg, results, floors):
         "### 2. Cost per probe: keepalive\n",
         f"Alternating rounds in the same run ({cfg['pc_ka_rounds']}; kinds in order, then reversed), same "
         f"backend, interval and layout as above; warm-up {cfg['pc_warmup']} s, window {cfg['pc_window']} s. "
-        "Probes = the backend's `requests`; connections/probe = its `accepts` per probe (a kept-alive "
+        "Rows in the order they ran. Probes = the backend's `requests`; connections/probe = its `accepts` per probe (a kept-alive "
         "probe opens none once warm). After every round the kept-alive floor: floor.py sends the "
         "keepalive probe's request (HTTP/1.1, no `Connection: close`) 10,000 times on one loopback "
         "connection, reading each whole response; its system CPU per request, and the same on 100 "
@@ -96,7 +96,7 @@ def details(cfg, results, floors):
         "| connections/probe | achieved |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted((r for rs in results.values() for r in rs), key=lambda r: (r["round"], r["n"])):
+    for r in sorted((r for rs in results.values() for r in rs), key=lambda r: r["seq"]):
         out.append(f"| {r['round']} | {r['n']:,} | `{label(r['kind'])}` | {r['us_per_probe']:.1f} | "
                    f"{r['us_user']:.1f} | {r['us_sys']:.1f} | {r['wakeups_per_probe']:.2f} | "
                    f"{r['conns'] / max(r['probes'], 1):.3f} | {r['achieved'] * 100:.1f} % |")
@@ -115,7 +115,7 @@ def run(cfg, run_config, floor):
     sizes = cfg["pc_ka_sizes"]
     rows = [ratio_row(results, floors, sizes, kind, ref, limit)
             for kind, ref, limit in RATIOS if kind in names and ref in names]
-    kept = [r for k in KINDS if k.extra for n in sizes for r in results[(k.name, n)]]
+    kept = [r for k in KINDS if "keepalive" in k.extra for n in sizes for r in results[(k.name, n)]]
     worst = min(r["achieved"] for r in kept)
     rows.append(Row("2. Achieved probe rate of the keepalive probes, lowest round; connections opened "
                     "per probe, highest round",
