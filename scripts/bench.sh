@@ -4,8 +4,8 @@
 # probes, scale to 100,000 peers) inside a network namespace of its own, prints a Markdown table
 # and writes it to target/bench/results.md. Needs root and the packages of scripts/setup.sh.
 # Usage: scripts/bench.sh [--quick] [--only 1,3,...] [--profile]
-#   --quick    ~5-minute smoke run (shorter windows, fewer rounds); the full run takes ~17 minutes
-#              (measurement 7 alone: ~2.5 and ~5.5 minutes)
+#   --quick    ~6-minute smoke run (shorter windows, fewer rounds); the full run takes ~21 minutes
+#              (measurement 2 alone: ~1.5 and ~6.5 minutes; measurement 7: ~2.5 and ~5.5 minutes)
 #   --only     run only these measurements (numbers as in the table)
 #   --profile  also record perf profiles of the workers at 10,000 and 100,000 peers (needs linux-perf)
 set -euo pipefail

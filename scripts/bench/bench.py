@@ -16,11 +16,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import lib  # noqa: E402
 
-# Durations and repetitions of the full run (~16-18 min) and the --quick smoke run (~5 min).
+# Durations and repetitions of the full run (~20-22 min) and the --quick smoke run (~6 min).
 FULL = dict(
     rp_rounds=9, rp_seconds=5,
     pc_sizes=(1000, 5000, 10000), pc_one_sizes=(1000, 5000, 10000), pc_types=("tcp", "http"),
-    pc_warmup=3, pc_window=10,
+    pc_warmup=3, pc_window=10, pc_ka_sizes=(1000, 10000), pc_ka_rounds=4,
     det_trials=20,
     out_rounds=3, out_phase1=8, out_kill_at=2, out_phase2=21,
     dup_workers=(1, 2, 4), dup_window=12,
@@ -30,7 +30,7 @@ FULL = dict(
 QUICK = dict(
     rp_rounds=3, rp_seconds=2,
     pc_sizes=(1000, 10000), pc_one_sizes=(10000,), pc_types=("tcp", "http"),
-    pc_warmup=2, pc_window=4,
+    pc_warmup=2, pc_window=4, pc_ka_sizes=(1000, 10000), pc_ka_rounds=2,
     det_trials=5,
     out_rounds=1, out_phase1=5, out_kill_at=2, out_phase2=11,
     dup_workers=(1, 2, 4), dup_window=4,
@@ -59,7 +59,7 @@ def machine():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="short smoke run (~5 min)")
+    ap.add_argument("--quick", action="store_true", help="short smoke run (~6 min)")
     ap.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated measurements to run")
     ap.add_argument("--profile", action="store_true",
                     help="also record perf profiles of the workers at 10,000 peers (http, one upstream) "

@@ -1,7 +1,8 @@
 """2. Cost per probe: 1,000 to 10,000 peers (127.1.x.y, all served by one backend nginx listening
 on 0.0.0.0 in our network namespace), interval=1s, type=tcp and type=http, worker_processes 2.
-Worker CPU per probe and probes/s counted at the backend (stub_status `accepts`: one connection
-per probe) over a window after warm-up."""
+Worker CPU per probe and probes/s counted at the backend (stub_status: `accepts` for tcp, one
+connection per probe; `requests` for http, one request per probe, kept-alive or not) over a window
+after warm-up. keepalive_cost.py adds the keepalive rows, measured in the same run."""
 
 import json
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import keepalive_cost
 from lib import (CLK_TCK, Nginx, Row, cpu_ns, cpu_ticks, fmt, http_get, largest_shared_mapping, log, median,
                  peer_addr, spawn, status_kb)
 
@@ -20,22 +22,30 @@ INTERVAL_S = 1.0
 
 def backend():
     return Nginx("pc-backend", f"    server {{\n        listen 0.0.0.0:{BACKEND_PORT} backlog=8192;\n"
+                 "        keepalive_requests 1000000;\n"
                  "        location = /bench_stub { stub_status; }\n"
                  "        location / { return 200 \"ok\\n\"; }\n    }", workers=1, connections=20000)
 
 
-def accepts():
+def counters():
+    """The backend's stub_status (accepts, requests); each call counts itself once in both."""
     _, _, body = http_get("127.0.0.1", BACKEND_PORT, "/bench_stub")
-    return int(re.search(rb"\n\s*(\d+) \d+ \d+", body).group(1))
+    return tuple(int(x) for x in re.search(rb"\n\s*(\d+) \d+ (\d+)", body).groups())
 
 
-def peers_http(n, per_upstream, check_type):
-    """upstream blocks u0, u1, ... of `per_upstream` peers each; `check_type` None: no checks."""
+def accepts():
+    """The backend's stub_status accepts (connections); the call counts itself."""
+    return counters()[0]
+
+
+def peers_http(n, per_upstream, check_type, extra=""):
+    """upstream blocks u0, u1, ... of `per_upstream` peers each; `check_type` None: no checks;
+    `extra`: more arguments of upstream_healthcheck (" keepalive=1000")."""
     out = []
     for u, lo in enumerate(range(0, n, per_upstream)):
         servers = "".join(f"        server {peer_addr(i)}:{BACKEND_PORT};\n"
                           for i in range(lo, min(n, lo + per_upstream)))
-        check = (f"        upstream_healthcheck type={check_type} interval=1s timeout=1s fall=3 rise=2;\n"
+        check = (f"        upstream_healthcheck type={check_type}{extra} interval=1s timeout=1s fall=3 rise=2;\n"
                  if check_type else "")
         out.append(f"    upstream u{u} {{\n{servers}{check}    }}\n")
     status = "        location = /status { upstream_healthcheck_status; }\n" if check_type else ""
@@ -44,14 +54,14 @@ def peers_http(n, per_upstream, check_type):
     return "".join(out)
 
 
-def run_config(name, n, per_upstream, check_type, warmup, window, profile_to=None):
+def run_config(name, n, per_upstream, check_type, warmup, window, profile_to=None, extra=""):
     """Starts nginx with n checked peers, waits `warmup` s, measures over `window` s; returns a dict."""
-    ng = Nginx(name, peers_http(n, per_upstream, check_type), workers=2, module=check_type is not None,
+    ng = Nginx(name, peers_http(n, per_upstream, check_type, extra), workers=2, module=check_type is not None,
                connections=20000)
     ng.start(wait_for=("127.0.0.1", STATUS_PORT))
     time.sleep(warmup)
     pids = ng.worker_pids
-    a0, t0 = accepts(), time.monotonic()
+    c0, t0 = counters(), time.monotonic()
     ns0, tk0 = sum(cpu_ns(p) for p in pids), [cpu_ticks(p) for p in pids]
     cs0 = sum(status_kb(p, "voluntary_ctxt_switches") for p in pids)
     time.sleep(window)
@@ -59,10 +69,12 @@ def run_config(name, n, per_upstream, check_type, warmup, window, profile_to=Non
     cs1 = sum(status_kb(p, "voluntary_ctxt_switches") for p in pids)
     user = sum(b[0] - a[0] for a, b in zip(tk0, tk1))
     system = sum(b[1] - a[1] for a, b in zip(tk0, tk1))
-    a1, t1 = accepts(), time.monotonic()
+    c1, t1 = counters(), time.monotonic()
+    counted = 1 if check_type == "http" else 0  # requests for http, connections for tcp
     res = {
         "n": n, "per": per_upstream, "type": check_type, "seconds": t1 - t0,
-        "probes": a1 - a0 - 1,  # the second stub_status request counts itself
+        "probes": c1[counted] - c0[counted] - 1,  # the second stub_status request counts itself
+        "conns": c1[0] - c0[0] - 1,
         "cpu_ns": ns1 - ns0, "user_ticks": user, "sys_ticks": system, "wakeups": cs1 - cs0,
         "rss_kb": [status_kb(p) for p in pids],
         "rss_shmem_kb": [status_kb(p, "RssShmem") for p in pids],
@@ -100,13 +112,14 @@ def profile(pids, path, seconds):
     log(f"  perf profile written to {path}")
 
 
-def kernel_floor():
-    """floor.py against the backend (see there): system µs of one bare probe and of one wakeup."""
+def kernel_floor(mode=(), count=4000, repeat=3):
+    """floor.py against the backend (see there), median of `repeat` runs: system µs of one bare
+    probe and of one wakeup; with mode ("keepalive",), of one request on a kept-alive connection."""
     here = os.path.dirname(os.path.abspath(__file__))
     addrs = ",".join(peer_addr(i) for i in range(1000))
-    runs = [json.loads(subprocess.run([sys.executable, os.path.join(here, "floor.py"), str(BACKEND_PORT), "4000",
-                                       addrs], capture_output=True, text=True, check=True).stdout)
-            for _ in range(3)]
+    runs = [json.loads(subprocess.run([sys.executable, os.path.join(here, "floor.py"), str(BACKEND_PORT), str(count),
+                                       addrs, *mode], capture_output=True, text=True, check=True).stdout)
+            for _ in range(repeat)]
     return {k: median([r[k] for r in runs]) for k in runs[0]}
 
 
@@ -128,6 +141,8 @@ def run(cfg, shared):
                 f"workers {r['cpu_pct']:.1f} % CPU, {r['wakeups_per_probe']:.2f} wakeups/probe")
             if layout == "spread" and t == "http" and n == max(cfg["pc_sizes"]):
                 shared["rss_checked"] = r
+    ka_rows, ka_details = keepalive_cost.run(cfg, run_config,
+                                             lambda: kernel_floor(("keepalive",), count=10000, repeat=1))
     if cfg.get("profile"):
         n = max(cfg["pc_one_sizes"])
         for t in cfg["pc_types"]:
@@ -167,7 +182,7 @@ def run(cfg, shared):
         "### 2. Cost per probe\n",
         f"worker_processes 2, interval=1s timeout=1s, peers 127.1.x.y:{BACKEND_PORT} served by one backend nginx "
         f"(1 worker) in the benchmark's network namespace. Warm-up {cfg['pc_warmup']} s, window "
-        f"{cfg['pc_window']} s. Probes counted at the backend (stub_status accepts). CPU = both workers' "
+        f"{cfg['pc_window']} s. Probes counted at the backend (stub_status accepts for tcp, requests for http). CPU = both workers' "
         "run time from /proc/PID/schedstat (ns); user and sys from utime and stime of /proc/PID/stat "
         "(10 ms ticks). Wakeups = the workers' voluntary context switches (returns from a sleeping "
         "epoll_wait).\n",
@@ -187,6 +202,8 @@ def run(cfg, shared):
             f"{r['us_sys']:.1f} | {r['wakeups_per_probe']:.2f} | "
             f"{' / '.join(f'{k / 1024:.1f}' for k in r['rss_kb'])} |")
     details.append("")
+    rows += ka_rows
+    details += ka_details
     if cfg.get("profile"):
         details.append(f"perf profiles: {cfg['out']}/profile-one-*.txt\n")
     return rows, details
