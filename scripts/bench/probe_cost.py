@@ -16,15 +16,33 @@ from lib import (CLK_TCK, Nginx, Row, cpu_ns, cpu_ticks, fmt, http_get, largest_
                  peer_addr, spawn, status_kb)
 
 BACKEND_PORT = 9000
+# The backend's TLS listener, for https probes (a self-signed certificate made at its start).
+BACKEND_TLS_PORT = 9443
 STATUS_PORT = 8201
 INTERVAL_S = 1.0
 
 
 def backend():
-    return Nginx("pc-backend", f"    server {{\n        listen 0.0.0.0:{BACKEND_PORT} backlog=8192;\n"
-                 "        keepalive_requests 1000000;\n"
-                 "        location = /bench_stub { stub_status; }\n"
-                 "        location / { return 200 \"ok\\n\"; }\n    }", workers=1, connections=20000)
+    ng = Nginx("pc-backend", "", workers=1, connections=20000)
+    cert, key = self_signed(ng.dir)
+    ng.http = (f"    server {{\n        listen 0.0.0.0:{BACKEND_PORT} backlog=8192;\n"
+               f"        listen 0.0.0.0:{BACKEND_TLS_PORT} ssl backlog=8192;\n"
+               f"        ssl_certificate {cert};\n        ssl_certificate_key {key};\n"
+               "        ssl_session_cache shared:bench:10m;\n"
+               "        keepalive_requests 1000000;\n"
+               "        location = /bench_stub { stub_status; }\n"
+               "        location / { return 200 \"ok\\n\"; }\n    }")
+    return ng
+
+
+def self_signed(directory):
+    """A self-signed P-256 certificate and key for the backend's TLS listener: (cert, key) paths."""
+    os.makedirs(directory, exist_ok=True)
+    cert, key = os.path.join(directory, "backend.crt"), os.path.join(directory, "backend.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "2", "-subj", "/CN=bench", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    return cert, key
 
 
 def counters():
@@ -42,8 +60,9 @@ def peers_http(n, per_upstream, check_type, extra=""):
     """upstream blocks u0, u1, ... of `per_upstream` peers each; `check_type` None: no checks;
     `extra`: more arguments of upstream_healthcheck (" keepalive=1000")."""
     out = []
+    port = BACKEND_TLS_PORT if check_type == "https" else BACKEND_PORT
     for u, lo in enumerate(range(0, n, per_upstream)):
-        servers = "".join(f"        server {peer_addr(i)}:{BACKEND_PORT};\n"
+        servers = "".join(f"        server {peer_addr(i)}:{port};\n"
                           for i in range(lo, min(n, lo + per_upstream)))
         check = (f"        upstream_healthcheck type={check_type}{extra} interval=1s timeout=1s fall=3 rise=2;\n"
                  if check_type else "")
@@ -70,7 +89,7 @@ def run_config(name, n, per_upstream, check_type, warmup, window, profile_to=Non
     user = sum(b[0] - a[0] for a, b in zip(tk0, tk1))
     system = sum(b[1] - a[1] for a, b in zip(tk0, tk1))
     c1, t1 = counters(), time.monotonic()
-    counted = 1 if check_type == "http" else 0  # requests for http, connections for tcp
+    counted = 1 if check_type in ("http", "https") else 0  # requests for http(s), connections for tcp
     res = {
         "n": n, "per": per_upstream, "type": check_type, "seconds": t1 - t0,
         "probes": c1[counted] - c0[counted] - 1,  # the second stub_status request counts itself
