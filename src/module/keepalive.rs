@@ -41,11 +41,12 @@ fn with_pool<R>(f: impl FnOnce(&mut Pool) -> R) -> Option<R> {
     POOL.with(|p| p.try_borrow_mut().ok().map(|mut p| f(&mut p)))
 }
 
-/// Sets how many idle connections this worker may keep: a quarter of `worker_connections`.
+/// Sets how many idle connections this worker may keep: half of `worker_connections` (10,000
+/// peers kept alive by two workers need 5,000 each and more, as peers do not split evenly).
 /// nginx takes idle ones back first when it runs short (they are "reusable" connections,
 /// like idle client keepalive connections).
 pub fn init(worker_connections: usize) {
-    with_pool(|p| p.cap = worker_connections / 4);
+    with_pool(|p| p.cap = worker_connections / 2);
 }
 
 /// The idle connection of `slot`, taken out of the pool for a probe; it is no longer
