@@ -7,7 +7,7 @@
 //! worker takes the peer over. Times are monotonic milliseconds passed in by the caller.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 use crate::config::CheckParams;
 use crate::health::PeerHealth;
@@ -18,6 +18,25 @@ pub const MAX_TICK_MS: u64 = 100;
 /// How long past its due time a peer waits for the worker that keeps its idle connection
 /// (`Schedule::prober`) before any worker may claim it.
 pub const PROBER_GRACE_MS: u64 = MAX_TICK_MS;
+
+/// The most probes a worker keeps in a TLS handshake at once. A handshake costs both sides an
+/// ECDHE and a signature (about a millisecond of CPU on a small machine): an upstream of
+/// 10,000 https peers would otherwise start 10,000 of them in its first interval, and the
+/// worker's own CPU, not the peers, would make them time out. Past the cap, probes that need a
+/// handshake wait their turn unclaimed (see `DueQueue::wait_for_handshake`), so another worker
+/// may take them, and probes on kept connections go ahead.
+pub const HANDSHAKES_MAX: usize = 32;
+
+/// How late a probe's timeout may fire before the timeout says more about this worker than
+/// about the peer: an event loop held up this long (a huge status page, a stopped process, a
+/// saturated CPU) may have kept the peer's answer waiting, so such a timeout gives no verdict.
+pub const LATE_TIMEOUT_MS: u64 = 250;
+
+/// Whether a probe's timeout that fired `late_ms` after its time is the peer's failure (true)
+/// or gives no verdict because this worker was held up (false).
+pub fn timeout_is_verdict(late_ms: u64) -> bool {
+    late_ms < LATE_TIMEOUT_MS
+}
 
 /// Scheduling state of one peer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -226,20 +245,31 @@ pub fn rearm(armed_at: Option<u64>, want: u64) -> Option<u64> {
     }
 }
 
+/// `DueQueue::due` of a slot waiting for a handshake place.
+const WAITING: u64 = u64::MAX - 1;
+
 /// One worker's queue of peer slots by the time it next looks at them, and its probes in
 /// flight. Fair by due time: when the cap is reached, the slot that has waited longest gets the
 /// next free place, whatever its upstream. Each operation is O(log P).
 ///
 /// A slot's time here may be early (another worker probed it meanwhile): the claim in the
 /// shared schedule then fails and the worker puts the slot back at the shared due time.
+///
+/// Probes that need a TLS handshake have a second cap (`HANDSHAKES_MAX`): a due slot that
+/// needs one while the cap is reached waits in a line of its own, in the order it became due,
+/// and is the first served when a handshake place frees up.
 pub struct DueQueue {
     /// (due, slot); an entry is current only while `due[slot]` equals its time.
     heap: BinaryHeap<Reverse<(u64, u32)>>,
     /// The current due time of each slot; `u64::MAX` when not queued (not probed by this
-    /// worker, or in flight).
+    /// worker, or in flight), `WAITING` while it waits for a handshake place.
     due: Vec<u64>,
     in_flight: usize,
     cap: usize,
+    /// Slots waiting for a handshake place, first come first served; an entry is current only
+    /// while `due[slot]` is `WAITING`.
+    waiting: VecDeque<u32>,
+    handshakes: usize,
 }
 
 impl DueQueue {
@@ -250,6 +280,8 @@ impl DueQueue {
             due: vec![u64::MAX; slots],
             in_flight: 0,
             cap: cap.max(1),
+            waiting: VecDeque::new(),
+            handshakes: 0,
         }
     }
 
@@ -271,11 +303,56 @@ impl DueQueue {
         }
     }
 
-    /// Drops entries that are no longer current, so the heap stays within O(P).
+    /// Drops entries that are no longer current, so the heap and the waiting line stay within
+    /// O(P).
     fn compact(&mut self) {
         let due = &self.due;
         self.heap
             .retain(|Reverse((at, slot))| due.get(*slot as usize) == Some(at));
+        // A slot that waited, was served and waits again has two entries: keep the first.
+        let mut seen = vec![false; due.len()];
+        self.waiting.retain(|&slot| {
+            let slot = slot as usize;
+            due.get(slot) == Some(&WAITING) && !core::mem::replace(&mut seen[slot], true)
+        });
+    }
+
+    /// Puts `slot`, just taken by `pop_due`, in the line for a handshake place (`may_handshake`
+    /// said no). It stays unclaimed meanwhile: another worker may probe it.
+    pub fn wait_for_handshake(&mut self, slot: usize) {
+        let Some(due) = self.due.get_mut(slot) else {
+            return;
+        };
+        *due = WAITING;
+        self.waiting.push_back(slot as u32);
+        if self.waiting.len() > 2 * self.due.len() + 64 {
+            self.compact();
+        }
+    }
+
+    /// True while a probe that needs a TLS handshake may start.
+    pub fn may_handshake(&self) -> bool {
+        self.handshakes < HANDSHAKES_MAX
+    }
+
+    /// A probe that needs a handshake started; `handshake_ended` when it ends.
+    pub fn handshake_started(&mut self) {
+        self.handshakes += 1;
+    }
+
+    pub fn handshake_ended(&mut self) {
+        self.handshakes = self.handshakes.saturating_sub(1);
+    }
+
+    /// The first current slot in the handshake line, left in it.
+    fn first_waiting(&mut self) -> Option<usize> {
+        while let Some(&slot) = self.waiting.front() {
+            if self.due[slot as usize] == WAITING {
+                return Some(slot as usize);
+            }
+            self.waiting.pop_front();
+        }
+        None
     }
 
     /// True when the cap on probes in flight is reached.
@@ -283,11 +360,19 @@ impl DueQueue {
         self.in_flight >= self.cap
     }
 
-    /// Takes the slot due earliest if it is due by `horizon` and a probe may start; the caller
-    /// then claims it and calls `started`, or puts it back with `set`.
+    /// Takes the slot due earliest if it is due by `horizon` and a probe may start (a slot
+    /// waiting for a handshake place first, when there is one); the caller then claims it and
+    /// calls `started`, or puts it back with `set` or `wait_for_handshake`.
     pub fn pop_due(&mut self, horizon: u64) -> Option<usize> {
         if self.saturated() {
             return None;
+        }
+        if self.may_handshake() {
+            if let Some(slot) = self.first_waiting() {
+                self.waiting.pop_front();
+                self.due[slot] = u64::MAX;
+                return Some(slot);
+            }
         }
         while let Some(&Reverse((at, slot))) = self.heap.peek() {
             let slot = slot as usize;
@@ -317,11 +402,15 @@ impl DueQueue {
         self.in_flight
     }
 
-    /// When the next probe may start: the earliest due time, or `None` when nothing is queued
-    /// or the cap is reached (a probe that ends wakes the worker then).
+    /// When the next probe may start: the earliest due time (0 when a slot waits for a
+    /// handshake place that is free), or `None` when nothing is queued or the cap is reached (a
+    /// probe that ends wakes the worker then).
     pub fn next_start(&mut self) -> Option<u64> {
         if self.saturated() {
             return None;
+        }
+        if self.may_handshake() && self.first_waiting().is_some() {
+            return Some(0);
         }
         while let Some(&Reverse((at, slot))) = self.heap.peek() {
             if self.due[slot as usize] == at {
@@ -504,6 +593,84 @@ mod tests {
         q.set(2, Some(5));
         q.set(2, None);
         assert_eq!(q.pop_due(100), None, "a slot taken out is not served");
+    }
+
+    #[test]
+    fn probes_past_the_handshake_cap_wait_in_line_while_kept_connections_go_ahead() {
+        let mut q = DueQueue::new(HANDSHAKES_MAX + 10, 1000);
+        for slot in 0..HANDSHAKES_MAX + 10 {
+            q.set(slot, Some(slot as u64));
+        }
+        // The worker starts handshakes until the cap, then puts the next two in line.
+        for slot in 0..HANDSHAKES_MAX {
+            assert!(q.may_handshake());
+            assert_eq!(q.pop_due(1000), Some(slot));
+            q.started();
+            q.handshake_started();
+        }
+        assert!(!q.may_handshake());
+        let (a, b) = (HANDSHAKES_MAX, HANDSHAKES_MAX + 1);
+        assert_eq!(q.pop_due(1000), Some(a));
+        q.wait_for_handshake(a);
+        assert_eq!(q.pop_due(1000), Some(b));
+        q.wait_for_handshake(b);
+        // A slot with a kept connection needs no handshake: it starts at once.
+        assert_eq!(q.pop_due(1000), Some(b + 1));
+        q.started();
+        assert_eq!(
+            q.next_start(),
+            Some(b as u64 + 2),
+            "the line waits for a place"
+        );
+        // A handshake ends: the first in line is served before anything due later.
+        q.ended();
+        q.handshake_ended();
+        assert_eq!(q.next_start(), Some(0), "wake at once");
+        assert_eq!(q.pop_due(1000), Some(a));
+        q.started();
+        q.handshake_started();
+        assert_eq!(
+            q.pop_due(1000),
+            Some(b + 2),
+            "b waits: the cap is reached again"
+        );
+        q.wait_for_handshake(b + 2);
+        // A slot taken out of the queue (its upstream excluded) leaves the line.
+        q.set(b, None);
+        q.ended();
+        q.handshake_ended();
+        assert_eq!(q.pop_due(1000), Some(b + 2));
+        q.handshake_started();
+        q.ended();
+        q.handshake_ended();
+        assert_eq!(q.pop_due(1000), Some(b + 3));
+    }
+
+    #[test]
+    fn the_handshake_line_stays_bounded() {
+        let mut q = DueQueue::new(2, 8);
+        for _ in 0..HANDSHAKES_MAX {
+            q.handshake_started();
+        }
+        for t in 0..1000u64 {
+            q.set(0, Some(t));
+            assert_eq!(q.pop_due(u64::MAX - 2), Some(0));
+            q.wait_for_handshake(0);
+        }
+        assert!(q.waiting.len() <= 2 * 2 + 64 + 1);
+        for _ in 0..HANDSHAKES_MAX {
+            q.handshake_ended();
+        }
+        assert_eq!(q.pop_due(0), Some(0));
+        assert_eq!(q.pop_due(u64::MAX - 2), None, "served once");
+    }
+
+    #[test]
+    fn a_timeout_that_fires_late_is_this_workers_doing() {
+        assert!(timeout_is_verdict(0));
+        assert!(timeout_is_verdict(LATE_TIMEOUT_MS - 1));
+        assert!(!timeout_is_verdict(LATE_TIMEOUT_MS));
+        assert!(!timeout_is_verdict(5_000));
     }
 
     #[test]

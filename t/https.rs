@@ -476,3 +476,82 @@ fn keepalive_carries_several_probes_over_one_tls_connection() {
     assert!(alert_lines(&log).is_empty(), "{log}");
     assert!(!log.contains("open socket"), "{log}");
 }
+
+#[test]
+fn a_worker_held_up_mid_handshake_blames_itself_not_the_peers() {
+    // Sixteen healthy TLS backends on one nginx, without session resumption, so that a checker
+    // probing each every 20 ms nearly always has a handshake half done.
+    let pki = Pki::new();
+    let pair = pki.leaf("good", "backend.test");
+    let ports: Vec<u16> = (0..16).map(|_| free_port()).collect();
+    let listens: String = ports
+        .iter()
+        .map(|p| format!("    listen 127.0.0.1:{p} ssl;\n"))
+        .collect();
+    let _backends = Nginx::start(&format!(
+        "server {{\n{listens}    ssl_certificate {};\n    ssl_certificate_key {};\n    \
+         ssl_session_tickets off;\n    ssl_session_cache off;\n    access_log off;\n    \
+         location / {{ return 200 \"ok\\n\"; }}\n}}\n",
+        pair.cert.display(),
+        pair.key.display()
+    ));
+    let port = free_port();
+    let peers: Vec<String> = ports.iter().map(|&p| addr(p)).collect();
+    let conf = format!(
+        "{}{}",
+        upstream_block(
+            "u",
+            &peers,
+            "upstream_healthcheck type=https interval=20ms timeout=300ms fall=1 rise=1;"
+        ),
+        status_server(port),
+    );
+    let nginx = Nginx::start(&conf);
+    let up = up_after(3);
+    let cases: Vec<Case> = peers.iter().map(|p| ("u", p.clone(), &up as _)).collect();
+    wait_health(port, &cases);
+    let worker = nginx.worker_pids()[0];
+
+    // The operator's host stalls (here: the worker is stopped for longer than the timeout)
+    // while handshakes are in flight. The answers wait unread; when the worker runs again its
+    // timeouts are long past. That is this host's doing: no verdict, no peer down.
+    let local = || {
+        json_upstream(&json_status(port), "u")["probe_errors"]["local"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let blamed = || -> Vec<String> {
+        let doc = json_status(port);
+        peers
+            .iter()
+            .map(|p| health(&doc, "u", p))
+            .filter(|h| h["status"] != "up" || h["failures"] != 0)
+            .map(|h| h.to_string())
+            .collect()
+    };
+    let mut stalls = 0;
+    while local() == 0 && blamed().is_empty() && stalls < 20 {
+        signal("STOP", worker);
+        std::thread::sleep(Duration::from_millis(800));
+        signal("CONT", worker);
+        stalls += 1;
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let blamed = blamed();
+    assert!(
+        blamed.is_empty(),
+        "peers blamed for this worker's stall:\n{}",
+        blamed.join("\n")
+    );
+    assert!(
+        local() > 0,
+        "no probe was caught mid-handshake in {stalls} stalls: the test did not test anything"
+    );
+    let log = nginx.stop();
+    assert!(!log.contains("is DOWN"), "{log}");
+    assert!(
+        log.contains("probes give no verdict: a probe's timeout fired"),
+        "the stall is logged as this host's: {log}"
+    );
+    assert!(alert_lines(&log).is_empty(), "{log}");
+}

@@ -65,7 +65,7 @@ fn a_host_short_of_connections_gives_no_verdict_and_says_so_once() {
     // Slow requests, one at a time, until the probes find no free connection (seven held).
     // A request that arrives while a probe holds a connection fails upstream (502) and is
     // sent again.
-    let short = || nginx.error_log().contains("probes cannot start");
+    let short = || nginx.error_log().contains("probes give no verdict");
     let mut clients: Vec<TcpStream> = Vec::new();
     for _ in 0..40 {
         if short() {
@@ -102,8 +102,8 @@ fn a_host_short_of_connections_gives_no_verdict_and_says_so_once() {
     // Relief: the slow requests end, probes run again.
     hanging.set_mode(Mode::Status(200));
     drop(clients);
-    wait_until(Duration::from_secs(5), "probes run again", || {
-        nginx.error_log().contains("probes run again")
+    wait_until(Duration::from_secs(5), "probes give verdicts again", || {
+        nginx.error_log().contains("probes give verdicts again")
     });
     let doc = json_status(port);
     let up = json_upstream(&doc, "backend");
@@ -131,9 +131,10 @@ fn a_host_short_of_connections_gives_no_verdict_and_says_so_once() {
         lines_with(&log, "is DOWN").is_empty(),
         "a local shortage blamed on the peers:\n{log}"
     );
-    let bursts = lines_with(&log, "probes cannot start");
+    let bursts = lines_with(&log, "probes give no verdict");
     assert!(
-        !bursts.is_empty() && bursts.len() <= lines_with(&log, "probes run again").len() + 1,
+        !bursts.is_empty()
+            && bursts.len() <= lines_with(&log, "probes give verdicts again").len() + 1,
         "one line per burst, not per probe ({local} local errors):\n{}",
         bursts.join("\n")
     );

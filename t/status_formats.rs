@@ -1940,7 +1940,7 @@ fn a_peer_name_that_is_not_utf8_is_checked_and_shown_with_a_replacement_characte
     let _ = std::fs::remove_file(&include);
     assert!(alert_lines(&log).is_empty(), "{log}");
     assert!(
-        lines_with(&log, "probes cannot start").is_empty(),
+        lines_with(&log, "probes give no verdict").is_empty(),
         "the peer is found among nginx's peers and probed:\n{log}"
     );
     assert!(

@@ -114,6 +114,11 @@ pub fn close_all() {
     }
 }
 
+/// True when `slot` has an idle connection for its next probe.
+pub fn has(slot: usize) -> bool {
+    with_pool(|p| p.by_slot.contains_key(&(slot as u32))).unwrap_or(false)
+}
+
 /// True when no idle connection is kept: the common case, checked before any lookup.
 pub fn is_empty() -> bool {
     with_pool(|p| p.by_slot.is_empty()).unwrap_or(true)

@@ -26,6 +26,7 @@ use crate::module::tick;
 use crate::module::tls::{self, ProbeTls, TlsContext};
 use crate::outcome::{classify_connect_errno, ConnectError, Failure, Outcome};
 use crate::response::{self, Limits, ResponseReader};
+use crate::schedule::timeout_is_verdict;
 use crate::status_line::{judge, Progress, StatusLineParser};
 
 /// The most body bytes a probe reads to reuse its connection: a longer body ends the
@@ -116,6 +117,8 @@ pub struct Probe {
     reusable: bool,
     /// The probe already reconnected once.
     retried: bool,
+    /// The probe holds one of the worker's handshake places (`DueQueue::handshake_started`).
+    handshake_place: bool,
     timeout_ms: u64,
     sockaddr: sockaddr_storage,
     name: ngx_str_t,
@@ -135,7 +138,9 @@ impl Probe {
 
 /// Starts the probe of `slot`: `None` when it is in flight (it reports to `tick::finish` when
 /// it ends), or how it ended at once, with its connection when that may be kept.
-pub fn start(w: &mut Worker, slot: usize) -> Option<(Ended, Option<Kept>)> {
+/// `handshake_place`: the probe holds a handshake place, given back when it ends in flight
+/// (the caller gives it back when the probe ends at once).
+pub fn start(w: &mut Worker, slot: usize, handshake_place: bool) -> Option<(Ended, Option<Kept>)> {
     let (up, check, peer) = w.check_of(slot)?;
     let rr = w.targets[slot].rr;
     if rr.is_null() {
@@ -181,6 +186,7 @@ pub fn start(w: &mut Worker, slot: usize) -> Option<(Ended, Option<Kept>)> {
         answered: false,
         reusable: false,
         retried: false,
+        handshake_place,
         timeout_ms: params.timeout_ms,
         // SAFETY: all-zero is a valid (empty) sockaddr_storage.
         sockaddr: unsafe { zeroed() },
@@ -438,10 +444,14 @@ fn set_port(sa: &mut sockaddr_storage, port: u16) {
 
 /// nginx calls this when a handshake it had in hand is done, failed or timed out.
 unsafe extern "C" fn on_handshake(c: *mut ngx_connection_t) {
-    // SAFETY: nginx calls the handler with the probe's connection, whose data is the probe.
+    // SAFETY: nginx calls the handler with the probe's connection, whose data is the probe;
+    // the probe's timer is on the read event.
     unsafe {
         let p = (*c).data as *mut Probe;
-        let mut next = drive(p, c);
+        let mut next = match held_up(p, (*c).read) {
+            Some(local) => Next::End(local),
+            None => drive(p, c),
+        };
         if let Next::Reconnect = next {
             next = reconnect(p);
         }
@@ -459,7 +469,9 @@ extern "C" fn on_event(ev: *mut ngx_event_t) {
         let c = (*ev).data as *mut ngx_connection_t;
         let p = (*c).data as *mut Probe;
         let mut next = if (*ev).timedout() != 0 {
-            Next::End(Ended::Outcome(Outcome::failed(Failure::Timeout, None)))
+            Next::End(
+                held_up(p, ev).unwrap_or(Ended::Outcome(Outcome::failed(Failure::Timeout, None))),
+            )
         } else {
             drive(p, c)
         };
@@ -470,6 +482,27 @@ extern "C" fn on_event(ev: *mut ngx_event_t) {
             end(p, ended);
         }
     }
+}
+
+/// A probe's timeout that fired too late to blame the peer (`schedule::timeout_is_verdict`):
+/// this worker's event loop was held up and the peer's answer may be waiting unread. `None`
+/// when `ev` did not time out or fired on time.
+///
+/// # Safety
+/// `p` must be a live probe and `ev` the live event that carries its timer.
+unsafe fn held_up(p: *const Probe, ev: *const ngx_event_t) -> Option<Ended> {
+    // SAFETY: per the contract. The timer was due `timeout_ms` after the start (see `attach`);
+    // nginx zeroes an expired timer's key, so the time it was due comes from the probe.
+    let (timed_out, late) = unsafe {
+        let spent = (*p).started.elapsed().as_millis() as u64;
+        ((*ev).timedout() != 0, spent.saturating_sub((*p).timeout_ms))
+    };
+    (timed_out && !timeout_is_verdict(late)).then(|| {
+        hc_debug!("probe timed out {late} ms late");
+        Ended::Local(format!(
+            "a probe's timeout fired {late} ms late, this worker was held up"
+        ))
+    })
 }
 
 fn socket_error(c: &ngx_connection_t) -> i32 {
@@ -786,6 +819,9 @@ unsafe fn end(p: *mut Probe, ended: Ended) {
     let kept = unsafe { release(&mut probe, &ended) };
     with_any_worker(|w| {
         take_off_list(w, probe.index);
+        if probe.handshake_place {
+            w.queue.handshake_ended();
+        }
         if !w.is_stale() {
             tick::finish(w, probe.slot, ended, probe.started, kept);
         }

@@ -31,7 +31,7 @@ pub struct SlotView {
     pub look_at: Option<u64>,
 }
 
-/// A run of probes that could not start for a local reason: logged once when it begins and
+/// A run of probes that gave no verdict for a local reason: logged once when it begins and
 /// once when it ends, never per probe.
 #[derive(Default)]
 pub struct LocalBurst {

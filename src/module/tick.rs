@@ -19,7 +19,7 @@ use crate::module::process::{exiting, stop_if_stale, with_worker, LocalBurst, Wo
 use crate::policy::{connection_reusable, PeerFacts};
 use crate::schedule::{next_interval_ms, rearm, MAX_TICK_MS};
 
-/// How soon a probe that could not start for a local reason is tried again.
+/// How soon a probe that gave no verdict for a local reason is tried again.
 const LOCAL_RETRY_MS: u64 = 1000;
 /// A run of local errors ends when a probe completes this long after the last one: a peer
 /// that keeps failing locally while others succeed makes one run, not a line per retry.
@@ -79,6 +79,12 @@ fn scan(w: &mut Worker) {
         let Some((_, check, _)) = w.check_of(slot) else {
             continue;
         };
+        // A new https connection waits for a handshake place, unclaimed (see HANDSHAKES_MAX).
+        let handshake = check.tls.is_some() && !keepalive::has(slot);
+        if handshake && !w.queue.may_handshake() {
+            w.queue.wait_for_handshake(slot);
+            continue;
+        }
         let p = &check.params;
         let claimed = {
             let mut locked = w.header.lock();
@@ -95,8 +101,14 @@ fn scan(w: &mut Worker) {
             continue;
         }
         w.queue.started();
+        if handshake {
+            w.queue.handshake_started();
+        }
         let started = Instant::now();
-        if let Some((ended, kept)) = probe::start(w, slot) {
+        if let Some((ended, kept)) = probe::start(w, slot, handshake) {
+            if handshake {
+                w.queue.handshake_ended();
+            }
             finish(w, slot, ended, started, kept);
         }
     }
@@ -138,7 +150,7 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept:
     if let Some(burst) = w.local_burst.take_if(|b| quiet(b)) {
         hc_log!(
             NGX_LOG_NOTICE,
-            "probes run again after {} that could not start for a local reason in {} ms",
+            "probes give verdicts again after {} without one for a local reason in {} ms",
             burst.count,
             now.saturating_sub(burst.since_ms)
         );
@@ -262,7 +274,7 @@ fn note_local_error(w: &mut Worker, now: u64, reason: &str) {
     });
     hc_log!(
         NGX_LOG_ERR,
-        "probes cannot start: {reason}; they give no verdict until they can ({} in flight)",
+        "probes give no verdict: {reason} ({} in flight)",
         w.queue.in_flight()
     );
 }

@@ -75,8 +75,8 @@ pub struct UpstreamSnapshot {
     pub backup: Vec<PeerSnapshot>,
     /// Durations of this upstream's probes; `None` when unchecked.
     pub probe_durations: Option<Histogram>,
-    /// Probes that could not start for a local reason (no free connection, descriptor or
-    /// source port) and gave no verdict; `None` when unchecked.
+    /// Probes that gave no verdict for a local reason (no free connection, descriptor or
+    /// source port; a worker held up past a timeout); `None` when unchecked.
     pub local_errors: Option<u64>,
     /// Its probes speak TLS (`type=https`): they can fail `tls_handshake` and `tls_verify`.
     pub tls: bool,

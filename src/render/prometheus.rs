@@ -99,7 +99,7 @@ impl Family {
             ),
             Family::ProbeErrorsTotal => (
                 "nginx_upstream_healthcheck_probe_errors_total",
-                "Probes that could not start for a local reason and gave no verdict.",
+                "Probes that gave no verdict for a local reason.",
                 "counter",
             ),
         }
@@ -459,7 +459,7 @@ mod tests {
          # TYPE nginx_upstream_healthcheck_last_change_timestamp_seconds gauge\n",
         "# HELP nginx_upstream_healthcheck_probe_duration_seconds Durations of the upstream's health check probes.\n\
          # TYPE nginx_upstream_healthcheck_probe_duration_seconds histogram\n",
-        "# HELP nginx_upstream_healthcheck_probe_errors_total Probes that could not start for a local reason and gave no verdict.\n\
+        "# HELP nginx_upstream_healthcheck_probe_errors_total Probes that gave no verdict for a local reason.\n\
          # TYPE nginx_upstream_healthcheck_probe_errors_total counter\n",
     ];
 
