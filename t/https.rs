@@ -502,7 +502,7 @@ fn a_worker_held_up_mid_handshake_blames_itself_not_the_peers() {
         upstream_block(
             "u",
             &peers,
-            "upstream_healthcheck type=https interval=20ms timeout=300ms fall=1 rise=1;"
+            "upstream_healthcheck type=https interval=20ms timeout=1s fall=1 rise=1;"
         ),
         status_server(port),
     );
@@ -532,7 +532,7 @@ fn a_worker_held_up_mid_handshake_blames_itself_not_the_peers() {
     let mut stalls = 0;
     while local() == 0 && blamed().is_empty() && stalls < 20 {
         signal("STOP", worker);
-        std::thread::sleep(Duration::from_millis(800));
+        std::thread::sleep(Duration::from_millis(1500));
         signal("CONT", worker);
         stalls += 1;
         std::thread::sleep(Duration::from_millis(150));

@@ -49,12 +49,19 @@ def measure(cfg, run_config, floor):
                 log(f"  keepalive round {r} {n:5} {k.name:15}: {res['us_per_probe']:.2f} us/probe "
                     f"(user {res['us_user']:.1f}, sys {res['us_sys']:.1f}), {res['achieved'] * 100:.1f} %, "
                     f"{res['conns'] / max(res['probes'], 1):.3f} connections/probe, "
-                    f"{res['wakeups_per_probe']:.2f} wakeups/probe")
+                    f"{res['wakeups_per_probe']:.2f} wakeups/probe, warm after {fmt_warm(res)}, "
+                    f"{res['downs']} false DOWN")
         f = floor()
         floors.append(f)
         log(f"  kept-alive floor round {r}: {f['keepalive']:.1f} us per request on one connection "
             f"({f['keepalive_wakeups']:.2f} wakeups), {f['keepalive_batch']:.1f} us on 100")
     return results, floors
+
+
+def fmt_warm(res):
+    """How long a keepalive configuration took to warm up, as the tables show it."""
+    w = res.get("warm_s")
+    return "-" if "keepalive" not in label(res["kind"]) else (f"{w:.0f} s" if w is not None else "never")
 
 
 def per_round(results, floors, name, n):
@@ -92,13 +99,14 @@ def details(cfg, results, floors):
         "connection, reading each whole response; its system CPU per request, and the same on 100 "
         "connections at once (wakeups amortized as at thousands of peers; for reference).\n",
         "| round | peers | kind | µs/probe | of which user | of which sys | wakeups/probe "
-        "| connections/probe | achieved |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| connections/probe | achieved | warm after | false DOWNs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted((r for rs in results.values() for r in rs), key=lambda r: r["seq"]):
         out.append(f"| {r['round']} | {r['n']:,} | `{label(r['kind'])}` | {r['us_per_probe']:.1f} | "
                    f"{r['us_user']:.1f} | {r['us_sys']:.1f} | {r['wakeups_per_probe']:.2f} | "
-                   f"{r['conns'] / max(r['probes'], 1):.3f} | {r['achieved'] * 100:.1f} % |")
+                   f"{r['conns'] / max(r['probes'], 1):.3f} | {r['achieved'] * 100:.1f} % | "
+                   f"{fmt_warm(r)} | {r['downs']} |")
     out += ["", "| round | floor: µs per request, one connection | wakeups per request | µs per request, "
             "100 connections |", "|---|---|---|---|"]
     for i, f in enumerate(floors):
@@ -120,6 +128,17 @@ def run(cfg, run_config, floor):
                     "per probe, highest round",
                     f"{worst * 100:.1f} %; {max(r['conns'] / max(r['probes'], 1) for r in kept):.3f}",
                     "≥ 99 %", worst >= 0.99))
+    for k in KINDS:
+        if "keepalive" not in k.extra:
+            continue
+        for n in sizes:
+            rs = results[(k.name, n)]
+            warm = [r["warm_s"] for r in rs]
+            slowest = "never" if None in warm else f"{max(warm):.0f} s"
+            false_downs = sum(r["downs"] for r in rs)
+            rows.append(Row(f"2. `{label(k.name)}` at {n:,} peers: slowest warm-up (start to every probe on a kept "
+                            f"connection at the full rate); peers marked DOWN though healthy, all rounds",
+                            f"{slowest}; {false_downs}", "warm; 0", None not in warm and false_downs == 0))
     rows.append(Row("2. Kept-alive floor: client's system CPU per request on one loopback connection "
                     "[on 100 connections at once], median of the rounds",
                     f"{median([f['keepalive'] for f in floors]):.1f} µs "

@@ -73,12 +73,42 @@ def peers_http(n, per_upstream, check_type, extra=""):
     return "".join(out)
 
 
+# The longest a keepalive configuration may take to warm up (every peer on a kept connection).
+WARM_MAX_S = 60
+
+
+def warm_up(n, since):
+    """Waits until the probes run at the configured rate on kept connections (a second with at
+    least 99 % of the rate and at most 1 % of it on new connections), at most until WARM_MAX_S
+    after `since`; returns the seconds from `since` to warm, None if it never was."""
+    while time.monotonic() - since < WARM_MAX_S:
+        a = counters()
+        time.sleep(1.0)
+        b = counters()
+        probes, conns = b[1] - a[1] - 1, b[0] - a[0] - 1
+        if probes >= 0.99 * n / INTERVAL_S and conns <= 0.01 * probes:
+            return time.monotonic() - since
+    return None
+
+
+def downs(ng):
+    """How many peers the checker marked DOWN (every backend here is healthy: each is false)."""
+    try:
+        with open(ng.error_log, errors="replace") as f:
+            return sum(" is DOWN after " in line for line in f)
+    except OSError:
+        return 0
+
+
 def run_config(name, n, per_upstream, check_type, warmup, window, profile_to=None, extra=""):
-    """Starts nginx with n checked peers, waits `warmup` s, measures over `window` s; returns a dict."""
+    """Starts nginx with n checked peers, waits `warmup` s (and, for keepalive probes, until they
+    are warm: see warm_up), measures over `window` s; returns a dict."""
     ng = Nginx(name, peers_http(n, per_upstream, check_type, extra), workers=2, module=check_type is not None,
                connections=20000)
+    since = time.monotonic()
     ng.start(wait_for=("127.0.0.1", STATUS_PORT))
     time.sleep(warmup)
+    warm_s = warm_up(n, since) if "keepalive" in extra else None
     pids = ng.worker_pids
     c0, t0 = counters(), time.monotonic()
     ns0, tk0 = sum(cpu_ns(p) for p in pids), [cpu_ticks(p) for p in pids]
@@ -98,6 +128,7 @@ def run_config(name, n, per_upstream, check_type, warmup, window, profile_to=Non
         "rss_kb": [status_kb(p) for p in pids],
         "rss_shmem_kb": [status_kb(p, "RssShmem") for p in pids],
         "zone_bytes": max(largest_shared_mapping(p) for p in pids),
+        "warm_s": warm_s, "downs": downs(ng),
     }
     if profile_to:
         profile(pids, profile_to, window)

@@ -614,6 +614,13 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) -> Next {
             }
         }
         probe.stage = Stage::Reading;
+        // The answer cannot be there yet unless the socket says so: wait for its event rather
+        // than pay a read that finds nothing (for TLS, an SSL_read and a read(2)). The socket
+        // is edge-triggered and was drained when `ready` was cleared, so its event will come.
+        // SAFETY: the read event of a live connection.
+        if unsafe { (*conn.read).ready() } == 0 {
+            return Next::Wait;
+        }
     }
 
     let mut buf = [0u8; 4096];
