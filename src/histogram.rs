@@ -16,11 +16,16 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    pub fn observe(&mut self, us: u64) {
-        let i = BUCKETS_US
+    /// The index in `counts` of the bucket that holds `us`.
+    pub fn bucket_of(us: u64) -> usize {
+        BUCKETS_US
             .iter()
             .position(|&le| us <= le)
-            .unwrap_or(BUCKETS_US.len());
+            .unwrap_or(BUCKETS_US.len())
+    }
+
+    pub fn observe(&mut self, us: u64) {
+        let i = Self::bucket_of(us);
         self.counts[i] = self.counts[i].wrapping_add(1);
         self.count = self.count.wrapping_add(1);
         self.sum_us = self.sum_us.wrapping_add(us);

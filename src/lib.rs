@@ -19,6 +19,7 @@ pub mod render;
 pub mod response;
 pub mod schedule;
 pub mod status_line;
+pub mod traffic;
 
 #[cfg(test)]
 mod proptests;

@@ -1184,3 +1184,40 @@ fn files_that_cannot_be_loaded_and_keys_that_do_not_match() {
         pair(&cert, &key)
     )));
 }
+
+#[test]
+fn traffic_counting_takes_on_or_off_once_per_level_and_nowhere_else() {
+    let msg = "invalid value \"yes\" in \"upstream_healthcheck_traffic\" directive, it must be \"on\" or \"off\"";
+    rejected(
+        "    upstream_healthcheck_traffic yes;",
+        "upstream_healthcheck_traffic",
+        msg,
+    );
+    let check = nginx_test_conf(
+        "",
+        &format!("upstream_healthcheck_traffic yes;\n{}", upstream_with("")),
+    );
+    assert_rejected_at(&check, "upstream_healthcheck_traffic", msg);
+    rejected(
+        "    upstream_healthcheck_traffic on;\n    upstream_healthcheck_traffic off;",
+        "upstream_healthcheck_traffic off",
+        "\"upstream_healthcheck_traffic\" directive is duplicate",
+    );
+    let check = nginx_test_conf(
+        "",
+        &format!(
+            "server {{\n    {}\n    location / {{\n        upstream_healthcheck_traffic on;\n    }}\n}}\n",
+            listen()
+        ),
+    );
+    assert_rejected_at(
+        &check,
+        "upstream_healthcheck_traffic on",
+        "\"upstream_healthcheck_traffic\" directive is not allowed here",
+    );
+    // Both levels, without any check: fine.
+    accepted(&format!(
+        "upstream_healthcheck_traffic on;\n{}",
+        upstream_with("    upstream_healthcheck_traffic off;")
+    ));
+}

@@ -37,7 +37,7 @@ const fn command(name: ngx_str_t, type_: u32, set: SetFn, conf: usize) -> ngx_co
 
 const UPS: u32 = NGX_HTTP_UPS_CONF;
 
-pub static mut COMMANDS: [ngx_command_t; 16] = [
+pub static mut COMMANDS: [ngx_command_t; 18] = [
     command(
         ngx_string!("upstream_healthcheck"),
         UPS | NGX_CONF_ANY,
@@ -120,6 +120,19 @@ pub static mut COMMANDS: [ngx_command_t; 16] = [
         ngx_string!("upstream_healthcheck_ssl_protocols"),
         UPS | NGX_CONF_1MORE,
         set_ssl,
+        NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    // One name, two levels: nginx picks the entry whose context matches.
+    command(
+        ngx_string!("upstream_healthcheck_traffic"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        set_main_traffic,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_traffic"),
+        UPS | NGX_CONF_TAKE1,
+        set_upstream_traffic,
         NGX_HTTP_SRV_CONF_OFFSET,
     ),
     command(
@@ -291,6 +304,38 @@ extern "C" fn set_ssl(
             Ok((parse::parse_tls_protocols(d, a)?, pos))
         }),
     }
+}
+
+/// `upstream_healthcheck_traffic` at the http level.
+extern "C" fn set_main_traffic(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's main conf for NGX_HTTP_MAIN_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<MainConf>() };
+    set_once(cf, &mut conf.traffic, |args, pos| {
+        Ok((
+            parse::parse_on_off("upstream_healthcheck_traffic", first(args))?,
+            pos,
+        ))
+    })
+}
+
+/// `upstream_healthcheck_traffic` in an upstream block.
+extern "C" fn set_upstream_traffic(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's upstream-level conf for NGX_HTTP_SRV_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<SrvConf>() };
+    set_once(cf, &mut conf.traffic, |args, pos| {
+        Ok((
+            parse::parse_on_off("upstream_healthcheck_traffic", first(args))?,
+            pos,
+        ))
+    })
 }
 
 extern "C" fn set_zone(

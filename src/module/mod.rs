@@ -38,6 +38,7 @@ mod response_writer;
 mod status_handler;
 mod tick;
 mod tls;
+mod traffic_hook;
 mod zone;
 
 pub struct Module;
@@ -380,19 +381,25 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
             peers.push(PeerConf::new(peer.name, peer.down, key, slot));
             next_slot += 1;
         }
+        let traffic = sc
+            .traffic
+            .as_ref()
+            .or(main.traffic.as_ref())
+            .is_some_and(|(on, _)| *on);
         main.upstreams.push(UpstreamConf {
             name,
             uscf,
             check,
             peers,
+            traffic,
         });
     }
 
     let n = main.slots();
-    if !main.admin && !main.upstreams.iter().any(|u| u.check.is_some()) {
+    if !main.admin && !main.counts_traffic() && !main.upstreams.iter().any(|u| u.check.is_some()) {
         return Ok(());
     }
-    let need = zone::required_size(n, main.upstreams.len());
+    let need = zone::required_size(n, main.upstreams.len(), main.counts_traffic());
     let size = match &main.zone_size {
         Some((size, pos)) if *size < need => {
             conf_error_at(
@@ -439,6 +446,7 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
         // SAFETY: uscf is valid; its balancer's init_upstream ran in init_main_conf.
         let us = unsafe { &mut *up.uscf };
         let sc = Module::server_conf_mut(us).ok_or(())?;
+        sc.counts_traffic = up.traffic;
         if sc.original_init_peer.is_none() && us.peer.init.is_some() {
             sc.original_init_peer = us.peer.init;
             us.peer.init = Some(peers::init_peer);

@@ -1,6 +1,7 @@
 //! Configuration as stored by nginx: main, upstream and location levels, and the one place
 //! that reports configuration errors.
 
+use core::cell::Cell;
 use core::ffi::c_char;
 use core::fmt::Display;
 use core::ptr;
@@ -9,8 +10,8 @@ use std::sync::Arc;
 
 use ngx::core::NGX_CONF_ERROR;
 use ngx::ffi::{
-    ngx_conf_t, ngx_http_upstream_init_peer_pt, ngx_http_upstream_srv_conf_t, ngx_shm_zone_t,
-    ngx_uint_t, NGX_LOG_EMERG, NGX_LOG_WARN,
+    ngx_conf_t, ngx_event_free_peer_pt, ngx_http_upstream_init_peer_pt,
+    ngx_http_upstream_srv_conf_t, ngx_shm_zone_t, ngx_uint_t, NGX_LOG_EMERG, NGX_LOG_WARN,
 };
 
 use crate::config::{CheckParams, TlsProtocols, ValidStatuses};
@@ -81,6 +82,8 @@ pub struct MainConf {
     /// Every `upstream_healthcheck_match` block by name, in configuration order; `match=` is
     /// resolved against them after the whole http block is read.
     pub matches: Vec<(String, Arc<Match>)>,
+    /// `upstream_healthcheck_traffic` at the http level: the default of every upstream.
+    pub traffic: Option<(bool, ConfPos)>,
 }
 
 impl Default for MainConf {
@@ -93,6 +96,7 @@ impl Default for MainConf {
             ha: None,
             admin: false,
             matches: Vec::new(),
+            traffic: None,
         }
     }
 }
@@ -101,6 +105,11 @@ impl MainConf {
     /// Number of peer slots in the shared zone: every peer of every upstream block.
     pub fn slots(&self) -> usize {
         self.upstreams.iter().map(|u| u.peers.len()).sum()
+    }
+
+    /// Some upstream counts its traffic: the zone holds traffic counters for every slot.
+    pub fn counts_traffic(&self) -> bool {
+        self.upstreams.iter().any(|u| u.traffic)
     }
 }
 
@@ -115,6 +124,15 @@ pub struct SrvConf {
     pub ssl: SslDirectives,
     /// The balancer's per-request init, wrapped so a request never sees stale verdicts.
     pub original_init_peer: ngx_http_upstream_init_peer_pt,
+    /// `upstream_healthcheck_traffic` in this upstream block.
+    pub traffic: Option<(bool, ConfPos)>,
+    /// The upstream counts its traffic (this block's `upstream_healthcheck_traffic`, else the
+    /// http level's), set after parsing.
+    pub counts_traffic: bool,
+    /// The balancer's `free`, wrapped to count each attempt when the upstream counts its
+    /// traffic; learnt by each worker from the first request (every request of an upstream
+    /// gets the same one from its balancer).
+    pub original_free: Cell<ngx_event_free_peer_pt>,
 }
 
 /// The `upstream_healthcheck_ssl_*` directives as written, each with its position.
@@ -184,6 +202,8 @@ pub struct UpstreamConf {
     pub check: Option<Check>,
     /// Primary peers then backup peers, in nginx's order.
     pub peers: Vec<PeerConf>,
+    /// `upstream_healthcheck_traffic on` applies to it.
+    pub traffic: bool,
 }
 
 /// What to do when probing the peers of one upstream.

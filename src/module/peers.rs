@@ -6,7 +6,7 @@ use core::ptr;
 use ngx::ffi::{
     ngx_http_request_t, ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t,
     ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_rwlock_rlock, ngx_rwlock_unlock, ngx_rwlock_wlock,
-    ngx_uint_t, NGX_ERROR,
+    ngx_uint_t, NGX_ERROR, NGX_OK,
 };
 use ngx::http::HttpModuleServerConf;
 
@@ -17,6 +17,7 @@ use crate::module::keepalive;
 use crate::module::log::hc_log;
 use crate::module::module_conf::MainConf;
 use crate::module::process::{with_worker, SlotView, Worker};
+use crate::module::traffic_hook;
 use crate::module::Module;
 use crate::policy::PeerFacts;
 
@@ -309,14 +310,19 @@ pub extern "C" fn init_peer(
     with_worker(apply_changes);
     // SAFETY: nginx passes the upstream the request uses; our srv conf exists for every
     // upstream block and holds the balancer's own init, set in postconfiguration.
-    let original = unsafe { us.as_ref() }
-        .and_then(Module::server_conf)
-        .and_then(|sc| sc.original_init_peer);
-    match original {
-        // SAFETY: calling the balancer's init with the arguments nginx gave us.
-        Some(init) => unsafe { init(r, us) },
-        None => NGX_ERROR as ngx_int_t,
+    let Some(sc) = unsafe { us.as_ref() }.and_then(Module::server_conf) else {
+        return NGX_ERROR as ngx_int_t;
+    };
+    let Some(init) = sc.original_init_peer else {
+        return NGX_ERROR as ngx_int_t;
+    };
+    // SAFETY: calling the balancer's init with the arguments nginx gave us.
+    let rc = unsafe { init(r, us) };
+    if rc == NGX_OK as ngx_int_t && sc.counts_traffic {
+        // SAFETY: the balancer's init of this upstream has just succeeded for r.
+        unsafe { traffic_hook::wrap_free(r, sc) };
     }
+    rc
 }
 
 /// Applies changes in this worker now (after a control request); other workers follow within

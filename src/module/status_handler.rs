@@ -1,5 +1,6 @@
 //! The status content handler: each upstream's state taken in turn and streamed to the client.
 
+use core::cell::RefCell;
 use core::ffi::c_void;
 use core::ptr;
 use core::sync::atomic::Ordering;
@@ -30,6 +31,8 @@ use crate::query::{error_format, parse_status_query, unknown_upstream, Format, S
 use crate::render::json::render_json_error;
 use crate::render::page::{render_page, Page, PageCursor};
 use crate::render::{HaMode, PeerSnapshot, UpstreamSnapshot};
+use crate::traffic::{rate, TrafficRate, TrafficSample};
+use rustc_hash::FxHashMap;
 
 /// Takes the state of one upstream at a time: its shared slots copied under the zone lock
 /// (held for that upstream only), nginx's peers as this worker sees them.
@@ -42,6 +45,33 @@ struct StateReader<'a> {
     now: u64,
     /// The slots of the upstream being read, one per configured peer; reused.
     slots: Vec<Option<Slot>>,
+    /// Work out each counted peer's traffic since this worker's previous page that did (the
+    /// HTML page's requests/s and 5xx share).
+    rates: bool,
+}
+
+thread_local! {
+    /// Each counted peer's traffic on the last two HTML pages this worker rendered (the
+    /// earlier one, if any, and the latest), by peer key (stable across reloads).
+    static LAST_SEEN: RefCell<FxHashMap<u64, (Option<TrafficSample>, TrafficSample)>> =
+        RefCell::new(FxHashMap::default());
+}
+
+/// The traffic of peer `key` from this worker's previous HTML page to `now`'s, which it
+/// records. A page takes an upstream more than once: within the same page (the same time),
+/// the answer stays the same.
+fn rate_since_last(key: u64, now: TrafficSample, peers: usize) -> Option<TrafficRate> {
+    LAST_SEEN.with(|m| {
+        let mut m = m.try_borrow_mut().ok()?;
+        if m.len() > 2 * peers + 64 {
+            m.clear(); // peers that a reload removed
+        }
+        let seen = m.entry(key).or_insert((None, now));
+        if seen.1.at_ms != now.at_ms {
+            *seen = (Some(seen.1), now);
+        }
+        rate(seen.0?, now)
+    })
 }
 
 impl StateReader<'_> {
@@ -93,14 +123,21 @@ impl StateReader<'_> {
             unsafe { read_peer(list, rr, peer) };
             peer.id = *n;
             *n += 1;
-            let slot = up
-                .peers
-                .get(i)
-                .filter(|c| *c.name == *peer.name)
-                .and_then(|c| {
-                    peer.config_down = c.config_down;
-                    self.slots.get(i).copied().flatten()
-                });
+            let conf = up.peers.get(i).filter(|c| *c.name == *peer.name);
+            peer.traffic = conf
+                .filter(|_| up.traffic)
+                .and_then(|c| self.header?.traffic(c.slot()))
+                .map(|t| t.snapshot());
+            peer.traffic_rate = match (conf, &peer.traffic) {
+                (Some(c), Some(t)) if self.rates => {
+                    rate_since_last(c.key, t.sample(self.now), self.main.slots())
+                }
+                _ => None,
+            };
+            let slot = conf.and_then(|c| {
+                peer.config_down = c.config_down;
+                self.slots.get(i).copied().flatten()
+            });
             if let Some(s) = slot {
                 peer.manual_down = s.manual_down();
                 peer.manual_down_ttl = (peer.manual_down && s.manual_until_ms != u64::MAX)
@@ -234,6 +271,8 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         probing: ha_mode != HaMode::Slaver,
         now: now_msec(),
         slots: Vec::new(),
+        // A HEAD request only counts the page's bytes: it leaves the rates to the next GET.
+        rates: false,
     };
     let mut fill = |k: usize, u: &mut UpstreamSnapshot| reader.fill(shown[k], u);
 
@@ -275,6 +314,7 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
                 probing: reader.probing,
                 now: reader.now,
                 slots: Vec::new(),
+                rates: q.format == Format::Html,
             },
             body: BodyWriter::new(r, NGX_HTTP_OK as usize, q.format.content_type()),
         });

@@ -21,6 +21,7 @@ use crate::module::ha;
 use crate::module::log::hc_log;
 use crate::module::module_conf::MainConf;
 use crate::schedule::Schedule;
+use crate::traffic::{Traffic, TrafficCounters};
 
 /// The zone's name as `ngx_shared_memory_add` knows it.
 pub const ZONE_NAME: &str = "upstream_healthcheck";
@@ -87,17 +88,30 @@ pub struct ZoneHeader {
     /// `journal_len` entries.
     journal: *mut u32,
     pub journal_len: usize,
+    /// `nslots` traffic counters, one per slot, when some upstream counts its traffic; null
+    /// otherwise. Updated with atomics, without the lock.
+    traffic: *mut TrafficCounters,
     shpool: *mut ngx_slab_pool_t,
 }
 
-/// Bytes of shared memory needed for `peers` peers in `upstreams` upstream blocks.
-pub fn required_size(peers: usize, upstreams: usize) -> usize {
-    zone_size_for(&[
+/// Bytes of shared memory needed for `peers` peers in `upstreams` upstream blocks, with
+/// traffic counters for every peer when `traffic`.
+pub fn required_size(peers: usize, upstreams: usize, traffic: bool) -> usize {
+    let counters = if traffic {
+        peers.max(1) * size_of::<TrafficCounters>()
+    } else {
+        0
+    };
+    let mut parts = vec![
         size_of::<ZoneHeader>(),
         peers.max(1) * size_of::<Slot>(),
         upstreams.max(1) * size_of::<UpstreamRecord>(),
         journal::len_for(peers) * size_of::<u32>(),
-    ])
+    ];
+    if counters > 0 {
+        parts.push(counters);
+    }
+    zone_size_for(&parts)
 }
 
 /// The key of an upstream's record: its name.
@@ -146,6 +160,15 @@ impl ZoneHeader {
     /// A newer cycle took its state from this zone (read under the lock).
     pub fn is_superseded(&self) -> bool {
         self.superseded.load(Ordering::Acquire)
+    }
+
+    /// The traffic counters of `slot`, when the zone has them. No lock: they are atomics.
+    pub fn traffic(&self, slot: usize) -> Option<&TrafficCounters> {
+        if self.traffic.is_null() || slot >= self.nslots {
+            return None;
+        }
+        // SAFETY: traffic has nslots counters, allocated in init_zone for the zone's life.
+        Some(unsafe { &*self.traffic.add(slot) })
     }
 
     /// Notes a new ttl so that workers look for its expiry in time.
@@ -285,9 +308,12 @@ unsafe fn previous_header(this: *mut ngx_shm_zone_t) -> Option<&'static ZoneHead
 /// worker died holding the zone lock, nginx cannot release it until the reload ends, so the
 /// lock is tried for a bounded time and the copy is made without it after that (a slot being
 /// written at that moment may be copied half old, half new; the next probe corrects it).
-fn copy_previous(old: &ZoneHeader) -> (HashMap<u64, Slot>, HashMap<u64, UpstreamRecord>) {
+fn copy_previous(old: &ZoneHeader) -> Previous {
     let copy = |locked: &mut Locked<'_>| {
         let slots = locked.slots().iter().map(|s| (s.key, *s)).collect();
+        let traffic = (0..old.nslots)
+            .filter_map(|i| Some((locked.slots()[i].key, old.traffic(i)?.snapshot())))
+            .collect();
         let upstreams = locked.upstreams().iter().map(|u| (u.key, *u)).collect();
         // Under the same lock as the copy: a change is either in the copy or refused.
         old.superseded.store(true, Ordering::Release);
@@ -295,7 +321,11 @@ fn copy_previous(old: &ZoneHeader) -> (HashMap<u64, Slot>, HashMap<u64, Upstream
             old as *const ZoneHeader as *mut ZoneHeader,
             Ordering::Release,
         );
-        (slots, upstreams)
+        Previous {
+            slots,
+            upstreams,
+            traffic,
+        }
     };
     if let Some(mut locked) = old.try_lock_for(LOCK_WAIT_AT_RELOAD_MS) {
         return copy(&mut locked);
@@ -307,6 +337,14 @@ fn copy_previous(old: &ZoneHeader) -> (HashMap<u64, Slot>, HashMap<u64, Upstream
     // A guard that is never dropped, so the lock it does not hold is never "released".
     let mut unlocked = core::mem::ManuallyDrop::new(Locked { header: old });
     copy(&mut unlocked)
+}
+
+/// What a reload carries over from the previous cycle's zone, by key.
+#[derive(Default)]
+struct Previous {
+    slots: HashMap<u64, Slot>,
+    upstreams: HashMap<u64, UpstreamRecord>,
+    traffic: HashMap<u64, Traffic>,
 }
 
 /// How long a reload waits for the old zone's lock before copying without it.
@@ -325,11 +363,11 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
         )
     };
     // SAFETY: called by nginx from zone init.
-    let (old_slots, old_upstreams): (HashMap<u64, Slot>, HashMap<u64, UpstreamRecord>) =
-        match unsafe { previous_header(shm_zone) } {
-            Some(old) => copy_previous(old),
-            None => Default::default(),
-        };
+    let previous = match unsafe { previous_header(shm_zone) } {
+        Some(old) => copy_previous(old),
+        None => Previous::default(),
+    };
+    let (old_slots, old_upstreams) = (&previous.slots, &previous.upstreams);
 
     let n = main.slots();
     let nup = main.upstreams.len();
@@ -342,14 +380,22 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
             ngx_slab_alloc(shpool, journal::len_for(n) * size_of::<u32>()) as *mut u32,
         )
     };
-    if header.is_null() || slots.is_null() || records.is_null() || ring.is_null() {
+    let traffic = if main.counts_traffic() {
+        // SAFETY: as above; zeroed memory is a set of zero counters (atomics of u64).
+        let bytes = n.max(1) * size_of::<TrafficCounters>();
+        (unsafe { ngx::ffi::ngx_slab_calloc(shpool, bytes) }) as *mut TrafficCounters
+    } else {
+        ptr::null_mut()
+    };
+    let no_traffic = main.counts_traffic() && traffic.is_null();
+    if header.is_null() || slots.is_null() || records.is_null() || ring.is_null() || no_traffic {
         // SAFETY: shm_zone is valid.
         let size = unsafe { (*shm_zone).shm.size };
         hc_log!(
             NGX_LOG_EMERG,
             "zone \"{ZONE_NAME}\" of {size} bytes is too small for {n} peer{}, at least {} bytes are needed",
             if n == 1 { "" } else { "s" },
-            required_size(n, nup)
+            required_size(n, nup, main.counts_traffic())
         );
         return NGX_ERROR as ngx_int_t;
     }
@@ -398,6 +444,10 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
             };
             // SAFETY: i < n == number of slots allocated above.
             unsafe { slots.add(i).write(slot) };
+            if let (Some(t), false) = (previous.traffic.get(&peer.key), traffic.is_null()) {
+                // SAFETY: i < n == number of counters allocated above.
+                unsafe { (*traffic.add(i)).restore(t) };
+            }
             i += 1;
         }
     }
@@ -414,6 +464,7 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
             upstreams: records,
             journal: ring,
             journal_len: journal::len_for(n),
+            traffic,
             shpool,
         });
     }

@@ -2,6 +2,7 @@
 
 use core::fmt::{self, Write};
 
+use super::num::write_decimal;
 use super::{write_escaped, HaMode, PeerSnapshot, Snapshot, UpstreamSnapshot};
 
 const STYLE: &str = "\
@@ -103,16 +104,39 @@ fn upstream(out: &mut impl Write, now_ms: u64, u: &UpstreamSnapshot) -> fmt::Res
     }
     out.write_str(
         "</caption>\n<thead><tr><th>Peer</th><th>Role</th><th>State</th><th>Last check</th>\
-         <th>Last status</th><th>Last error</th><th>Checks</th><th>Failures</th></tr></thead>\n\
-         <tbody>\n",
+         <th>Last status</th><th>Last error</th><th>Checks</th><th>Failures</th>",
     )?;
+    let traffic = u.counts_traffic();
+    if traffic {
+        out.write_str("<th>Requests/s</th><th>5xx</th>")?;
+    }
+    out.write_str("</tr></thead>\n<tbody>\n")?;
     for p in &u.primary {
-        peer(out, now_ms, p, "primary")?;
+        peer(out, now_ms, p, "primary", traffic)?;
     }
     for p in &u.backup {
-        peer(out, now_ms, p, "backup")?;
+        peer(out, now_ms, p, "backup", traffic)?;
     }
     out.write_str("</tbody>\n</table>\n")
+}
+
+/// The traffic cells of a row: requests per second and the share of 5xx responses since the
+/// previous page this worker rendered (`-` on the first one, or without responses).
+fn traffic_cells(out: &mut impl Write, p: &PeerSnapshot) -> fmt::Result {
+    out.write_str("<td class=\"num\">")?;
+    match &p.traffic_rate {
+        Some(r) => write_decimal(out, r.milli_requests_per_s / 100, 1, 1)?,
+        None => out.write_char('-')?,
+    }
+    out.write_str("</td><td class=\"num\">")?;
+    match p.traffic_rate.and_then(|r| r.share_5xx_bp) {
+        Some(bp) => {
+            write_decimal(out, bp / 10, 1, 1)?;
+            out.write_char('%')?;
+        }
+        None => out.write_char('-')?,
+    }
+    out.write_str("</td>")
 }
 
 /// The row's state class and the text of its State cell.
@@ -130,7 +154,13 @@ fn state(p: &PeerSnapshot) -> (&'static str, &'static str) {
     }
 }
 
-fn peer(out: &mut impl Write, now_ms: u64, p: &PeerSnapshot, role: &str) -> fmt::Result {
+fn peer(
+    out: &mut impl Write,
+    now_ms: u64,
+    p: &PeerSnapshot,
+    role: &str,
+    traffic: bool,
+) -> fmt::Result {
     let (class, text) = state(p);
     write!(out, "<tr class=\"peer {class}\" data-peer=\"")?;
     escape(out, &p.name)?;
@@ -171,7 +201,11 @@ fn peer(out: &mut impl Write, now_ms: u64, p: &PeerSnapshot, role: &str) -> fmt:
             )?;
         }
     }
-    out.write_str("</td></tr>\n")
+    out.write_str("</td>")?;
+    if traffic {
+        traffic_cells(out, p)?;
+    }
+    out.write_str("</tr>\n")
 }
 
 /// Writes `s` with `& < > " '` replaced by entities, safe in text and quoted attributes.
@@ -192,6 +226,44 @@ mod tests {
     use crate::health::PeerHealth;
     use crate::outcome::Failure;
     use crate::render::fixtures::peer;
+
+    #[test]
+    fn counted_upstreams_gain_requests_per_second_and_5xx_share() {
+        use crate::traffic::{Traffic, TrafficRate};
+        let counted = |rate| PeerSnapshot {
+            traffic: Some(Traffic::default()),
+            traffic_rate: rate,
+            ..peer("127.0.0.1:8081", false)
+        };
+        let snap = Snapshot {
+            upstreams: vec![
+                UpstreamSnapshot {
+                    name: "counted".to_owned(),
+                    primary: vec![
+                        counted(Some(TrafficRate {
+                            milli_requests_per_s: 12_345,
+                            share_5xx_bp: Some(250),
+                        })),
+                        counted(None),
+                    ],
+                    ..Default::default()
+                },
+                UpstreamSnapshot {
+                    name: "plain".to_owned(),
+                    primary: vec![peer("127.0.0.1:8082", false)],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let s = render(&snap, None);
+        assert_eq!(s.matches("<th>Requests/s</th><th>5xx</th>").count(), 1);
+        assert!(s.contains("<td class=\"num\">12.3</td><td class=\"num\">2.5%</td></tr>"));
+        assert!(
+            s.contains("<td class=\"num\">-</td><td class=\"num\">-</td></tr>"),
+            "first page"
+        );
+    }
 
     fn render(snap: &Snapshot, refresh: Option<u32>) -> String {
         let mut s = String::new();

@@ -5,6 +5,7 @@ use core::fmt::{self, Write};
 use super::num::write_decimal;
 use super::{HaMode, PeerSnapshot, Snapshot, UpstreamSnapshot};
 use crate::health::PeerHealth;
+use crate::traffic::Traffic;
 
 /// Writes `{"status":"ok","err_msg":"","msg":{"ha_mode":..,"upstreams":[..]}}`.
 pub fn render_json(out: &mut impl Write, snap: &Snapshot) -> fmt::Result {
@@ -114,9 +115,27 @@ fn peers(out: &mut impl Write, list: &[PeerSnapshot]) -> fmt::Result {
             out.write_str(",\"health\":")?;
             health(out, p, h)?;
         }
+        if let Some(t) = &p.traffic {
+            out.write_str(",\"traffic\":")?;
+            traffic(out, t)?;
+        }
         out.write_char('}')?;
     }
     out.write_char(']')
+}
+
+fn traffic(out: &mut impl Write, t: &Traffic) -> fmt::Result {
+    let [r1, r2, r3, r4, r5] = t.responses;
+    write!(
+        out,
+        "{{\"requests\":{},\"responses\":{{\"1xx\":{r1},\"2xx\":{r2},\"3xx\":{r3},\
+         \"4xx\":{r4},\"5xx\":{r5}}},\"failed_attempts\":{},\"response_time_ms_avg\":",
+        t.requests, t.failed_attempts
+    )?;
+    let h = &t.response_times;
+    let avg_us = h.sum_us.checked_div(h.count).unwrap_or(0);
+    write_decimal(out, avg_us, 3, 1)?;
+    out.write_char('}')
 }
 
 fn health(out: &mut impl Write, p: &PeerSnapshot, h: &PeerHealth) -> fmt::Result {
@@ -365,6 +384,41 @@ mod tests {
         assert_eq!(p[0]["health"]["status"], json!("down"));
         assert_eq!(p[1]["down"], json!(false));
         assert_eq!(p[1]["health"]["status"], json!("up"));
+    }
+
+    #[test]
+    fn a_counted_peer_reports_its_traffic_and_others_have_none() {
+        let mut t = Traffic {
+            requests: 12,
+            responses: [0, 9, 0, 1, 1],
+            failed_attempts: 1,
+            ..Default::default()
+        };
+        for us in [1_000, 2_000, 2_500] {
+            t.response_times.observe(us);
+        }
+        let snap = Snapshot {
+            upstreams: vec![UpstreamSnapshot {
+                name: "u".to_owned(),
+                primary: vec![
+                    PeerSnapshot {
+                        traffic: Some(t),
+                        ..peer("a:1")
+                    },
+                    peer("b:2"),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let s = render(&snap);
+        assert!(s.contains(
+            r#""traffic":{"requests":12,"responses":{"1xx":0,"2xx":9,"3xx":0,"4xx":1,"5xx":1},"failed_attempts":1,"response_time_ms_avg":1.833}"#
+        ), "{s}");
+        let v = parse(&s);
+        assert!(v["msg"]["upstreams"][0]["primary"][1]
+            .get("traffic")
+            .is_none());
     }
 
     #[test]

@@ -4,6 +4,7 @@ use core::fmt::{self, Write};
 
 use crate::health::PeerHealth;
 use crate::histogram::Histogram;
+use crate::traffic::{Traffic, TrafficRate};
 
 pub mod html;
 pub mod json;
@@ -63,6 +64,10 @@ pub struct PeerSnapshot {
     pub manual_down: bool,
     /// Seconds left of a manual down, `None` when it does not expire.
     pub manual_down_ttl: Option<u64>,
+    /// Its proxied traffic, when its upstream counts it (`upstream_healthcheck_traffic`).
+    pub traffic: Option<Traffic>,
+    /// Its traffic since this worker's previous HTML page, for that page.
+    pub traffic_rate: Option<TrafficRate>,
 }
 
 /// One upstream block.
@@ -82,6 +87,16 @@ pub struct UpstreamSnapshot {
     pub tls: bool,
     /// Its probes judge responses with a match block: they can fail `mismatch`.
     pub matched: bool,
+}
+
+impl UpstreamSnapshot {
+    /// Some peer carries traffic counters: the upstream counts its traffic.
+    pub fn counts_traffic(&self) -> bool {
+        self.primary
+            .iter()
+            .chain(&self.backup)
+            .any(|p| p.traffic.is_some())
+    }
 }
 
 /// Everything a status page renders, upstreams in configuration order.

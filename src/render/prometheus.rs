@@ -10,6 +10,7 @@ use super::{write_escaped, PeerSnapshot, Snapshot, UpstreamSnapshot};
 use crate::health::PeerHealth;
 use crate::histogram::{Histogram, BUCKETS_US};
 use crate::outcome::Failure;
+use crate::traffic::Traffic;
 
 const P: &str = "nginx_upstream_healthcheck_";
 
@@ -27,10 +28,14 @@ enum Family {
     LastChange,
     ProbeDuration,
     ProbeErrorsTotal,
+    PeerRequestsTotal,
+    PeerResponsesTotal,
+    PeerFailedAttemptsTotal,
+    PeerResponseSeconds,
 }
 
 impl Family {
-    const ALL: [Family; 11] = [
+    const ALL: [Family; 15] = [
         Family::StatusInfo,
         Family::PeerUp,
         Family::PeerManualDown,
@@ -42,7 +47,23 @@ impl Family {
         Family::LastChange,
         Family::ProbeDuration,
         Family::ProbeErrorsTotal,
+        Family::PeerRequestsTotal,
+        Family::PeerResponsesTotal,
+        Family::PeerFailedAttemptsTotal,
+        Family::PeerResponseSeconds,
     ];
+
+    /// The families of proxied traffic (`upstream_healthcheck_traffic`): written only when
+    /// some upstream counts it, for those upstreams, checked or not.
+    fn is_traffic(self) -> bool {
+        matches!(
+            self,
+            Family::PeerRequestsTotal
+                | Family::PeerResponsesTotal
+                | Family::PeerFailedAttemptsTotal
+                | Family::PeerResponseSeconds
+        )
+    }
 
     /// Name, help and type.
     fn header(self) -> (&'static str, &'static str, &'static str) {
@@ -102,6 +123,26 @@ impl Family {
                 "Probes that gave no verdict for a local reason.",
                 "counter",
             ),
+            Family::PeerRequestsTotal => (
+                "nginx_upstream_healthcheck_peer_requests_total",
+                "Proxied attempts sent to the peer (every try of every request).",
+                "counter",
+            ),
+            Family::PeerResponsesTotal => (
+                "nginx_upstream_healthcheck_peer_responses_total",
+                "Responses of the peer to proxied requests, by status class.",
+                "counter",
+            ),
+            Family::PeerFailedAttemptsTotal => (
+                "nginx_upstream_healthcheck_peer_failed_attempts_total",
+                "Proxied attempts nginx counted as failed (connect error, timeout, invalid header, next_upstream).",
+                "counter",
+            ),
+            Family::PeerResponseSeconds => (
+                "nginx_upstream_healthcheck_peer_response_seconds",
+                "Durations of proxied attempts, from the connect to the end.",
+                "histogram",
+            ),
         }
     }
 }
@@ -145,6 +186,8 @@ pub struct PrometheusCursor {
     /// Whether each upstream was checked when the first family was written: the others skip
     /// those that were not without taking their state again.
     checked: Vec<bool>,
+    /// Likewise, whether each upstream counted its traffic.
+    counted: Vec<bool>,
     u: UpstreamSnapshot,
     peers: Vec<(usize, bool)>,
 }
@@ -154,6 +197,7 @@ impl PrometheusCursor {
         PrometheusCursor {
             shown: first_occurrences(names.iter()),
             checked: vec![false; names.len()],
+            counted: vec![false; names.len()],
             ..Default::default()
         }
     }
@@ -172,6 +216,12 @@ impl PrometheusCursor {
         let Some(&family) = Family::ALL.get(self.family) else {
             return Ok(false);
         };
+        if family.is_traffic() && !self.counted.contains(&true) {
+            // No upstream counts its traffic: the page stays as it is without it.
+            self.family += 1;
+            self.next = None;
+            return Ok(self.family < Family::ALL.len());
+        }
         let Some(start) = self.next else {
             let (name, help, kind) = family.header();
             writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}")?;
@@ -180,7 +230,12 @@ impl PrometheusCursor {
         };
         let n = self.shown.len();
         let per_peer = family != Family::StatusInfo;
-        let k = (start..n).find(|&k| self.shown[k] && (!per_peer || self.checked[k]));
+        let wanted = |k: usize| match family {
+            Family::StatusInfo => true,
+            f if f.is_traffic() => self.counted[k],
+            _ => self.checked[k],
+        };
+        let k = (start..n).find(|&k| self.shown[k] && wanted(k));
         let Some(k) = k else {
             self.family += 1;
             self.next = None;
@@ -188,8 +243,11 @@ impl PrometheusCursor {
         };
         self.next = Some(k + 1);
         fill(k, &mut self.u);
-        self.checked[k] = self.u.checked;
-        if !per_peer || self.u.checked {
+        if !per_peer {
+            self.checked[k] = self.u.checked;
+            self.counted[k] = self.u.counts_traffic();
+        }
+        if !per_peer || (family.is_traffic() && self.u.counts_traffic()) || self.u.checked {
             unique_peers(&self.u, &mut self.peers);
             samples(out, family, &self.u, &self.peers)?;
         }
@@ -280,6 +338,16 @@ fn samples(
                 histogram(out, name, h)?;
             }
         }
+        Family::PeerRequestsTotal
+        | Family::PeerResponsesTotal
+        | Family::PeerFailedAttemptsTotal
+        | Family::PeerResponseSeconds => {
+            for (p, _) in peers.iter().map(peer) {
+                if let Some(t) = &p.traffic {
+                    traffic_samples(out, family, name, p, t)?;
+                }
+            }
+        }
         Family::ProbeErrorsTotal => {
             if let Some(n) = u.local_errors {
                 write!(out, "{P}probe_errors_total{{upstream=\"")?;
@@ -356,6 +424,53 @@ fn health_samples(
             3,
         ),
         _ => Ok(()),
+    }
+}
+
+/// The samples of a peer's traffic in one of the traffic families.
+fn traffic_samples(
+    out: &mut impl Write,
+    family: Family,
+    upstream: &str,
+    p: &PeerSnapshot,
+    t: &Traffic,
+) -> fmt::Result {
+    match family {
+        Family::PeerRequestsTotal => {
+            peer_sample(out, "peer_requests_total", upstream, p)?;
+            writeln!(out, "}} {}", t.requests)
+        }
+        Family::PeerResponsesTotal => {
+            for (class, n) in t.responses.iter().enumerate() {
+                peer_sample(out, "peer_responses_total", upstream, p)?;
+                writeln!(out, ",code=\"{}xx\"}} {n}", class + 1)?;
+            }
+            Ok(())
+        }
+        Family::PeerFailedAttemptsTotal => {
+            peer_sample(out, "peer_failed_attempts_total", upstream, p)?;
+            writeln!(out, "}} {}", t.failed_attempts)
+        }
+        _ => {
+            let h = &t.response_times;
+            let mut total = 0;
+            for (i, n) in h.cumulative().enumerate() {
+                peer_sample(out, "peer_response_seconds_bucket", upstream, p)?;
+                out.write_str(",le=\"")?;
+                match BUCKETS_US.get(i) {
+                    Some(&le) => write_decimal(out, le, 6, 0)?,
+                    None => out.write_str("+Inf")?,
+                }
+                writeln!(out, "\"}} {n}")?;
+                total = n;
+            }
+            peer_sample(out, "peer_response_seconds_sum", upstream, p)?;
+            out.write_str("} ")?;
+            write_decimal(out, h.sum_us, 6, 0)?;
+            out.write_char('\n')?;
+            peer_sample(out, "peer_response_seconds_count", upstream, p)?;
+            writeln!(out, "}} {total}")
+        }
     }
 }
 
@@ -785,6 +900,79 @@ mod tests {
         }
     }
 
+    #[test]
+    fn traffic_families_cover_counted_upstreams_checked_or_not() {
+        let mut t = crate::traffic::Traffic {
+            requests: 7,
+            responses: [0, 4, 0, 1, 1],
+            failed_attempts: 2,
+            ..Default::default()
+        };
+        t.response_times.observe(1_500);
+        t.response_times.observe(30_000);
+        let counted = UpstreamSnapshot {
+            name: "plain".into(),
+            primary: vec![PeerSnapshot {
+                traffic: Some(t),
+                ..peer("127.0.0.1:8081", false)
+            }],
+            ..Default::default()
+        };
+        let quiet = UpstreamSnapshot {
+            name: "quiet".into(),
+            primary: vec![peer("127.0.0.1:8082", false)],
+            ..Default::default()
+        };
+        let snap = Snapshot {
+            upstreams: vec![counted, quiet],
+            ..Default::default()
+        };
+        let mut page = String::new();
+        render_prometheus(&mut page, &snap).unwrap();
+        let samples: Vec<&str> = page
+            .lines()
+            .filter(|l| {
+                l.starts_with("nginx_upstream_healthcheck_peer_re")
+                    || l.contains("failed_attempts_total{")
+            })
+            .filter(|l| !l.contains("_bucket"))
+            .collect();
+        let l = r#"{upstream="plain",peer="127.0.0.1:8081""#;
+        let want: Vec<String> = vec![
+            format!("nginx_upstream_healthcheck_peer_requests_total{l}}} 7"),
+            format!("nginx_upstream_healthcheck_peer_responses_total{l},code=\"1xx\"}} 0"),
+            format!("nginx_upstream_healthcheck_peer_responses_total{l},code=\"2xx\"}} 4"),
+            format!("nginx_upstream_healthcheck_peer_responses_total{l},code=\"3xx\"}} 0"),
+            format!("nginx_upstream_healthcheck_peer_responses_total{l},code=\"4xx\"}} 1"),
+            format!("nginx_upstream_healthcheck_peer_responses_total{l},code=\"5xx\"}} 1"),
+            format!("nginx_upstream_healthcheck_peer_failed_attempts_total{l}}} 2"),
+            format!("nginx_upstream_healthcheck_peer_response_seconds_sum{l}}} 0.0315"),
+            format!("nginx_upstream_healthcheck_peer_response_seconds_count{l}}} 2"),
+        ];
+        assert_eq!(samples, want);
+        assert!(page.contains(&format!(
+            "nginx_upstream_healthcheck_peer_response_seconds_bucket{l},le=\"0.0025\"}} 1\n"
+        )));
+        assert!(page.contains(&format!(
+            "nginx_upstream_healthcheck_peer_response_seconds_bucket{l},le=\"+Inf\"}} 2\n"
+        )));
+        for family in [
+            "peer_requests_total counter",
+            "peer_response_seconds histogram",
+        ] {
+            assert!(page.contains(&format!("# TYPE nginx_upstream_healthcheck_{family}\n")));
+        }
+        assert!(
+            !page.contains("quiet\",peer"),
+            "an upstream without counting has no samples"
+        );
+        assert_eq!(
+            page.matches("# TYPE").count(),
+            Family::ALL.len(),
+            "each family once"
+        );
+    }
+
     /// The same 100,000 peers as 1,000 upstreams of 100 and as one upstream of 100,000: each
     /// upstream's state is taken once per family, and the page has a fixed number of lines
     /// per peer and per upstream, so the work is linear in peers whatever their grouping.
@@ -802,17 +990,16 @@ mod tests {
                 u.clone_from(&snap.upstreams[k]);
             })
             .unwrap();
-            assert!(
-                fills.iter().all(|&n| n == Family::ALL.len()),
-                "{upstreams}x{peers}"
-            );
+            // Without traffic counting, its families are left out altogether.
+            let families = Family::ALL.iter().filter(|f| !f.is_traffic()).count();
+            assert!(fills.iter().all(|&n| n == families), "{upstreams}x{peers}");
             let samples = page.lines().filter(|l| !l.starts_with('#')).count();
             assert_eq!(
                 samples,
                 upstreams * (peers * per_peer + per_upstream),
                 "{upstreams}x{peers}"
             );
-            assert_eq!(page.lines().count() - samples, 2 * Family::ALL.len());
+            assert_eq!(page.lines().count() - samples, 2 * families);
         }
     }
 
