@@ -47,6 +47,33 @@ impl Default for TlsProtocols {
     }
 }
 
+/// Parameters of `upstream_healthcheck_passive`: how proxied requests eject a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PassiveParams {
+    /// Failed attempts within `window_ms` that eject the peer.
+    pub fails: u32,
+    pub window_ms: u64,
+    /// Response statuses that count as failures besides what nginx itself counts as a failed
+    /// try; `None`: none.
+    pub statuses: Option<ValidStatuses>,
+    /// Timed-out attempts count.
+    pub timeouts: bool,
+    /// Without active checks, how long an ejected peer stays down (then on probation).
+    pub down_time_ms: u64,
+}
+
+impl Default for PassiveParams {
+    fn default() -> Self {
+        PassiveParams {
+            fails: 1,
+            window_ms: 10_000,
+            statuses: None,
+            timeouts: true,
+            down_time_ms: 10_000,
+        }
+    }
+}
+
 /// Parameters of `upstream_healthcheck`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckParams {

@@ -117,6 +117,25 @@ impl PeerHealth {
     }
 }
 
+impl PeerHealth {
+    /// Takes an up peer down because proxied requests failed (passive checks) at `now_ms`
+    /// (Unix milliseconds): it then needs `rise` good probes to come back, as after `fall`
+    /// failed ones. `None` when it was down already.
+    pub fn eject(&mut self, now_ms: u64) -> Option<Transition> {
+        if !self.is_up() {
+            return None;
+        }
+        self.up = 0;
+        self.last_error = Failure::Passive as u8;
+        self.last_detail = 0;
+        self.last_status = 0;
+        self.rise_count = 0;
+        self.transitions_down = self.transitions_down.wrapping_add(1);
+        self.last_change_ms = now_ms;
+        Some(Transition::Down)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +161,23 @@ mod tests {
             .enumerate()
             .map(|(i, &o)| h.record(o, 1000 + i as u64, 5, rise, fall))
             .collect()
+    }
+
+    #[test]
+    fn an_ejected_peer_needs_rise_good_probes_to_come_back() {
+        let mut h = PeerHealth::new(true);
+        run(&mut h, &[OK, OK], 2, 3);
+        assert_eq!(h.eject(5_000), Some(Transition::Down));
+        assert!(!h.is_up());
+        assert_eq!(h.last_error(), Some(Failure::Passive));
+        assert_eq!((h.transitions_down, h.last_change_ms), (1, 5_000));
+        assert_eq!(h.failures_total(), 0, "no probe failed");
+        assert_eq!(h.eject(6_000), None, "down already");
+        assert_eq!(
+            run(&mut h, &[OK, OK], 2, 3),
+            vec![None, Some(Transition::Up)]
+        );
+        assert_eq!(h.last_error(), None);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod key;
 pub mod matcher;
 pub mod outcome;
 pub mod parse;
+pub mod passive;
 pub mod policy;
 pub mod query;
 pub mod render;

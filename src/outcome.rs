@@ -24,10 +24,13 @@ pub enum Failure {
     TlsVerify = 8,
     /// The response failed a condition of the upstream's `upstream_healthcheck_match` block.
     Mismatch = 9,
+    /// Not a probe's: proxied requests failed (`upstream_healthcheck_passive`). Counted beside
+    /// the probes' kinds, not in `ALL`.
+    Passive = 10,
 }
 
 impl Failure {
-    /// Every failure kind, in discriminant order.
+    /// Every kind a probe reports, in discriminant order.
     pub const ALL: [Failure; 9] = [
         Failure::Refused,
         Failure::Timeout,
@@ -63,16 +66,20 @@ impl Failure {
             Failure::TlsHandshake => "tls_handshake",
             Failure::TlsVerify => "tls_verify",
             Failure::Mismatch => "mismatch",
+            Failure::Passive => "passive",
         }
     }
 
-    /// Index into per-kind counters.
+    /// Index into per-kind counters (of the kinds in `ALL`).
     pub fn index(self) -> usize {
         self as usize - 1
     }
 
     /// Decodes a stored discriminant; 0 and unknown values mean "no failure".
     pub fn from_u8(v: u8) -> Option<Failure> {
+        if v == Failure::Passive as u8 {
+            return Some(Failure::Passive);
+        }
         Failure::ALL.get((v as usize).wrapping_sub(1)).copied()
     }
 }
@@ -89,6 +96,7 @@ impl fmt::Display for Failure {
             Failure::TlsHandshake => "TLS handshake failed",
             Failure::TlsVerify => "certificate rejected",
             Failure::Mismatch => "response did not match",
+            Failure::Passive => "proxied requests failed",
         })
     }
 }

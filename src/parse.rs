@@ -8,7 +8,9 @@
 use core::fmt;
 use std::net::IpAddr;
 
-use crate::config::{CheckParams, CheckType, StatusRange, TlsProtocols, ValidStatuses};
+use crate::config::{
+    CheckParams, CheckType, PassiveParams, StatusRange, TlsProtocols, ValidStatuses,
+};
 use crate::query::Format;
 use crate::status_line::is_final;
 
@@ -209,7 +211,7 @@ fn time_param(name: &str, value: &[u8], zero_ok: bool) -> Result<u64, String> {
 }
 
 /// A time as a message shows it: `2s`, `1500ms`.
-fn show_ms(ms: u64) -> String {
+pub fn show_ms(ms: u64) -> String {
     if ms % 1000 == 0 {
         format!("{}s", ms / 1000)
     } else {
@@ -534,6 +536,68 @@ pub fn parse_match_name(value: &[u8]) -> Result<String, String> {
 /// A string from bytes already checked to be printable ASCII.
 fn ascii_string(v: &[u8]) -> String {
     v.iter().map(|&b| char::from(b)).collect()
+}
+
+const PASSIVE: &str = "upstream_healthcheck_passive";
+
+/// Parses the arguments of `upstream_healthcheck_passive`: `fails=N` (required), `window=T`,
+/// `statuses=LIST` (comma-separated tokens of `upstream_healthcheck_valid_statuses`),
+/// `timeouts=on|off`, `down_time=T`.
+pub fn parse_passive(args: &[&[u8]]) -> Result<PassiveParams, ParseError> {
+    const KEYS: [&str; 5] = ["fails", "window", "statuses", "timeouts", "down_time"];
+    let mut p = PassiveParams::default();
+    let mut given = [false; KEYS.len()];
+    for &arg in args {
+        let Some(eq) = arg.iter().position(|&b| b == b'=') else {
+            return Err(ParseError::invalid(PASSIVE, arg));
+        };
+        let (key, value) = (&arg[..eq], &arg[eq + 1..]);
+        let Some(k) = KEYS.iter().position(|name| name.as_bytes() == key) else {
+            return Err(ParseError::invalid(PASSIVE, arg));
+        };
+        let name = KEYS[k];
+        let bad = |reason: &str| ParseError::invalid_because(PASSIVE, arg, reason);
+        if given[k] {
+            return Err(bad(&format!("{name} is given twice")));
+        }
+        given[k] = true;
+        match name {
+            "fails" => {
+                p.fails = parse_digits(value)
+                    .filter(|n| (1..=u64::from(MAX_COUNT)).contains(n))
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| bad(&format!("fails must be a number from 1 to {MAX_COUNT}")))?;
+            }
+            "window" => p.window_ms = time_param(name, value, false).map_err(|r| bad(&r))?,
+            "down_time" => p.down_time_ms = time_param(name, value, false).map_err(|r| bad(&r))?,
+            "timeouts" => {
+                p.timeouts = match value {
+                    b"on" => true,
+                    b"off" => false,
+                    _ => return Err(bad("timeouts must be \"on\" or \"off\"")),
+                }
+            }
+            _ => {
+                let entries =
+                    value
+                        .split(|&b| b == b',')
+                        .map(parse_status_entry)
+                        .collect::<Option<Vec<_>>>()
+                        .filter(|e| e.iter().any(|e| !e.negated))
+                        .ok_or_else(|| {
+                            bad("statuses must be a comma-separated list of statuses (500), ranges \
+                             (500-599 or 5xx) and exclusions (!503), with at least one status")
+                        })?;
+                p.statuses = Some(ValidStatuses { entries });
+            }
+        }
+    }
+    if !given[0] {
+        return Err(ParseError(format!(
+            "\"{PASSIVE}\" directive needs the \"fails=\" parameter"
+        )));
+    }
+    Ok(p)
 }
 
 /// Parses the arguments of `upstream_healthcheck_valid_statuses`: `200`, `200-399`, `2xx`, each

@@ -16,6 +16,9 @@ pub struct PeerFacts {
     pub standby: bool,
     /// The checks' verdict.
     pub healthy: bool,
+    /// Ejected by passive checks in an upstream without active checks (with them, an
+    /// ejection is part of the checks' verdict).
+    pub passive_down: bool,
 }
 
 impl PeerFacts {
@@ -25,9 +28,13 @@ impl PeerFacts {
         self.checked && !self.excluded && !self.standby
     }
 
-    /// True when the balancer must skip the peer.
+    /// True when the balancer must skip the peer. A passive ejection counts unless the
+    /// upstream is excluded or this host is the HA standby, as for the checks' verdict.
     pub fn down_for_balancer(&self) -> bool {
-        self.config_down || self.manual_down || (self.verdict_applies() && !self.healthy)
+        self.config_down
+            || self.manual_down
+            || (self.verdict_applies() && !self.healthy)
+            || (self.passive_down && !self.excluded && !self.standby)
     }
 
     /// True when the peer is probed: its verdict applies and nginx.conf does not mark it down.
@@ -57,6 +64,28 @@ mod tests {
             checked: true,
             healthy,
             ..PeerFacts::default()
+        }
+    }
+
+    #[test]
+    fn a_passive_ejection_takes_an_unchecked_peer_out_like_a_verdict() {
+        let ejected = PeerFacts {
+            passive_down: true,
+            ..PeerFacts::default()
+        };
+        assert!(ejected.down_for_balancer());
+        assert!(!ejected.probed(), "nothing probes an unchecked upstream");
+        for off in [
+            PeerFacts {
+                excluded: true,
+                ..ejected
+            },
+            PeerFacts {
+                standby: true,
+                ..ejected
+            },
+        ] {
+            assert!(!off.down_for_balancer(), "{off:?}");
         }
     }
 

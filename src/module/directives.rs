@@ -37,7 +37,7 @@ const fn command(name: ngx_str_t, type_: u32, set: SetFn, conf: usize) -> ngx_co
 
 const UPS: u32 = NGX_HTTP_UPS_CONF;
 
-pub static mut COMMANDS: [ngx_command_t; 18] = [
+pub static mut COMMANDS: [ngx_command_t; 19] = [
     command(
         ngx_string!("upstream_healthcheck"),
         UPS | NGX_CONF_ANY,
@@ -133,6 +133,12 @@ pub static mut COMMANDS: [ngx_command_t; 18] = [
         ngx_string!("upstream_healthcheck_traffic"),
         UPS | NGX_CONF_TAKE1,
         set_upstream_traffic,
+        NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_passive"),
+        UPS | NGX_CONF_1MORE,
+        set_passive,
         NGX_HTTP_SRV_CONF_OFFSET,
     ),
     command(
@@ -304,6 +310,19 @@ extern "C" fn set_ssl(
             Ok((parse::parse_tls_protocols(d, a)?, pos))
         }),
     }
+}
+
+/// `upstream_healthcheck_passive`.
+extern "C" fn set_passive(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's upstream-level conf for NGX_HTTP_SRV_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<SrvConf>() };
+    set_once(cf, &mut conf.passive, |args, pos| {
+        Ok((parse::parse_passive(args)?, pos))
+    })
 }
 
 /// `upstream_healthcheck_traffic` at the http level.

@@ -9,6 +9,7 @@ use crate::module::ha;
 use crate::module::log::hc_log;
 use crate::module::process::Worker;
 use crate::module::zone::{earliest_expiry, restart_checks, HA_MASTER, HA_SLAVER};
+use crate::parse::show_ms;
 
 pub fn run(w: &mut Worker, now: u64) {
     follow_ha_address(w, now);
@@ -55,8 +56,8 @@ fn follow_ha_address(w: &mut Worker, now: u64) {
     );
 }
 
-/// Ends the exclusions (checks restart) and manual downs whose ttl ran out; looks only when the
-/// earliest ttl is due.
+/// Ends the exclusions (checks restart), manual downs and passive ejections whose time ran out;
+/// looks only when the earliest of them is due.
 fn expire_ttls(w: &mut Worker, now: u64) {
     let header = w.header;
     if now < header.expiry_hint.load(Ordering::Acquire) {
@@ -81,6 +82,21 @@ fn expire_ttls(w: &mut Worker, now: u64) {
         if s.manual_until_ms != 0 && s.manual_until_ms <= now {
             s.manual_until_ms = 0;
             locked.record(Change::Slot(slot));
+        }
+        if header.passive(slot).is_some_and(|p| p.expire(now)) {
+            locked.record(Change::Slot(slot));
+            let Some(t) = w.targets.get(slot) else {
+                continue;
+            };
+            let up = &main.upstreams[t.upstream()];
+            let window = up.passive.as_ref().map_or(0, |p| p.window_ms);
+            hc_log!(
+                NGX_LOG_NOTICE,
+                "peer {} in upstream \"{}\" is back after its passive down time, on probation for {}",
+                LogEscaped(up.peers[t.peer()].name),
+                LogEscaped(&up.name),
+                show_ms(window)
+            );
         }
     }
     let next = earliest_expiry(&mut locked);

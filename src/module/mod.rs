@@ -22,6 +22,7 @@ use crate::module::module_conf::{
 };
 use crate::parse;
 
+mod attempts;
 mod clock;
 mod control_handler;
 mod directives;
@@ -38,7 +39,6 @@ mod response_writer;
 mod status_handler;
 mod tick;
 mod tls;
-mod traffic_hook;
 mod zone;
 
 pub struct Module;
@@ -392,14 +392,24 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
             check,
             peers,
             traffic,
+            passive: sc.passive.as_ref().map(|(p, _)| p.clone()),
         });
     }
 
     let n = main.slots();
-    if !main.admin && !main.counts_traffic() && !main.upstreams.iter().any(|u| u.check.is_some()) {
+    let needs_zone = main.admin
+        || main.counts_traffic()
+        || main.has_passive()
+        || main.upstreams.iter().any(|u| u.check.is_some());
+    if !needs_zone {
         return Ok(());
     }
-    let need = zone::required_size(n, main.upstreams.len(), main.counts_traffic());
+    let need = zone::required_size(
+        n,
+        main.upstreams.len(),
+        main.counts_traffic(),
+        main.has_passive(),
+    );
     let size = match &main.zone_size {
         Some((size, pos)) if *size < need => {
             conf_error_at(
@@ -446,7 +456,7 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
         // SAFETY: uscf is valid; its balancer's init_upstream ran in init_main_conf.
         let us = unsafe { &mut *up.uscf };
         let sc = Module::server_conf_mut(us).ok_or(())?;
-        sc.counts_traffic = up.traffic;
+        sc.watches_attempts = up.traffic || up.passive.is_some();
         if sc.original_init_peer.is_none() && us.peer.init.is_some() {
             sc.original_init_peer = us.peer.init;
             us.peer.init = Some(peers::init_peer);

@@ -14,7 +14,7 @@ use ngx::ffi::{
     ngx_http_upstream_srv_conf_t, ngx_shm_zone_t, ngx_uint_t, NGX_LOG_EMERG, NGX_LOG_WARN,
 };
 
-use crate::config::{CheckParams, TlsProtocols, ValidStatuses};
+use crate::config::{CheckParams, PassiveParams, TlsProtocols, ValidStatuses};
 use crate::matcher::Match;
 use crate::module::tls::TlsContext;
 use crate::module::zone::ZoneHeader;
@@ -111,6 +111,11 @@ impl MainConf {
     pub fn counts_traffic(&self) -> bool {
         self.upstreams.iter().any(|u| u.traffic)
     }
+
+    /// Some upstream has passive checks: the zone holds passive state for every slot.
+    pub fn has_passive(&self) -> bool {
+        self.upstreams.iter().any(|u| u.passive.is_some())
+    }
 }
 
 /// `upstream {}` level, as the directives set it.
@@ -126,12 +131,15 @@ pub struct SrvConf {
     pub original_init_peer: ngx_http_upstream_init_peer_pt,
     /// `upstream_healthcheck_traffic` in this upstream block.
     pub traffic: Option<(bool, ConfPos)>,
-    /// The upstream counts its traffic (this block's `upstream_healthcheck_traffic`, else the
-    /// http level's), set after parsing.
-    pub counts_traffic: bool,
-    /// The balancer's `free`, wrapped to count each attempt when the upstream counts its
-    /// traffic; learnt by each worker from the first request (every request of an upstream
-    /// gets the same one from its balancer).
+    /// `upstream_healthcheck_passive`.
+    pub passive: Option<(PassiveParams, ConfPos)>,
+    /// Each proxied attempt is seen (traffic counting, from this block's
+    /// `upstream_healthcheck_traffic` or the http level's, or passive checks); set after
+    /// parsing.
+    pub watches_attempts: bool,
+    /// The balancer's `free`, wrapped to see each attempt (`watches_attempts`); learnt by each
+    /// worker from the first request (every request of an upstream gets the same one from its
+    /// balancer).
     pub original_free: Cell<ngx_event_free_peer_pt>,
 }
 
@@ -204,6 +212,8 @@ pub struct UpstreamConf {
     pub peers: Vec<PeerConf>,
     /// `upstream_healthcheck_traffic on` applies to it.
     pub traffic: bool,
+    /// `upstream_healthcheck_passive`.
+    pub passive: Option<PassiveParams>,
 }
 
 /// What to do when probing the peers of one upstream.

@@ -12,12 +12,12 @@ use ngx::http::HttpModuleServerConf;
 
 use crate::escape::LogEscaped;
 use crate::journal::{self, Change, Pending};
+use crate::module::attempts;
 use crate::module::clock::now_msec;
 use crate::module::keepalive;
 use crate::module::log::hc_log;
 use crate::module::module_conf::MainConf;
 use crate::module::process::{with_worker, SlotView, Worker};
-use crate::module::traffic_hook;
 use crate::module::Module;
 use crate::policy::PeerFacts;
 
@@ -272,6 +272,7 @@ fn push_view(w: &mut Worker, locked: &mut crate::module::zone::Locked<'_>, slot:
         slot: slot as u32,
         healthy: s.health.is_up(),
         manual_down: s.manual_down(),
+        passive_down: w.header.passive(slot).is_some_and(|p| p.is_down()),
         look_at: (!mine).then(|| now + s.sched.wake_in(now, w.pid)),
     });
 }
@@ -289,6 +290,7 @@ fn apply_view(w: &mut Worker, v: &SlotView) {
         excluded: w.excluded[t.upstream()],
         standby: w.standby,
         healthy: v.healthy,
+        passive_down: v.passive_down,
     };
     // SAFETY: the targets are live peers of this worker's cycle.
     unsafe { set_down(t, facts.down_for_balancer()) };
@@ -318,9 +320,9 @@ pub extern "C" fn init_peer(
     };
     // SAFETY: calling the balancer's init with the arguments nginx gave us.
     let rc = unsafe { init(r, us) };
-    if rc == NGX_OK as ngx_int_t && sc.counts_traffic {
+    if rc == NGX_OK as ngx_int_t && sc.watches_attempts {
         // SAFETY: the balancer's init of this upstream has just succeeded for r.
-        unsafe { traffic_hook::wrap_free(r, sc) };
+        unsafe { attempts::wrap_free(r, sc) };
     }
     rc
 }

@@ -16,7 +16,7 @@ use crate::module::module_conf::{Check, MainConf, PeerConf, UpstreamConf};
 use crate::module::peers::{self, Sweep, Target};
 use crate::module::probe::{self, Probe};
 use crate::module::zone::ZoneHeader;
-use crate::module::{tick, tls, traffic_hook, Module};
+use crate::module::{attempts, tick, tls, Module};
 use crate::schedule::{batch_ms, DueQueue};
 
 /// One slot's state as the last application of changes read it (see `peers::apply_changes`).
@@ -26,6 +26,8 @@ pub struct SlotView {
     pub slot: u32,
     pub healthy: bool,
     pub manual_down: bool,
+    /// Ejected by passive checks (an upstream without active checks).
+    pub passive_down: bool,
     /// When this worker should next look at the slot; `None` while this worker has its probe
     /// in flight.
     pub look_at: Option<u64>,
@@ -204,7 +206,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     with_worker(|w| {
         // Verdicts first, so a new worker never proxies to a peer already known down.
         peers::resync(w);
-        traffic_hook::init(w);
+        attempts::init(w);
         tick::arm(w, 1);
     });
     NGX_OK as ngx_int_t
@@ -243,7 +245,7 @@ pub fn stop() {
         }
         keepalive::close_all();
         tls::forget_sessions();
-        traffic_hook::clear();
+        attempts::clear();
         drop(Box::from_raw(w));
     }
 }

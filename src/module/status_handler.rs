@@ -30,7 +30,7 @@ use crate::policy::PeerFacts;
 use crate::query::{error_format, parse_status_query, unknown_upstream, Format, StateFilter};
 use crate::render::json::render_json_error;
 use crate::render::page::{render_page, Page, PageCursor};
-use crate::render::{HaMode, PeerSnapshot, UpstreamSnapshot};
+use crate::render::{HaMode, PassiveView, PeerSnapshot, UpstreamSnapshot};
 use crate::traffic::{rate, TrafficRate, TrafficSample};
 use rustc_hash::FxHashMap;
 
@@ -104,6 +104,7 @@ impl StateReader<'_> {
             .as_ref()
             .is_some_and(|c| c.params.check_type.is_tls());
         out.matched = up.check.as_ref().is_some_and(|c| c.matcher.is_some());
+        out.passive = up.passive.is_some();
 
         // SAFETY: uscf is valid for the cycle; its peer data is round-robin peers.
         let primary = unsafe { (*up.uscf).peer.data as *mut ngx_http_upstream_rr_peers_t };
@@ -128,6 +129,17 @@ impl StateReader<'_> {
                 .filter(|_| up.traffic)
                 .and_then(|c| self.header?.traffic(c.slot()))
                 .map(|t| t.snapshot());
+            let passive = conf
+                .filter(|_| up.passive.is_some())
+                .and_then(|c| self.header?.passive(c.slot()));
+            peer.passive = passive.map(|p| PassiveView {
+                ejections: p.ejections(),
+                down_until_ms: match p.down_until_ms() {
+                    0 => 0,
+                    until => unix_msec().saturating_add(until.saturating_sub(self.now)),
+                },
+                probation: p.on_probation(self.now),
+            });
             peer.traffic_rate = match (conf, &peer.traffic) {
                 (Some(c), Some(t)) if self.rates => {
                     rate_since_last(c.key, t.sample(self.now), self.main.slots())
@@ -146,6 +158,7 @@ impl StateReader<'_> {
                     config_down: peer.config_down,
                     manual_down: peer.manual_down,
                     healthy: s.health.is_up(),
+                    passive_down: passive.is_some_and(|p| p.is_down()),
                     ..facts
                 }
                 .down_for_balancer();

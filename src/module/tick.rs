@@ -183,6 +183,7 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept:
                 standby: w.standby,
                 healthy: s.health.is_up(),
                 manual_down: false,
+                passive_down: false,
             };
             !exiting()
                 && facts.keeps_probe_connection()

@@ -20,6 +20,7 @@ use crate::key::{peer_key, zone_size_for};
 use crate::module::ha;
 use crate::module::log::hc_log;
 use crate::module::module_conf::MainConf;
+use crate::passive::PassiveState;
 use crate::schedule::Schedule;
 use crate::traffic::{Traffic, TrafficCounters};
 
@@ -91,25 +92,26 @@ pub struct ZoneHeader {
     /// `nslots` traffic counters, one per slot, when some upstream counts its traffic; null
     /// otherwise. Updated with atomics, without the lock.
     traffic: *mut TrafficCounters,
+    /// `nslots` passive states, one per slot, when some upstream has passive checks; null
+    /// otherwise. Windows are counted with atomics; ejections are written under the lock.
+    passive: *mut PassiveState,
     shpool: *mut ngx_slab_pool_t,
 }
 
 /// Bytes of shared memory needed for `peers` peers in `upstreams` upstream blocks, with
-/// traffic counters for every peer when `traffic`.
-pub fn required_size(peers: usize, upstreams: usize, traffic: bool) -> usize {
-    let counters = if traffic {
-        peers.max(1) * size_of::<TrafficCounters>()
-    } else {
-        0
-    };
+/// traffic counters for every peer when `traffic` and passive state when `passive`.
+pub fn required_size(peers: usize, upstreams: usize, traffic: bool, passive: bool) -> usize {
     let mut parts = vec![
         size_of::<ZoneHeader>(),
         peers.max(1) * size_of::<Slot>(),
         upstreams.max(1) * size_of::<UpstreamRecord>(),
         journal::len_for(peers) * size_of::<u32>(),
     ];
-    if counters > 0 {
-        parts.push(counters);
+    if traffic {
+        parts.push(peers.max(1) * size_of::<TrafficCounters>());
+    }
+    if passive {
+        parts.push(peers.max(1) * size_of::<PassiveState>());
     }
     zone_size_for(&parts)
 }
@@ -171,6 +173,15 @@ impl ZoneHeader {
         Some(unsafe { &*self.traffic.add(slot) })
     }
 
+    /// The passive state of `slot`, when the zone has it. No lock to read it: atomics.
+    pub fn passive(&self, slot: usize) -> Option<&PassiveState> {
+        if self.passive.is_null() || slot >= self.nslots {
+            return None;
+        }
+        // SAFETY: passive has nslots states, allocated in init_zone for the zone's life.
+        Some(unsafe { &*self.passive.add(slot) })
+    }
+
     /// Notes a new ttl so that workers look for its expiry in time.
     pub fn note_expiry(&self, until_ms: u64) {
         self.expiry_hint.fetch_min(until_ms, Ordering::AcqRel);
@@ -190,7 +201,16 @@ pub fn earliest_expiry(locked: &mut Locked<'_>) -> u64 {
         .iter()
         .filter_map(|u| finite(u.excluded_until_ms))
         .min();
-    slots.into_iter().chain(ups).min().unwrap_or(u64::MAX)
+    let h = locked.header;
+    let passive = (0..h.nslots)
+        .filter_map(|i| finite(h.passive(i)?.down_until_ms()))
+        .min();
+    slots
+        .into_iter()
+        .chain(ups)
+        .chain(passive)
+        .min()
+        .unwrap_or(u64::MAX)
 }
 
 /// Restarts the checks of upstream `ui` with fresh counters: its peers start per
@@ -308,11 +328,14 @@ unsafe fn previous_header(this: *mut ngx_shm_zone_t) -> Option<&'static ZoneHead
 /// worker died holding the zone lock, nginx cannot release it until the reload ends, so the
 /// lock is tried for a bounded time and the copy is made without it after that (a slot being
 /// written at that moment may be copied half old, half new; the next probe corrects it).
-fn copy_previous(old: &ZoneHeader) -> Previous {
+fn copy_previous(old: &'static ZoneHeader) -> Previous {
     let copy = |locked: &mut Locked<'_>| {
         let slots = locked.slots().iter().map(|s| (s.key, *s)).collect();
         let traffic = (0..old.nslots)
             .filter_map(|i| Some((locked.slots()[i].key, old.traffic(i)?.snapshot())))
+            .collect();
+        let passive = (0..old.nslots)
+            .filter_map(|i| Some((locked.slots()[i].key, old.passive(i)?)))
             .collect();
         let upstreams = locked.upstreams().iter().map(|u| (u.key, *u)).collect();
         // Under the same lock as the copy: a change is either in the copy or refused.
@@ -325,6 +348,7 @@ fn copy_previous(old: &ZoneHeader) -> Previous {
             slots,
             upstreams,
             traffic,
+            passive,
         }
     };
     if let Some(mut locked) = old.try_lock_for(LOCK_WAIT_AT_RELOAD_MS) {
@@ -345,6 +369,8 @@ struct Previous {
     slots: HashMap<u64, Slot>,
     upstreams: HashMap<u64, UpstreamRecord>,
     traffic: HashMap<u64, Traffic>,
+    /// In the old zone, still mapped while the new one is initialized.
+    passive: HashMap<u64, &'static PassiveState>,
 }
 
 /// How long a reload waits for the old zone's lock before copying without it.
@@ -381,21 +407,31 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
         )
     };
     let traffic = if main.counts_traffic() {
-        // SAFETY: as above; zeroed memory is a set of zero counters (atomics of u64).
         let bytes = n.max(1) * size_of::<TrafficCounters>();
+        // SAFETY: shpool is this zone's slab pool (a null result is checked below); zeroed
+        // memory is a set of zero counters (atomics of u64).
         (unsafe { ngx::ffi::ngx_slab_calloc(shpool, bytes) }) as *mut TrafficCounters
     } else {
         ptr::null_mut()
     };
-    let no_traffic = main.counts_traffic() && traffic.is_null();
-    if header.is_null() || slots.is_null() || records.is_null() || ring.is_null() || no_traffic {
+    let passive = if main.has_passive() {
+        let bytes = n.max(1) * size_of::<PassiveState>();
+        // SAFETY: shpool is this zone's slab pool (a null result is checked below); zeroed
+        // memory is a set of idle passive states (atomics).
+        (unsafe { ngx::ffi::ngx_slab_calloc(shpool, bytes) }) as *mut PassiveState
+    } else {
+        ptr::null_mut()
+    };
+    let missing =
+        (main.counts_traffic() && traffic.is_null()) || (main.has_passive() && passive.is_null());
+    if header.is_null() || slots.is_null() || records.is_null() || ring.is_null() || missing {
         // SAFETY: shm_zone is valid.
         let size = unsafe { (*shm_zone).shm.size };
         hc_log!(
             NGX_LOG_EMERG,
             "zone \"{ZONE_NAME}\" of {size} bytes is too small for {n} peer{}, at least {} bytes are needed",
             if n == 1 { "" } else { "s" },
-            required_size(n, nup, main.counts_traffic())
+            required_size(n, nup, main.counts_traffic(), main.has_passive())
         );
         return NGX_ERROR as ngx_int_t;
     }
@@ -448,6 +484,10 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
                 // SAFETY: i < n == number of counters allocated above.
                 unsafe { (*traffic.add(i)).restore(t) };
             }
+            if let (Some(old), false) = (previous.passive.get(&peer.key), passive.is_null()) {
+                // SAFETY: i < n == number of states allocated above.
+                unsafe { (*passive.add(i)).copy_from(old) };
+            }
             i += 1;
         }
     }
@@ -465,6 +505,7 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
             journal: ring,
             journal_len: journal::len_for(n),
             traffic,
+            passive,
             shpool,
         });
     }

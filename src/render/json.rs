@@ -119,6 +119,15 @@ fn peers(out: &mut impl Write, list: &[PeerSnapshot]) -> fmt::Result {
             out.write_str(",\"traffic\":")?;
             traffic(out, t)?;
         }
+        if let Some(v) = &p.passive {
+            write!(
+                out,
+                ",\"passive\":{{\"ejections\":{},\"down_until\":",
+                v.ejections
+            )?;
+            unix_seconds(out, v.down_until_ms)?;
+            write!(out, ",\"probation\":{}}}", v.probation)?;
+        }
         out.write_char('}')?;
     }
     out.write_char(']')

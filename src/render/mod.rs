@@ -68,6 +68,20 @@ pub struct PeerSnapshot {
     pub traffic: Option<Traffic>,
     /// Its traffic since this worker's previous HTML page, for that page.
     pub traffic_rate: Option<TrafficRate>,
+    /// Its passive checks' state, when its upstream has them.
+    pub passive: Option<PassiveView>,
+}
+
+/// A peer's passive checks as the status formats show them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassiveView {
+    /// Times proxied requests ejected it.
+    pub ejections: u64,
+    /// Without active checks: Unix milliseconds its ejection ends, 0 when not ejected.
+    pub down_until_ms: u64,
+    /// Without active checks: back from an ejection, and sent straight back down by its next
+    /// failed request.
+    pub probation: bool,
 }
 
 /// One upstream block.
@@ -87,6 +101,8 @@ pub struct UpstreamSnapshot {
     pub tls: bool,
     /// Its probes judge responses with a match block: they can fail `mismatch`.
     pub matched: bool,
+    /// It has passive checks: its peers can fail `passive`.
+    pub passive: bool,
 }
 
 impl UpstreamSnapshot {

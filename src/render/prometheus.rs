@@ -32,10 +32,11 @@ enum Family {
     PeerResponsesTotal,
     PeerFailedAttemptsTotal,
     PeerResponseSeconds,
+    PassiveEjectionsTotal,
 }
 
 impl Family {
-    const ALL: [Family; 15] = [
+    const ALL: [Family; 16] = [
         Family::StatusInfo,
         Family::PeerUp,
         Family::PeerManualDown,
@@ -51,6 +52,7 @@ impl Family {
         Family::PeerResponsesTotal,
         Family::PeerFailedAttemptsTotal,
         Family::PeerResponseSeconds,
+        Family::PassiveEjectionsTotal,
     ];
 
     /// The families of proxied traffic (`upstream_healthcheck_traffic`): written only when
@@ -143,6 +145,11 @@ impl Family {
                 "Durations of proxied attempts, from the connect to the end.",
                 "histogram",
             ),
+            Family::PassiveEjectionsTotal => (
+                "nginx_upstream_healthcheck_passive_ejections_total",
+                "Times passive checks took the peer out after failed proxied requests.",
+                "counter",
+            ),
         }
     }
 }
@@ -186,8 +193,9 @@ pub struct PrometheusCursor {
     /// Whether each upstream was checked when the first family was written: the others skip
     /// those that were not without taking their state again.
     checked: Vec<bool>,
-    /// Likewise, whether each upstream counted its traffic.
+    /// Likewise, whether each upstream counted its traffic, and had passive checks.
     counted: Vec<bool>,
+    passive: Vec<bool>,
     u: UpstreamSnapshot,
     peers: Vec<(usize, bool)>,
 }
@@ -198,6 +206,7 @@ impl PrometheusCursor {
             shown: first_occurrences(names.iter()),
             checked: vec![false; names.len()],
             counted: vec![false; names.len()],
+            passive: vec![false; names.len()],
             ..Default::default()
         }
     }
@@ -216,8 +225,14 @@ impl PrometheusCursor {
         let Some(&family) = Family::ALL.get(self.family) else {
             return Ok(false);
         };
-        if family.is_traffic() && !self.counted.contains(&true) {
-            // No upstream counts its traffic: the page stays as it is without it.
+        let optional = match family {
+            f if f.is_traffic() => Some(&self.counted),
+            Family::PassiveEjectionsTotal => Some(&self.passive),
+            _ => None,
+        };
+        if optional.is_some_and(|any| !any.contains(&true)) {
+            // No upstream counts its traffic (or has passive checks): the page stays as it is
+            // without them.
             self.family += 1;
             self.next = None;
             return Ok(self.family < Family::ALL.len());
@@ -233,6 +248,7 @@ impl PrometheusCursor {
         let wanted = |k: usize| match family {
             Family::StatusInfo => true,
             f if f.is_traffic() => self.counted[k],
+            Family::PassiveEjectionsTotal => self.passive[k],
             _ => self.checked[k],
         };
         let k = (start..n).find(|&k| self.shown[k] && wanted(k));
@@ -246,8 +262,15 @@ impl PrometheusCursor {
         if !per_peer {
             self.checked[k] = self.u.checked;
             self.counted[k] = self.u.counts_traffic();
+            self.passive[k] = self.u.passive;
         }
-        if !per_peer || (family.is_traffic() && self.u.counts_traffic()) || self.u.checked {
+        let in_scope = match family {
+            Family::StatusInfo => true,
+            f if f.is_traffic() => self.u.counts_traffic(),
+            Family::PassiveEjectionsTotal => self.u.passive,
+            _ => self.u.checked,
+        };
+        if in_scope {
             unique_peers(&self.u, &mut self.peers);
             samples(out, family, &self.u, &self.peers)?;
         }
@@ -348,6 +371,14 @@ fn samples(
                 }
             }
         }
+        Family::PassiveEjectionsTotal => {
+            for (p, _) in peers.iter().map(peer) {
+                if let Some(v) = &p.passive {
+                    peer_sample(out, "passive_ejections_total", name, p)?;
+                    writeln!(out, "}} {}", v.ejections)?;
+                }
+            }
+        }
         Family::ProbeErrorsTotal => {
             if let Some(n) = u.local_errors {
                 write!(out, "{P}probe_errors_total{{upstream=\"")?;
@@ -389,6 +420,11 @@ fn health_samples(
                     f.as_str(),
                     h.failures[f.index()]
                 )?;
+            }
+            // Proxied requests that failed: each ejection counts once.
+            if let Some(v) = p.passive.filter(|_| u.passive) {
+                peer_sample(out, "failures_total", upstream, p)?;
+                writeln!(out, ",reason=\"passive\"}} {}", v.ejections)?;
             }
             Ok(())
         }
@@ -968,8 +1004,8 @@ mod tests {
         );
         assert_eq!(
             page.matches("# TYPE").count(),
-            Family::ALL.len(),
-            "each family once"
+            Family::ALL.len() - 1,
+            "each family once, but passive ejections: no upstream has passive checks"
         );
     }
 
@@ -991,7 +1027,10 @@ mod tests {
             })
             .unwrap();
             // Without traffic counting, its families are left out altogether.
-            let families = Family::ALL.iter().filter(|f| !f.is_traffic()).count();
+            let families = Family::ALL
+                .iter()
+                .filter(|&&f| !f.is_traffic() && f != Family::PassiveEjectionsTotal)
+                .count();
             assert!(fills.iter().all(|&n| n == families), "{upstreams}x{peers}");
             let samples = page.lines().filter(|l| !l.starts_with('#')).count();
             assert_eq!(
