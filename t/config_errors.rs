@@ -1221,3 +1221,55 @@ fn traffic_counting_takes_on_or_off_once_per_level_and_nowhere_else() {
         upstream_with("    upstream_healthcheck_traffic off;")
     ));
 }
+
+#[test]
+fn passive_checks_need_fails_and_well_formed_parameters() {
+    let d = "upstream_healthcheck_passive";
+    let bad = |arg: &str, reason: &str| {
+        format!("invalid parameter \"{arg}\" in \"{d}\" directive, {reason}")
+    };
+    for (args, msg) in [
+        (
+            "window=10s",
+            format!("\"{d}\" directive needs the \"fails=\" parameter"),
+        ),
+        ("fails=0", bad("fails=0", "fails must be a number from 1 to 1000000")),
+        ("fails=3 fails=4", bad("fails=4", "fails is given twice")),
+        (
+            "fails=3 window=soon",
+            bad(
+                "window=soon",
+                "window must be a positive time (e.g. 2s, 500ms; a bare number means milliseconds)",
+            ),
+        ),
+        (
+            "fails=3 statuses=5xx,abc",
+            bad(
+                "statuses=5xx,abc",
+                "statuses must be a comma-separated list of statuses (500), ranges (500-599 or 5xx) \
+                 and exclusions (!503), with at least one status",
+            ),
+        ),
+        (
+            "fails=3 statuses=!503",
+            bad(
+                "statuses=!503",
+                "statuses must be a comma-separated list of statuses (500), ranges (500-599 or 5xx) \
+                 and exclusions (!503), with at least one status",
+            ),
+        ),
+        ("fails=3 timeouts=maybe", bad("timeouts=maybe", "timeouts must be \"on\" or \"off\"")),
+        ("fails=3 down_time=0", bad("down_time=0", "down_time must be a positive time (e.g. 2s, 500ms; a bare number means milliseconds)")),
+        ("fails=3 every=1s", format!("invalid parameter \"every=1s\" in \"{d}\" directive")),
+    ] {
+        rejected(&format!("    {d} {args};"), d, &msg);
+    }
+    rejected(
+        &format!("    {d} fails=3;\n    {d} fails=4;"),
+        &format!("{d} fails=4"),
+        &format!("\"{d}\" directive is duplicate"),
+    );
+    accepted(&upstream_with(&format!(
+        "    {d} fails=3 window=30s statuses=500,502-504 timeouts=off down_time=1m;"
+    )));
+}

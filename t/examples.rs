@@ -411,3 +411,39 @@ fn https_example_runs() {
     );
     assert!(!log.contains("in upstream \"internal\" is DOWN"), "{log}");
 }
+
+/// passive.conf: 9151 passes its probes but fails real requests with 502: three of them take it
+/// out, after which every request reaches 9150; the JSON page counts both peers' traffic.
+#[test]
+fn passive_example_runs() {
+    let (text, ports) = move_ports(&runnable("passive.conf", &example("passive.conf")));
+    let front = ports[&8080];
+    let nginx = Nginx::start_raw(&text);
+    wait_until(Duration::from_secs(8), "both peers up", || {
+        [9150, 9151]
+            .iter()
+            .all(|p| state(front, "backend", ports[p]).as_deref() == Some("up"))
+    });
+    let statuses: Vec<u16> = (0..10)
+        .map(|i| http_get(front, &format!("/r{i}")).map_or(0, |r| r.0))
+        .collect();
+    // The third 502 takes it out; a request another worker started in the same instant may
+    // still reach it.
+    let failed = statuses.iter().filter(|&&s| s == 502).count();
+    assert!((3..=4).contains(&failed), "{statuses:?}");
+    assert_eq!(
+        state(front, "backend", ports[&9151]).as_deref(),
+        Some("DOWN")
+    );
+    let doc = strict_json(&status_page(front, &format!("{STATUS}?format=json")));
+    let bad = json_peer(&doc, "backend", &format!("127.0.0.1:{}", ports[&9151]));
+    assert_eq!(bad["health"]["last_error"], "passive", "{bad}");
+    assert_eq!(bad["traffic"]["responses"]["5xx"], failed, "{bad}");
+    let good = json_peer(&doc, "backend", &format!("127.0.0.1:{}", ports[&9150]));
+    assert_eq!(good["traffic"]["responses"]["2xx"], 10 - failed, "{good}");
+    let log = nginx.stop();
+    assert!(
+        log.contains("is DOWN after 3 failed proxied requests within 10s, last error: passive"),
+        "{log}"
+    );
+}
