@@ -51,6 +51,8 @@ pub struct PassiveState {
     probation_until_ms: AtomicU64,
     /// Ejections so far.
     ejections: AtomicU64,
+    /// No refusal to eject is logged before then (monotonic ms).
+    quiet_until_ms: AtomicU64,
 }
 
 /// What a failed attempt leads to.
@@ -64,8 +66,10 @@ pub enum Judgement {
 }
 
 impl PassiveState {
-    /// Counts a failed attempt at `now_ms` (monotonic). Exactly one of the failures that fill
-    /// a window asks for the ejection; so does any failure of a peer back on probation.
+    /// Counts a failed attempt at `now_ms` (monotonic). The failure that fills a window asks
+    /// for the ejection and starts the count over (requests still in flight when the peer
+    /// goes, or a peer that may not go, fill a new window before asking again); so does any
+    /// failure of a peer back on probation.
     pub fn fail(&self, now_ms: u64, p: &PassiveParams) -> Judgement {
         let probation = self.probation_until_ms.load(Ordering::Relaxed);
         if self.down_until_ms.load(Ordering::Relaxed) == 0 && now_ms < probation {
@@ -90,13 +94,30 @@ impl PassiveState {
         } else {
             self.fails.fetch_add(1, Ordering::Relaxed) + 1
         };
-        if n == p.fails {
-            Judgement::Eject {
-                on_probation: false,
-            }
-        } else {
-            Judgement::Counted
+        if n < p.fails {
+            return Judgement::Counted;
         }
+        self.fails.store(0, Ordering::Relaxed);
+        self.window_start_ms.store(0, Ordering::Relaxed);
+        Judgement::Eject {
+            on_probation: false,
+        }
+    }
+
+    /// Whether a refusal to eject (the last peer up) should be logged at `now_ms`: at most
+    /// once per `window`.
+    pub fn may_log_refusal(&self, now_ms: u64, p: &PassiveParams) -> bool {
+        let next = self.quiet_until_ms.load(Ordering::Relaxed);
+        now_ms >= next
+            && self
+                .quiet_until_ms
+                .compare_exchange(
+                    next,
+                    now_ms.saturating_add(p.window_ms),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
     }
 
     /// Ejects the peer at `now_ms` (the caller holds the zone lock and decided that it may
@@ -162,6 +183,7 @@ impl PassiveState {
         copy(&self.down_until_ms, &old.down_until_ms);
         copy(&self.probation_until_ms, &old.probation_until_ms);
         copy(&self.ejections, &old.ejections);
+        copy(&self.quiet_until_ms, &old.quiet_until_ms);
         self.fails
             .store(old.fails.load(Ordering::Relaxed), Ordering::Relaxed);
         self.level
@@ -207,36 +229,38 @@ mod tests {
     }
 
     #[test]
-    fn fails_within_one_window_eject_once() {
+    fn fails_within_one_window_eject_and_start_the_count_over() {
         let p = params("fails=3 window=10s");
         let s = PassiveState::default();
+        let eject = Judgement::Eject {
+            on_probation: false,
+        };
         assert_eq!(s.fail(1_000, &p), Judgement::Counted);
         assert_eq!(s.fail(2_000, &p), Judgement::Counted);
-        assert_eq!(
-            s.fail(10_999, &p),
-            Judgement::Eject {
-                on_probation: false
-            }
-        );
-        assert_eq!(
-            s.fail(10_999, &p),
-            Judgement::Counted,
-            "one ejection per window"
-        );
-        // A window that ran out starts over.
+        assert_eq!(s.fail(10_999, &p), eject);
+        // Requests in flight when it went: a new window, three more before asking again.
+        assert_eq!(s.fail(10_999, &p), Judgement::Counted);
         assert_eq!(s.fail(11_000, &p), Judgement::Counted);
+        assert_eq!(s.fail(11_001, &p), eject);
+        // A window that ran out starts over.
+        assert_eq!(s.fail(12_000, &p), Judgement::Counted);
+        assert_eq!(s.fail(13_000, &p), Judgement::Counted);
         assert_eq!(
             s.fail(25_000, &p),
             Judgement::Counted,
             "new window from 25 s"
         );
         assert_eq!(s.fail(26_000, &p), Judgement::Counted);
-        assert_eq!(
-            s.fail(27_000, &p),
-            Judgement::Eject {
-                on_probation: false
-            }
-        );
+        assert_eq!(s.fail(27_000, &p), eject);
+    }
+
+    #[test]
+    fn a_refusal_to_eject_is_logged_once_per_window() {
+        let p = params("fails=1 window=10s");
+        let s = PassiveState::default();
+        assert!(s.may_log_refusal(1_000, &p));
+        assert!(!s.may_log_refusal(1_001, &p) && !s.may_log_refusal(10_999, &p));
+        assert!(s.may_log_refusal(11_000, &p));
     }
 
     #[test]

@@ -13,7 +13,8 @@ use core::mem::offset_of;
 use core::ptr;
 
 use ngx::ffi::{
-    ngx_http_request_t, ngx_http_upstream_t, ngx_peer_connection_t, ngx_uint_t, NGX_PEER_FAILED,
+    ngx_http_request_t, ngx_http_upstream_rr_peer_t, ngx_http_upstream_t, ngx_peer_connection_t,
+    ngx_uint_t, NGX_PEER_FAILED,
 };
 use ngx::http::HttpModuleServerConf;
 use rustc_hash::FxHashMap;
@@ -37,6 +38,8 @@ struct Watched {
     upstream: u32,
     /// Its upstream counts traffic.
     counted: bool,
+    /// nginx's peer.
+    rr: *const ngx_http_upstream_rr_peer_t,
 }
 
 /// This worker's watched peers, by the address of nginx's `ngx_str_t` name of each, and the
@@ -71,6 +74,7 @@ pub fn init(w: &Worker) {
             slot: slot as u32,
             upstream: t.upstream() as u32,
             counted: up.traffic,
+            rr: t.rr,
         };
         peers.insert(name, watched);
     }
@@ -166,7 +170,11 @@ fn see(u: &ngx_http_upstream_t, pc: &ngx_peer_connection_t, state: ngx_uint_t) {
             .as_ref()
             .is_some_and(|c| (*c.read).timedout() != 0 || (*c.write).timedout() != 0)
     };
-    if !counts_as_failure(params, status, failed, timed_out) {
+    // SAFETY: a live peer of this cycle; its flag is a word another worker may be writing
+    // (under the list's lock): a volatile read sees the old or the new value.
+    let out_already = unsafe { ptr::read_volatile(&raw const (*watched.rr).down) } != 0;
+    if out_already || !counts_as_failure(params, status, failed, timed_out) {
+        // Requests still in flight when the peer went out do not count against it again.
         return;
     }
     if let Judgement::Eject { on_probation } = passive.fail(now, params) {
@@ -220,6 +228,9 @@ fn eject(main: &MainConf, header: &ZoneHeader, watched: Watched, now: u64, on_pr
     };
     if !others_up {
         drop(locked);
+        if !passive.may_log_refusal(now, params) {
+            return;
+        }
         hc_log!(
             NGX_LOG_WARN,
             "peer {} in upstream \"{}\" is not ejected after {why}: it is the last peer up",
