@@ -160,7 +160,9 @@ fn see(u: &ngx_http_upstream_t, pc: &ngx_peer_connection_t, state: ngx_uint_t) {
             });
         }
     }
-    let up = &main.upstreams[watched.upstream as usize];
+    let Some(up) = main.upstreams.get(watched.upstream as usize) else {
+        return;
+    };
     let (Some(params), Some(passive)) = (&up.passive, header.passive(slot)) else {
         return;
     };
@@ -188,7 +190,9 @@ fn see(u: &ngx_http_upstream_t, pc: &ngx_peer_connection_t, state: ngx_uint_t) {
 fn eject(main: &MainConf, header: &ZoneHeader, watched: Watched, now: u64, on_probation: bool) {
     let ui = watched.upstream as usize;
     let slot = watched.slot as usize;
-    let up = &main.upstreams[ui];
+    let Some(up) = main.upstreams.get(ui) else {
+        return;
+    };
     let (Some(params), Some(passive)) = (&up.passive, header.passive(slot)) else {
         return;
     };

@@ -88,12 +88,15 @@ fn expire_ttls(w: &mut Worker, now: u64) {
             let Some(t) = w.targets.get(slot) else {
                 continue;
             };
-            let up = &main.upstreams[t.upstream()];
+            let Some(up) = main.upstreams.get(t.upstream()) else {
+                continue;
+            };
+            let name = up.peers.get(t.peer()).map_or("", |p| p.name);
             let window = up.passive.as_ref().map_or(0, |p| p.window_ms);
             hc_log!(
                 NGX_LOG_NOTICE,
                 "peer {} in upstream \"{}\" is back after its passive down time, on probation for {}",
-                LogEscaped(up.peers[t.peer()].name),
+                LogEscaped(name),
                 LogEscaped(&up.name),
                 show_ms(window)
             );
