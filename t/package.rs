@@ -334,16 +334,21 @@ fn the_debian_package_installs_into_the_system_nginx_and_purges_without_a_trace(
     let etc_before = snapshot(Path::new("/etc/nginx"));
 
     // The operator builds the package ...
-    let script = root_dir().join("scripts/package.sh");
-    let (ok, out) = run(script.to_str().unwrap(), &[], BUILD_DEADLINE);
-    assert!(ok, "scripts/package.sh failed:\n{out}");
+    let mut script = Command::new(root_dir().join("scripts/package.sh"));
+    script.current_dir(root_dir());
+    let (status, out, err) = run_bounded(script, "scripts/package.sh", BUILD_DEADLINE);
+    assert!(
+        status.success(),
+        "scripts/package.sh failed ({status}):\n{out}{err}"
+    );
+    // The path is its last line of output (stdout; cargo's notes go to stderr).
     let deb = PathBuf::from(out.lines().last().unwrap_or_default().trim());
     assert!(
         deb.is_file()
             && deb
                 .file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{PKG}_"))),
-        "scripts/package.sh did not end with the path of the package:\n{out}"
+        "scripts/package.sh did not end with the path of the package:\n{out}\n--- stderr ---\n{err}"
     );
 
     // ... lintian finds no error and no warning but those the README explains ...
