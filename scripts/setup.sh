@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages needed to build and test the module (idempotent) and keeps the distro nginx service stopped.
+# Installs the Debian 12 packages needed to build and test the module (idempotent) and keeps the distro nginx service stopped; `--build`: only what building the package needs, services left alone.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 sudo=(); [[ $EUID -eq 0 ]] || sudo=(sudo)
-pkgs=(nginx nginx-dev libclang-dev libpcre2-dev libssl-dev zlib1g-dev clang curl procps iproute2 prometheus chromium chromium-driver wrk linux-perf valgrind python3)
+# Building the module and its Debian package (scripts/build.sh, scripts/package.sh).
+pkgs=(nginx nginx-dev libclang-dev libpcre2-dev libssl-dev zlib1g-dev clang dpkg-dev binutils python3)
+case ${1:-} in
+  --build) build_only=1 ;;
+  "") build_only=0
+      # Running the tests (and lintian on the package).
+      pkgs+=(curl procps iproute2 prometheus chromium chromium-driver wrk linux-perf valgrind lintian) ;;
+  *) echo "usage: $0 [--build]" >&2; exit 2 ;;
+esac
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
@@ -21,6 +29,7 @@ if ((${#missing[@]})); then
   apt install -y -qq --no-install-recommends "${missing[@]}"
 fi
 command -v cargo >/dev/null || { echo "setup: cargo not found (install rustup)" >&2; exit 1; }
+((build_only)) && exit 0
 # Stop and disable the distro nginx service so it neither holds port 80 nor shows up as a stray nginx process.
 if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
   "${sudo[@]}" systemctl disable --now nginx >/dev/null 2>&1 || true

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test: setup, then per target (vendored, debian) build + integration tests; unit tests once (vendored). Usage: test.sh [FILTER]
+# Runs every test: setup, then per target (vendored, debian) build + integration tests; unit tests once (vendored); the Debian package test once. Usage: test.sh [FILTER]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 filter=("$@")
@@ -25,6 +25,15 @@ run() {
   fi
 }
 
+# Integration tests of each nginx target: every [[test]] target with test = true (t/package.rs,
+# test = false, changes the machine and runs once, after the loop).
+mapfile -t integration < <(cargo metadata --no-deps --format-version 1 | python3 -c '
+import json, sys
+for t in json.load(sys.stdin)["packages"][0]["targets"]:
+    if t["kind"] == ["test"] and t["test"]:
+        print("--test=" + t["name"])')
+((${#integration[@]})) || { echo "FAILED: no integration test targets in Cargo.toml" >&2; exit 1; }
+
 for target in vendored debian; do
   t0=$SECONDS
   env_out=$(scripts/build.sh "$target") || { echo "FAILED: build.sh $target" >&2; exit 1; }
@@ -42,7 +51,9 @@ for target in vendored debian; do
   else
     cargo=(env -u NGINX_SOURCE_DIR NGINX_BUILD_DIR="$PWD/target/debian-src/objs" cargo test --target-dir target/debian)
   fi
-  run "integration-$target" "${cargo[@]}" --test '*' -- --test-threads=4 "${filter[@]}"
+  run "integration-$target" "${cargo[@]}" "${integration[@]}" -- --test-threads=4 "${filter[@]}"
 done
+# The Debian package (scripts/package.sh) installed into the machine's nginx and purged: once.
+run package "${cargo[@]}" --test package -- "${filter[@]}"
 printf '%s\n' "--- summary ---" "${summary[@]}"
 echo "total: $passed passed, $failed failed"

@@ -12,17 +12,14 @@ use common::*;
 use serde_json::Value;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Long enough for nginx, Prometheus or Chromium on a loaded CI machine; polls end far sooner.
 const SETTLE: Duration = Duration::from_secs(20);
-const PROMETHEUS_DEADLINE: Duration = Duration::from_secs(60);
 const CHROMIUM_DEADLINE: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(50);
 
 const CT_TEXT: &str = "text/plain";
 const CT_JSON: &str = "application/json";
@@ -203,18 +200,6 @@ fn now_secs() -> f64 {
         .as_secs_f64()
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Prometheus text exposition format
 
@@ -325,131 +310,6 @@ fn must_sample(samples: &[Sample], page: &str, name: &str, labels: &[(&str, &str
 
 // ---------------------------------------------------------------------------------------------
 // External tools
-
-/// The path of a tool from a Debian package; fails the test (never skips) when missing.
-fn tool(path: &str, package: &str) -> PathBuf {
-    let p = PathBuf::from(path);
-    assert!(
-        p.is_file(),
-        "{path} is missing (Debian package {package}): run scripts/setup.sh, which installs \
-         every tool the tests need"
-    );
-    p
-}
-
-/// A process started in its own process group; Drop (also on panic) ends the whole group:
-/// SIGTERM, then SIGKILL after 5 s.
-struct Spawned {
-    child: Option<Child>,
-    pgid: u32,
-    what: String,
-    log: PathBuf,
-}
-
-impl Spawned {
-    /// Starts `cmd` with stdin closed and stdout/stderr into `out` / `log`.
-    fn start(mut cmd: Command, what: &str, out: &Path, log: &Path) -> Spawned {
-        let stdout = fs::File::create(out).expect("create stdout file");
-        let stderr = fs::File::create(log).expect("create log file");
-        cmd.stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .process_group(0);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        Spawned {
-            pgid: child.id(),
-            child: Some(child),
-            what: what.to_owned(),
-            log: log.to_owned(),
-        }
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The exit status, if the process has ended.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut()?.try_wait().ok().flatten()
-    }
-
-    /// Waits for the process to end; kills its group and panics after `timeout`.
-    fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.exited() {
-                // Helpers left in the group (if any) go with it.
-                self.signal_group("KILL");
-                self.child = None;
-                return status;
-            }
-            if Instant::now() >= deadline {
-                self.stop();
-                panic!(
-                    "{} did not finish within {timeout:?}; killed.\n--- its stderr ---\n{}",
-                    self.what,
-                    self.log_text()
-                );
-            }
-            thread::sleep(POLL);
-        }
-    }
-
-    fn signal_group(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args(["-s", sig, "--", &format!("-{}", self.pgid)])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-
-    /// Ends the process group: SIGTERM, SIGKILL after 5 s.
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if child.try_wait().ok().flatten().is_none() {
-            self.signal_group("TERM");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                thread::sleep(POLL);
-            }
-        }
-        self.signal_group("KILL");
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Runs `cmd`, feeding `stdin`; returns (exit status, stdout + stderr).
-fn run_with_stdin(mut cmd: Command, stdin: &str) -> (ExitStatus, String) {
-    use std::io::Write;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut input = child.stdin.take().expect("stdin");
-    let data = stdin.to_owned();
-    let writer = thread::spawn(move || {
-        let _ = input.write_all(data.as_bytes());
-    });
-    let out = child.wait_with_output().expect("wait");
-    let _ = writer.join();
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status, text)
-}
 
 /// `promtool check metrics` on a page: no error, no lint problem (non-zero exit or any output
 /// mentioning an error fails).
@@ -1407,87 +1267,32 @@ fn promtool_accepts_the_metrics_page() {
 
 #[test]
 fn prometheus_scrapes_the_status_location() {
-    let prometheus = tool("/usr/bin/prometheus", "prometheus");
+    tool("/usr/bin/prometheus", "prometheus");
     // An upstream name with every character a label value must escape, to see it come back.
     let odd = "odd \"quoted\" \\ name";
     let site =
         Site::start_with("upstream \"odd \\\"quoted\\\" \\\\ name\" { server 127.0.0.1:9; }\n");
     site.settle();
-    let dir = TempPrefix::new();
-    let prom_port = free_port();
     let job = "nginx-healthcheck";
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-         scrape_configs:\n  - job_name: {job}\n    metrics_path: /status\n    \
-         params:\n      format: [prometheus]\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-        site.port
-    );
-    let config_path = dir.path().join("prometheus.yml");
-    fs::write(&config_path, &config).expect("write prometheus.yml");
-    let mut cmd = Command::new(prometheus);
-    cmd.arg(format!("--config.file={}", config_path.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-        .arg("--log.level=warn");
-    let mut server = Spawned::start(
-        cmd,
-        "prometheus",
-        &dir.path().join("prometheus.out"),
-        &dir.path().join("prometheus.log"),
-    );
-
-    let query = |server: &mut Spawned, q: &str| -> Result<Vec<Value>, String> {
-        if let Some(status) = server.exited() {
-            panic!(
-                "prometheus exited ({status}):\n{}\n--- config ---\n{config}",
-                server.log_text()
-            );
-        }
-        let path = format!("/api/v1/query?query={}", url_encode(q));
-        let (status, _, body) = http_get(prom_port, &path).map_err(|e| e.to_string())?;
-        if status != 200 {
-            return Err(format!("HTTP {status}: {body}"));
-        }
-        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
-        if v["status"] != "success" {
-            return Err(body);
-        }
-        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
-    };
+    let mut server = Prometheus::start(job, site.port, "/status", &[]);
     let value_of = |series: &[Value], label: &str, want: &str| -> Option<String> {
         series
             .iter()
             .find(|s| s["metric"][label] == want)
             .and_then(|s| s["value"][1].as_str().map(str::to_owned))
     };
-    let targets = || -> String {
-        http_get(prom_port, "/api/v1/targets")
-            .map(|r| r.2)
-            .unwrap_or_else(|e| e.to_string())
-    };
 
     // The scrape succeeds ...
-    poll(PROMETHEUS_DEADLINE, "prometheus: up{job} == 1", || {
-        let r = query(&mut server, &format!("up{{job=\"{job}\"}}"))
-            .map_err(|e| format!("{e}\ntargets: {}", targets()))?;
-        match r.first().and_then(|s| s["value"][1].as_str()) {
-            Some("1") => Ok(()),
-            _ => Err(format!("{r:?}\ntargets: {}", targets())),
-        }
-    });
+    server.wait_up(job);
     // ... and the peers' verdicts are in the time series database.
     let (up, down) = (site.up.addr(), site.down_addr.clone());
     let series = poll(
         PROMETHEUS_DEADLINE,
         "prometheus: peer_up 1 for the healthy peer and 0 for the closed port",
         || {
-            let r = query(
-                &mut server,
-                &format!("nginx_upstream_healthcheck_peer_up{{job=\"{job}\"}}"),
-            )?;
+            let r = server.query(&format!(
+                "nginx_upstream_healthcheck_peer_up{{job=\"{job}\"}}"
+            ))?;
             let ok = value_of(&r, "peer", &up).as_deref() == Some("1")
                 && value_of(&r, "peer", &down).as_deref() == Some("0");
             if ok {
@@ -1517,21 +1322,21 @@ fn prometheus_scrapes_the_status_location() {
         Some("0"),
         "{series:?}"
     );
-    let refused = query(
-        &mut server,
-        &format!("nginx_upstream_healthcheck_failures_total{{job=\"{job}\",reason=\"refused\"}}"),
-    )
-    .expect("query failures_total");
+    let refused = server
+        .query(&format!(
+            "nginx_upstream_healthcheck_failures_total{{job=\"{job}\",reason=\"refused\"}}"
+        ))
+        .expect("query failures_total");
     let n: f64 = value_of(&refused, "peer", &down)
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no refused failures for {down}: {refused:?}"));
     assert!(n > 0.0, "{refused:?}");
     // The escaped upstream name comes back exactly.
-    let unknown = query(
-        &mut server,
-        &format!("nginx_upstream_status_info{{job=\"{job}\",status=\"UNKNOWN\"}}"),
-    )
-    .expect("query status_info");
+    let unknown = server
+        .query(&format!(
+            "nginx_upstream_status_info{{job=\"{job}\",status=\"UNKNOWN\"}}"
+        ))
+        .expect("query status_info");
     assert_eq!(
         value_of(&unknown, "name", odd).as_deref(),
         Some("1"),

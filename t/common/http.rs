@@ -42,6 +42,18 @@ pub fn poll_every<T>(
     }
 }
 
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// The value of header `name` (case-insensitive) in raw header lines.
 pub fn header(headers: &str, name: &str) -> Option<String> {
     headers.lines().find_map(|l| {

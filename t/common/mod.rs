@@ -1,7 +1,8 @@
 //! Integration-test harness shared by every test in `t/` (`mod common;`): runs a real nginx with
 //! the module loaded (this file); `backend` (scriptable HTTP backends), `http` (polling and a
 //! small HTTP client), `json` (status documents, serde_json), `load` (a request loop on its own
-//! thread), `ports` (listen ports that cannot collide) and `procfs` (sockets of processes) hold
+//! thread), `ports` (listen ports that cannot collide), `procfs` (sockets of processes),
+//! `process` (external programs) and `prometheus` (a Prometheus server scraping nginx) hold
 //! the rest. Everything is re-exported here, so tests name it `common::NAME`.
 //!
 //! The nginx binary and module come from `NGX_HC_NGINX` / `NGX_HC_MODULE`, which
@@ -13,7 +14,9 @@ mod http;
 mod json;
 mod load;
 mod ports;
+mod process;
 mod procfs;
+mod prometheus;
 mod tls;
 
 // Not every test crate uses every module.
@@ -28,7 +31,11 @@ pub use load::*;
 #[allow(unused_imports)]
 pub use ports::*;
 #[allow(unused_imports)]
+pub use process::*;
+#[allow(unused_imports)]
 pub use procfs::*;
+#[allow(unused_imports)]
+pub use prometheus::*;
 #[allow(unused_imports)]
 pub use tls::*;
 
@@ -245,7 +252,8 @@ pub fn nginx_test_raw(full_conf: &str) -> (bool, String) {
     run_nginx_t(&prefix, full_conf)
 }
 
-fn pid_alive(pid: u32) -> bool {
+/// Whether process `pid` is alive (a zombie is not).
+pub fn pid_alive(pid: u32) -> bool {
     // A zombie still has /proc/<pid>; treat it as gone.
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat
