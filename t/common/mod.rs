@@ -17,6 +17,7 @@ mod ports;
 mod process;
 mod procfs;
 mod prometheus;
+mod slow_tls;
 mod tls;
 
 // Not every test crate uses every module.
@@ -36,6 +37,8 @@ pub use process::*;
 pub use procfs::*;
 #[allow(unused_imports)]
 pub use prometheus::*;
+#[allow(unused_imports)]
+pub use slow_tls::*;
 #[allow(unused_imports)]
 pub use tls::*;
 
