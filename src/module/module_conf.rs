@@ -204,6 +204,19 @@ pub struct UpstreamConf {
     pub peers: Vec<PeerConf>,
     /// `upstream_healthcheck_traffic on` applies to it.
     pub traffic: bool,
+    /// `slow_start=T` of a balancer that uses the round-robin weights (round robin,
+    /// `least_conn`); `None` otherwise.
+    pub slow_start: Option<SlowStart>,
+}
+
+/// Slow start in one upstream: its weights inside nginx are the configured ones times `scale`,
+/// so that a ramping peer's weight can be a fraction of its full one.
+pub struct SlowStart {
+    pub duration_ms: u64,
+    /// See `slow_start::weight_scale`.
+    pub scale: i64,
+    /// Each peer's configured weight, in `UpstreamConf::peers` order.
+    pub weights: Vec<i64>,
 }
 
 /// What to do when probing the peers of one upstream.
