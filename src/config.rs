@@ -103,6 +103,9 @@ pub struct CheckParams {
     /// `match=`: the name of the `upstream_healthcheck_match` block that judges responses
     /// (resolved after parsing, so the block may come after the upstream).
     pub match_name: Option<String>,
+    /// `slow_start=T`: a peer back in service ramps its share of requests up over this long; 0
+    /// is off.
+    pub slow_start_ms: u64,
 }
 
 impl Default for CheckParams {
@@ -122,6 +125,7 @@ impl Default for CheckParams {
             default_down: false,
             keepalive: 0,
             match_name: None,
+            slow_start_ms: 0,
         }
     }
 }

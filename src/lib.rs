@@ -19,6 +19,7 @@ pub mod query;
 pub mod render;
 pub mod response;
 pub mod schedule;
+pub mod slow_start;
 pub mod status_line;
 pub mod traffic;
 

@@ -220,7 +220,7 @@ pub fn show_ms(ms: u64) -> String {
 }
 
 /// The parameters of `upstream_healthcheck`, in the order of the `given` slots.
-pub(crate) const KEYS: [&str; 14] = [
+pub(crate) const KEYS: [&str; 15] = [
     "type",
     "interval",
     "timeout",
@@ -235,6 +235,7 @@ pub(crate) const KEYS: [&str; 14] = [
     "fast_interval",
     "down_interval",
     "match",
+    "slow_start",
 ];
 
 /// Parses the arguments of `upstream_healthcheck`: `Ok(None)` for `off`, the defaults of
@@ -278,13 +279,16 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
                     _ => return Err(bad("type must be \"tcp\", \"http\" or \"https\"")),
                 }
             }
-            "interval" | "fast_interval" | "down_interval" | "timeout" | "jitter" => {
-                let ms = time_param(name, value, name == "jitter").map_err(|r| bad(&r))?;
+            "interval" | "fast_interval" | "down_interval" | "timeout" | "jitter"
+            | "slow_start" => {
+                let zero_ok = name == "jitter" || name == "slow_start";
+                let ms = time_param(name, value, zero_ok).map_err(|r| bad(&r))?;
                 match name {
                     "interval" => params.interval_ms = ms,
                     "fast_interval" => params.fast_interval_ms = ms,
                     "down_interval" => params.down_interval_ms = ms,
                     "timeout" => params.timeout_ms = ms,
+                    "slow_start" => params.slow_start_ms = ms,
                     _ => params.jitter_ms = ms,
                 }
             }
@@ -966,6 +970,7 @@ mod tests {
             "host=example.com:8080",
             "default_down=on",
             "keepalive=10",
+            "slow_start=30s",
         ]);
         assert_eq!(
             p,
@@ -984,7 +989,28 @@ mod tests {
                 default_down: true,
                 keepalive: 10,
                 match_name: None,
+                slow_start_ms: 30_000,
             }
+        );
+    }
+
+    #[test]
+    fn healthcheck_slow_start() {
+        assert_eq!(hc_ok(&[]).slow_start_ms, 0, "off by default");
+        assert_eq!(hc_ok(&["slow_start=0"]).slow_start_ms, 0);
+        assert_eq!(hc_ok(&["slow_start=1m30s"]).slow_start_ms, 90_000);
+        assert_eq!(
+            hc_ok(&["slow_start=500"]).slow_start_ms,
+            500,
+            "bare number: ms"
+        );
+        let reason = "slow_start must be a time (e.g. 2s, 500ms; a bare number means milliseconds)";
+        for a in ["slow_start=-1", "slow_start=", "slow_start=fast"] {
+            assert_eq!(hc_err(&[a]), bad(a, reason));
+        }
+        assert_eq!(
+            hc_err(&["slow_start=25h"]),
+            bad("slow_start=25h", "slow_start must be at most 24h")
         );
     }
 

@@ -589,6 +589,73 @@ fn port_with_only_unix_socket_peers_is_a_warning() {
 }
 
 #[test]
+fn bad_slow_start() {
+    for arg in ["slow_start=-5s", "slow_start=soon", "slow_start="] {
+        rejected(
+            &format!("    upstream_healthcheck {arg};"),
+            arg,
+            &bad_param(
+                arg,
+                "slow_start must be a time (e.g. 2s, 500ms; a bare number means milliseconds)",
+            ),
+        );
+    }
+    rejected(
+        "    upstream_healthcheck slow_start=2d;",
+        "slow_start=2d",
+        &bad_param("slow_start=2d", "slow_start must be at most 24h"),
+    );
+}
+
+#[test]
+fn slow_start_with_a_balancer_that_ignores_weights_is_a_warning() {
+    for balancer in [
+        "hash $request_uri;",
+        "hash $request_uri consistent;",
+        "ip_hash;",
+        "random;",
+    ] {
+        let check = accepted(&upstream_of(
+            &format!("server 127.0.0.1:18081;\n    server 127.0.0.1:18082;\n    {balancer}"),
+            "    upstream_healthcheck slow_start=30s;",
+        ));
+        let want = format!(
+            "nginx: [warn] parameter \"slow_start=30s\" in \"upstream_healthcheck\" directive is \
+             ignored, the balancer of upstream \"u\" (hash, ip_hash or random) does not use it in \
+             {}:{}",
+            check.conf_path.display(),
+            check.line_of("slow_start=30s")
+        );
+        assert_eq!(
+            warn_lines(&check),
+            vec![want.as_str()],
+            "{balancer}\n--- nginx -t output ---\n{}\n--- config ---\n{}",
+            check.output,
+            check.conf
+        );
+    }
+    // Round robin and least_conn (with keepalive wrapping it, too) ramp: nothing to say.
+    for balancer in [
+        "",
+        "least_conn;",
+        "least_conn;\n    keepalive 8;",
+        "keepalive 8;",
+    ] {
+        let check = accepted(&upstream_of(
+            &format!(
+                "server 127.0.0.1:18081 weight=3;\n    server 127.0.0.1:18082;\n    {balancer}"
+            ),
+            "    upstream_healthcheck slow_start=30s;",
+        ));
+        assert!(
+            warn_lines(&check).is_empty(),
+            "{balancer}: {}",
+            check.output
+        );
+    }
+}
+
+#[test]
 fn status_lists_that_can_never_match() {
     let msg = |arg: &str, reason: &str| {
         format!(

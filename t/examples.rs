@@ -86,6 +86,7 @@ fn every_example_passes_nginx_t() {
         "demo.conf",
         "fast-recheck.conf",
         "https.conf",
+        "slow-start.conf",
         "tcp.conf",
         "zone.conf",
     ] {
@@ -336,6 +337,49 @@ fn keepalive_example_runs() {
         assert!(conns.len() <= 2, "{:?}", probes());
     }
     assert_eq!(http_get(front, "/").unwrap().0, 200);
+    nginx.stop();
+}
+
+/// slow-start.conf: a peer whose checks fail goes down; when they pass again it ramps, and the
+/// JSON page shows for how long and how far along, with the weight as configured.
+#[test]
+fn slow_start_example_runs() {
+    let (text, ports) = move_ports(&runnable("slow-start.conf", &example("slow-start.conf")));
+    let front = ports[&8080];
+    let steady = Backend::on_port(ports[&9141]);
+    let back = Backend::on_port(ports[&9142]);
+    let nginx = Nginx::start_raw(&text);
+    let peer = |port: u16| {
+        let doc = strict_json(&status_page(front, STATUS));
+        json_peer(&doc, "backend", &format!("127.0.0.1:{port}")).clone()
+    };
+    // Up since the start: no ramp.
+    let p = peer(ports[&9142]);
+    assert_eq!(p["health"]["slow_start_factor"], 1.0, "{p}");
+    back.set_path_mode("/health", Mode::Status(503));
+    wait_until(Duration::from_secs(6), "9142 DOWN (fall=2)", || {
+        peer(ports[&9142])["health"]["status"] == "down"
+    });
+    back.clear_path_modes();
+    wait_until(Duration::from_secs(6), "9142 UP (rise=2)", || {
+        peer(ports[&9142])["health"]["status"] == "up"
+    });
+    let p = peer(ports[&9142]);
+    let h = &p["health"];
+    assert!(h["slow_start_factor"].as_f64().unwrap_or(1.0) < 0.3, "{p}");
+    assert!(h["slow_start_until"].is_f64(), "{p}");
+    assert_eq!(p["weight"], 2, "{p}");
+    assert_eq!(peer(ports[&9141])["health"]["slow_start_factor"], 1.0);
+    for _ in 0..20 {
+        assert_eq!(http_get(front, "/x").unwrap().0, 200);
+    }
+    // Weight 2 at a tenth of it, against weight 1: the steady peer takes most requests.
+    assert!(
+        steady.proxied() > back.proxied(),
+        "{} vs {}",
+        steady.proxied(),
+        back.proxied()
+    );
     nginx.stop();
 }
 

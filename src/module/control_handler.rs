@@ -145,8 +145,9 @@ fn execute(
                 });
             }
             for peer in &up.peers {
-                let until = locked.slots()[peer.slot()].manual_until_ms;
-                if until != 0 {
+                let s = locked.slots()[peer.slot()];
+                if s.manual_down() {
+                    let until = s.manual_until_ms;
                     entries.push(Entry {
                         upstream: up.name.clone(),
                         peer: Some(peer.name.to_string()),
@@ -218,14 +219,16 @@ fn execute(
                 }
                 Action::Del => {
                     for &s in &slots {
-                        locked.slots()[s].manual_until_ms = 0;
+                        // Back in service from now (slow start ramps from here).
+                        locked.slots()[s].end_manual_down(now);
                         locked.record(Change::Slot(s));
                     }
                     Ok(Answer::Deleted)
                 }
                 Action::Get => {
-                    let until = locked.slots()[slots[0]].manual_until_ms;
-                    Ok(Answer::Get((until != 0).then(|| Entry {
+                    let s = locked.slots()[slots[0]];
+                    let until = s.manual_until_ms;
+                    Ok(Answer::Get(s.manual_down().then(|| Entry {
                         upstream,
                         peer: Some(peer),
                         ttl_secs: ttl_left(until, now),

@@ -79,8 +79,8 @@ fn expire_ttls(w: &mut Worker, now: u64) {
     }
     for slot in 0..locked.slots().len() {
         let s = &mut locked.slots()[slot];
-        if s.manual_until_ms != 0 && s.manual_until_ms <= now {
-            s.manual_until_ms = 0;
+        if s.manual_expiry().is_some_and(|until| until <= now) {
+            s.end_manual_down(now);
             locked.record(Change::Slot(slot));
         }
         if header.passive(slot).is_some_and(|p| p.expire(now)) {

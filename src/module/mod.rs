@@ -8,7 +8,8 @@ use ngx::core::Status;
 use ngx::ffi::{
     ngx_conf_t, ngx_http_module_t, ngx_http_upstream_rr_peers_t, ngx_http_upstream_server_t,
     ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_module_t, ngx_pnalloc, ngx_pool_cleanup_add,
-    ngx_pool_t, ngx_shared_memory_add, ngx_str_t, AF_UNIX, NGX_HTTP_MODULE,
+    ngx_pool_t, ngx_shared_memory_add, ngx_str_t, ngx_uint_t, AF_UNIX, NGX_HTTP_MODULE,
+    NGX_HTTP_UPSTREAM_BACKUP,
 };
 use ngx::http::{
     HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf,
@@ -18,9 +19,11 @@ use ngx::http::{
 use crate::config::default_request;
 use crate::key::peer_key;
 use crate::module::module_conf::{
-    conf_error_at, conf_warn_at, Check, ConfPos, LocConf, MainConf, PeerConf, SrvConf, UpstreamConf,
+    conf_error_at, conf_warn_at, Check, ConfPos, LocConf, MainConf, PeerConf, SlowStart, SrvConf,
+    UpstreamConf,
 };
-use crate::parse;
+use crate::parse::{self, show_ms};
+use crate::slow_start::weight_scale;
 
 mod attempts;
 mod clock;
@@ -35,6 +38,7 @@ mod module_conf;
 mod peers;
 mod probe;
 mod process;
+mod ramp;
 mod response_writer;
 mod status_handler;
 mod tick;
@@ -110,6 +114,8 @@ struct ConfigPeer {
     down: bool,
     /// A `unix:` socket, which has no port.
     unix: bool,
+    /// `weight=` as configured.
+    weight: i64,
 }
 
 /// The peers of an upstream as nginx's round robin built them, primary then backup.
@@ -132,6 +138,7 @@ unsafe fn config_peers(
                     .sockaddr
                     .as_ref()
                     .is_some_and(|sa| u32::from(sa.sa_family) == AF_UNIX),
+                weight: (*rr).weight as i64,
             })
         })
         .collect()
@@ -215,6 +222,44 @@ fn http_directives(sc: &SrvConf) -> [(&'static str, Option<&ConfPos>); 2] {
             sc.valid.as_ref().map(|v| &v.1),
         ),
     ]
+}
+
+/// The slow start of an upstream whose balancer uses the round-robin weights (round robin,
+/// `least_conn`: the ones that keep `server ... backup`); for `hash`, `ip_hash` and `random`,
+/// which pick by their own rule, `nginx -t` warns that `slow_start` is ignored.
+fn slow_start_of(
+    cf: *mut ngx_conf_t,
+    us: &ngx_http_upstream_srv_conf_t,
+    name: &str,
+    check: &Option<Check>,
+    listed: &[ConfigPeer],
+) -> Option<SlowStart> {
+    let check = check.as_ref()?;
+    let duration_ms = check.params.slow_start_ms;
+    if duration_ms == 0 {
+        return None;
+    }
+    if us.flags & NGX_HTTP_UPSTREAM_BACKUP as ngx_uint_t == 0 {
+        if let Some((_, pos)) = Module::server_conf(us).and_then(|sc| sc.check.as_ref()) {
+            conf_warn_at(
+                cf,
+                pos,
+                format!(
+                    "parameter \"slow_start={}\" in \"upstream_healthcheck\" directive is \
+                     ignored, the balancer of upstream \"{name}\" (hash, ip_hash or random) \
+                     does not use it",
+                    show_ms(duration_ms)
+                ),
+            );
+        }
+        return None;
+    }
+    let weights: Vec<i64> = listed.iter().map(|p| p.weight).collect();
+    Some(SlowStart {
+        duration_ms,
+        scale: weight_scale(weights.iter().copied()),
+        weights,
+    })
 }
 
 /// Builds the module's view of every upstream block, then sizes and adds the shared zone.
@@ -386,6 +431,7 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
             .as_ref()
             .or(main.traffic.as_ref())
             .is_some_and(|(on, _)| *on);
+        let slow_start = slow_start_of(cf, us, &name, &check, &listed);
         main.upstreams.push(UpstreamConf {
             name,
             uscf,
@@ -393,6 +439,7 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
             peers,
             traffic,
             passive: sc.passive.as_ref().map(|(p, _)| p.clone()),
+            slow_start,
         });
     }
 

@@ -214,6 +214,19 @@ pub struct UpstreamConf {
     pub traffic: bool,
     /// `upstream_healthcheck_passive`.
     pub passive: Option<PassiveParams>,
+    /// `slow_start=T` of a balancer that uses the round-robin weights (round robin,
+    /// `least_conn`); `None` otherwise.
+    pub slow_start: Option<SlowStart>,
+}
+
+/// Slow start in one upstream: its weights inside nginx are the configured ones times `scale`,
+/// so that a ramping peer's weight can be a fraction of its full one.
+pub struct SlowStart {
+    pub duration_ms: u64,
+    /// See `slow_start::weight_scale`.
+    pub scale: i64,
+    /// Each peer's configured weight, in `UpstreamConf::peers` order.
+    pub weights: Vec<i64>,
 }
 
 /// What to do when probing the peers of one upstream.

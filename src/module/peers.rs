@@ -13,11 +13,12 @@ use ngx::http::HttpModuleServerConf;
 use crate::escape::LogEscaped;
 use crate::journal::{self, Change, Pending};
 use crate::module::attempts;
-use crate::module::clock::now_msec;
+use crate::module::clock::{now_msec, unix_msec};
 use crate::module::keepalive;
 use crate::module::log::hc_log;
 use crate::module::module_conf::MainConf;
 use crate::module::process::{with_worker, SlotView, Worker};
+use crate::module::ramp;
 use crate::module::Module;
 use crate::policy::PeerFacts;
 
@@ -274,6 +275,7 @@ fn push_view(w: &mut Worker, locked: &mut crate::module::zone::Locked<'_>, slot:
         manual_down: s.manual_down(),
         passive_down: w.header.passive(slot).is_some_and(|p| p.is_down()),
         look_at: (!mine).then(|| now + s.sched.wake_in(now, w.pid)),
+        back_ms_ago: s.back_ms_ago(now, unix_msec()),
     });
 }
 
@@ -292,6 +294,9 @@ fn apply_view(w: &mut Worker, v: &SlotView) {
         healthy: v.healthy,
         passive_down: v.passive_down,
     };
+    // A peer back in service gets its slow-start weight before the balancer may pick it.
+    ramp::on_view(w, slot, &facts, v.back_ms_ago, now_msec());
+    let t = &w.targets[slot];
     // SAFETY: the targets are live peers of this worker's cycle.
     unsafe { set_down(t, facts.down_for_balancer()) };
     if !facts.keeps_probe_connection() && !keepalive::is_empty() {

@@ -15,6 +15,7 @@ use crate::module::log::hc_log;
 use crate::module::module_conf::{Check, MainConf, PeerConf, UpstreamConf};
 use crate::module::peers::{self, Sweep, Target};
 use crate::module::probe::{self, Probe};
+use crate::module::ramp::{self, Ramps};
 use crate::module::zone::ZoneHeader;
 use crate::module::{attempts, tick, tls, Module};
 use crate::schedule::{batch_ms, DueQueue};
@@ -22,7 +23,7 @@ use crate::schedule::{batch_ms, DueQueue};
 /// One slot's state as the last application of changes read it (see `peers::apply_changes`).
 #[derive(Clone, Copy)]
 pub struct SlotView {
-    /// u32 keeps a view at 24 bytes: a resync holds one per peer.
+    /// u32 keeps a view small: a journal's or a sweep chunk's worth are held at once.
     pub slot: u32,
     pub healthy: bool,
     pub manual_down: bool,
@@ -31,6 +32,8 @@ pub struct SlotView {
     /// When this worker should next look at the slot; `None` while this worker has its probe
     /// in flight.
     pub look_at: Option<u64>,
+    /// How long ago the peer came back into service (slow start; `Slot::back_ms_ago`).
+    pub back_ms_ago: Option<u64>,
 }
 
 /// A run of probes that gave no verdict for a local reason: logged once when it begins and
@@ -78,6 +81,8 @@ pub struct Worker {
     pub batch_ms: u64,
     /// The current run of local errors, if any.
     pub local_burst: Option<LocalBurst>,
+    /// The peers ramping up after coming back (slow start).
+    pub ramps: Ramps,
 }
 
 impl Worker {
@@ -191,6 +196,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                 .unwrap_or(0),
         ),
         local_burst: None,
+        ramps: Ramps::default(),
     });
     let w = Box::into_raw(worker);
     // SAFETY: w is a fresh, exclusively owned allocation; the event is initialised before it
@@ -204,7 +210,9 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         WORKER = w;
     }
     with_worker(|w| {
-        // Verdicts first, so a new worker never proxies to a peer already known down.
+        // Weights scaled for slow start, then verdicts (and the ramps in force), so a new
+        // worker never proxies to a peer already known down.
+        ramp::init(w);
         peers::resync(w);
         attempts::init(w);
         tick::arm(w, 1);

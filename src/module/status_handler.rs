@@ -31,6 +31,7 @@ use crate::query::{error_format, parse_status_query, unknown_upstream, Format, S
 use crate::render::json::render_json_error;
 use crate::render::page::{render_page, Page, PageCursor};
 use crate::render::{HaMode, PassiveView, PeerSnapshot, UpstreamSnapshot};
+use crate::slow_start::{factor_permille, ramp_elapsed, unscaled};
 use crate::traffic::{rate, TrafficRate, TrafficSample};
 use rustc_hash::FxHashMap;
 
@@ -43,6 +44,8 @@ struct StateReader<'a> {
     probing: bool,
     /// Monotonic now, for the ttls.
     now: u64,
+    /// Unix now (ms), for slow start.
+    now_unix: u64,
     /// The slots of the upstream being read, one per configured peer; reused.
     slots: Vec<Option<Slot>>,
     /// Work out each counted peer's traffic since this worker's previous page that did (the
@@ -150,18 +153,33 @@ impl StateReader<'_> {
                 peer.config_down = c.config_down;
                 self.slots.get(i).copied().flatten()
             });
+            // Weights as configured, not as scaled inside nginx for slow start.
+            let slow_start = up.slow_start.as_ref().filter(|_| conf.is_some());
+            if let Some(ss) = slow_start {
+                peer.weight = ss.weights.get(i).copied().unwrap_or(peer.weight);
+                peer.current_weight = unscaled(peer.current_weight, ss.scale);
+                peer.effective_weight = unscaled(peer.effective_weight, ss.scale);
+            }
             if let Some(s) = slot {
                 peer.manual_down = s.manual_down();
                 peer.manual_down_ttl = (peer.manual_down && s.manual_until_ms != u64::MAX)
                     .then(|| ttl_left(s.manual_until_ms, self.now));
-                peer.down = PeerFacts {
+                let peer_facts = PeerFacts {
                     config_down: peer.config_down,
                     manual_down: peer.manual_down,
                     healthy: s.health.is_up(),
                     passive_down: passive.is_some_and(|p| p.is_down()),
                     ..facts
-                }
-                .down_for_balancer();
+                };
+                peer.down = peer_facts.down_for_balancer();
+                peer.slow_start = slow_start.and_then(|ss| {
+                    let back = s.back_ms_ago(self.now, self.now_unix);
+                    let elapsed = ramp_elapsed(&peer_facts, back, ss.duration_ms)?;
+                    Some((
+                        self.now_unix + (ss.duration_ms - elapsed),
+                        factor_permille(elapsed, ss.duration_ms),
+                    ))
+                });
                 peer.health = checked.then_some(s.health);
                 let h = &s.health;
                 peer.last_error_detail =
@@ -283,6 +301,7 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         header,
         probing: ha_mode != HaMode::Slaver,
         now: now_msec(),
+        now_unix: unix_msec(),
         slots: Vec::new(),
         // A HEAD request only counts the page's bytes: it leaves the rates to the next GET.
         rates: false,
@@ -326,6 +345,7 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
                 header: header.map(|h| &*(h as *const ZoneHeader)),
                 probing: reader.probing,
                 now: reader.now,
+                now_unix: reader.now_unix,
                 slots: Vec::new(),
                 rates: q.format == Format::Html,
             },

@@ -16,6 +16,7 @@ use crate::module::log::{hc_debug, hc_log};
 use crate::module::peers;
 use crate::module::probe::{self, Ended, Kept};
 use crate::module::process::{exiting, stop_if_stale, with_worker, LocalBurst, Worker};
+use crate::module::ramp;
 use crate::policy::{connection_reusable, PeerFacts};
 use crate::schedule::{next_interval_ms, rearm, MAX_TICK_MS};
 
@@ -35,6 +36,7 @@ pub extern "C" fn on_tick(_ev: *mut ngx_event_t) {
         let now = now_msec();
         housekeeping::run(w, now);
         peers::apply_changes(w);
+        ramp::step(w, now);
         scan(w);
         arm_next(w);
     });

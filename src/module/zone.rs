@@ -22,6 +22,7 @@ use crate::module::log::hc_log;
 use crate::module::module_conf::MainConf;
 use crate::passive::PassiveState;
 use crate::schedule::Schedule;
+use crate::slow_start;
 use crate::traffic::{Traffic, TrafficCounters};
 
 /// The zone's name as `ngx_shared_memory_add` knows it.
@@ -34,13 +35,39 @@ pub struct Slot {
     pub key: u64,
     pub health: PeerHealth,
     pub sched: Schedule,
-    /// Forced down until this monotonic time (`u64::MAX`: no expiry); 0 when not.
+    /// Forced down until this monotonic time (`u64::MAX`: no expiry); 0 when not. Once a manual
+    /// down ends, or when a reload adds the peer, it holds when the peer came back into service
+    /// instead (for slow start; see `slow_start::in_service_mark`): read it through the methods.
     pub manual_until_ms: u64,
 }
 
 impl Slot {
     pub fn manual_down(&self) -> bool {
-        self.manual_until_ms != 0
+        slow_start::manual_down(self.manual_until_ms)
+    }
+
+    /// When a manual down with a ttl ends (monotonic ms).
+    pub fn manual_expiry(&self) -> Option<u64> {
+        slow_start::manual_expiry(self.manual_until_ms)
+    }
+
+    /// Ends a manual down at monotonic `now`: the peer is back in service from then on.
+    pub fn end_manual_down(&mut self, now: u64) {
+        if self.manual_down() {
+            self.manual_until_ms = slow_start::in_service_mark(now);
+        }
+    }
+
+    /// How long ago (ms) the peer came back into service, by its checks or otherwise; `None`
+    /// when up since nginx started fresh (see `slow_start::back_ms_ago`).
+    pub fn back_ms_ago(&self, now: u64, now_unix: u64) -> Option<u64> {
+        slow_start::back_ms_ago(
+            self.health.is_up(),
+            self.health.last_change_ms,
+            now_unix,
+            slow_start::in_service_since(self.manual_until_ms),
+            now,
+        )
     }
 }
 
@@ -191,11 +218,7 @@ impl ZoneHeader {
 /// The earliest finite end of the manual downs and exclusions in the zone.
 pub fn earliest_expiry(locked: &mut Locked<'_>) -> u64 {
     let finite = |until: u64| (until != 0 && until != u64::MAX).then_some(until);
-    let slots = locked
-        .slots()
-        .iter()
-        .filter_map(|s| finite(s.manual_until_ms))
-        .min();
+    let slots = locked.slots().iter().filter_map(Slot::manual_expiry).min();
     let ups = locked
         .upstreams()
         .iter()
@@ -389,9 +412,9 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
         )
     };
     // SAFETY: called by nginx from zone init.
-    let previous = match unsafe { previous_header(shm_zone) } {
-        Some(old) => copy_previous(old),
-        None => Previous::default(),
+    let (previous, reloading) = match unsafe { previous_header(shm_zone) } {
+        Some(old) => (copy_previous(old), true),
+        None => (Previous::default(), false),
     };
     let (old_slots, old_upstreams) = (&previous.slots, &previous.upstreams);
 
@@ -475,7 +498,13 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
                     key: peer.key,
                     health: PeerHealth::new(up_at_start),
                     sched: Schedule::first(now, interval, ngx_random() as u64),
-                    manual_until_ms: 0,
+                    // A peer that a reload adds is new in service (slow start); one that is
+                    // there when nginx starts fresh had no outage.
+                    manual_until_ms: if reloading {
+                        slow_start::in_service_mark(now)
+                    } else {
+                        0
+                    },
                 },
             };
             // SAFETY: i < n == number of slots allocated above.

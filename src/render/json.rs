@@ -191,6 +191,11 @@ fn health(out: &mut impl Write, p: &PeerSnapshot, h: &PeerHealth) -> fmt::Result
         Some(ttl) => write!(out, "{ttl}")?,
         None => out.write_str("null")?,
     }
+    let (until_ms, permille) = p.slow_start.unwrap_or((0, 1000));
+    out.write_str(",\"slow_start_until\":")?;
+    unix_seconds(out, until_ms)?;
+    out.write_str(",\"slow_start_factor\":")?;
+    write_decimal(out, permille, 3, 1)?;
     out.write_char('}')
 }
 
@@ -283,7 +288,8 @@ mod tests {
             r#""health":{"status":"up","rise_count":5,"fall_count":0,"checks":120,"failures":3,"#,
             r#""last_check":1763700000.123,"last_duration_ms":0.4,"last_status":200,"#,
             r#""last_error":null,"last_error_detail":null,"last_change":1763690000.0,"#,
-            r#""manual_down":false,"manual_down_ttl":null}}],"#,
+            r#""manual_down":false,"manual_down_ttl":null,"#,
+            r#""slow_start_until":null,"slow_start_factor":1.0}}],"#,
             r#""backup":[],"probe_errors":{"local":4}}]}}"#
         );
         let s = render(&snap);
@@ -459,7 +465,7 @@ mod tests {
         };
         let s = render(&snap);
         assert!(s.contains(
-            r#""health":{"status":"up","rise_count":0,"fall_count":0,"checks":0,"failures":0,"last_check":null,"last_duration_ms":0.0,"last_status":null,"last_error":null,"last_error_detail":null,"last_change":null,"manual_down":false,"manual_down_ttl":null}"#
+            r#""health":{"status":"up","rise_count":0,"fall_count":0,"checks":0,"failures":0,"last_check":null,"last_duration_ms":0.0,"last_status":null,"last_error":null,"last_error_detail":null,"last_change":null,"manual_down":false,"manual_down_ttl":null,"slow_start_until":null,"slow_start_factor":1.0}"#
         ));
         let v = parse(&s);
         let h = &v["msg"]["upstreams"][0]["backup"][0]["health"];
@@ -469,8 +475,33 @@ mod tests {
                    "last_check":1763700000.123,"last_duration_ms":12345.678,"last_status":503,
                    "last_error":"mismatch","last_error_detail":r#"body ~ "\"ok\"""#,
                    "last_change":1763690000.0,
-                   "manual_down":true,"manual_down_ttl":300})
+                   "manual_down":true,"manual_down_ttl":300,
+                   "slow_start_until":null,"slow_start_factor":1.0})
         );
+    }
+
+    #[test]
+    fn a_ramping_peer_shows_when_its_slow_start_ends_and_its_factor() {
+        let ramping = PeerSnapshot {
+            slow_start: Some((1_763_700_030_500, 325)),
+            ..checked_peer("back:1")
+        };
+        let snap = Snapshot {
+            upstreams: vec![UpstreamSnapshot {
+                name: "u".to_owned(),
+                checked: true,
+                primary: vec![ramping],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let s = render(&snap);
+        assert!(
+            s.contains(r#""slow_start_until":1763700030.5,"slow_start_factor":0.325}"#),
+            "{s}"
+        );
+        let h = &parse(&s)["msg"]["upstreams"][0]["primary"][0]["health"];
+        assert_eq!(h["slow_start_factor"], json!(0.325));
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub struct PeerSnapshot {
     pub manual_down: bool,
     /// Seconds left of a manual down, `None` when it does not expire.
     pub manual_down_ttl: Option<u64>,
+    /// While it ramps up after coming back (`slow_start`): the Unix time (ms) the ramp ends and
+    /// its factor now, in thousandths of its full share.
+    pub slow_start: Option<(u64, u64)>,
     /// Its proxied traffic, when its upstream counts it (`upstream_healthcheck_traffic`).
     pub traffic: Option<Traffic>,
     /// Its traffic since this worker's previous HTML page, for that page.
