@@ -76,6 +76,9 @@ pub struct CheckParams {
     /// `match=`: the name of the `upstream_healthcheck_match` block that judges responses
     /// (resolved after parsing, so the block may come after the upstream).
     pub match_name: Option<String>,
+    /// `panic_threshold=P%`: the upstream is in panic while fewer than P percent (1 to 100) of
+    /// its primary peers are up (see `panic`); `None`: never.
+    pub panic_threshold: Option<u8>,
 }
 
 impl Default for CheckParams {
@@ -95,6 +98,7 @@ impl Default for CheckParams {
             default_down: false,
             keepalive: 0,
             match_name: None,
+            panic_threshold: None,
         }
     }
 }

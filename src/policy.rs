@@ -16,6 +16,9 @@ pub struct PeerFacts {
     pub standby: bool,
     /// The checks' verdict.
     pub healthy: bool,
+    /// Its upstream is in panic (`panic_threshold`, see `panic`): too few primaries are up, so
+    /// the verdict is set aside; manual and nginx.conf downs still apply.
+    pub panic: bool,
 }
 
 impl PeerFacts {
@@ -25,9 +28,12 @@ impl PeerFacts {
         self.checked && !self.excluded && !self.standby
     }
 
-    /// True when the balancer must skip the peer.
+    /// True when the balancer must skip the peer: marked `down` in nginx.conf, forced down,
+    /// or failed by its checks while their verdict applies and its upstream is not in panic.
     pub fn down_for_balancer(&self) -> bool {
-        self.config_down || self.manual_down || (self.verdict_applies() && !self.healthy)
+        self.config_down
+            || self.manual_down
+            || (self.verdict_applies() && !self.panic && !self.healthy)
     }
 
     /// True when the peer is probed: its verdict applies and nginx.conf does not mark it down.
@@ -125,5 +131,27 @@ mod tests {
             ..PeerFacts::default()
         };
         assert!(manual_on_unchecked.down_for_balancer());
+    }
+
+    #[test]
+    fn in_panic_a_failed_peer_serves_but_manual_and_config_downs_still_apply() {
+        let panic = |f: PeerFacts| PeerFacts { panic: true, ..f };
+        let failed = panic(checked(false));
+        assert!(!failed.down_for_balancer(), "the verdict is set aside");
+        assert!(failed.probed(), "probes go on, to see the peers come back");
+        assert!(
+            !failed.keeps_probe_connection(),
+            "a failed peer holds no probe connection"
+        );
+        assert!(panic(PeerFacts {
+            manual_down: true,
+            ..checked(true)
+        })
+        .down_for_balancer());
+        assert!(panic(PeerFacts {
+            config_down: true,
+            ..checked(true)
+        })
+        .down_for_balancer());
     }
 }

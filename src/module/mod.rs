@@ -20,6 +20,7 @@ use crate::key::peer_key;
 use crate::module::module_conf::{
     conf_error_at, conf_warn_at, Check, ConfPos, LocConf, MainConf, PeerConf, SrvConf, UpstreamConf,
 };
+use crate::panic::{self, PanicRule};
 use crate::parse;
 
 mod clock;
@@ -109,6 +110,8 @@ struct ConfigPeer {
     down: bool,
     /// A `unix:` socket, which has no port.
     unix: bool,
+    /// In the upstream's backup list.
+    backup: bool,
 }
 
 /// The peers of an upstream as nginx's round robin built them, primary then backup.
@@ -119,12 +122,14 @@ unsafe fn config_peers(
     pool: *mut ngx_pool_t,
     uscf: &ngx_http_upstream_srv_conf_t,
 ) -> Result<Vec<ConfigPeer>, ()> {
+    let primary = uscf.peer.data as *mut ngx_http_upstream_rr_peers_t;
     // SAFETY: per the contract.
-    unsafe { peers::live_peers(uscf.peer.data as *mut ngx_http_upstream_rr_peers_t) }
+    unsafe { peers::live_peers(primary) }
         .into_iter()
         // SAFETY: live_peers returns valid peers; a peer's sockaddr is null or its address.
-        .map(|(_, rr)| unsafe {
+        .map(|(list, rr)| unsafe {
             Ok(ConfigPeer {
+                backup: list != primary,
                 name: cycle_str(pool, &(*rr).name).ok_or(())?,
                 down: (*rr).down != 0,
                 unix: (*rr)
@@ -380,11 +385,24 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
             peers.push(PeerConf::new(peer.name, peer.down, key, slot));
             next_slot += 1;
         }
+        let primaries = listed.iter().filter(|p| !p.backup).count();
+        let panic = check
+            .as_ref()
+            .and_then(|c| c.params.panic_threshold)
+            .map(|threshold| PanicRule {
+                threshold,
+                primaries: listed
+                    .iter()
+                    .filter(|p| panic::counts(p.backup, p.down))
+                    .count() as u32,
+            });
         main.upstreams.push(UpstreamConf {
             name,
             uscf,
             check,
             peers,
+            primaries,
+            panic,
         });
     }
 

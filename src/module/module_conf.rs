@@ -16,7 +16,8 @@ use ngx::ffi::{
 use crate::config::{CheckParams, TlsProtocols, ValidStatuses};
 use crate::matcher::Match;
 use crate::module::tls::TlsContext;
-use crate::module::zone::ZoneHeader;
+use crate::module::zone::{Slot, ZoneHeader};
+use crate::panic::{self, PanicRule};
 use crate::query::Format;
 
 /// Where a directive was written, for errors found after the whole block was read.
@@ -184,6 +185,31 @@ pub struct UpstreamConf {
     pub check: Option<Check>,
     /// Primary peers then backup peers, in nginx's order.
     pub peers: Vec<PeerConf>,
+    /// How many of `peers` are primary (they come first).
+    pub primaries: usize,
+    /// `panic_threshold` with the primaries it counts; `None` without the parameter.
+    pub panic: Option<PanicRule>,
+}
+
+impl UpstreamConf {
+    /// Whether the verdict of `peers[i]` counts towards panic (see `panic::counts`).
+    pub fn counts_for_panic(&self, i: usize) -> bool {
+        self.peers
+            .get(i)
+            .is_some_and(|p| panic::counts(i >= self.primaries, p.config_down))
+    }
+
+    /// Counted peers up by their checks, from the zone's slots (O(peers of this upstream)).
+    pub fn count_up(&self, slots: &[Slot]) -> u32 {
+        (0..self.peers.len())
+            .filter(|&i| self.counts_for_panic(i))
+            .filter(|&i| {
+                slots
+                    .get(self.peers[i].slot())
+                    .is_some_and(|s| s.health.is_up())
+            })
+            .count() as u32
+    }
 }
 
 /// What to do when probing the peers of one upstream.

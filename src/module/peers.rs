@@ -187,7 +187,9 @@ pub fn apply_changes(w: &mut Worker) {
                     match locked.change_at(seq) {
                         Change::Slot(slot) => push_view(w, &mut locked, slot, now),
                         Change::Upstream(ui) if ui < w.excluded.len() => {
-                            w.excluded[ui] = locked.upstreams()[ui].excluded();
+                            let record = &locked.upstreams()[ui];
+                            w.excluded[ui] = record.excluded();
+                            w.panic[ui] = record.panic.is_active();
                             w.sweeps.push(Sweep::Upstream(ui));
                         }
                         Change::Upstream(_) => {}
@@ -205,7 +207,9 @@ pub fn apply_changes(w: &mut Worker) {
             w.sweeps.push(Sweep::All);
             w.standby = !w.header.probing_allowed();
             for ui in 0..w.excluded.len() {
-                w.excluded[ui] = locked.upstreams()[ui].excluded();
+                let record = &locked.upstreams()[ui];
+                w.excluded[ui] = record.excluded();
+                w.panic[ui] = record.panic.is_active();
             }
         }
         w.applied = head;
@@ -288,6 +292,7 @@ fn apply_view(w: &mut Worker, v: &SlotView) {
         excluded: w.excluded[t.upstream()],
         standby: w.standby,
         healthy: v.healthy,
+        panic: w.panic[t.upstream()],
     };
     // SAFETY: the targets are live peers of this worker's cycle.
     unsafe { set_down(t, facts.down_for_balancer()) };

@@ -29,7 +29,7 @@ use crate::policy::PeerFacts;
 use crate::query::{error_format, parse_status_query, unknown_upstream, Format, StateFilter};
 use crate::render::json::render_json_error;
 use crate::render::page::{render_page, Page, PageCursor};
-use crate::render::{HaMode, PeerSnapshot, UpstreamSnapshot};
+use crate::render::{HaMode, PanicSnapshot, PeerSnapshot, UpstreamSnapshot};
 
 /// Takes the state of one upstream at a time: its shared slots copied under the zone lock
 /// (held for that upstream only), nginx's peers as this worker sees them.
@@ -74,6 +74,13 @@ impl StateReader<'_> {
             .as_ref()
             .is_some_and(|c| c.params.check_type.is_tls());
         out.matched = up.check.as_ref().is_some_and(|c| c.matcher.is_some());
+        out.panic = record.filter(|_| checked).map(|r| PanicSnapshot {
+            active: r.panic.is_active(),
+            entered: r.panic.entered,
+            up: r.panic.up,
+            rule: up.panic,
+        });
+        let panic = out.panic.is_some_and(|p| p.active);
 
         // SAFETY: uscf is valid for the cycle; its peer data is round-robin peers.
         let primary = unsafe { (*up.uscf).peer.data as *mut ngx_http_upstream_rr_peers_t };
@@ -109,6 +116,7 @@ impl StateReader<'_> {
                     config_down: peer.config_down,
                     manual_down: peer.manual_down,
                     healthy: s.health.is_up(),
+                    panic,
                     ..facts
                 }
                 .down_for_balancer();

@@ -4,6 +4,7 @@ use core::fmt::{self, Write};
 
 use crate::health::PeerHealth;
 use crate::histogram::Histogram;
+use crate::panic::PanicRule;
 
 pub mod html;
 pub mod json;
@@ -82,6 +83,21 @@ pub struct UpstreamSnapshot {
     pub tls: bool,
     /// Its probes judge responses with a match block: they can fail `mismatch`.
     pub matched: bool,
+    /// Its panic mode (`panic_threshold`); `None` when unchecked.
+    pub panic: Option<PanicSnapshot>,
+}
+
+/// Whether an upstream is in panic, and why.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PanicSnapshot {
+    /// In panic now: the checks' verdicts are not applied.
+    pub active: bool,
+    /// Times it entered panic.
+    pub entered: u64,
+    /// Primaries up by their checks (see `panic::counts`).
+    pub up: u32,
+    /// `panic_threshold` and the primaries it counts; `None` without the parameter.
+    pub rule: Option<PanicRule>,
 }
 
 /// Everything a status page renders, upstreams in configuration order.

@@ -27,10 +27,12 @@ enum Family {
     LastChange,
     ProbeDuration,
     ProbeErrorsTotal,
+    UpstreamPanic,
+    PanicTotal,
 }
 
 impl Family {
-    const ALL: [Family; 11] = [
+    const ALL: [Family; 13] = [
         Family::StatusInfo,
         Family::PeerUp,
         Family::PeerManualDown,
@@ -42,6 +44,8 @@ impl Family {
         Family::LastChange,
         Family::ProbeDuration,
         Family::ProbeErrorsTotal,
+        Family::UpstreamPanic,
+        Family::PanicTotal,
     ];
 
     /// Name, help and type.
@@ -100,6 +104,16 @@ impl Family {
             Family::ProbeErrorsTotal => (
                 "nginx_upstream_healthcheck_probe_errors_total",
                 "Probes that gave no verdict for a local reason.",
+                "counter",
+            ),
+            Family::UpstreamPanic => (
+                "nginx_upstream_healthcheck_upstream_panic",
+                "Whether the upstream is in panic (1): too few primaries up, verdicts not applied.",
+                "gauge",
+            ),
+            Family::PanicTotal => (
+                "nginx_upstream_healthcheck_panic_total",
+                "Times the upstream entered panic.",
                 "counter",
             ),
         }
@@ -287,6 +301,17 @@ fn samples(
                 writeln!(out, "\",reason=\"local\"}} {n}")?;
             }
         }
+        Family::UpstreamPanic | Family::PanicTotal => {
+            if let Some(p) = &u.panic {
+                let (metric, v) = match family {
+                    Family::UpstreamPanic => ("upstream_panic", u64::from(p.active)),
+                    _ => ("panic_total", p.entered),
+                };
+                write!(out, "{P}{metric}{{upstream=\"")?;
+                label(out, name)?;
+                writeln!(out, "\"}} {v}")?;
+            }
+        }
         _ => {
             for (p, _) in peers.iter().map(peer) {
                 if let Some(h) = &p.health {
@@ -430,7 +455,9 @@ fn label(out: &mut impl Write, s: &str) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::panic::PanicRule;
     use crate::render::fixtures::peer;
+    use crate::render::PanicSnapshot;
 
     fn render(snap: &Snapshot) -> String {
         let mut s = String::new();
@@ -438,7 +465,7 @@ mod tests {
         s
     }
 
-    const HEADERS: [&str; 11] = [
+    const HEADERS: [&str; 13] = [
         "# HELP nginx_upstream_status_info The running status of nginx upstream\n\
          # TYPE nginx_upstream_status_info gauge\n",
         "# HELP nginx_upstream_healthcheck_peer_up Whether the peer is up for the balancer (1) or down (0).\n\
@@ -461,6 +488,10 @@ mod tests {
          # TYPE nginx_upstream_healthcheck_probe_duration_seconds histogram\n",
         "# HELP nginx_upstream_healthcheck_probe_errors_total Probes that gave no verdict for a local reason.\n\
          # TYPE nginx_upstream_healthcheck_probe_errors_total counter\n",
+        "# HELP nginx_upstream_healthcheck_upstream_panic Whether the upstream is in panic (1): too few primaries up, verdicts not applied.\n\
+         # TYPE nginx_upstream_healthcheck_upstream_panic gauge\n",
+        "# HELP nginx_upstream_healthcheck_panic_total Times the upstream entered panic.\n\
+         # TYPE nginx_upstream_healthcheck_panic_total counter\n",
     ];
 
     #[test]
@@ -599,6 +630,8 @@ mod tests {
             "nginx_upstream_healthcheck_probe_duration_seconds_count{upstream=\"backend\"} 3\n",
             HEADERS[10],
             "nginx_upstream_healthcheck_probe_errors_total{upstream=\"backend\",reason=\"local\"} 7\n",
+            HEADERS[11],
+            HEADERS[12],
         ]
         .concat();
         assert!(s.ends_with(&tail), "got:\n{s}");
@@ -860,6 +893,48 @@ mod tests {
                 assert_eq!(base, current, "{line}");
             }
         }
-        assert_eq!(families.len(), 11);
+        assert_eq!(families.len(), 13);
+    }
+
+    #[test]
+    fn panic_gauge_and_counter_per_checked_upstream() {
+        let up = |name: &str, panic: Option<PanicSnapshot>| UpstreamSnapshot {
+            name: name.to_owned(),
+            checked: panic.is_some(),
+            primary: vec![peer("a:1", true)],
+            panic,
+            ..Default::default()
+        };
+        let rule = PanicRule {
+            threshold: 50,
+            primaries: 1,
+        };
+        let snap = Snapshot {
+            upstreams: vec![
+                up(
+                    "in\"panic",
+                    Some(PanicSnapshot {
+                        active: true,
+                        entered: 3,
+                        up: 0,
+                        rule: Some(rule),
+                    }),
+                ),
+                up("calm", Some(PanicSnapshot::default())),
+                up("unchecked", None),
+            ],
+            ..Default::default()
+        };
+        let s = render(&snap);
+        let want = [
+            HEADERS[11],
+            "nginx_upstream_healthcheck_upstream_panic{upstream=\"in\\\"panic\"} 1\n",
+            "nginx_upstream_healthcheck_upstream_panic{upstream=\"calm\"} 0\n",
+            HEADERS[12],
+            "nginx_upstream_healthcheck_panic_total{upstream=\"in\\\"panic\"} 3\n",
+            "nginx_upstream_healthcheck_panic_total{upstream=\"calm\"} 0\n",
+        ]
+        .concat();
+        assert!(s.ends_with(&want), "got:\n{s}");
     }
 }
