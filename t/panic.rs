@@ -240,6 +240,13 @@ fn three_peers(a: &Backend, b: &Backend, c: &Backend, port: u16, panic: &str) ->
     )
 }
 
+/// A change through the control API, which must be accepted.
+fn admin(port: u16, query: &str) {
+    let (status, _, body) =
+        http_request(port, "POST", &format!("/admin?{query}"), "").expect("POST /admin");
+    assert_eq!(status, 200, "{query}: {body}");
+}
+
 /// Resets the backends' counts, sends `n` requests, returns what each backend proxied.
 fn spread(port: u16, backends: &[&Backend], n: usize) -> Vec<usize> {
     for b in backends {
@@ -250,7 +257,7 @@ fn spread(port: u16, backends: &[&Backend], n: usize) -> Vec<usize> {
 }
 
 #[test]
-fn a_manual_down_still_applies_in_panic_and_a_reload_keeps_or_ends_the_panic_as_configured() {
+fn a_manual_down_holds_in_panic_and_restarts_and_reloads_judge_the_panic_afresh() {
     let (a, b, c) = (Backend::new(), Backend::new(), Backend::new());
     let port = free_port();
     for failing in [&a, &b] {
@@ -267,33 +274,39 @@ fn a_manual_down_still_applies_in_panic_and_a_reload_keeps_or_ends_the_panic_as_
     );
 
     // The operator takes A out: an explicit down holds in panic too.
-    let (status, _, body) = http_request(
-        port,
-        "POST",
-        &format!("/admin?t=gray&u=backend&p={}&a=set", a.addr()),
-        "",
-    )
-    .expect("POST /admin");
-    assert_eq!(status, 200, "{body}");
+    admin(port, &format!("t=gray&u=backend&p={}&a=set", a.addr()));
     let got = spread(port, &[&a, &b, &c], 30);
     assert!(
         got[0] == 0 && got[1] > 0 && got[2] > 0,
         "A is forced down, B serves in panic: {got:?}"
     );
 
+    // Excluded, the upstream is unchecked and no page speaks of panic; when the exclusion ends,
+    // checks restart with every peer up (3 of 3: the panic ends), and two probes later A and B
+    // are down again: a second panic.
+    admin(port, "t=ex&u=backend&a=set");
+    assert!(status_page(port, "/status").starts_with("Upstream backend (NO checkers)\n"));
+    let doc = json_status(port);
+    assert!(
+        json_upstream(&doc, "backend").get("panic").is_none(),
+        "{doc}"
+    );
+    admin(port, "t=ex&u=backend&a=del");
+    let panics = |port| {
+        sample(
+            &status_page(port, "/metrics"),
+            "nginx_upstream_healthcheck_panic_total{upstream=\"backend\"}",
+        )
+    };
+    wait_until(SOON, "a second panic after the checks restart", || {
+        panics(port).as_deref() == Some("2")
+    });
+    assert!(status_page(port, "/status").starts_with("Upstream backend (panic)\n"));
+
     // A reload of the same configuration keeps the panic: not entered again, not logged again.
     nginx.reload();
     assert!(status_page(port, "/status").starts_with("Upstream backend (panic)\n"));
-    let metrics = status_page(port, "/metrics");
-    assert_eq!(
-        sample(
-            &metrics,
-            "nginx_upstream_healthcheck_panic_total{upstream=\"backend\"}"
-        )
-        .as_deref(),
-        Some("1"),
-        "{metrics}"
-    );
+    assert_eq!(panics(port).as_deref(), Some("2"));
     let got = spread(port, &[&a, &b, &c], 30);
     assert!(got[0] == 0 && got[1] > 0 && got[2] > 0, "{got:?}");
 
@@ -311,6 +324,15 @@ fn a_manual_down_still_applies_in_panic_and_a_reload_keeps_or_ends_the_panic_as_
         lines_with(
             &log,
             "upstream \"backend\" is in panic: 1 of 3 primary peers up"
+        )
+        .len(),
+        2,
+        "{log}"
+    );
+    assert_eq!(
+        lines_with(
+            &log,
+            "upstream \"backend\" leaves panic: 3 of 3 primary peers up, panic_threshold=50%"
         )
         .len(),
         1,
