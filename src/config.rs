@@ -106,6 +106,9 @@ pub struct CheckParams {
     /// `slow_start=T`: a peer back in service ramps its share of requests up over this long; 0
     /// is off.
     pub slow_start_ms: u64,
+    /// `panic_threshold=P%`: the upstream is in panic while fewer than P percent (1 to 100) of
+    /// its primary peers are up (see `panic`); `None`: never.
+    pub panic_threshold: Option<u8>,
 }
 
 impl Default for CheckParams {
@@ -126,6 +129,7 @@ impl Default for CheckParams {
             keepalive: 0,
             match_name: None,
             slow_start_ms: 0,
+            panic_threshold: None,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod journal;
 pub mod key;
 pub mod matcher;
 pub mod outcome;
+pub mod panic;
 pub mod parse;
 pub mod passive;
 pub mod policy;

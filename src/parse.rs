@@ -220,7 +220,7 @@ pub fn show_ms(ms: u64) -> String {
 }
 
 /// The parameters of `upstream_healthcheck`, in the order of the `given` slots.
-pub(crate) const KEYS: [&str; 15] = [
+pub(crate) const KEYS: [&str; 16] = [
     "type",
     "interval",
     "timeout",
@@ -236,6 +236,7 @@ pub(crate) const KEYS: [&str; 15] = [
     "down_interval",
     "match",
     "slow_start",
+    "panic_threshold",
 ];
 
 /// Parses the arguments of `upstream_healthcheck`: `Ok(None)` for `off`, the defaults of
@@ -345,6 +346,17 @@ pub fn parse_healthcheck(args: &[&[u8]]) -> Result<Option<CheckParams>, ParseErr
                     })?;
             }
             "match" => params.match_name = Some(parse_match_name(value).map_err(|r| bad(&r))?),
+            "panic_threshold" => {
+                let digits = value.strip_suffix(b"%").unwrap_or(value);
+                params.panic_threshold = Some(
+                    parse_digits(digits)
+                        .filter(|n| (1..=100).contains(n))
+                        .map(|n| n as u8)
+                        .ok_or_else(|| {
+                            bad("panic_threshold must be a percentage from 1% to 100%")
+                        })?,
+                );
+            }
             _ => {
                 params.default_down = match value {
                     b"on" => true,
@@ -990,6 +1002,7 @@ mod tests {
                 keepalive: 10,
                 match_name: None,
                 slow_start_ms: 30_000,
+                panic_threshold: None,
             }
         );
     }
@@ -1011,6 +1024,42 @@ mod tests {
         assert_eq!(
             hc_err(&["slow_start=25h"]),
             bad("slow_start=25h", "slow_start must be at most 24h")
+        );
+    }
+
+    #[test]
+    fn healthcheck_panic_threshold() {
+        assert_eq!(hc_ok(&[]).panic_threshold, None);
+        assert_eq!(hc_ok(&["panic_threshold=50%"]).panic_threshold, Some(50));
+        assert_eq!(hc_ok(&["panic_threshold=50"]).panic_threshold, Some(50));
+        assert_eq!(hc_ok(&["panic_threshold=1%"]).panic_threshold, Some(1));
+        assert_eq!(hc_ok(&["panic_threshold=100"]).panic_threshold, Some(100));
+        assert_eq!(
+            hc_ok(&["type=tcp", "panic_threshold=25%"]).panic_threshold,
+            Some(25)
+        );
+        for a in [
+            "panic_threshold=0",
+            "panic_threshold=0%",
+            "panic_threshold=101%",
+            "panic_threshold=",
+            "panic_threshold=%",
+            "panic_threshold=50%%",
+            "panic_threshold=-5%",
+            "panic_threshold=0.5",
+            "panic_threshold=half",
+            "panic_threshold=99999999999999999999",
+            "panic_threshold= 50",
+        ] {
+            assert_eq!(
+                hc_err(&[a]),
+                bad(a, "panic_threshold must be a percentage from 1% to 100%"),
+                "{a}"
+            );
+        }
+        assert_eq!(
+            hc_err(&["panic_threshold=50%", "panic_threshold=60%"]),
+            bad("panic_threshold=60%", "panic_threshold is given twice")
         );
     }
 

@@ -19,6 +19,9 @@ pub struct PeerFacts {
     /// Ejected by passive checks in an upstream without active checks (with them, an
     /// ejection is part of the checks' verdict).
     pub passive_down: bool,
+    /// Its upstream is in panic (`panic_threshold`, see `panic`): too few primaries are up, so
+    /// the verdict is set aside; manual and nginx.conf downs still apply.
+    pub panic: bool,
 }
 
 impl PeerFacts {
@@ -28,12 +31,14 @@ impl PeerFacts {
         self.checked && !self.excluded && !self.standby
     }
 
-    /// True when the balancer must skip the peer. A passive ejection counts unless the
-    /// upstream is excluded or this host is the HA standby, as for the checks' verdict.
+    /// True when the balancer must skip the peer: marked `down` in nginx.conf, forced down,
+    /// failed by its checks while their verdict applies and its upstream is not in panic, or
+    /// ejected by passive checks (an upstream without active checks) unless the upstream is
+    /// excluded or this host is the HA standby.
     pub fn down_for_balancer(&self) -> bool {
         self.config_down
             || self.manual_down
-            || (self.verdict_applies() && !self.healthy)
+            || (self.verdict_applies() && !self.panic && !self.healthy)
             || (self.passive_down && !self.excluded && !self.standby)
     }
 
@@ -154,5 +159,27 @@ mod tests {
             ..PeerFacts::default()
         };
         assert!(manual_on_unchecked.down_for_balancer());
+    }
+
+    #[test]
+    fn in_panic_a_failed_peer_serves_but_manual_and_config_downs_still_apply() {
+        let panic = |f: PeerFacts| PeerFacts { panic: true, ..f };
+        let failed = panic(checked(false));
+        assert!(!failed.down_for_balancer(), "the verdict is set aside");
+        assert!(failed.probed(), "probes go on, to see the peers come back");
+        assert!(
+            !failed.keeps_probe_connection(),
+            "a failed peer holds no probe connection"
+        );
+        assert!(panic(PeerFacts {
+            manual_down: true,
+            ..checked(true)
+        })
+        .down_for_balancer());
+        assert!(panic(PeerFacts {
+            config_down: true,
+            ..checked(true)
+        })
+        .down_for_balancer());
     }
 }

@@ -450,7 +450,7 @@ fn valid_edge_cases_are_accepted() {
         upstream_with(
             "    upstream_healthcheck type=http interval=2s fast_interval=1500ms \
              down_interval=10s timeout=1s fall=3 rise=2 port=18082 jitter=1s uri=/health \
-             host=foo.com default_down=on keepalive=100;\n    \
+             host=foo.com default_down=on keepalive=100 panic_threshold=50%;\n    \
              upstream_healthcheck_valid_statuses 200 302 2xx !204 300-399;"
         ),
         listen()
@@ -470,6 +470,32 @@ fn valid_edge_cases_are_accepted() {
     accepted(&upstream_with(
         "    upstream_healthcheck type=tcp interval=2s fast_interval=100ms down_interval=30s fall=3;",
     ));
+}
+
+#[test]
+fn panic_threshold_is_a_percentage_from_1_to_100() {
+    for arg in [
+        "panic_threshold=0%",
+        "panic_threshold=101%",
+        "panic_threshold=half",
+        "panic_threshold=50%%",
+        "panic_threshold=",
+    ] {
+        rejected(
+            &format!("    upstream_healthcheck fall=2 {arg};"),
+            arg,
+            &bad_param(arg, "panic_threshold must be a percentage from 1% to 100%"),
+        );
+    }
+    for arg in [
+        "panic_threshold=1%",
+        "panic_threshold=100",
+        "panic_threshold=34%",
+    ] {
+        accepted(&upstream_with(&format!(
+            "    upstream_healthcheck type=tcp {arg};"
+        )));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -87,6 +87,7 @@ fn every_example_passes_nginx_t() {
         "fast-recheck.conf",
         "https.conf",
         "slow-start.conf",
+        "panic.conf",
         "tcp.conf",
         "zone.conf",
     ] {
@@ -407,6 +408,39 @@ fn match_example_runs() {
         assert_eq!(body, "hello from backend 9111\n");
     }
     nginx.stop();
+}
+
+/// panic.conf: three of the four primaries fail /health (their traffic is fine): the upstream
+/// is in panic and all four take requests; the backup takes none.
+#[test]
+fn panic_example_runs() {
+    let (text, ports) = move_ports(&runnable("panic.conf", &example("panic.conf")));
+    let front = ports[&8080];
+    let peers: Vec<Backend> = [9141u16, 9142, 9143, 9144, 9145]
+        .iter()
+        .map(|p| Backend::on_port(ports[p]))
+        .collect();
+    for failing in &peers[..3] {
+        failing.set_path_mode("/health", Mode::Status(503));
+    }
+    let nginx = Nginx::start_raw(&text);
+    wait_until(Duration::from_secs(8), "the upstream in panic", || {
+        status_page(front, STATUS).starts_with("Upstream app (panic)\n")
+    });
+    for _ in 0..20 {
+        assert_eq!(http_get(front, "/x").unwrap().0, 200);
+    }
+    let got: Vec<usize> = peers.iter().map(Backend::proxied).collect();
+    assert!(got[..4].iter().all(|&n| n > 0), "{got:?}");
+    assert_eq!(got[4], 0, "the backup took traffic: {got:?}");
+    let log = nginx.stop();
+    assert!(
+        log.contains(
+            "upstream \"app\" is in panic: 1 of 4 primary peers up, below panic_threshold=50%; \
+             verdicts are not applied"
+        ),
+        "{log}"
+    );
 }
 
 #[test]

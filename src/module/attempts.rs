@@ -25,7 +25,7 @@ use crate::module::clock::{now_msec, unix_msec};
 use crate::module::log::hc_log;
 use crate::module::module_conf::{MainConf, SrvConf};
 use crate::module::process::Worker;
-use crate::module::zone::ZoneHeader;
+use crate::module::zone::{log_panic, ZoneHeader};
 use crate::module::Module;
 use crate::parse::show_ms;
 use crate::passive::{counts_as_failure, Judgement};
@@ -244,8 +244,20 @@ fn eject(main: &MainConf, header: &ZoneHeader, watched: Watched, now: u64, on_pr
         return;
     }
     let down_ms = passive.eject(now, params, active, on_probation);
+    let mut panic = None;
     if active {
-        locked.slots()[slot].health.eject(unix_msec());
+        let ejected = locked.slots()[slot].health.eject(unix_msec()).is_some();
+        let index = up.peers.iter().position(|p| p.slot() == slot);
+        if ejected && index.is_some_and(|i| up.counts_for_panic(i)) {
+            // One more primary down, as after a failed probe: the upstream may enter panic.
+            let state = &mut locked.upstreams()[ui].panic;
+            panic = state
+                .on_transition(false, up.panic.as_ref())
+                .map(|change| (change, *state));
+            if panic.is_some() {
+                locked.record(Change::Upstream(ui));
+            }
+        }
     } else {
         header.note_expiry(now.saturating_add(down_ms));
     }
@@ -262,4 +274,7 @@ fn eject(main: &MainConf, header: &ZoneHeader, watched: Watched, now: u64, on_pr
         LogEscaped(me.name),
         LogEscaped(&up.name)
     );
+    if let Some((change, state)) = panic {
+        log_panic(up, change, &state);
+    }
 }

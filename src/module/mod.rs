@@ -22,6 +22,7 @@ use crate::module::module_conf::{
     conf_error_at, conf_warn_at, Check, ConfPos, LocConf, MainConf, PeerConf, SlowStart, SrvConf,
     UpstreamConf,
 };
+use crate::panic::{self, PanicRule};
 use crate::parse::{self, show_ms};
 use crate::slow_start::weight_scale;
 
@@ -116,6 +117,8 @@ struct ConfigPeer {
     unix: bool,
     /// `weight=` as configured.
     weight: i64,
+    /// In the upstream's backup list.
+    backup: bool,
 }
 
 /// The peers of an upstream as nginx's round robin built them, primary then backup.
@@ -126,12 +129,14 @@ unsafe fn config_peers(
     pool: *mut ngx_pool_t,
     uscf: &ngx_http_upstream_srv_conf_t,
 ) -> Result<Vec<ConfigPeer>, ()> {
+    let primary = uscf.peer.data as *mut ngx_http_upstream_rr_peers_t;
     // SAFETY: per the contract.
-    unsafe { peers::live_peers(uscf.peer.data as *mut ngx_http_upstream_rr_peers_t) }
+    unsafe { peers::live_peers(primary) }
         .into_iter()
         // SAFETY: live_peers returns valid peers; a peer's sockaddr is null or its address.
-        .map(|(_, rr)| unsafe {
+        .map(|(list, rr)| unsafe {
             Ok(ConfigPeer {
+                backup: list != primary,
                 name: cycle_str(pool, &(*rr).name).ok_or(())?,
                 down: (*rr).down != 0,
                 unix: (*rr)
@@ -432,6 +437,17 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
             .or(main.traffic.as_ref())
             .is_some_and(|(on, _)| *on);
         let slow_start = slow_start_of(cf, us, &name, &check, &listed);
+        let primaries = listed.iter().filter(|p| !p.backup).count();
+        let panic = check
+            .as_ref()
+            .and_then(|c| c.params.panic_threshold)
+            .map(|threshold| PanicRule {
+                threshold,
+                primaries: listed
+                    .iter()
+                    .filter(|p| panic::counts(p.backup, p.down))
+                    .count() as u32,
+            });
         main.upstreams.push(UpstreamConf {
             name,
             uscf,
@@ -440,6 +456,8 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
             traffic,
             passive: sc.passive.as_ref().map(|(p, _)| p.clone()),
             slow_start,
+            primaries,
+            panic,
         });
     }
 

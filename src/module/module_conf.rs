@@ -17,7 +17,8 @@ use ngx::ffi::{
 use crate::config::{CheckParams, PassiveParams, TlsProtocols, ValidStatuses};
 use crate::matcher::Match;
 use crate::module::tls::TlsContext;
-use crate::module::zone::ZoneHeader;
+use crate::module::zone::{Slot, ZoneHeader};
+use crate::panic::{self, PanicRule};
 use crate::query::Format;
 
 /// Where a directive was written, for errors found after the whole block was read.
@@ -217,6 +218,10 @@ pub struct UpstreamConf {
     /// `slow_start=T` of a balancer that uses the round-robin weights (round robin,
     /// `least_conn`); `None` otherwise.
     pub slow_start: Option<SlowStart>,
+    /// How many of `peers` are primary (they come first).
+    pub primaries: usize,
+    /// `panic_threshold` with the primaries it counts; `None` without the parameter.
+    pub panic: Option<PanicRule>,
 }
 
 /// Slow start in one upstream: its weights inside nginx are the configured ones times `scale`,
@@ -227,6 +232,27 @@ pub struct SlowStart {
     pub scale: i64,
     /// Each peer's configured weight, in `UpstreamConf::peers` order.
     pub weights: Vec<i64>,
+}
+
+impl UpstreamConf {
+    /// Whether the verdict of `peers[i]` counts towards panic (see `panic::counts`).
+    pub fn counts_for_panic(&self, i: usize) -> bool {
+        self.peers
+            .get(i)
+            .is_some_and(|p| panic::counts(i >= self.primaries, p.config_down))
+    }
+
+    /// Counted peers up by their checks, from the zone's slots (O(peers of this upstream)).
+    pub fn count_up(&self, slots: &[Slot]) -> u32 {
+        (0..self.peers.len())
+            .filter(|&i| self.counts_for_panic(i))
+            .filter(|&i| {
+                slots
+                    .get(self.peers[i].slot())
+                    .is_some_and(|s| s.health.is_up())
+            })
+            .count() as u32
+    }
 }
 
 /// What to do when probing the peers of one upstream.

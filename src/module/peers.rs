@@ -189,7 +189,9 @@ pub fn apply_changes(w: &mut Worker) {
                     match locked.change_at(seq) {
                         Change::Slot(slot) => push_view(w, &mut locked, slot, now),
                         Change::Upstream(ui) if ui < w.excluded.len() => {
-                            w.excluded[ui] = locked.upstreams()[ui].excluded();
+                            let record = &locked.upstreams()[ui];
+                            w.excluded[ui] = record.excluded();
+                            w.panic[ui] = record.panic.is_active();
                             w.sweeps.push(Sweep::Upstream(ui));
                         }
                         Change::Upstream(_) => {}
@@ -207,7 +209,9 @@ pub fn apply_changes(w: &mut Worker) {
             w.sweeps.push(Sweep::All);
             w.standby = !w.header.probing_allowed();
             for ui in 0..w.excluded.len() {
-                w.excluded[ui] = locked.upstreams()[ui].excluded();
+                let record = &locked.upstreams()[ui];
+                w.excluded[ui] = record.excluded();
+                w.panic[ui] = record.panic.is_active();
             }
         }
         w.applied = head;
@@ -293,6 +297,7 @@ fn apply_view(w: &mut Worker, v: &SlotView) {
         standby: w.standby,
         healthy: v.healthy,
         passive_down: v.passive_down,
+        panic: w.panic[t.upstream()],
     };
     // A peer back in service gets its slow-start weight before the balancer may pick it.
     ramp::on_view(w, slot, &facts, v.back_ms_ago, now_msec());

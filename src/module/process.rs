@@ -67,6 +67,8 @@ pub struct Worker {
     pub targets: Vec<Target>,
     /// Upstreams excluded from checking at run time, as of the last application of changes.
     pub excluded: Vec<bool>,
+    /// Upstreams in panic (`panic_threshold`), as of the last application of changes.
+    pub panic: Vec<bool>,
     /// This host is the HA standby, as of the last application of changes.
     pub standby: bool,
     /// The journal position up to which changes are applied.
@@ -179,6 +181,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         queue: DueQueue::new(slots, probe_cap(connections)),
         targets,
         excluded: vec![false; main.upstreams.len()],
+        panic: vec![false; main.upstreams.len()],
         standby: false,
         applied: 0,
         views: Vec::new(),

@@ -30,7 +30,7 @@ use crate::policy::PeerFacts;
 use crate::query::{error_format, parse_status_query, unknown_upstream, Format, StateFilter};
 use crate::render::json::render_json_error;
 use crate::render::page::{render_page, Page, PageCursor};
-use crate::render::{HaMode, PassiveView, PeerSnapshot, UpstreamSnapshot};
+use crate::render::{HaMode, PanicSnapshot, PassiveView, PeerSnapshot, UpstreamSnapshot};
 use crate::slow_start::{factor_permille, ramp_elapsed, unscaled};
 use crate::traffic::{rate, TrafficRate, TrafficSample};
 use rustc_hash::FxHashMap;
@@ -108,6 +108,13 @@ impl StateReader<'_> {
             .is_some_and(|c| c.params.check_type.is_tls());
         out.matched = up.check.as_ref().is_some_and(|c| c.matcher.is_some());
         out.passive = up.passive.is_some();
+        out.panic = record.filter(|_| checked).map(|r| PanicSnapshot {
+            active: r.panic.is_active(),
+            entered: r.panic.entered,
+            up: r.panic.up,
+            rule: up.panic,
+        });
+        let panic = out.panic.is_some_and(|p| p.active);
 
         // SAFETY: uscf is valid for the cycle; its peer data is round-robin peers.
         let primary = unsafe { (*up.uscf).peer.data as *mut ngx_http_upstream_rr_peers_t };
@@ -169,6 +176,7 @@ impl StateReader<'_> {
                     manual_down: peer.manual_down,
                     healthy: s.health.is_up(),
                     passive_down: passive.is_some_and(|p| p.is_down()),
+                    panic,
                     ..facts
                 };
                 peer.down = peer_facts.down_for_balancer();

@@ -17,6 +17,7 @@ use crate::module::peers;
 use crate::module::probe::{self, Ended, Kept};
 use crate::module::process::{exiting, stop_if_stale, with_worker, LocalBurst, Worker};
 use crate::module::ramp;
+use crate::module::zone::log_panic;
 use crate::policy::{connection_reusable, PeerFacts};
 use crate::schedule::{next_interval_ms, rearm, MAX_TICK_MS};
 
@@ -158,7 +159,7 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept:
         );
     }
     let duration_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
-    let (transition, health, next, keep) = {
+    let (transition, health, next, keep, panic) = {
         let mut locked = w.header.lock();
         let s = &mut locked.slots()[slot];
         if !s.sched.owns(w.pid) {
@@ -186,6 +187,7 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept:
                 healthy: s.health.is_up(),
                 manual_down: false,
                 passive_down: false,
+                panic: w.panic[ui],
             };
             !exiting()
                 && facts.keeps_probe_connection()
@@ -196,10 +198,21 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept:
         locked.upstreams()[ui]
             .probe_durations
             .observe(u64::from(duration_us));
-        if t.is_some() {
+        let mut panic = None;
+        if let Some(t) = t {
             locked.record(Change::Slot(slot));
+            if up.counts_for_panic(w.targets[slot].peer()) {
+                let state = &mut locked.upstreams()[ui].panic;
+                panic = state
+                    .on_transition(t == Transition::Up, up.panic.as_ref())
+                    .map(|change| (change, *state));
+                if panic.is_some() {
+                    // Every worker re-reads the upstream's peers and sets their flags.
+                    locked.record(Change::Upstream(ui));
+                }
+            }
         }
-        (t, health, next, keep)
+        (t, health, next, keep, panic)
     };
     hc_debug!(
         "probe of {} in upstream \"{}\" ended in {} us: {}",
@@ -247,6 +260,9 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept:
             );
         }
         None => {}
+    }
+    if let Some((change, state)) = panic {
+        log_panic(up, change, &state);
     }
     if transition.is_some() {
         peers::apply_changes(w);

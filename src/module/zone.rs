@@ -19,7 +19,8 @@ use crate::journal::{self, Change};
 use crate::key::{peer_key, zone_size_for};
 use crate::module::ha;
 use crate::module::log::hc_log;
-use crate::module::module_conf::MainConf;
+use crate::module::module_conf::{MainConf, UpstreamConf};
+use crate::panic::{PanicChange, PanicMessage, PanicState};
 use crate::passive::PassiveState;
 use crate::schedule::Schedule;
 use crate::slow_start;
@@ -82,6 +83,8 @@ pub struct UpstreamRecord {
     /// Probes that could not run for a local reason (no free connection or descriptor, no
     /// source port): they gave no verdict.
     pub local_errors: u64,
+    /// Primaries up and whether the upstream is in panic (`panic_threshold`).
+    pub panic: PanicState,
 }
 
 impl UpstreamRecord {
@@ -247,7 +250,26 @@ pub fn restart_checks(locked: &mut Locked<'_>, main: &MainConf, ui: usize, now: 
         s.health = PeerHealth::new(!check.params.default_down);
         s.sched = Schedule::restart(now);
     }
+    let counted = up.count_up(locked.slots());
+    let panic = &mut locked.upstreams()[ui].panic;
+    if let Some(change) = panic.recount(counted, up.panic.as_ref()) {
+        log_panic(up, change, panic);
+    }
     locked.record(Change::Upstream(ui));
+}
+
+/// Logs that upstream `up` entered or left panic, once: by the process that changed it.
+pub fn log_panic(up: &UpstreamConf, change: PanicChange, state: &PanicState) {
+    hc_log!(
+        NGX_LOG_WARN,
+        "{}",
+        PanicMessage {
+            upstream: &up.name,
+            change,
+            up: state.up,
+            rule: up.panic,
+        }
+    );
 }
 
 impl Locked<'_> {
@@ -518,6 +540,20 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
                 unsafe { (*passive.add(i)).copy_from(old) };
             }
             i += 1;
+        }
+        // Panic is judged afresh on the peers and the threshold of this configuration.
+        // SAFETY: the first i slots were written above; the record ui too.
+        let (written, record) =
+            unsafe { (core::slice::from_raw_parts(slots, i), &mut *records.add(ui)) };
+        if up.check.is_some() {
+            if let Some(change) = record
+                .panic
+                .recount(up.count_up(written), up.panic.as_ref())
+            {
+                log_panic(up, change, &record.panic);
+            }
+        } else {
+            record.panic = PanicState::default();
         }
     }
     // SAFETY: header was allocated above with room for a ZoneHeader.

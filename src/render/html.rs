@@ -13,6 +13,7 @@ th,td{border:1px solid #999;padding:.2em .6em;text-align:left}\
 th{background:#eee}\
 tr.up td{background:#c8f0c8}\
 tr.down td{background:#f4c0c0}\
+tr.panic td{background:#f8e0a0}\
 tr.unchecked td{background:#ddd}\
 td.num{text-align:right}";
 
@@ -43,7 +44,7 @@ impl Summary {
             return;
         }
         for p in u.primary.iter().chain(&u.backup) {
-            if state(p).0 == "down" {
+            if matches!(state(p).0, "down" | "panic") {
                 self.down += 1;
             } else {
                 self.up += 1;
@@ -102,6 +103,15 @@ fn upstream(out: &mut impl Write, now_ms: u64, u: &UpstreamSnapshot) -> fmt::Res
     if !u.checked {
         out.write_str(" (not checked)")?;
     }
+    if let Some(p) = u.panic.filter(|p| p.active) {
+        let (threshold, primaries) = p.rule.map_or((0, 0), |r| (r.threshold, r.primaries));
+        write!(
+            out,
+            " (panic: {} of {primaries} primary peers up, below panic_threshold={threshold}%; \
+             verdicts are not applied)",
+            p.up
+        )?;
+    }
     out.write_str(
         "</caption>\n<thead><tr><th>Peer</th><th>Role</th><th>State</th><th>Last check</th>\
          <th>Last status</th><th>Last error</th><th>Checks</th><th>Failures</th>",
@@ -149,6 +159,9 @@ fn state(p: &PeerSnapshot) -> (&'static str, &'static str) {
         ("unchecked", "unchecked")
     } else if p.down {
         ("down", "DOWN")
+    } else if p.health.is_some_and(|h| !h.is_up()) {
+        // Failed its checks, but its upstream is in panic: nginx uses it.
+        ("panic", "DOWN (in use: panic)")
     } else {
         ("up", "up")
     }
@@ -225,7 +238,9 @@ mod tests {
     use super::*;
     use crate::health::PeerHealth;
     use crate::outcome::Failure;
+    use crate::panic::PanicRule;
     use crate::render::fixtures::peer;
+    use crate::render::PanicSnapshot;
 
     #[test]
     fn counted_upstreams_gain_requests_per_second_and_5xx_share() {
@@ -402,6 +417,49 @@ mod tests {
         assert!(s.contains("tr.up td{background:#c8f0c8}"));
         assert!(s.contains("tr.down td{background:#f4c0c0}"));
         assert!(s.contains("tr.unchecked td{background:#ddd}"));
+    }
+
+    #[test]
+    fn an_upstream_in_panic_names_it_and_its_failed_peers_are_in_use() {
+        let failed = PeerSnapshot {
+            down: false,
+            ..peer("127.0.0.1:8082", true)
+        };
+        let snap = Snapshot {
+            upstreams: vec![UpstreamSnapshot {
+                name: "backend".to_owned(),
+                checked: true,
+                primary: vec![peer("127.0.0.1:8081", false), failed],
+                panic: Some(PanicSnapshot {
+                    active: true,
+                    entered: 1,
+                    up: 1,
+                    rule: Some(PanicRule {
+                        threshold: 60,
+                        primaries: 2,
+                    }),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let s = render(&snap, None);
+        assert!(
+            s.contains(
+                "<caption>backend (panic: 1 of 2 primary peers up, below panic_threshold=60%; \
+                 verdicts are not applied)</caption>"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "<tr class=\"peer panic\" data-peer=\"127.0.0.1:8082\" data-state=\"panic\">\
+                 <td>127.0.0.1:8082</td><td>primary</td><td>DOWN (in use: panic)</td>"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("tr.panic td{background:#f8e0a0}"));
+        assert!(s.contains("<p id=\"summary\">2 checked peers: 1 up, 1 down</p>"));
     }
 
     #[test]

@@ -80,7 +80,11 @@ pub fn write_json_str(out: &mut impl Write, s: &str) -> fmt::Result {
 fn upstream(out: &mut impl Write, u: &UpstreamSnapshot) -> fmt::Result {
     out.write_str("{\"name\":")?;
     write_json_str(out, &u.name)?;
-    write!(out, ",\"checked\":{},\"primary\":", u.checked)?;
+    write!(out, ",\"checked\":{}", u.checked)?;
+    if let Some(p) = &u.panic {
+        write!(out, ",\"panic\":{}", p.active)?;
+    }
+    out.write_str(",\"primary\":")?;
     peers(out, &u.primary)?;
     out.write_str(",\"backup\":")?;
     peers(out, &u.backup)?;
@@ -212,6 +216,7 @@ fn unix_seconds(out: &mut impl Write, ms: u64) -> fmt::Result {
 mod tests {
     use super::*;
     use crate::outcome::Failure;
+    use crate::render::PanicSnapshot;
     use serde_json::{json, Value};
 
     fn render(snap: &Snapshot) -> String {
@@ -299,6 +304,48 @@ mod tests {
             v["msg"]["upstreams"][0]["primary"][0]["health"]["last_check"],
             json!(1763700000.123)
         );
+    }
+
+    #[test]
+    fn panic_is_shown_for_checked_upstreams_only() {
+        let snap = Snapshot {
+            upstreams: vec![
+                UpstreamSnapshot {
+                    name: "a".to_owned(),
+                    checked: true,
+                    panic: Some(PanicSnapshot {
+                        active: true,
+                        ..PanicSnapshot::default()
+                    }),
+                    ..Default::default()
+                },
+                UpstreamSnapshot {
+                    name: "b".to_owned(),
+                    checked: true,
+                    panic: Some(PanicSnapshot::default()),
+                    ..Default::default()
+                },
+                UpstreamSnapshot {
+                    name: "c".to_owned(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let s = render(&snap);
+        assert!(
+            s.contains(r#"{"name":"a","checked":true,"panic":true,"primary":[]"#),
+            "{s}"
+        );
+        assert!(
+            s.contains(r#"{"name":"b","checked":true,"panic":false,"primary":[]"#),
+            "{s}"
+        );
+        assert!(
+            s.contains(r#"{"name":"c","checked":false,"primary":[]"#),
+            "{s}"
+        );
+        parse(&s);
     }
 
     #[test]

@@ -4,6 +4,7 @@ use core::fmt::{self, Write};
 
 use crate::health::PeerHealth;
 use crate::histogram::Histogram;
+use crate::panic::PanicRule;
 use crate::traffic::{Traffic, TrafficRate};
 
 pub mod html;
@@ -106,6 +107,21 @@ pub struct UpstreamSnapshot {
     pub matched: bool,
     /// It has passive checks: its peers can fail `passive`.
     pub passive: bool,
+    /// Its panic mode (`panic_threshold`); `None` when unchecked.
+    pub panic: Option<PanicSnapshot>,
+}
+
+/// Whether an upstream is in panic, and why.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PanicSnapshot {
+    /// In panic now: the checks' verdicts are not applied.
+    pub active: bool,
+    /// Times it entered panic.
+    pub entered: u64,
+    /// Primaries up by their checks (see `panic::counts`).
+    pub up: u32,
+    /// `panic_threshold` and the primaries it counts; `None` without the parameter.
+    pub rule: Option<PanicRule>,
 }
 
 impl UpstreamSnapshot {

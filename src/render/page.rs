@@ -211,7 +211,7 @@ mod tests {
             (Format::Text, 1),
             (Format::Json, 1),
             (Format::Html, 2),
-            (Format::Prometheus, 11),
+            (Format::Prometheus, 13),
         ] {
             let (out, fills) = stream(&snap, format, None);
             assert_eq!(out, whole(&snap, format), "{format:?}");
@@ -221,7 +221,7 @@ mod tests {
             );
         }
         // Prometheus takes an unchecked upstream once, for its status triple only.
-        assert_eq!(stream(&snap, Format::Prometheus, None).1, [11, 1, 11]);
+        assert_eq!(stream(&snap, Format::Prometheus, None).1, [13, 1, 13]);
     }
 
     #[test]

@@ -33,10 +33,12 @@ enum Family {
     PeerFailedAttemptsTotal,
     PeerResponseSeconds,
     PassiveEjectionsTotal,
+    UpstreamPanic,
+    PanicTotal,
 }
 
 impl Family {
-    const ALL: [Family; 16] = [
+    const ALL: [Family; 18] = [
         Family::StatusInfo,
         Family::PeerUp,
         Family::PeerManualDown,
@@ -53,6 +55,8 @@ impl Family {
         Family::PeerFailedAttemptsTotal,
         Family::PeerResponseSeconds,
         Family::PassiveEjectionsTotal,
+        Family::UpstreamPanic,
+        Family::PanicTotal,
     ];
 
     /// The families of proxied traffic (`upstream_healthcheck_traffic`): written only when
@@ -148,6 +152,16 @@ impl Family {
             Family::PassiveEjectionsTotal => (
                 "nginx_upstream_healthcheck_passive_ejections_total",
                 "Times passive checks took the peer out after failed proxied requests.",
+                "counter",
+            ),
+            Family::UpstreamPanic => (
+                "nginx_upstream_healthcheck_upstream_panic",
+                "Whether the upstream is in panic (1): too few primaries up, verdicts not applied.",
+                "gauge",
+            ),
+            Family::PanicTotal => (
+                "nginx_upstream_healthcheck_panic_total",
+                "Times the upstream entered panic.",
                 "counter",
             ),
         }
@@ -386,6 +400,17 @@ fn samples(
                 writeln!(out, "\",reason=\"local\"}} {n}")?;
             }
         }
+        Family::UpstreamPanic | Family::PanicTotal => {
+            if let Some(p) = &u.panic {
+                let (metric, v) = match family {
+                    Family::UpstreamPanic => ("upstream_panic", u64::from(p.active)),
+                    _ => ("panic_total", p.entered),
+                };
+                write!(out, "{P}{metric}{{upstream=\"")?;
+                label(out, name)?;
+                writeln!(out, "\"}} {v}")?;
+            }
+        }
         _ => {
             for (p, _) in peers.iter().map(peer) {
                 if let Some(h) = &p.health {
@@ -581,7 +606,9 @@ fn label(out: &mut impl Write, s: &str) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::panic::PanicRule;
     use crate::render::fixtures::peer;
+    use crate::render::PanicSnapshot;
 
     fn render(snap: &Snapshot) -> String {
         let mut s = String::new();
@@ -589,7 +616,7 @@ mod tests {
         s
     }
 
-    const HEADERS: [&str; 11] = [
+    const HEADERS: [&str; 13] = [
         "# HELP nginx_upstream_status_info The running status of nginx upstream\n\
          # TYPE nginx_upstream_status_info gauge\n",
         "# HELP nginx_upstream_healthcheck_peer_up Whether the peer is up for the balancer (1) or down (0).\n\
@@ -612,6 +639,10 @@ mod tests {
          # TYPE nginx_upstream_healthcheck_probe_duration_seconds histogram\n",
         "# HELP nginx_upstream_healthcheck_probe_errors_total Probes that gave no verdict for a local reason.\n\
          # TYPE nginx_upstream_healthcheck_probe_errors_total counter\n",
+        "# HELP nginx_upstream_healthcheck_upstream_panic Whether the upstream is in panic (1): too few primaries up, verdicts not applied.\n\
+         # TYPE nginx_upstream_healthcheck_upstream_panic gauge\n",
+        "# HELP nginx_upstream_healthcheck_panic_total Times the upstream entered panic.\n\
+         # TYPE nginx_upstream_healthcheck_panic_total counter\n",
     ];
 
     #[test]
@@ -750,6 +781,8 @@ mod tests {
             "nginx_upstream_healthcheck_probe_duration_seconds_count{upstream=\"backend\"} 3\n",
             HEADERS[10],
             "nginx_upstream_healthcheck_probe_errors_total{upstream=\"backend\",reason=\"local\"} 7\n",
+            HEADERS[11],
+            HEADERS[12],
         ]
         .concat();
         assert!(s.ends_with(&tail), "got:\n{s}");
@@ -1086,6 +1119,48 @@ mod tests {
                 assert_eq!(base, current, "{line}");
             }
         }
-        assert_eq!(families.len(), 11);
+        assert_eq!(families.len(), 13);
+    }
+
+    #[test]
+    fn panic_gauge_and_counter_per_checked_upstream() {
+        let up = |name: &str, panic: Option<PanicSnapshot>| UpstreamSnapshot {
+            name: name.to_owned(),
+            checked: panic.is_some(),
+            primary: vec![peer("a:1", true)],
+            panic,
+            ..Default::default()
+        };
+        let rule = PanicRule {
+            threshold: 50,
+            primaries: 1,
+        };
+        let snap = Snapshot {
+            upstreams: vec![
+                up(
+                    "in\"panic",
+                    Some(PanicSnapshot {
+                        active: true,
+                        entered: 3,
+                        up: 0,
+                        rule: Some(rule),
+                    }),
+                ),
+                up("calm", Some(PanicSnapshot::default())),
+                up("unchecked", None),
+            ],
+            ..Default::default()
+        };
+        let s = render(&snap);
+        let want = [
+            HEADERS[11],
+            "nginx_upstream_healthcheck_upstream_panic{upstream=\"in\\\"panic\"} 1\n",
+            "nginx_upstream_healthcheck_upstream_panic{upstream=\"calm\"} 0\n",
+            HEADERS[12],
+            "nginx_upstream_healthcheck_panic_total{upstream=\"in\\\"panic\"} 3\n",
+            "nginx_upstream_healthcheck_panic_total{upstream=\"calm\"} 0\n",
+        ]
+        .concat();
+        assert!(s.ends_with(&want), "got:\n{s}");
     }
 }

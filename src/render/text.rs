@@ -4,7 +4,8 @@ use core::fmt::{self, Write};
 
 use super::{HaMode, PeerSnapshot, Snapshot, UpstreamSnapshot};
 
-/// Writes the page: per upstream a header line, then its primary and backup peers, each with
+/// Writes the page: per upstream a header line (` (NO checkers)` or ` (panic)` after the name
+/// of an unchecked upstream or one in panic), then its primary and backup peers, each with
 /// ` up`, ` DOWN` or ` DOWN (manual)`; one empty line between upstreams. Under HA the page starts
 /// with `HA Mode: Master` (or `Slaver`) and an empty line.
 pub fn render_text(out: &mut impl Write, snap: &Snapshot) -> fmt::Result {
@@ -34,6 +35,8 @@ pub fn text_upstream(out: &mut impl Write, i: usize, u: &UpstreamSnapshot) -> fm
     out.write_str(&u.name)?;
     if !u.checked {
         out.write_str(" (NO checkers)")?;
+    } else if u.panic.is_some_and(|p| p.active) {
+        out.write_str(" (panic)")?;
     }
     out.write_str("\n    Primary Peers\n")?;
     peers(out, &u.primary)?;
@@ -59,6 +62,7 @@ fn peers(out: &mut impl Write, list: &[PeerSnapshot]) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::PanicSnapshot;
 
     fn peer(name: &str, down: bool) -> PeerSnapshot {
         PeerSnapshot {
@@ -99,6 +103,46 @@ mod tests {
              \x20       127.0.0.1:8082 DOWN\n\
              \x20   Backup Peers\n\
              \x20       127.0.0.1:8083 up\n"
+        );
+    }
+
+    #[test]
+    fn an_upstream_in_panic_says_so_and_its_peers_show_what_nginx_does() {
+        let panic = |active| {
+            Some(PanicSnapshot {
+                active,
+                ..PanicSnapshot::default()
+            })
+        };
+        let snap = Snapshot {
+            upstreams: vec![
+                UpstreamSnapshot {
+                    name: "backend".to_owned(),
+                    checked: true,
+                    // Failed its checks, used all the same.
+                    primary: vec![peer("127.0.0.1:8081", false)],
+                    panic: panic(true),
+                    ..Default::default()
+                },
+                UpstreamSnapshot {
+                    name: "calm".to_owned(),
+                    checked: true,
+                    panic: panic(false),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            render(&snap),
+            "Upstream backend (panic)\n\
+             \x20   Primary Peers\n\
+             \x20       127.0.0.1:8081 up\n\
+             \x20   Backup Peers\n\
+             \n\
+             Upstream calm\n\
+             \x20   Primary Peers\n\
+             \x20   Backup Peers\n"
         );
     }
 

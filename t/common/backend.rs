@@ -22,6 +22,8 @@ pub enum Mode {
 }
 
 struct BackendShared {
+    /// The loopback address it listens on: 127.0.0.1 unless made with `on_addr`.
+    ip: [u8; 4],
     port: u16,
     mode: Mutex<Mode>,
     path_modes: Mutex<HashMap<String, Mode>>,
@@ -45,16 +47,16 @@ pub struct Backend {
     acceptor: Option<JoinHandle<()>>,
 }
 
-fn bind_retry(port: u16) -> TcpListener {
+fn bind_retry(ip: [u8; 4], port: u16) -> TcpListener {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match TcpListener::bind(("127.0.0.1", port)) {
+        match TcpListener::bind((std::net::Ipv4Addr::from(ip), port)) {
             Ok(l) => {
                 l.set_nonblocking(true).expect("set_nonblocking");
                 return l;
             }
             Err(e) if Instant::now() >= deadline => {
-                panic!("backend cannot bind 127.0.0.1:{port}: {e}")
+                panic!("backend cannot bind {}:{port}: {e}", dotted(ip))
             }
             Err(_) => thread::sleep(POLL),
         }
@@ -69,7 +71,14 @@ impl Backend {
 
     /// A backend on `port`, answering `Mode::Status(200)`.
     pub fn on_port(port: u16) -> Backend {
+        Backend::on_addr([127, 0, 0, 1], port)
+    }
+
+    /// A backend on another loopback address (`127.x.y.z`, all local on Linux) and `port`, so
+    /// that peers told apart by address can share ports (`upstream_healthcheck port=`).
+    pub fn on_addr(ip: [u8; 4], port: u16) -> Backend {
         let shared = Arc::new(BackendShared {
+            ip,
             port,
             mode: Mutex::new(Mode::Status(200)),
             path_modes: Mutex::new(HashMap::new()),
@@ -77,7 +86,7 @@ impl Backend {
             arrivals: Mutex::new(HashMap::new()),
             proxied: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
-            listener: Mutex::new(Some(bind_retry(port))),
+            listener: Mutex::new(Some(bind_retry(ip, port))),
             generation: AtomicU64::new(0),
             shutdown: AtomicBool::new(false),
             changed: Condvar::new(),
@@ -98,9 +107,9 @@ impl Backend {
         self.shared.port
     }
 
-    /// `127.0.0.1:<port>`, as used in `server` lines of an upstream block.
+    /// `127.0.0.1:<port>` (its own address), as used in `server` lines of an upstream block.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.shared.port)
+        format!("{}:{}", dotted(self.shared.ip), self.shared.port)
     }
 
     /// Switches the behaviour for every path without a per-path mode.
@@ -183,13 +192,18 @@ impl Backend {
     pub fn start(&self) {
         let mut l = self.shared.listener.lock().unwrap();
         if l.is_none() {
-            *l = Some(bind_retry(self.shared.port));
+            *l = Some(bind_retry(self.shared.ip, self.shared.port));
         }
     }
 
     pub fn is_listening(&self) -> bool {
         self.shared.listener.lock().unwrap().is_some()
     }
+}
+
+/// `a.b.c.d`
+fn dotted(ip: [u8; 4]) -> String {
+    format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3])
 }
 
 impl Default for Backend {

@@ -773,7 +773,10 @@ pub fn peer_state<'a>(page: &'a str, upstream: &str, peer: &str) -> Option<&'a s
     let mut inside = false;
     for line in page.lines() {
         if let Some(rest) = line.strip_prefix("Upstream ") {
-            let name = rest.strip_suffix(" (NO checkers)").unwrap_or(rest);
+            let name = rest
+                .strip_suffix(" (NO checkers)")
+                .or_else(|| rest.strip_suffix(" (panic)"))
+                .unwrap_or(rest);
             inside = name == upstream;
             continue;
         }
