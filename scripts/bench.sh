@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): builds the module in release mode for Debian's nginx, runs the seven
+# Benchmark (not a test): builds the module in release mode for Debian's nginx, runs the eight
 # measurements (request path, probe cost, detection, errors during an outage, memory, duplicate
-# probes, scale to 100,000 peers) inside a network namespace of its own, prints a Markdown table
+# probes, scale to 100,000 peers, traffic-aware checks) inside a network namespace of its own,
+# prints a Markdown table
 # and writes it to target/bench/results.md. Needs root and the packages of scripts/setup.sh.
 # Usage: scripts/bench.sh [--quick] [--only 1,3,...] [--profile]
-#   --quick    ~6-minute smoke run (shorter windows, fewer rounds); the full run takes ~21 minutes
-#              (measurement 2 alone: ~1.5 and ~6.5 minutes; measurement 7: ~2.5 and ~5.5 minutes)
+#   --quick    ~7-minute smoke run (shorter windows, fewer rounds); the full run takes ~28 minutes
+#              (measurement 2 alone: ~2 and ~9 minutes; 7: ~2.5 and ~5.5; 8: ~0.6 and ~2.5)
 #   --only     run only these measurements (numbers as in the table)
 #   --profile  also record perf profiles of the workers at 10,000 and 100,000 peers (needs linux-perf)
 set -euo pipefail
