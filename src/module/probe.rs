@@ -648,6 +648,16 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) -> Next {
                     response::Progress::NeedMore => continue,
                     response::Progress::Done(r) => {
                         probe.reusable = r.reusable;
+                        // The whole response is read and a well-behaved peer sends nothing
+                        // more before the next request: the next probe waits for the
+                        // socket's event instead of a read that finds nothing. Whatever else
+                        // the peer sends, or its close, is a new event.
+                        // SAFETY: the live connection (TLS attached when `ssl` is set).
+                        unsafe {
+                            if conn.ssl.is_null() || tls::drained(c) {
+                                (*conn.read).set_ready(0);
+                            }
+                        }
                         judge_response(probe, &r)
                     }
                     response::Progress::Invalid(_) => Outcome::failed(Failure::BadResponse, None),
@@ -730,11 +740,19 @@ unsafe fn conn_recv(c: *mut ngx_connection_t, buf: &mut [u8]) -> Io {
     // SAFETY: per the contract.
     unsafe {
         if !(*c).ssl.is_null() {
-            let Some(recv_fn) = (*c).recv else {
-                return Io::Failed(Failure::Reset);
+            return match tls::read(c, buf) {
+                tls::Received::Data(n) => Io::Moved(n),
+                tls::Received::Eof => Io::Eof,
+                tls::Received::Failed => Io::Failed(Failure::Reset),
+                tls::Received::WantRead => {
+                    (*(*c).read).set_ready(0);
+                    tls_io(c, NGX_AGAIN as isize, false)
+                }
+                tls::Received::WantWrite => {
+                    (*(*c).write).set_ready(0);
+                    tls_io(c, NGX_AGAIN as isize, true)
+                }
             };
-            let n = recv_fn(c, buf.as_mut_ptr(), buf.len());
-            return tls_io(c, n, false);
         }
         loop {
             let n = recv((*c).fd, buf.as_mut_ptr() as *mut c_void, buf.len(), 0);

@@ -24,6 +24,10 @@ use ngx::ffi::{
     NGX_SSL_BUFFER, NGX_SSL_CLIENT, SSL_CTRL_SET_TLSEXT_HOSTNAME, SSL_SESSION,
     X509_V_ERR_HOSTNAME_MISMATCH,
 };
+use ngx::ffi::{
+    ERR_clear_error, ERR_peek_error, SSL_get_error, SSL_pending, SSL_read, SSL_ERROR_SYSCALL,
+    SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE, SSL_ERROR_ZERO_RETURN,
+};
 use rustc_hash::FxHashMap;
 
 use crate::config::TlsProtocols;
@@ -502,6 +506,63 @@ pub unsafe fn finish(c: *mut ngx_connection_t, ctx: &TlsContext) -> Result<(), O
         }
     }
     Ok(())
+}
+
+/// What one `SSL_read` on a probe connection gave.
+pub enum Received {
+    Data(usize),
+    /// Nothing until the socket is readable (`WantWrite`: writable) again.
+    WantRead,
+    WantWrite,
+    /// The peer closed the connection (with or without close_notify).
+    Eof,
+    /// A TLS error or a reset.
+    Failed,
+}
+
+/// One `SSL_read` into `buf`, classified as nginx's `ngx_ssl_recv` classifies it, but without
+/// its loop: nginx reads until the socket is empty, a probe reads until its response is whole
+/// and stops there, which saves an `SSL_read` and a `read(2)` per probe.
+///
+/// # Safety
+/// `c` must be a live probe connection whose handshake is done.
+pub unsafe fn read(c: *mut ngx_connection_t, buf: &mut [u8]) -> Received {
+    // SAFETY: per the contract, c->ssl->connection is the connection's SSL object.
+    unsafe {
+        let ssl = (*(*c).ssl).connection;
+        ERR_clear_error();
+        let len = c_int::try_from(buf.len()).unwrap_or(c_int::MAX);
+        let n = SSL_read(ssl, buf.as_mut_ptr() as *mut c_void, len);
+        if n > 0 {
+            return Received::Data(n as usize);
+        }
+        let err = SSL_get_error(ssl, n) as u32;
+        match err {
+            SSL_ERROR_WANT_READ => Received::WantRead,
+            SSL_ERROR_WANT_WRITE => Received::WantWrite,
+            _ => {
+                // Nothing more is sent on it: no close_notify after an error (as nginx does).
+                (*(*c).ssl).set_no_send_shutdown(1);
+                let clean = err == SSL_ERROR_ZERO_RETURN
+                    || (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0);
+                ERR_clear_error();
+                if clean {
+                    Received::Eof
+                } else {
+                    Received::Failed
+                }
+            }
+        }
+    }
+}
+
+/// True when the TLS layer of `c` holds no decrypted bytes yet to be read.
+///
+/// # Safety
+/// `c` must be a live probe connection with TLS attached.
+pub unsafe fn drained(c: *mut ngx_connection_t) -> bool {
+    // SAFETY: per the contract.
+    unsafe { SSL_pending((*(*c).ssl).connection) == 0 }
 }
 
 /// Ends the TLS side of a connection before it is closed: sends close_notify without waiting
