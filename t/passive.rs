@@ -15,10 +15,13 @@ fn json_status(port: u16) -> Value {
     strict_json(&status_page(port, "/status?format=json"))
 }
 
-fn front(port: u16) -> String {
+/// Upstream `app` of `peers` with `directives`, and a server on `port` proxying to it and
+/// serving the status page.
+fn app_conf(port: u16, peers: &[String], directives: &str) -> String {
     format!(
-        "server {{\n    listen 127.0.0.1:{port};\n    location / {{ proxy_pass http://app; }}\n    \
-         location = /status {{ upstream_healthcheck_status; }}\n}}\n"
+        "{}server {{\n    listen 127.0.0.1:{port};\n    location / {{ proxy_pass http://app; }}\n    \
+         location = /status {{ upstream_healthcheck_status; }}\n}}\n",
+        upstream_block("app", peers, directives)
     )
 }
 
@@ -50,15 +53,11 @@ fn failed_requests_eject_a_peer_its_probes_pass_and_the_probes_bring_it_back() {
     let good = Backend::new();
     let bad = failing_requests();
     let port = free_port();
-    let conf = format!(
-        "{}{}",
-        upstream_block(
-            "app",
-            &[good.addr(), bad.addr()],
-            "upstream_healthcheck type=http interval=200ms timeout=1s fall=3 rise=2 uri=/health;\n    \
-             upstream_healthcheck_passive fails=3 window=10s statuses=5xx;"
-        ),
-        front(port)
+    let conf = app_conf(
+        port,
+        &[good.addr(), bad.addr()],
+        "upstream_healthcheck type=http interval=200ms timeout=1s fall=3 rise=2 uri=/health;\n    \
+             upstream_healthcheck_passive fails=3 window=10s statuses=5xx;",
     );
     let nginx = Nginx::start_with("worker_processes 2;", &conf);
     send_until(port, &bad, 3);
@@ -134,14 +133,10 @@ fn without_active_checks_an_ejected_peer_serves_its_time_then_probation_doubles_
     let bad = Backend::new();
     bad.set_mode(Mode::Status(502));
     let port = free_port();
-    let conf = format!(
-        "{}{}",
-        upstream_block(
-            "app",
-            &[good.addr(), bad.addr()],
-            "upstream_healthcheck_passive fails=2 window=10s statuses=502 down_time=1s;"
-        ),
-        front(port)
+    let conf = app_conf(
+        port,
+        &[good.addr(), bad.addr()],
+        "upstream_healthcheck_passive fails=2 window=10s statuses=502 down_time=1s;",
     );
     let nginx = Nginx::start(&conf);
     let passive = |port: u16| json_peer(&json_status(port), "app", &bad.addr())["passive"].clone();
@@ -177,14 +172,10 @@ fn the_last_peer_up_is_never_ejected() {
     let bad = Backend::new();
     bad.set_mode(Mode::Status(502));
     let port = free_port();
-    let conf = format!(
-        "{}{}",
-        upstream_block(
-            "app",
-            &[bad.addr()],
-            "upstream_healthcheck_passive fails=2 window=10s statuses=5xx;"
-        ),
-        front(port)
+    let conf = app_conf(
+        port,
+        &[bad.addr()],
+        "upstream_healthcheck_passive fails=2 window=10s statuses=5xx;",
     );
     let nginx = Nginx::start(&conf);
     send_until(port, &bad, 5);
