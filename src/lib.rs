@@ -21,6 +21,8 @@ pub mod render;
 pub mod response;
 pub mod schedule;
 pub mod slow_start;
+pub mod state_file;
+pub mod state_lease;
 pub mod status_line;
 pub mod traffic;
 

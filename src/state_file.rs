@@ -1,0 +1,638 @@
+//! The state file's format (`upstream_healthcheck_state_file`): the verdicts, counters, manual
+//! downs and exclusions as versioned JSON, encoded and decoded with the time passed in.
+//!
+//! The file is one JSON object:
+//!
+//! ```json
+//! {"format": "nginx-upstream-healthcheck-state", "version": 1, "written": 1764392000123,
+//!  "upstreams": [{"name": "backend", "excluded": {"until": 1764392060000},
+//!                 "peers": [{"peer": "127.0.0.1:8081", "up": false, "fall_count": 3, ...,
+//!                            "manual_down": {"until": null}}]}]}
+//! ```
+//!
+//! Times are Unix milliseconds, so that a ttl runs on while nginx is stopped; `"until": null`
+//! is a manual down or an exclusion without a ttl. Sections other than `upstreams` are ignored,
+//! and so are fields this version does not know: later versions add sections (e.g. membership
+//! learnt at run time) without breaking older readers of the same version.
+
+use core::fmt;
+
+use serde_json::{json, Map, Value};
+
+use crate::health::PeerHealth;
+use crate::outcome::Failure;
+
+/// The `format` field: says the file is ours.
+pub const FORMAT: &str = "nginx-upstream-healthcheck-state";
+/// The `version` field this module writes and reads.
+pub const VERSION: u64 = 1;
+
+/// When a manual down or an exclusion ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Until {
+    /// No ttl.
+    Forever,
+    /// At this Unix time (ms).
+    UnixMs(u64),
+}
+
+/// Readings of the monotonic clock and the wall clock taken together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    pub mono_ms: u64,
+    pub unix_ms: u64,
+}
+
+/// A manual down's or an exclusion's end as the zone keeps it (monotonic ms, `u64::MAX` for no
+/// ttl) as the file keeps it; `None` when it has ended by `now`.
+pub fn until_to_file(until_mono_ms: u64, now: Now) -> Option<Until> {
+    if until_mono_ms == u64::MAX {
+        return Some(Until::Forever);
+    }
+    let left = until_mono_ms.checked_sub(now.mono_ms).filter(|&l| l > 0)?;
+    Some(Until::UnixMs(now.unix_ms.saturating_add(left)))
+}
+
+/// An end read from the file as the zone keeps it: monotonic ms (never 0), `u64::MAX` for no
+/// ttl; `None` when it has ended by `now`.
+pub fn until_from_file(until: Until, now: Now) -> Option<u64> {
+    match until {
+        Until::Forever => Some(u64::MAX),
+        Until::UnixMs(t) => {
+            let left = t.checked_sub(now.unix_ms).filter(|&l| l > 0)?;
+            Some(now.mono_ms.saturating_add(left).clamp(1, u64::MAX - 1))
+        }
+    }
+}
+
+/// One peer's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerState {
+    /// As nginx shows it (`127.0.0.1:8081`, `unix:/path`).
+    pub name: String,
+    /// Which occurrence of the name in its upstream (the same address may be listed twice).
+    pub occurrence: u32,
+    /// Its checks' verdict and counters; `None` when its upstream is not checked.
+    pub health: Option<PeerHealth>,
+    /// A manual down in force.
+    pub manual_down: Option<Until>,
+}
+
+/// One upstream block's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamState {
+    pub name: String,
+    /// An exclusion in force.
+    pub excluded: Option<Until>,
+    pub peers: Vec<PeerState>,
+}
+
+/// Everything the file holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    /// When it was written (Unix ms).
+    pub written_unix_ms: u64,
+    pub upstreams: Vec<UpstreamState>,
+}
+
+impl State {
+    /// Peers, manual downs and exclusions it holds, for the log line that says what was read.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let peers = self.upstreams.iter().map(|u| u.peers.len()).sum();
+        let downs = self
+            .upstreams
+            .iter()
+            .flat_map(|u| &u.peers)
+            .filter(|p| p.manual_down.is_some())
+            .count();
+        let excluded = self
+            .upstreams
+            .iter()
+            .filter(|u| u.excluded.is_some())
+            .count();
+        (peers, downs, excluded)
+    }
+}
+
+/// Why a file cannot be read; shown as `state file "..." is ignored: <reason>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Empty,
+    /// The JSON ends early: a write that did not finish, or a file cut short.
+    Truncated,
+    /// Not JSON at all.
+    NotJson(String),
+    /// JSON, but not a state file of this module.
+    Foreign,
+    /// A state file of another version.
+    Version(String),
+    /// A state file of this version with a field of the wrong type.
+    Malformed(String),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Empty => f.write_str("the file is empty"),
+            DecodeError::Truncated => f.write_str("the file is truncated"),
+            DecodeError::NotJson(e) => write!(f, "not JSON ({e})"),
+            DecodeError::Foreign => f.write_str("not a state file of upstream_healthcheck"),
+            DecodeError::Version(v) => {
+                write!(
+                    f,
+                    "version {v} is not supported, this module reads version {VERSION}"
+                )
+            }
+            DecodeError::Malformed(e) => write!(f, "malformed: {e}"),
+        }
+    }
+}
+
+/// The file's text.
+pub fn encode(state: &State) -> String {
+    let upstreams: Vec<Value> = state
+        .upstreams
+        .iter()
+        .map(|u| {
+            let mut up = Map::new();
+            up.insert("name".into(), json!(u.name));
+            if let Some(until) = u.excluded {
+                up.insert("excluded".into(), until_json(until));
+            }
+            let peers: Vec<Value> = u.peers.iter().map(peer_json).collect();
+            up.insert("peers".into(), Value::Array(peers));
+            Value::Object(up)
+        })
+        .collect();
+    let doc = json!({
+        "format": FORMAT,
+        "version": VERSION,
+        "written": state.written_unix_ms,
+        "upstreams": upstreams,
+    });
+    let mut text = doc.to_string();
+    text.push('\n');
+    text
+}
+
+fn until_json(until: Until) -> Value {
+    match until {
+        Until::Forever => json!({ "until": null }),
+        Until::UnixMs(t) => json!({ "until": t }),
+    }
+}
+
+fn peer_json(p: &PeerState) -> Value {
+    let mut m = Map::new();
+    m.insert("peer".into(), json!(p.name));
+    if p.occurrence != 0 {
+        m.insert("occurrence".into(), json!(p.occurrence));
+    }
+    if let Some(h) = &p.health {
+        m.insert("up".into(), json!(h.is_up()));
+        let failures: Map<String, Value> = Failure::ALL
+            .iter()
+            .filter(|f| h.failures[f.index()] != 0)
+            .map(|f| (f.as_str().to_string(), json!(h.failures[f.index()])))
+            .collect();
+        let fields = [
+            ("rise_count", json!(h.rise_count)),
+            ("fall_count", json!(h.fall_count)),
+            ("checks", json!(h.checks)),
+            ("transitions_up", json!(h.transitions_up)),
+            ("transitions_down", json!(h.transitions_down)),
+            ("failures", Value::Object(failures)),
+            (
+                "last_error",
+                json!(h.last_error().map(Failure::as_str).unwrap_or_default()),
+            ),
+            ("last_status", json!(h.last_status)),
+            ("last_detail", json!(h.last_detail)),
+            ("last_duration_us", json!(h.last_duration_us)),
+            ("last_check", json!(h.last_check_ms)),
+            ("last_change", json!(h.last_change_ms)),
+        ];
+        m.extend(fields.into_iter().map(|(k, v)| (k.to_string(), v)));
+    }
+    if let Some(until) = p.manual_down {
+        m.insert("manual_down".into(), until_json(until));
+    }
+    Value::Object(m)
+}
+
+/// Reads a file's bytes. Manual downs and exclusions whose end passed by `now_unix_ms` are
+/// dropped.
+pub fn decode(bytes: &[u8], now_unix_ms: u64) -> Result<State, DecodeError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(DecodeError::Empty);
+    }
+    let doc: Value = serde_json::from_slice(bytes).map_err(|e| {
+        if e.is_eof() {
+            DecodeError::Truncated
+        } else {
+            DecodeError::NotJson(e.to_string())
+        }
+    })?;
+    let Some(top) = doc.as_object() else {
+        return Err(DecodeError::Foreign);
+    };
+    if top.get("format").and_then(Value::as_str) != Some(FORMAT) {
+        return Err(DecodeError::Foreign);
+    }
+    match top.get("version") {
+        Some(v) if v.as_u64() == Some(VERSION) => {}
+        Some(v) => return Err(DecodeError::Version(v.to_string())),
+        None => return Err(DecodeError::Version("(none)".into())),
+    }
+    let written_unix_ms = opt_u64(top, "written", "the file")?.unwrap_or(0);
+    let upstreams = match top.get("upstreams") {
+        None => Vec::new(),
+        Some(v) => array(v, "\"upstreams\"")?
+            .iter()
+            .map(|u| upstream(u, now_unix_ms))
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(State {
+        written_unix_ms,
+        upstreams,
+    })
+}
+
+fn malformed(what: impl fmt::Display) -> DecodeError {
+    DecodeError::Malformed(what.to_string())
+}
+
+fn array<'a>(v: &'a Value, what: &str) -> Result<&'a Vec<Value>, DecodeError> {
+    v.as_array()
+        .ok_or_else(|| malformed(format_args!("{what} must be an array")))
+}
+
+fn object<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, DecodeError> {
+    v.as_object()
+        .ok_or_else(|| malformed(format_args!("{what} must be an object")))
+}
+
+fn string(m: &Map<String, Value>, key: &str, what: &str) -> Result<String, DecodeError> {
+    m.get(key)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| malformed(format_args!("{what} has no \"{key}\" string")))
+}
+
+fn opt_u64(m: &Map<String, Value>, key: &str, what: &str) -> Result<Option<u64>, DecodeError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            malformed(format_args!(
+                "\"{key}\" of {what} must be a non-negative integer"
+            ))
+        }),
+    }
+}
+
+fn opt_u32(m: &Map<String, Value>, key: &str, what: &str) -> Result<u32, DecodeError> {
+    let v = opt_u64(m, key, what)?.unwrap_or(0);
+    u32::try_from(v).map_err(|_| malformed(format_args!("\"{key}\" of {what} is too large")))
+}
+
+/// `{"until": T}` (or null) under `key`, dropped when T has passed.
+fn until(
+    m: &Map<String, Value>,
+    key: &str,
+    what: &str,
+    now_unix_ms: u64,
+) -> Result<Option<Until>, DecodeError> {
+    let Some(v) = m.get(key) else {
+        return Ok(None);
+    };
+    let what = format!("\"{key}\" of {what}");
+    let until = match opt_u64(object(v, &what)?, "until", &what)? {
+        None => Until::Forever,
+        Some(t) if t <= now_unix_ms => return Ok(None),
+        Some(t) => Until::UnixMs(t),
+    };
+    Ok(Some(until))
+}
+
+fn upstream(v: &Value, now_unix_ms: u64) -> Result<UpstreamState, DecodeError> {
+    let m = object(v, "an upstream")?;
+    let name = string(m, "name", "an upstream")?;
+    let what = format!("upstream \"{name}\"");
+    let excluded = until(m, "excluded", &what, now_unix_ms)?;
+    let peers = match m.get("peers") {
+        None => Vec::new(),
+        Some(v) => array(v, &format!("\"peers\" of {what}"))?
+            .iter()
+            .map(|p| peer(p, &what, now_unix_ms))
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(UpstreamState {
+        name,
+        excluded,
+        peers,
+    })
+}
+
+fn peer(v: &Value, upstream: &str, now_unix_ms: u64) -> Result<PeerState, DecodeError> {
+    let m = object(v, &format!("a peer of {upstream}"))?;
+    let name = string(m, "peer", &format!("a peer of {upstream}"))?;
+    let what = format!("peer \"{name}\" of {upstream}");
+    let health = match m.get("up") {
+        None => None,
+        Some(up) => {
+            let up = up
+                .as_bool()
+                .ok_or_else(|| malformed(format_args!("\"up\" of {what} must be true or false")))?;
+            Some(health(m, up, &what)?)
+        }
+    };
+    Ok(PeerState {
+        occurrence: opt_u32(m, "occurrence", &what)?,
+        manual_down: until(m, "manual_down", &what, now_unix_ms)?,
+        name,
+        health,
+    })
+}
+
+fn health(m: &Map<String, Value>, up: bool, what: &str) -> Result<PeerHealth, DecodeError> {
+    let mut h = PeerHealth::new(up);
+    h.rise_count = opt_u32(m, "rise_count", what)?;
+    h.fall_count = opt_u32(m, "fall_count", what)?;
+    h.checks = opt_u64(m, "checks", what)?.unwrap_or(0);
+    h.transitions_up = opt_u32(m, "transitions_up", what)?;
+    h.transitions_down = opt_u32(m, "transitions_down", what)?;
+    if let Some(v) = m.get("failures") {
+        let failures = object(v, &format!("\"failures\" of {what}"))?;
+        // Kinds this version does not know are skipped.
+        for f in Failure::ALL {
+            h.failures[f.index()] = opt_u32(failures, f.as_str(), what)?;
+        }
+    }
+    let last_error = m.get("last_error").and_then(Value::as_str).unwrap_or("");
+    h.last_error = Failure::ALL
+        .iter()
+        .chain([&Failure::Passive])
+        .find(|f| f.as_str() == last_error)
+        .map_or(0, |&f| f as u8);
+    h.last_status = u16::try_from(opt_u64(m, "last_status", what)?.unwrap_or(0))
+        .map_err(|_| malformed(format_args!("\"last_status\" of {what} is too large")))?;
+    h.last_detail = opt_u32(m, "last_detail", what)?;
+    h.last_duration_us = opt_u32(m, "last_duration_us", what)?;
+    h.last_check_ms = opt_u64(m, "last_check", what)?.unwrap_or(0);
+    h.last_change_ms = opt_u64(m, "last_change", what)?.unwrap_or(0);
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::Outcome;
+
+    const NOW: u64 = 1_764_392_000_000;
+
+    fn down_peer() -> PeerHealth {
+        let mut h = PeerHealth::new(true);
+        for i in 0..3 {
+            h.record(
+                Outcome::failed(Failure::Refused, None),
+                NOW - 3000 + i,
+                250,
+                2,
+                3,
+            );
+        }
+        h.record(
+            Outcome::failed_with(Failure::BadStatus, Some(503), 0),
+            NOW - 1000,
+            300,
+            2,
+            3,
+        );
+        h
+    }
+
+    fn sample() -> State {
+        State {
+            written_unix_ms: NOW,
+            upstreams: vec![
+                UpstreamState {
+                    name: "backend".into(),
+                    excluded: None,
+                    peers: vec![
+                        PeerState {
+                            name: "127.0.0.1:8081".into(),
+                            occurrence: 0,
+                            health: Some(down_peer()),
+                            manual_down: None,
+                        },
+                        PeerState {
+                            name: "127.0.0.1:8081".into(),
+                            occurrence: 1,
+                            health: Some(PeerHealth::new(true)),
+                            manual_down: Some(Until::UnixMs(NOW + 60_000)),
+                        },
+                        PeerState {
+                            name: "unix:/run/app \"1\".sock".into(),
+                            occurrence: 0,
+                            health: Some(PeerHealth::new(false)),
+                            manual_down: Some(Until::Forever),
+                        },
+                    ],
+                },
+                UpstreamState {
+                    name: "unchecked".into(),
+                    excluded: Some(Until::UnixMs(NOW + 5_000)),
+                    peers: vec![PeerState {
+                        name: "10.0.0.1:80".into(),
+                        occurrence: 0,
+                        health: None,
+                        manual_down: None,
+                    }],
+                },
+                UpstreamState {
+                    name: "forever".into(),
+                    excluded: Some(Until::Forever),
+                    peers: vec![],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_state_survives_a_round_trip() {
+        let state = sample();
+        let text = encode(&state);
+        assert_eq!(decode(text.as_bytes(), NOW), Ok(state));
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn the_file_says_what_it_is_and_which_version() {
+        let doc: Value = serde_json::from_str(&encode(&sample())).unwrap();
+        assert_eq!(doc["format"], FORMAT);
+        assert_eq!(doc["version"], 1);
+        assert_eq!(doc["written"], NOW);
+        let p = &doc["upstreams"][0]["peers"][0];
+        assert_eq!(p["up"], false);
+        assert_eq!(p["fall_count"], 4);
+        assert_eq!(p["failures"], json!({"refused": 3, "bad_status": 1}));
+        assert_eq!(p["last_error"], "bad_status");
+        assert_eq!(p["last_status"], 503);
+        assert!(
+            p.get("occurrence").is_none(),
+            "the first occurrence is implied"
+        );
+        assert_eq!(
+            doc["upstreams"][0]["peers"][2]["manual_down"],
+            json!({"until": null})
+        );
+        assert!(doc["upstreams"][1]["peers"][0].get("up").is_none());
+    }
+
+    #[test]
+    fn every_cut_of_a_file_is_refused_never_half_read() {
+        let text = encode(&sample());
+        for cut in 0..text.trim_end().len() {
+            let err = decode(&text.as_bytes()[..cut], NOW).unwrap_err();
+            assert!(
+                matches!(err, DecodeError::Empty | DecodeError::Truncated),
+                "cut at {cut}: {err}"
+            );
+        }
+        assert_eq!(
+            decode(&text.as_bytes()[..40], NOW).unwrap_err().to_string(),
+            "the file is truncated"
+        );
+    }
+
+    #[test]
+    fn garbage_and_foreign_files_are_refused_with_their_reason() {
+        let cases: [(&[u8], &str); 6] = [
+            (b"", "the file is empty"),
+            (b" \n", "the file is empty"),
+            (
+                b"\x00\x01binary",
+                "not JSON (expected value at line 1 column 1)",
+            ),
+            (b"[1, 2]", "not a state file of upstream_healthcheck"),
+            (
+                br#"{"format": "something-else", "version": 1}"#,
+                "not a state file of upstream_healthcheck",
+            ),
+            (
+                br#"{"upstreams": []}"#,
+                "not a state file of upstream_healthcheck",
+            ),
+        ];
+        for (bytes, reason) in cases {
+            assert_eq!(decode(bytes, NOW).unwrap_err().to_string(), reason);
+        }
+    }
+
+    #[test]
+    fn another_version_is_refused() {
+        let doc = |v: &str| format!(r#"{{"format": "{FORMAT}", "version": {v}, "upstreams": []}}"#);
+        assert_eq!(
+            decode(doc("2").as_bytes(), NOW).unwrap_err().to_string(),
+            "version 2 is not supported, this module reads version 1"
+        );
+        assert_eq!(
+            decode(doc("\"1\"").as_bytes(), NOW).unwrap_err(),
+            DecodeError::Version("\"1\"".into())
+        );
+        let none = format!(r#"{{"format": "{FORMAT}"}}"#);
+        assert!(matches!(
+            decode(none.as_bytes(), NOW),
+            Err(DecodeError::Version(_))
+        ));
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_refused_with_where_it_is() {
+        let text = format!(
+            r#"{{"format": "{FORMAT}", "version": 1, "upstreams": [{{"name": "b",
+               "peers": [{{"peer": "127.0.0.1:1", "up": "yes"}}]}}]}}"#
+        );
+        assert_eq!(
+            decode(text.as_bytes(), NOW).unwrap_err().to_string(),
+            "malformed: \"up\" of peer \"127.0.0.1:1\" of upstream \"b\" must be true or false"
+        );
+        let text = format!(
+            r#"{{"format": "{FORMAT}", "version": 1, "upstreams": [{{"name": "b",
+               "excluded": {{"until": -5}}}}]}}"#
+        );
+        assert!(matches!(
+            decode(text.as_bytes(), NOW),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_sections_and_fields_are_ignored() {
+        let text = format!(
+            r#"{{"format": "{FORMAT}", "version": 1, "written": 5,
+                "dynamic": {{"backend": ["127.0.0.1:9"]}},
+                "upstreams": [{{"name": "b", "color": "blue",
+                   "peers": [{{"peer": "127.0.0.1:1", "up": true, "new_counter": 7,
+                               "failures": {{"refused": 2, "quantum": 9}}}}]}}]}}"#
+        );
+        let state = decode(text.as_bytes(), NOW).unwrap();
+        assert_eq!(state.written_unix_ms, 5);
+        let h = state.upstreams[0].peers[0].health.unwrap();
+        assert!(h.is_up());
+        assert_eq!(h.failures_total(), 2);
+    }
+
+    #[test]
+    fn ends_that_passed_while_nginx_was_stopped_are_dropped() {
+        let state = sample();
+        let text = encode(&state);
+        // 10 s later: the 5 s exclusion ended, the 60 s manual down holds, no-ttl ones hold.
+        let later = decode(text.as_bytes(), NOW + 10_000).unwrap();
+        assert_eq!(later.upstreams[1].excluded, None);
+        assert_eq!(
+            later.upstreams[0].peers[1].manual_down,
+            Some(Until::UnixMs(NOW + 60_000))
+        );
+        assert_eq!(
+            later.upstreams[0].peers[2].manual_down,
+            Some(Until::Forever)
+        );
+        assert_eq!(later.upstreams[2].excluded, Some(Until::Forever));
+        // At the very end it has ended.
+        let at_end = decode(text.as_bytes(), NOW + 60_000).unwrap();
+        assert_eq!(at_end.upstreams[0].peers[1].manual_down, None);
+        assert_eq!(at_end.counts(), (4, 1, 1));
+    }
+
+    #[test]
+    fn ends_move_between_the_clocks_keeping_the_time_left() {
+        let before = Now {
+            mono_ms: 5_000,
+            unix_ms: NOW,
+        };
+        // 30 s left at the write.
+        let file = until_to_file(35_000, before).unwrap();
+        assert_eq!(file, Until::UnixMs(NOW + 30_000));
+        // nginx was stopped 12 s, and its monotonic clock restarted lower.
+        let after = Now {
+            mono_ms: 1_000,
+            unix_ms: NOW + 12_000,
+        };
+        assert_eq!(until_from_file(file, after), Some(1_000 + 18_000));
+        assert_eq!(
+            until_from_file(
+                file,
+                Now {
+                    unix_ms: NOW + 30_000,
+                    ..after
+                }
+            ),
+            None
+        );
+        assert_eq!(until_to_file(u64::MAX, before), Some(Until::Forever));
+        assert_eq!(until_from_file(Until::Forever, after), Some(u64::MAX));
+        assert_eq!(until_to_file(5_000, before), None, "ends now");
+        assert_eq!(until_to_file(10, before), None, "ended");
+    }
+}
