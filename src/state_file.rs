@@ -212,7 +212,16 @@ fn peer_json(p: &PeerState) -> Value {
             ("last_check", json!(h.last_check_ms)),
             ("last_change", json!(h.last_change_ms)),
         ];
-        m.extend(fields.into_iter().map(|(k, v)| (k.to_string(), v)));
+        // Zeros and empty values are left out: they are what a reader assumes.
+        let set = |v: &Value| {
+            !matches!(v, Value::Object(o) if o.is_empty()) && v != &json!(0) && v != &json!("")
+        };
+        m.extend(
+            fields
+                .into_iter()
+                .filter(|(_, v)| set(v))
+                .map(|(k, v)| (k.to_string(), v)),
+        );
     }
     if let Some(until) = p.manual_down {
         m.insert("manual_down".into(), until_json(until));
@@ -487,6 +496,9 @@ mod tests {
             json!({"until": null})
         );
         assert!(doc["upstreams"][1]["peers"][0].get("up").is_none());
+        let fresh = &doc["upstreams"][0]["peers"][1];
+        assert_eq!(fresh["up"], true);
+        assert!(fresh.get("checks").is_none(), "zeros are left out: {fresh}");
     }
 
     #[test]

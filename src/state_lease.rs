@@ -24,8 +24,8 @@ pub enum WriteReport {
     Recovered,
 }
 
-/// The writer's state in the shared zone; plain atomics, read and written under the zone lock
-/// by the worker that looks at it.
+/// The writer's state in the shared zone: atomics, so that any process may look without the
+/// zone lock; the lease is taken under it.
 #[derive(Debug, Default)]
 #[repr(C)]
 pub struct WriterLease {

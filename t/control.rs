@@ -28,61 +28,8 @@ const INTERVAL: Duration = Duration::from_millis(100);
 // ---------------------------------------------------------------------------------------------
 // HTTP
 
-/// One HTTP/1.0 request to 127.0.0.1:port with extra header lines and a body; returns (status,
-/// headers, body). Content-Length is sent with a body, and for PUT (nginx wants one there); an
-/// empty POST goes without, as `curl -X POST URL` sends it (see
-/// `post_with_an_empty_or_chunked_body` for `Content-Length: 0`).
-fn request(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String, String) {
-    try_request(port, method, path, headers, body)
-        .unwrap_or_else(|e| panic!("{method} {path} on port {port}: {e}"))
-}
-
-fn try_request(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> io::Result<(u16, String, String)> {
-    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() || method == "PUT" {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    let mut raw = head.into_bytes();
-    raw.extend_from_slice(body);
-    parse_response(&exchange(port, &raw, true)?)
-}
-
 // ---------------------------------------------------------------------------------------------
 // The control API
-
-/// `METHOD /admin?query` (no body): (status, raw JSON body). Asserts the JSON content type.
-fn admin(port: u16, method: &str, query: &str) -> (u16, String) {
-    let path = if query.is_empty() {
-        "/admin".to_owned()
-    } else {
-        format!("/admin?{query}")
-    };
-    let (status, headers, body) = request(port, method, &path, &[], b"");
-    if method != "HEAD" {
-        assert_eq!(
-            header(&headers, "Content-Type").as_deref(),
-            Some("application/json"),
-            "{method} {path}: {status}\n{headers}\n{body}"
-        );
-    }
-    (status, body)
-}
 
 /// POST /admin with `body` as a form (or with `content_type` when given): (status, raw body).
 fn admin_post_body(port: u16, content_type: Option<&str>, body: &[u8]) -> (u16, String) {
@@ -97,49 +44,6 @@ fn admin_post_body(port: u16, content_type: Option<&str>, body: &[u8]) -> (u16, 
         "{status}\n{h}\n{b}"
     );
     (status, b)
-}
-
-const SET: &str = r#"{"status":"ok","err_msg":"","msg":"Set into shm succeded"}"#;
-const DELETED: &str = r#"{"status":"ok","err_msg":"","msg":"Delete succeded"}"#;
-const NOT_FOUND: &str = r#"{"status":"ok","err_msg":"","msg":"not found"}"#;
-
-/// POSTs `query` in the query string and asserts the exact answer.
-fn post_ok(port: u16, query: &str, want: &str) {
-    let (status, body) = admin(port, "POST", query);
-    assert_eq!((status, body.as_str()), (200, want), "POST /admin?{query}");
-}
-
-/// `a=get` over GET: the `ttl` when found, None when not.
-fn get_ttl(port: u16, query: &str) -> Option<u64> {
-    let (status, body) = admin(port, "GET", query);
-    assert_eq!(status, 200, "GET /admin?{query}: {body}");
-    if body == NOT_FOUND {
-        return None;
-    }
-    let v = strict_json(&body);
-    assert_eq!(
-        (&v["status"], &v["err_msg"], &v["msg"]),
-        (&json!("ok"), &json!(""), &json!("found")),
-        "{body}"
-    );
-    Some(
-        v["ttl"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no ttl: {body}")),
-    )
-}
-
-/// GET /admin without parameters: the `msg` object (`exclusions`, `manual_downs`).
-fn list(port: u16) -> Value {
-    let (status, body) = admin(port, "GET", "");
-    assert_eq!(status, 200, "{body}");
-    let v = strict_json(&body);
-    assert_eq!(
-        (&v["status"], &v["err_msg"]),
-        (&json!("ok"), &json!("")),
-        "{body}"
-    );
-    v["msg"].clone()
 }
 
 fn empty_list() -> Value {
@@ -178,27 +82,6 @@ fn text_header<'a>(page: &'a str, upstream: &str) -> Option<&'a str> {
             .map(|r| r.strip_suffix(" (NO checkers)").unwrap_or(r) == upstream)
             .unwrap_or(false)
     })
-}
-
-/// `up`, `DOWN` or `DOWN (manual)`: the state of `peer` in `upstream` on a text page.
-fn text_state<'a>(page: &'a str, upstream: &str, peer: &str) -> Option<&'a str> {
-    let mut inside = false;
-    for line in page.lines() {
-        if let Some(rest) = line.strip_prefix("Upstream ") {
-            inside = rest.strip_suffix(" (NO checkers)").unwrap_or(rest) == upstream;
-            continue;
-        }
-        if inside {
-            if let Some(state) = line
-                .trim_start()
-                .strip_prefix(peer)
-                .and_then(|r| r.strip_prefix(' '))
-            {
-                return Some(state);
-            }
-        }
-    }
-    None
 }
 
 /// `health.checks` of a checked peer on the JSON page.

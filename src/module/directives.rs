@@ -2,14 +2,17 @@
 
 use core::ffi::{c_char, c_void};
 use core::ptr;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_parse, ngx_conf_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_ANY,
-    NGX_CONF_BLOCK, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF,
-    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
-    NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
+    ngx_command_t, ngx_conf_full_name, ngx_conf_parse, ngx_conf_t, ngx_int_t, ngx_str_t,
+    ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_ANY, NGX_CONF_BLOCK, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
+    NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF, NGX_OK,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::ngx_string;
@@ -37,7 +40,7 @@ const fn command(name: ngx_str_t, type_: u32, set: SetFn, conf: usize) -> ngx_co
 
 const UPS: u32 = NGX_HTTP_UPS_CONF;
 
-pub static mut COMMANDS: [ngx_command_t; 19] = [
+pub static mut COMMANDS: [ngx_command_t; 20] = [
     command(
         ngx_string!("upstream_healthcheck"),
         UPS | NGX_CONF_ANY,
@@ -145,6 +148,12 @@ pub static mut COMMANDS: [ngx_command_t; 19] = [
         ngx_string!("upstream_healthcheck_match"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_BLOCK | NGX_CONF_TAKE1,
         set_match,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_state_file"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        set_state_file,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     ngx_command_t::empty(),
@@ -370,6 +379,48 @@ extern "C" fn set_zone(
             pos,
         ))
     })
+}
+
+/// `upstream_healthcheck_state_file off | PATH`: a relative path is taken from the prefix, as
+/// nginx takes `pid` and `error_log`.
+extern "C" fn set_state_file(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's main conf for NGX_HTTP_MAIN_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<MainConf>() };
+    set_once(cf, &mut conf.state_file, |args, pos| {
+        let arg = first(args);
+        if arg == b"off" {
+            return Ok((None, pos));
+        }
+        parse::parse_file_name("upstream_healthcheck_state_file", arg)?;
+        // SAFETY: cf is valid during parsing; full_name allocates from the cycle's pool.
+        let full = unsafe { full_name(cf, arg) }.ok_or_else(|| {
+            ParseError::new(
+                "cannot make the full name of \"upstream_healthcheck_state_file\"".into(),
+            )
+        })?;
+        Ok((Some(full), pos))
+    })
+}
+
+/// `name` made absolute against the prefix (`ngx_conf_full_name`).
+///
+/// # Safety
+/// `cf` must be the context of the directive being parsed.
+unsafe fn full_name(cf: *mut ngx_conf_t, name: &[u8]) -> Option<PathBuf> {
+    let mut s = ngx_str_t {
+        len: name.len(),
+        data: name.as_ptr().cast_mut(),
+    };
+    // SAFETY: cf->cycle is the cycle being configured; ngx_conf_full_name only reads `s` and,
+    // for a relative name, points it at a copy allocated from the cycle's pool.
+    if unsafe { ngx_conf_full_name((*cf).cycle, &mut s, 0) } != NGX_OK as ngx_int_t {
+        return None;
+    }
+    Some(PathBuf::from(OsStr::from_bytes(s.as_bytes())))
 }
 
 extern "C" fn set_status(

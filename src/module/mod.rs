@@ -41,6 +41,7 @@ mod probe;
 mod process;
 mod ramp;
 mod response_writer;
+mod state_store;
 mod status_handler;
 mod tick;
 mod tls;
@@ -72,6 +73,7 @@ pub static mut ngx_http_upstream_healthcheck_module: ngx_module_t = ngx_module_t
     init_module: Some(zone::commit_supersede),
     init_process: Some(process::init_process),
     exit_process: Some(process::exit_process),
+    exit_master: Some(state_store::exit_master),
     ..ngx_module_t::default()
 };
 
@@ -275,6 +277,7 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
     // SAFETY: cf is valid; both main confs exist inside http {}.
     let cfr = unsafe { &*cf };
     let main = Module::main_conf_mut(cfr).ok_or(())?;
+    main.cycle = cfr.cycle;
     let umcf = NgxHttpUpstreamModule::main_conf(cfr).ok_or(())?;
     // SAFETY: the upstreams array holds upstream srv conf pointers.
     let all: &[*mut ngx_http_upstream_srv_conf_t] = unsafe { umcf.upstreams.as_slice() };

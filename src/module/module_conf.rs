@@ -6,11 +6,12 @@ use core::ffi::c_char;
 use core::fmt::Display;
 use core::ptr;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use ngx::core::NGX_CONF_ERROR;
 use ngx::ffi::{
-    ngx_conf_t, ngx_event_free_peer_pt, ngx_http_upstream_init_peer_pt,
+    ngx_conf_t, ngx_cycle_t, ngx_event_free_peer_pt, ngx_http_upstream_init_peer_pt,
     ngx_http_upstream_srv_conf_t, ngx_shm_zone_t, ngx_uint_t, NGX_LOG_EMERG, NGX_LOG_WARN,
 };
 
@@ -85,6 +86,10 @@ pub struct MainConf {
     pub matches: Vec<(String, Arc<Match>)>,
     /// `upstream_healthcheck_traffic` at the http level: the default of every upstream.
     pub traffic: Option<(bool, ConfPos)>,
+    /// `upstream_healthcheck_state_file`: the file's full name (`None` inside for `off`).
+    pub state_file: Option<(Option<PathBuf>, ConfPos)>,
+    /// The cycle this configuration belongs to (its log is where the zone's init reports).
+    pub cycle: *mut ngx_cycle_t,
 }
 
 impl Default for MainConf {
@@ -98,6 +103,8 @@ impl Default for MainConf {
             admin: false,
             matches: Vec::new(),
             traffic: None,
+            state_file: None,
+            cycle: ptr::null_mut(),
         }
     }
 }
@@ -116,6 +123,11 @@ impl MainConf {
     /// Some upstream has passive checks: the zone holds passive state for every slot.
     pub fn has_passive(&self) -> bool {
         self.upstreams.iter().any(|u| u.passive.is_some())
+    }
+
+    /// The state file, when one is configured.
+    pub fn state_path(&self) -> Option<&PathBuf> {
+        self.state_file.as_ref()?.0.as_ref()
     }
 }
 

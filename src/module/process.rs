@@ -85,6 +85,8 @@ pub struct Worker {
     pub local_burst: Option<LocalBurst>,
     /// The peers ramping up after coming back (slow start).
     pub ramps: Ramps,
+    /// When to look at the state file's writer lease next (`state_store::tick`).
+    pub state_next_ms: u64,
 }
 
 impl Worker {
@@ -200,6 +202,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         ),
         local_burst: None,
         ramps: Ramps::default(),
+        state_next_ms: 0,
     });
     let w = Box::into_raw(worker);
     // SAFETY: w is a fresh, exclusively owned allocation; the event is initialised before it

@@ -17,6 +17,7 @@ use crate::module::peers;
 use crate::module::probe::{self, Ended, Kept};
 use crate::module::process::{exiting, stop_if_stale, with_worker, LocalBurst, Worker};
 use crate::module::ramp;
+use crate::module::state_store;
 use crate::module::zone::log_panic;
 use crate::policy::{connection_reusable, PeerFacts};
 use crate::schedule::{next_interval_ms, rearm, MAX_TICK_MS};
@@ -36,6 +37,7 @@ pub extern "C" fn on_tick(_ev: *mut ngx_event_t) {
     with_worker(|w| {
         let now = now_msec();
         housekeeping::run(w, now);
+        state_store::tick(w, now);
         peers::apply_changes(w);
         ramp::step(w, now);
         scan(w);
@@ -173,6 +175,7 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept:
         let t = s
             .health
             .record(outcome, unix_msec(), duration_us, p.rise, p.fall);
+        w.header.writer.count_probe();
         // The next interval depends on the verdict this result leaves.
         let interval = next_interval_ms(p, &s.health);
         let random = ngx_random() as u64;

@@ -20,10 +20,13 @@ use crate::key::{peer_key, zone_size_for};
 use crate::module::ha;
 use crate::module::log::hc_log;
 use crate::module::module_conf::{MainConf, UpstreamConf};
+use crate::module::state_store::{self, Restored};
 use crate::panic::{PanicChange, PanicMessage, PanicState};
 use crate::passive::PassiveState;
 use crate::schedule::Schedule;
 use crate::slow_start;
+use crate::state_file::Now;
+use crate::state_lease::WriterLease;
 use crate::traffic::{Traffic, TrafficCounters};
 
 /// The zone's name as `ngx_shared_memory_add` knows it.
@@ -112,6 +115,8 @@ pub struct ZoneHeader {
     /// Set, under the lock, when a new cycle has copied this zone: a change written here
     /// afterwards would be lost, so the control API refuses changes then.
     pub superseded: AtomicBool,
+    /// Who writes the state file and what it last wrote (`upstream_healthcheck_state_file`).
+    pub writer: WriterLease,
     pub nslots: usize,
     slots: *mut Slot,
     pub nupstreams: usize,
@@ -396,16 +401,27 @@ fn copy_previous(old: &'static ZoneHeader) -> Previous {
             passive,
         }
     };
-    if let Some(mut locked) = old.try_lock_for(LOCK_WAIT_AT_RELOAD_MS) {
-        return copy(&mut locked);
+    with_lock_or_without(old, "copying the state", copy)
+}
+
+/// Runs `f` under the zone lock, in the master (a reload, the exit), where SIGCHLD is blocked:
+/// if a worker died holding the lock, nginx cannot release it meanwhile, so the lock is tried
+/// for a bounded time and `f` runs without it after that, once `doing` is logged.
+pub fn with_lock_or_without<R>(
+    header: &ZoneHeader,
+    doing: &str,
+    f: impl FnOnce(&mut Locked<'_>) -> R,
+) -> R {
+    if let Some(mut locked) = header.try_lock_for(LOCK_WAIT_IN_MASTER_MS) {
+        return f(&mut locked);
     }
     hc_log!(
         NGX_LOG_WARN,
-        "the zone lock is held by a process that does not let go, copying the state without it"
+        "the zone lock is held by a process that does not let go, {doing} without it"
     );
     // A guard that is never dropped, so the lock it does not hold is never "released".
-    let mut unlocked = core::mem::ManuallyDrop::new(Locked { header: old });
-    copy(&mut unlocked)
+    let mut unlocked = core::mem::ManuallyDrop::new(Locked { header });
+    f(&mut unlocked)
 }
 
 /// What a reload carries over from the previous cycle's zone, by key.
@@ -418,8 +434,35 @@ struct Previous {
     passive: HashMap<u64, &'static PassiveState>,
 }
 
-/// How long a reload waits for the old zone's lock before copying without it.
-const LOCK_WAIT_AT_RELOAD_MS: u64 = 500;
+/// How long the master waits for the zone lock before going on without it.
+const LOCK_WAIT_IN_MASTER_MS: u64 = 500;
+
+/// The slot of a peer the previous cycle did not have: as the state file kept it when nginx
+/// starts fresh with one (a verdict only for a `checked` upstream), else new per `default_down`
+/// (`up_at_start`). A peer that a reload adds (`added_at`) is new in service (slow start); one
+/// that is there when nginx starts fresh had no outage.
+fn fresh_slot(
+    key: u64,
+    checked: bool,
+    up_at_start: bool,
+    sched: Schedule,
+    added_at: Option<u64>,
+    restored: Option<&Restored>,
+) -> Slot {
+    let kept = restored.and_then(|r| r.peer(key));
+    Slot {
+        key,
+        health: kept
+            .and_then(|k| k.health)
+            .filter(|_| checked)
+            .unwrap_or_else(|| PeerHealth::new(up_at_start)),
+        sched,
+        manual_until_ms: match added_at {
+            Some(now) => slow_start::in_service_mark(now),
+            None => kept.map_or(0, |k| k.manual_until_ms),
+        },
+    }
+}
 
 /// `ngx_shm_zone_t.init`: lays out the slots for this cycle's checked peers, keeping the state
 /// of peers the previous cycle had (same upstream and address) and starting new ones per
@@ -439,6 +482,21 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
         None => (Previous::default(), false),
     };
     let (old_slots, old_upstreams) = (&previous.slots, &previous.upstreams);
+    // SAFETY: reading the monotonic clock nginx keeps; this runs in the master.
+    let now = unsafe { ngx_current_msec } as u64;
+    // A fresh start (not a reload, not `nginx -t`) takes what the state file kept.
+    // SAFETY: a plain read of nginx's flag, set before any configuration is read.
+    let restored = if reloading || unsafe { ngx::ffi::ngx_test_config } != 0 {
+        None
+    } else {
+        state_store::read(
+            main,
+            Now {
+                mono_ms: now,
+                unix_ms: crate::module::clock::unix_msec(),
+            },
+        )
+    };
 
     let n = main.slots();
     let nup = main.upstreams.len();
@@ -481,8 +539,6 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
         return NGX_ERROR as ngx_int_t;
     }
 
-    // SAFETY: reading the monotonic clock nginx keeps; this runs in the master.
-    let now = unsafe { ngx_current_msec } as u64;
     let ha_state = match main.ha {
         None => HA_DISABLED,
         Some((addr, _)) if ha::host_has_address(addr) => HA_MASTER,
@@ -494,6 +550,7 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
         let record = old_upstreams.get(&key).map_or(
             UpstreamRecord {
                 key,
+                excluded_until_ms: restored.as_ref().map_or(0, |r| r.excluded_until(&up.name)),
                 ..Default::default()
             },
             |r| *r,
@@ -516,18 +573,14 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
                     },
                     manual_until_ms: old.manual_until_ms,
                 },
-                None => Slot {
-                    key: peer.key,
-                    health: PeerHealth::new(up_at_start),
-                    sched: Schedule::first(now, interval, ngx_random() as u64),
-                    // A peer that a reload adds is new in service (slow start); one that is
-                    // there when nginx starts fresh had no outage.
-                    manual_until_ms: if reloading {
-                        slow_start::in_service_mark(now)
-                    } else {
-                        0
-                    },
-                },
+                None => fresh_slot(
+                    peer.key,
+                    up.check.is_some(),
+                    up_at_start,
+                    Schedule::first(now, interval, ngx_random() as u64),
+                    reloading.then_some(now),
+                    restored.as_ref(),
+                ),
             };
             // SAFETY: i < n == number of slots allocated above.
             unsafe { slots.add(i).write(slot) };
@@ -563,6 +616,7 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
             ha_state: AtomicU8::new(ha_state),
             expiry_hint: AtomicU64::new(0),
             superseded: AtomicBool::new(false),
+            writer: WriterLease::default(),
             nslots: n,
             slots,
             nupstreams: nup,

@@ -1,5 +1,5 @@
 //! Integration-test harness shared by every test in `t/` (`mod common;`): runs a real nginx with
-//! the module loaded (this file); `backend` (scriptable HTTP backends), `http` (polling and a
+//! the module loaded (this file); `admin` (the control endpoint), `backend` (scriptable HTTP backends), `http` (polling and a
 //! small HTTP client), `json` (status documents, serde_json), `load` (a request loop on its own
 //! thread), `ports` (listen ports that cannot collide), `procfs` (sockets of processes),
 //! `process` (external programs) and `prometheus` (a Prometheus server scraping nginx) hold
@@ -9,6 +9,7 @@
 //! `scripts/test.sh` exports for each target (`NGX_HC_TARGET` = vendored | debian).
 #![allow(dead_code)]
 
+mod admin;
 mod backend;
 mod http;
 mod json;
@@ -21,6 +22,8 @@ mod slow_tls;
 mod tls;
 
 // Not every test crate uses every module.
+#[allow(unused_imports)]
+pub use admin::*;
 #[allow(unused_imports)]
 pub use backend::*;
 #[allow(unused_imports)]
@@ -538,13 +541,34 @@ impl Nginx {
         self.error_log()
     }
 
+    /// Stops nginx with `sig` (`QUIT` as `nginx -s quit`, `TERM` as `nginx -s stop`), asserts
+    /// that every process exited within the stop deadline, keeps it stopped for `stopped_for`,
+    /// then starts it again in the same prefix on the same nginx.conf (its error log goes on).
+    pub fn restart(mut self, sig: &str, stopped_for: Duration) -> Nginx {
+        let stopped = self.shutdown_with(sig);
+        assert!(
+            stopped,
+            "nginx did not exit within {STOP_DEADLINE:?} of SIG{sig}\n{}",
+            self.error_log()
+        );
+        thread::sleep(stopped_for);
+        let prefix = std::mem::take(&mut self.prefix);
+        let (main_extra, conf) = (self.main_extra.clone(), self.conf.clone());
+        Nginx::launch(prefix, main_extra, conf)
+    }
+
     /// SIGQUIT and wait; force-kill on timeout. True if everything exited gracefully in time.
     fn shutdown(&mut self) -> bool {
+        self.shutdown_with("QUIT")
+    }
+
+    /// `sig` (QUIT or TERM) and wait; force-kill on timeout. True if everything exited in time.
+    fn shutdown_with(&mut self, sig: &str) -> bool {
         if self.child.is_none() {
             return true;
         }
         self.all_children();
-        signal("QUIT", self.master);
+        signal(sig, self.master);
         let graceful = self.wait_all_gone(STOP_DEADLINE);
         if !graceful {
             signal("TERM", self.master);

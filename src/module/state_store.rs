@@ -1,0 +1,323 @@
+//! The state file on disk (`upstream_healthcheck_state_file`): read when the zone starts fresh,
+//! written atomically by the worker holding the writer's lease when something changed, and by
+//! the master at exit, once every worker is gone.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use ngx::ffi::{ngx_cycle_t, ngx_time_update};
+use ngx::http::HttpModuleMainConf;
+
+use crate::escape::LogEscaped;
+use crate::health::PeerHealth;
+use crate::key::peer_key;
+use crate::module::clock::{now_msec, unix_msec};
+use crate::module::log::hc_log;
+use crate::module::module_conf::MainConf;
+use crate::module::process::Worker;
+use crate::module::zone::{with_lock_or_without, Locked, Slot, ZoneHeader};
+use crate::module::Module;
+use crate::state_file::{
+    self, until_from_file, until_to_file, Now, PeerState, State, UpstreamState,
+};
+use crate::state_lease::{WriteReport, WRITE_EVERY_MS};
+
+/// A peer as the state file kept it.
+#[derive(Clone, Copy)]
+pub struct RestoredPeer {
+    /// Its verdict and counters, when its upstream was checked.
+    pub health: Option<PeerHealth>,
+    /// Its manual down as the zone keeps it (monotonic end, `u64::MAX` without ttl); 0 when
+    /// none.
+    pub manual_until_ms: u64,
+}
+
+/// What a fresh start takes from the state file, by the keys the zone uses.
+#[derive(Default)]
+pub struct Restored {
+    peers: HashMap<u64, RestoredPeer>,
+    /// Monotonic end of each excluded upstream's exclusion, by upstream name.
+    excluded: HashMap<String, u64>,
+}
+
+impl Restored {
+    pub fn peer(&self, key: u64) -> Option<&RestoredPeer> {
+        self.peers.get(&key)
+    }
+
+    /// The end of the upstream's exclusion as the zone keeps it; 0 when not excluded.
+    pub fn excluded_until(&self, upstream: &str) -> u64 {
+        self.excluded.get(upstream).copied().unwrap_or(0)
+    }
+}
+
+/// Reads the state file when the zone starts fresh (in the master, before any worker). A
+/// missing file means a fresh start; a file that cannot be read or used is reported once and
+/// ignored: the checks start as without one.
+pub fn read(main: &MainConf, now: Now) -> Option<Restored> {
+    let path = main.state_path()?;
+    // SAFETY: the configuration's cycle lives while its zone is initialized; its log is set
+    // up (the new cycle's) before shared memory is.
+    let log = unsafe { main.cycle.as_ref() }.map_or(core::ptr::null_mut(), |c| c.log);
+    let ignored = |reason: &dyn core::fmt::Display| {
+        if !log.is_null() {
+            ngx::ngx_log_error!(
+                ngx::ffi::NGX_LOG_WARN,
+                log,
+                "upstream_healthcheck: state file \"{}\" is ignored: {reason}",
+                path.display()
+            );
+        }
+    };
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            ignored(&e);
+            return None;
+        }
+    };
+    let state = match state_file::decode(&bytes, now.unix_ms) {
+        Ok(state) => state,
+        Err(e) => {
+            ignored(&e);
+            return None;
+        }
+    };
+    let (peers, downs, excluded) = state.counts();
+    if !log.is_null() {
+        ngx::ngx_log_error!(
+            ngx::ffi::NGX_LOG_NOTICE,
+            log,
+            "upstream_healthcheck: state of {peers} peers ({downs} manual downs, {excluded} \
+             exclusions) taken from \"{}\", written {} s ago",
+            path.display(),
+            now.unix_ms.saturating_sub(state.written_unix_ms) / 1000
+        );
+    }
+    Some(restore(main, &state, now))
+}
+
+/// The file's state by the zone's keys; peers and upstreams the configuration no longer has
+/// are left out by the lookups that never ask for them.
+fn restore(main: &MainConf, state: &State, now: Now) -> Restored {
+    let mut restored = Restored::default();
+    for u in &state.upstreams {
+        let checked = main
+            .upstreams
+            .iter()
+            .any(|up| up.name == u.name && up.check.is_some());
+        if let Some(until) = u.excluded.and_then(|e| until_from_file(e, now)) {
+            restored.excluded.insert(u.name.clone(), until);
+        }
+        for p in &u.peers {
+            let key = peer_key(u.name.as_bytes(), p.name.as_bytes(), p.occurrence);
+            let peer = RestoredPeer {
+                health: p.health.filter(|_| checked),
+                manual_until_ms: p
+                    .manual_down
+                    .and_then(|m| until_from_file(m, now))
+                    .unwrap_or(0),
+            };
+            restored.peers.insert(key, peer);
+        }
+    }
+    restored
+}
+
+/// The zone's state at one moment, copied under the lock and written without it.
+struct Snapshot {
+    head: u64,
+    probes: u64,
+    slots: Vec<Slot>,
+    /// Each upstream's `excluded_until_ms`.
+    excluded: Vec<u64>,
+}
+
+fn snapshot(header: &ZoneHeader, locked: &mut Locked<'_>) -> Snapshot {
+    Snapshot {
+        head: header.journal_head(),
+        probes: header.writer.probes(),
+        slots: locked.slots().to_vec(),
+        excluded: locked
+            .upstreams()
+            .iter()
+            .map(|u| u.excluded_until_ms)
+            .collect(),
+    }
+}
+
+/// The snapshot as the file keeps it.
+fn state_of(main: &MainConf, snap: &Snapshot, now: Now) -> State {
+    let upstreams = main
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(ui, up)| {
+            let mut seen: HashMap<&str, u32> = HashMap::new();
+            let peers = up
+                .peers
+                .iter()
+                .filter_map(|peer| {
+                    let n = seen.entry(peer.name).or_default();
+                    let occurrence = *n;
+                    *n += 1;
+                    let s = snap.slots.get(peer.slot())?;
+                    Some(PeerState {
+                        name: peer.name.to_string(),
+                        occurrence,
+                        health: up.check.is_some().then_some(s.health),
+                        manual_down: s
+                            .manual_down()
+                            .then(|| until_to_file(s.manual_until_ms, now))
+                            .flatten(),
+                    })
+                })
+                .collect();
+            let excluded = snap.excluded.get(ui).copied().unwrap_or(0);
+            UpstreamState {
+                name: up.name.clone(),
+                excluded: (excluded != 0)
+                    .then(|| until_to_file(excluded, now))
+                    .flatten(),
+                peers,
+            }
+        })
+        .collect();
+    State {
+        written_unix_ms: now.unix_ms,
+        upstreams,
+    }
+}
+
+/// A failed step of a write, as nginx words them: `rename() "a" to "b" failed (13: ...)`.
+struct WriteError(String);
+
+fn step(what: String) -> impl FnOnce(io::Error) -> WriteError {
+    move |e| {
+        let code = e.raw_os_error().unwrap_or(0);
+        let text = e.to_string();
+        let text = text.split(" (os error").next().unwrap_or(&text).to_string();
+        WriteError(format!("{what} failed ({code}: {text})"))
+    }
+}
+
+/// Writes `text` to `path` atomically: a temporary file in the same directory, written and
+/// synced, renamed over `path`; the directory is synced after. A reader sees the old file or
+/// the new one, never a part.
+fn write_atomically(path: &Path, text: &[u8]) -> Result<(), WriteError> {
+    let mut tmp = OsString::from(path.as_os_str());
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    // One left by a process of the same pid that died mid-write.
+    let _ = fs::remove_file(&tmp);
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(step(format!("open() \"{}\"", tmp.display())))?;
+        f.write_all(text)
+            .and_then(|()| f.sync_all())
+            .map_err(step(format!("write() to \"{}\"", tmp.display())))?;
+        fs::rename(&tmp, path).map_err(step(format!(
+            "rename() \"{}\" to \"{}\"",
+            tmp.display(),
+            path.display()
+        )))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+        return result;
+    }
+    // The rename itself reaches the disk with its directory.
+    if let Some(dir) = path.parent().and_then(|d| fs::File::open(d).ok()) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Writes the snapshot and records the attempt; logs the first failure (error) and the first
+/// success after failures (notice), never one line per attempt.
+fn write(main: &MainConf, header: &ZoneHeader, path: &Path, snap: &Snapshot, now: Now) {
+    let text = state_file::encode(&state_of(main, snap, now));
+    let result = write_atomically(path, text.as_bytes());
+    let report = header
+        .writer
+        .attempted(result.is_ok(), snap.head, snap.probes, now.mono_ms);
+    match (report, result) {
+        (Some(WriteReport::Failing), Err(WriteError(e))) => hc_log!(
+            NGX_LOG_ERR,
+            "cannot write state file \"{}\": {}",
+            LogEscaped(&path.display().to_string()),
+            e
+        ),
+        (Some(WriteReport::Recovered), _) => hc_log!(
+            NGX_LOG_NOTICE,
+            "state file \"{}\" is written again",
+            LogEscaped(&path.display().to_string())
+        ),
+        _ => {}
+    }
+}
+
+/// On each tick of every worker: the worker holding the writer's lease (or taking it over
+/// from one that is gone) writes the state, at most once a second, when it changed.
+pub fn tick(w: &mut Worker, now: u64) {
+    let main = w.main;
+    let Some(path) = main.state_path() else {
+        return;
+    };
+    if now < w.state_next_ms {
+        return;
+    }
+    w.state_next_ms = now + WRITE_EVERY_MS;
+    let header = w.header;
+    let snap = {
+        let mut locked = header.lock();
+        // A newer cycle copied this zone: it writes from now on.
+        if header.is_superseded()
+            || !header.writer.take(w.pid, now)
+            || !header.writer.due(header.journal_head(), now)
+        {
+            return;
+        }
+        snapshot(header, &mut locked)
+    };
+    let now = Now {
+        mono_ms: now,
+        unix_ms: unix_msec(),
+    };
+    write(main, header, path, &snap, now);
+}
+
+/// `ngx_module_t.exit_master`: the master writes the final state once every worker has exited
+/// (`nginx -s quit` and `nginx -s stop` alike); the zone is still mapped.
+pub extern "C" fn exit_master(cycle: *mut ngx_cycle_t) {
+    // SAFETY: nginx passes its running cycle; the main conf lives as long as it.
+    let Some(main) = Module::main_conf(unsafe { &*cycle }) else {
+        return;
+    };
+    let Some(path) = main.state_path() else {
+        return;
+    };
+    // SAFETY: set by the zone's init in this cycle; mapped until the master exits.
+    let Some(header) = (unsafe { main.header.as_ref() }) else {
+        return;
+    };
+    // SAFETY: the master updates nginx's cached clocks between signals; it is idle now.
+    unsafe { ngx_time_update() };
+    let now = Now {
+        mono_ms: now_msec(),
+        unix_ms: unix_msec(),
+    };
+    let snap = with_lock_or_without(header, "writing the state file", |locked| {
+        snapshot(header, locked)
+    });
+    write(main, header, path, &snap, now);
+}
