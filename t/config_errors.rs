@@ -1366,3 +1366,41 @@ fn passive_checks_need_fails_and_well_formed_parameters() {
         "    {d} fails=3 window=30s statuses=500,502-504 timeouts=off down_time=1m;"
     )));
 }
+
+#[test]
+fn the_state_file_is_named_once_in_the_http_block() {
+    let d = "upstream_healthcheck_state_file";
+    let http = |lines: &str| {
+        format!(
+            "{lines}\n{}",
+            upstream_with("    upstream_healthcheck type=http interval=1s;")
+        )
+    };
+    let check = nginx_test_conf("", &http(&format!("{d} a.state;\n{d} b.state;")));
+    assert_rejected_at(
+        &check,
+        "b.state",
+        &format!("\"{d}\" directive is duplicate"),
+    );
+    let check = nginx_test_conf("", &http(&format!("{d} \"\";")));
+    assert_rejected_at(
+        &check,
+        d,
+        &format!("invalid value \"\" in \"{d}\" directive, it must be a file name"),
+    );
+    let check = nginx_test_conf("", &http(&format!("{d} a.state b.state;")));
+    assert_rejected_at(
+        &check,
+        d,
+        &format!("invalid number of arguments in \"{d}\" directive"),
+    );
+    rejected(
+        &format!("    {d} a.state;"),
+        d,
+        &format!("\"{d}\" directive is not allowed here"),
+    );
+    accepted(&http(&format!("{d} off;")));
+    // `nginx -t` does not read the file: a corrupt one is for the start to report.
+    let check = accepted(&http(&format!("{d} /nonexistent/dir/hc.state;")));
+    assert!(!check.output.contains("state file"), "{}", check.output);
+}

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use std::collections::HashMap;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -261,6 +262,26 @@ fn zone_example_runs() {
     }
     assert!(peers[0].proxied() + peers[1].proxied() == 10);
     assert_eq!(peers[2].proxied(), 0);
+    // The state file appears in logs/ once the workers may write there (they run as nobody
+    // under a root master).
+    let logs = nginx.prefix().join("logs");
+    fs::set_permissions(&logs, fs::Permissions::from_mode(0o777)).unwrap();
+    let file = logs.join("healthcheck.state");
+    let down = format!("127.0.0.1:{}", ports[&9103]);
+    wait_until(
+        Duration::from_secs(4),
+        "9103 DOWN in the state file",
+        || {
+            let Ok(doc) = fs::read_to_string(&file).map(|t| strict_json(&t)) else {
+                return false;
+            };
+            doc["upstreams"][0]["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["peer"] == down.as_str() && p["up"] == false)
+        },
+    );
     nginx.stop();
 }
 
