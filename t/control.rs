@@ -97,21 +97,6 @@ fn has_sample(page: &str, line: &str) -> bool {
     page.lines().any(|l| l == line)
 }
 
-/// Waits until the text page shows `peer` of `upstream` in `state`.
-fn wait_text_state(port: u16, upstream: &str, peer: &str, state: &str, timeout: Duration) {
-    poll(
-        timeout,
-        &format!("{peer} in {upstream} to be {state:?}"),
-        || {
-            let page = text_page(port);
-            match text_state(&page, upstream, peer) {
-                Some(s) if s == state => Ok(()),
-                _ => Err(page),
-            }
-        },
-    );
-}
-
 // ---------------------------------------------------------------------------------------------
 // Configs and traffic
 

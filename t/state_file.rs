@@ -21,6 +21,9 @@ const FAST: &str =
 const SLOW: &str =
     "upstream_healthcheck type=http interval=1h timeout=500ms fall=3 rise=3 uri=/health;";
 
+/// How long a verdict may take with `FAST`.
+const WAIT: Duration = Duration::from_secs(5);
+
 /// A directory for state files that outlives the nginx runs of a story, writable by the
 /// workers (which run as `nobody` when the tests run as root).
 fn state_dir() -> TempPrefix {
@@ -46,20 +49,6 @@ fn conf(state_file: &str, port: u16, upstreams: &[(&str, Vec<String>, &str)]) ->
          location = /admin {{ upstream_healthcheck_admin; }}\n{locs}}}\n"
     ));
     text
-}
-
-fn wait_state(port: u16, upstream: &str, peer: &str, state: &str) {
-    poll(
-        Duration::from_secs(5),
-        &format!("{peer} in {upstream} to be {state:?}"),
-        || {
-            let page = status_page(port, "/status");
-            match text_state(&page, upstream, peer) {
-                Some(s) if s == state => Ok(()),
-                _ => Err(page),
-            }
-        },
-    );
 }
 
 /// The `health` object of a peer on the JSON status page.
@@ -113,7 +102,7 @@ fn a_peer_down_at_quit_starts_down_before_any_probe() {
         "worker_processes 2;",
         &conf(&file, port, &[("app", servers.clone(), FAST)]),
     );
-    wait_state(port, "app", &dead.addr(), "DOWN");
+    wait_text_state(port, "app", &dead.addr(), "DOWN", WAIT);
     let checks_before = health(port, "app", &dead.addr())["checks"]
         .as_u64()
         .unwrap();
@@ -165,7 +154,7 @@ fn a_gray_release_and_an_exclusion_hold_after_stop_and_start_less_the_time_stopp
             ("batch", vec![batch.addr()], FAST),
         ],
     ));
-    wait_state(port, "app", &a.addr(), "up");
+    wait_text_state(port, "app", &a.addr(), "up", WAIT);
     let gray = format!("t=gray&u=app&p={}", a.addr());
     post_ok(port, &format!("{gray}&a=set&ttl=60"), SET);
     post_ok(port, "t=ex&u=batch&a=set&ttl=120", SET);
@@ -283,7 +272,7 @@ fn a_missing_file_is_a_fresh_start_and_the_file_appears() {
         port,
         &[("app", vec![backend.addr()], FAST)],
     ));
-    wait_state(port, "app", &backend.addr(), "up");
+    wait_text_state(port, "app", &backend.addr(), "up", WAIT);
     let doc = wait_file(&path, "the state file", |doc| {
         file_peer(doc, "app", &backend.addr()).is_some()
     });
@@ -326,7 +315,7 @@ fn a_directory_that_cannot_be_written_is_reported_once_and_so_is_the_recovery() 
     });
     // Probes go on and change counters; a verdict changes too: still one line.
     backend.stop();
-    wait_state(port, "app", &backend.addr(), "DOWN");
+    wait_text_state(port, "app", &backend.addr(), "DOWN", WAIT);
     fs::create_dir(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
     poll(Duration::from_secs(5), "the recovery notice", || {

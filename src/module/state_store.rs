@@ -77,7 +77,7 @@ pub fn read(main: &MainConf, now: Now) -> Option<Restored> {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
         Err(e) => {
-            ignored(&e);
+            ignored(&step("read()".to_string())(e).0);
             return None;
         }
     };

@@ -465,8 +465,9 @@ fn fresh_slot(
 }
 
 /// `ngx_shm_zone_t.init`: lays out the slots for this cycle's checked peers, keeping the state
-/// of peers the previous cycle had (same upstream and address) and starting new ones per
-/// `default_down`, with their first probe at a random point of the first interval.
+/// of peers the previous cycle had (same upstream and address); at a fresh start, peers and
+/// exclusions the state file kept start as it says; others start per `default_down`. Every
+/// new slot gets its first probe at a random point of the first interval.
 pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_void) -> ngx_int_t {
     // SAFETY: postconfiguration stored this cycle's MainConf in data before the zone was
     // initialized; the zone memory is a slab pool set up by nginx.

@@ -3,7 +3,9 @@
 use serde_json::{json, Value};
 use std::io;
 
-use super::{exchange, header, parse_response, strict_json};
+use std::time::Duration;
+
+use super::{exchange, header, parse_response, poll, status_page, strict_json};
 
 /// One HTTP/1.0 request to 127.0.0.1:port with extra header lines and a body; returns (status,
 /// headers, body). Content-Length is sent with a body, and for PUT (nginx wants one there); an
@@ -120,4 +122,19 @@ pub fn text_state<'a>(page: &'a str, upstream: &str, peer: &str) -> Option<&'a s
         }
     }
     None
+}
+
+/// Waits until the text page at `/status` shows `peer` of `upstream` in `state`.
+pub fn wait_text_state(port: u16, upstream: &str, peer: &str, state: &str, timeout: Duration) {
+    poll(
+        timeout,
+        &format!("{peer} in {upstream} to be {state:?}"),
+        || {
+            let page = status_page(port, "/status");
+            match text_state(&page, upstream, peer) {
+                Some(s) if s == state => Ok(()),
+                _ => Err(page),
+            }
+        },
+    );
 }
