@@ -376,3 +376,39 @@ fn when_the_writing_worker_dies_another_takes_over() {
     });
     nginx.stop_allowing(|l| l.contains("exited on signal 9"));
 }
+
+#[test]
+fn a_file_that_cannot_be_read_is_reported_once_and_nginx_starts() {
+    let backend = Backend::new();
+    let dir = state_dir();
+    // A directory where the file should be: it can be neither read nor replaced.
+    let path = dir.path().join("hc.state");
+    fs::create_dir(&path).unwrap();
+    let port = free_port();
+    let nginx = Nginx::start(&conf(
+        &path.display().to_string(),
+        port,
+        &[("app", vec![backend.addr()], FAST)],
+    ));
+    wait_text_state(port, "app", &backend.addr(), "up", WAIT);
+    let write_error = format!("cannot write state file \"{}\": rename()", path.display());
+    poll(WAIT, "the write error", || {
+        let log = nginx.error_log();
+        match lines_with(&log, &write_error).as_slice() {
+            [line] if line.contains("[error]") => Ok(()),
+            _ => Err(log),
+        }
+    });
+    let log = nginx.stop();
+    let read = lines_with(&log, "is ignored");
+    assert_eq!(read.len(), 1, "{log}");
+    assert!(
+        read[0].contains("[warn]")
+            && read[0].ends_with(&format!(
+                "state file \"{}\" is ignored: read() failed (21: Is a directory)",
+                path.display()
+            )),
+        "{log}"
+    );
+    assert_eq!(lines_with(&log, "cannot write state file").len(), 1, "{log}");
+}
