@@ -410,5 +410,9 @@ fn a_file_that_cannot_be_read_is_reported_once_and_nginx_starts() {
             )),
         "{log}"
     );
-    assert_eq!(lines_with(&log, "cannot write state file").len(), 1, "{log}");
+    assert_eq!(
+        lines_with(&log, "cannot write state file").len(),
+        1,
+        "{log}"
+    );
 }

@@ -245,8 +245,9 @@ fn write_atomically(path: &Path, text: &[u8]) -> Result<(), WriteError> {
 /// Writes the snapshot and records the attempt; logs the first failure (error) and the first
 /// success after failures (notice), never one line per attempt.
 fn write(main: &MainConf, header: &ZoneHeader, path: &Path, snap: &Snapshot, now: Now) {
-    let text = state_file::encode(&state_of(main, snap, now));
-    let result = write_atomically(path, text.as_bytes());
+    let result = state_file::encode(&state_of(main, snap, now))
+        .map_err(|e| WriteError(format!("encoding failed ({e})")))
+        .and_then(|text| write_atomically(path, text.as_bytes()));
     let report = header
         .writer
         .attempted(result.is_ok(), snap.head, snap.probes, now.mono_ms);
