@@ -1404,4 +1404,17 @@ fn the_state_file_is_named_once_in_the_http_block() {
     // unreadable): what is in it is for the start to report.
     let check = accepted(&http(&format!("{d} /;")));
     assert!(!check.output.contains("state file"), "{}", check.output);
+    // Nothing to keep: a warning, and nginx -t passes.
+    let check = accepted(&format!("{d} hc.state;\n{}", upstream_with("")));
+    assert_eq!(
+        warn_lines(&check),
+        vec![format!(
+            "nginx: [warn] \"{d}\" directive is ignored, no upstream is checked and no location \
+             has \"upstream_healthcheck_admin\" in {}:{}",
+            check.conf_path.display(),
+            check.line_of(d)
+        )],
+        "{}",
+        check.output
+    );
 }

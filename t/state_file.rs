@@ -1,7 +1,7 @@
 //! State that survives a restart (`upstream_healthcheck_state_file`), as an operator meets it:
 //! a peer found down before `nginx -s quit` starts down; a gray release and an exclusion made
 //! through the control API hold after `nginx -s stop` and a start, their ttl shortened by the
-//! time nginx was stopped; a corrupt or foreign file is reported in one line and nginx starts as
+//! time nginx was stopped, and one whose ttl ended meanwhile is gone; a corrupt or foreign file is reported in one line and nginx starts as
 //! without it; a missing file is a fresh start; a directory nginx cannot write is reported once,
 //! and so is the recovery; when the worker writing the file dies, another one takes over.
 mod common;
@@ -158,6 +158,9 @@ fn a_gray_release_and_an_exclusion_hold_after_stop_and_start_less_the_time_stopp
     let gray = format!("t=gray&u=app&p={}", a.addr());
     post_ok(port, &format!("{gray}&a=set&ttl=60"), SET);
     post_ok(port, "t=ex&u=batch&a=set&ttl=120", SET);
+    // A manual down that ends while nginx is stopped.
+    let short = format!("t=gray&u=app&p={}", b.addr());
+    post_ok(port, &format!("{short}&a=set&ttl=1"), SET);
     let set_at = Instant::now();
 
     // `nginx -s stop`, and nginx stays stopped for 2 s.
@@ -175,12 +178,18 @@ fn a_gray_release_and_an_exclusion_hold_after_stop_and_start_less_the_time_stopp
         (120 - stopped - 2..=118).contains(&ttl),
         "ttl {ttl} after {stopped} s"
     );
+    assert_eq!(
+        get_ttl(port, &format!("{short}&a=get")),
+        None,
+        "ended while stopped"
+    );
     let page = status_page(port, "/status");
     assert_eq!(
         text_state(&page, "app", &a.addr()),
         Some("DOWN (manual)"),
         "{page}"
     );
+    assert_eq!(text_state(&page, "app", &b.addr()), Some("up"), "{page}");
     assert!(page.contains("Upstream batch (NO checkers)"), "{page}");
 
     // The gray release keeps every request on b.

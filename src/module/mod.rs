@@ -464,6 +464,17 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
         });
     }
 
+    // Only verdicts and control changes are kept in the state file.
+    if let Some((Some(_), pos)) = &main.state_file {
+        if !main.admin && main.upstreams.iter().all(|u| u.check.is_none()) {
+            conf_warn_at(
+                cf,
+                pos,
+                "\"upstream_healthcheck_state_file\" directive is ignored, no upstream is \
+                 checked and no location has \"upstream_healthcheck_admin\"",
+            );
+        }
+    }
     let n = main.slots();
     let needs_zone = main.admin
         || main.counts_traffic()
