@@ -44,6 +44,11 @@ pub struct WriterLease {
     failing: AtomicBool,
     /// Probe results recorded in the zone (every worker counts its own).
     probes: AtomicU64,
+    /// The device and inode of the file last written (each write makes a new one): another
+    /// process that wrote the file since (a binary upgrade's new master) is seen by a new
+    /// inode at the path. 0 and 0 until the first write.
+    file_dev: AtomicU64,
+    file_ino: AtomicU64,
 }
 
 impl WriterLease {
@@ -81,6 +86,21 @@ impl WriterLease {
         }
         self.probes() != self.written_probes.load(Ordering::Acquire)
             && now.saturating_sub(self.written_at_ms.load(Ordering::Acquire)) >= COUNTERS_EVERY_MS
+    }
+
+    /// Notes the device and inode of the file just written.
+    pub fn wrote_file(&self, dev: u64, ino: u64) {
+        self.file_dev.store(dev, Ordering::Release);
+        self.file_ino.store(ino, Ordering::Release);
+    }
+
+    /// The device and inode of the file last written, when one was.
+    pub fn last_file(&self) -> Option<(u64, u64)> {
+        let id = (
+            self.file_dev.load(Ordering::Acquire),
+            self.file_ino.load(Ordering::Acquire),
+        );
+        (id != (0, 0)).then_some(id)
     }
 
     /// Records a write attempt of the state with journal head `head` and probe count `probes`
@@ -129,6 +149,14 @@ mod tests {
         assert!(lease.due(1, 1_000 + COUNTERS_EVERY_MS));
         lease.attempted(true, 1, lease.probes(), 1_000 + COUNTERS_EVERY_MS);
         assert!(!lease.due(1, 2_000 + COUNTERS_EVERY_MS));
+    }
+
+    #[test]
+    fn the_last_file_written_is_known_by_its_inode() {
+        let lease = WriterLease::default();
+        assert_eq!(lease.last_file(), None);
+        lease.wrote_file(2049, 77);
+        assert_eq!(lease.last_file(), Some((2049, 77)));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! through the control API hold after `nginx -s stop` and a start, their ttl shortened by the
 //! time nginx was stopped, and one whose ttl ended meanwhile is gone; a corrupt or foreign file is reported in one line and nginx starts as
 //! without it; a missing file is a fresh start; a directory nginx cannot write is reported once,
-//! and so is the recovery; when the worker writing the file dies, another one takes over.
+//! and so is the recovery; when the worker writing the file dies, another one takes over; a
+//! file another nginx wrote meanwhile (a binary upgrade) is not overwritten at exit.
 mod common;
 
 use common::*;
@@ -424,4 +425,35 @@ fn a_file_that_cannot_be_read_is_reported_once_and_nginx_starts() {
         1,
         "{log}"
     );
+}
+
+#[test]
+fn a_file_another_nginx_wrote_since_is_left_as_it_is_at_exit() {
+    let backend = Backend::new();
+    let dir = state_dir();
+    let path = dir.path().join("hc.state");
+    let port = free_port();
+    let nginx = Nginx::start(&conf(
+        &path.display().to_string(),
+        port,
+        &[("app", vec![backend.addr()], FAST)],
+    ));
+    wait_file(&path, "the state file", |doc| {
+        file_peer(doc, "app", &backend.addr()).is_some()
+    });
+    // The new master of a binary upgrade writes its own state (a new file renamed over it);
+    // then the old master quits.
+    let newer = format!(
+        r#"{{"format": "nginx-upstream-healthcheck-state", "version": 1, "written": 1,
+            "upstreams": [{{"name": "app", "peers": [{{"peer": "{}", "up": false}}]}}]}}"#,
+        backend.addr()
+    );
+    let tmp = dir.path().join("newer.tmp");
+    fs::write(&tmp, &newer).unwrap();
+    fs::rename(&tmp, &path).unwrap();
+    let log = nginx.stop();
+    assert_eq!(fs::read_to_string(&path).unwrap(), newer);
+    let kept = lines_with(&log, "was written by another process since");
+    assert_eq!(kept.len(), 1, "{log}");
+    assert!(kept[0].contains("[notice]"), "{log}");
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use ngx::ffi::{ngx_cycle_t, ngx_time_update};
@@ -208,8 +208,8 @@ fn step(what: String) -> impl FnOnce(io::Error) -> WriteError {
 
 /// Writes `text` to `path` atomically: a temporary file in the same directory, written and
 /// synced, renamed over `path`; the directory is synced after. A reader sees the old file or
-/// the new one, never a part.
-fn write_atomically(path: &Path, text: &[u8]) -> Result<(), WriteError> {
+/// the new one, never a part. Returns the new file's device and inode.
+fn write_atomically(path: &Path, text: &[u8]) -> Result<(u64, u64), WriteError> {
     let mut tmp = OsString::from(path.as_os_str());
     tmp.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp);
@@ -225,11 +225,15 @@ fn write_atomically(path: &Path, text: &[u8]) -> Result<(), WriteError> {
         f.write_all(text)
             .and_then(|()| f.sync_all())
             .map_err(step(format!("write() to \"{}\"", tmp.display())))?;
+        let meta = f
+            .metadata()
+            .map_err(step(format!("fstat() \"{}\"", tmp.display())))?;
         fs::rename(&tmp, path).map_err(step(format!(
             "rename() \"{}\" to \"{}\"",
             tmp.display(),
             path.display()
-        )))
+        )))?;
+        Ok((meta.dev(), meta.ino()))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -239,7 +243,7 @@ fn write_atomically(path: &Path, text: &[u8]) -> Result<(), WriteError> {
     if let Some(dir) = path.parent().and_then(|d| fs::File::open(d).ok()) {
         let _ = dir.sync_all();
     }
-    Ok(())
+    result
 }
 
 /// Writes the snapshot and records the attempt; logs the first failure (error) and the first
@@ -248,6 +252,9 @@ fn write(main: &MainConf, header: &ZoneHeader, path: &Path, snap: &Snapshot, now
     let result = state_file::encode(&state_of(main, snap, now))
         .map_err(|e| WriteError(format!("encoding failed ({e})")))
         .and_then(|text| write_atomically(path, text.as_bytes()));
+    if let Ok((dev, ino)) = result {
+        header.writer.wrote_file(dev, ino);
+    }
     let report = header
         .writer
         .attempted(result.is_ok(), snap.head, snap.probes, now.mono_ms);
@@ -298,7 +305,8 @@ pub fn tick(w: &mut Worker, now: u64) {
 }
 
 /// `ngx_module_t.exit_master`: the master writes the final state once every worker has exited
-/// (`nginx -s quit` and `nginx -s stop` alike); the zone is still mapped.
+/// (`nginx -s quit` and `nginx -s stop` alike); the zone is still mapped. A file another
+/// process wrote since this nginx's last write is newer than this state and is kept.
 pub extern "C" fn exit_master(cycle: *mut ngx_cycle_t) {
     // SAFETY: nginx passes its running cycle; the main conf lives as long as it.
     let Some(main) = Module::main_conf(unsafe { &*cycle }) else {
@@ -317,6 +325,18 @@ pub extern "C" fn exit_master(cycle: *mut ngx_cycle_t) {
         mono_ms: now_msec(),
         unix_ms: unix_msec(),
     };
+    // Another process wrote the file since this nginx did (the new master of a binary
+    // upgrade): its state is newer, it is left as it is.
+    if let (Some(ours), Ok(now_there)) = (header.writer.last_file(), fs::metadata(path)) {
+        if ours != (now_there.dev(), now_there.ino()) {
+            hc_log!(
+                NGX_LOG_NOTICE,
+                "state file \"{}\" was written by another process since, it is left as it is",
+                LogEscaped(&path.display().to_string())
+            );
+            return;
+        }
+    }
     let snap = with_lock_or_without(header, "writing the state file", |locked| {
         snapshot(header, locked)
     });
