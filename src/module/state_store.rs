@@ -2,7 +2,7 @@
 //! written atomically by the worker holding the writer's lease when something changed, and by
 //! the master at exit, once every worker is gone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Write};
@@ -69,7 +69,7 @@ pub fn read(main: &MainConf, now: Now) -> Option<Restored> {
                 ngx::ffi::NGX_LOG_WARN,
                 log,
                 "upstream_healthcheck: state file \"{}\" is ignored: {reason}",
-                path.display()
+                shown(path)
             );
         }
     };
@@ -95,22 +95,30 @@ pub fn read(main: &MainConf, now: Now) -> Option<Restored> {
             log,
             "upstream_healthcheck: state of {peers} peers ({downs} manual downs, {excluded} \
              exclusions) taken from \"{}\", written {} s ago",
-            path.display(),
+            shown(path),
             now.unix_ms.saturating_sub(state.written_unix_ms) / 1000
         );
     }
     Some(restore(main, &state, now))
 }
 
+/// A path as the error log shows it.
+fn shown(path: &Path) -> String {
+    LogEscaped(&path.display().to_string()).to_string()
+}
+
 /// The file's state by the zone's keys; peers and upstreams the configuration no longer has
 /// are left out by the lookups that never ask for them.
 fn restore(main: &MainConf, state: &State, now: Now) -> Restored {
     let mut restored = Restored::default();
+    let checked: HashSet<&str> = main
+        .upstreams
+        .iter()
+        .filter(|up| up.check.is_some())
+        .map(|up| up.name.as_str())
+        .collect();
     for u in &state.upstreams {
-        let checked = main
-            .upstreams
-            .iter()
-            .any(|up| up.name == u.name && up.check.is_some());
+        let checked = checked.contains(u.name.as_str());
         if let Some(until) = u.excluded.and_then(|e| until_from_file(e, now)) {
             restored.excluded.insert(u.name.clone(), until);
         }
@@ -262,13 +270,13 @@ fn write(main: &MainConf, header: &ZoneHeader, path: &Path, snap: &Snapshot, now
         (Some(WriteReport::Failing), Err(WriteError(e))) => hc_log!(
             NGX_LOG_ERR,
             "cannot write state file \"{}\": {}",
-            LogEscaped(&path.display().to_string()),
+            shown(path),
             e
         ),
         (Some(WriteReport::Recovered), _) => hc_log!(
             NGX_LOG_NOTICE,
             "state file \"{}\" is written again",
-            LogEscaped(&path.display().to_string())
+            shown(path)
         ),
         _ => {}
     }
@@ -332,7 +340,7 @@ pub extern "C" fn exit_master(cycle: *mut ngx_cycle_t) {
             hc_log!(
                 NGX_LOG_NOTICE,
                 "state file \"{}\" was written by another process since, it is left as it is",
-                LogEscaped(&path.display().to_string())
+                shown(path)
             );
             return;
         }

@@ -17,6 +17,7 @@ use crate::health::PeerHealth;
 use crate::histogram::Histogram;
 use crate::journal::{self, Change};
 use crate::key::{peer_key, zone_size_for};
+use crate::module::clock::unix_msec;
 use crate::module::ha;
 use crate::module::log::hc_log;
 use crate::module::module_conf::{MainConf, UpstreamConf};
@@ -494,7 +495,7 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
             main,
             Now {
                 mono_ms: now,
-                unix_ms: crate::module::clock::unix_msec(),
+                unix_ms: unix_msec(),
             },
         )
     };
