@@ -52,6 +52,16 @@ fn conf(state_file: &str, port: u16, upstreams: &[(&str, Vec<String>, &str)]) ->
     text
 }
 
+/// nginx with the state file `state_file` and one upstream `app` of `backend` with `FAST`
+/// checks, its front server on `port`.
+fn start_app(state_file: &str, port: u16, backend: &Backend) -> Nginx {
+    Nginx::start(&conf(
+        state_file,
+        port,
+        &[("app", vec![backend.addr()], FAST)],
+    ))
+}
+
 /// The `health` object of a peer on the JSON status page.
 fn health(port: u16, upstream: &str, peer: &str) -> Value {
     let doc = strict_json(&status_page(port, "/status?format=json"));
@@ -277,11 +287,7 @@ fn a_missing_file_is_a_fresh_start_and_the_file_appears() {
     let dir = state_dir();
     let path = dir.path().join("hc.state");
     let port = free_port();
-    let nginx = Nginx::start(&conf(
-        &path.display().to_string(),
-        port,
-        &[("app", vec![backend.addr()], FAST)],
-    ));
+    let nginx = start_app(&path.display().to_string(), port, &backend);
     wait_text_state(port, "app", &backend.addr(), "up", WAIT);
     let doc = wait_file(&path, "the state file", |doc| {
         file_peer(doc, "app", &backend.addr()).is_some()
@@ -304,11 +310,7 @@ fn a_directory_that_cannot_be_written_is_reported_once_and_so_is_the_recovery() 
     let backend = Backend::new();
     let port = free_port();
     // A relative name is in the prefix, in a directory that is not there yet.
-    let nginx = Nginx::start(&conf(
-        "state/hc.state",
-        port,
-        &[("app", vec![backend.addr()], FAST)],
-    ));
+    let nginx = start_app("state/hc.state", port, &backend);
     let dir = nginx.prefix().join("state");
     let path = dir.join("hc.state");
     let error = format!(
@@ -395,11 +397,7 @@ fn a_file_that_cannot_be_read_is_reported_once_and_nginx_starts() {
     let path = dir.path().join("hc.state");
     fs::create_dir(&path).unwrap();
     let port = free_port();
-    let nginx = Nginx::start(&conf(
-        &path.display().to_string(),
-        port,
-        &[("app", vec![backend.addr()], FAST)],
-    ));
+    let nginx = start_app(&path.display().to_string(), port, &backend);
     wait_text_state(port, "app", &backend.addr(), "up", WAIT);
     let write_error = format!("cannot write state file \"{}\": rename()", path.display());
     poll(WAIT, "the write error", || {
@@ -433,11 +431,7 @@ fn a_file_another_nginx_wrote_since_is_left_as_it_is_at_exit() {
     let dir = state_dir();
     let path = dir.path().join("hc.state");
     let port = free_port();
-    let nginx = Nginx::start(&conf(
-        &path.display().to_string(),
-        port,
-        &[("app", vec![backend.addr()], FAST)],
-    ));
+    let nginx = start_app(&path.display().to_string(), port, &backend);
     wait_file(&path, "the state file", |doc| {
         file_peer(doc, "app", &backend.addr()).is_some()
     });
