@@ -70,7 +70,7 @@ fn health(port: u16, upstream: &str, peer: &str) -> Value {
 
 /// The state file as JSON, once it exists and parses.
 fn wait_file(path: &Path, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    poll(Duration::from_secs(6), what, || {
+    poll(Duration::from_secs(10), what, || {
         let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
         if ok(&doc) {
@@ -386,7 +386,8 @@ fn when_the_writing_worker_dies_another_takes_over() {
             .and_then(|p| p.get("manual_down"))
             .is_some_and(|m| m["until"].is_null())
     });
-    nginx.stop_allowing(|l| l.contains("exited on signal 9"));
+    // A worker killed while it held the zone lock: the master releases it and says so.
+    nginx.stop_allowing(|l| l.contains("exited on signal 9") || l.contains("was locked by"));
 }
 
 #[test]
