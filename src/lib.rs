@@ -11,6 +11,7 @@ pub mod histogram;
 pub mod journal;
 pub mod key;
 pub mod matcher;
+pub mod membership;
 pub mod outcome;
 pub mod panic;
 pub mod parse;
