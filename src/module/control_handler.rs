@@ -103,6 +103,44 @@ fn body(req: &ngx_http_request_t) -> Result<Vec<u8>, QueryError> {
 fn handle(req: &mut ngx_http_request_t, body: &[u8]) -> Result<Answer, QueryError> {
     let mut params = parse_args(req.args.as_bytes())?;
     params.extend(parse_args(body)?);
+    // DEV-ONLY trigger (removed before the final commit).
+    if let Some((_, op)) = params.iter().find(|(k, _)| k == "dev_etcd") {
+        let get = |k: &str| {
+            params
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let (u, a, v) = (get("u"), get("addr"), get("v"));
+        let op = op.clone();
+        crate::module::process::with_worker(|w| match op.as_str() {
+            "put" => crate::module::membership::put(w, &u, &a, v.as_bytes()),
+            "del" => crate::module::membership::delete(w, &u, &a),
+            _ => {
+                let e = get("e");
+                let items: Vec<(String, String, String)> = e
+                    .split(';')
+                    .filter(|x| !x.is_empty())
+                    .map(|x| {
+                        let mut it = x.splitn(3, '|');
+                        (
+                            it.next().unwrap_or("").to_string(),
+                            it.next().unwrap_or("").to_string(),
+                            it.next().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect();
+                let refs: Vec<(&str, &str, &[u8])> = items
+                    .iter()
+                    .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_bytes()))
+                    .collect();
+                crate::module::membership::snapshot(w, &refs)
+            }
+        });
+        apply_now();
+        return Ok(Answer::Set);
+    }
     let command = parse_command(&params)?;
     if command.changes_state() && req.method & NGX_HTTP_POST as usize == 0 {
         // SAFETY: the request is live and its header not sent yet.
@@ -144,13 +182,20 @@ fn execute(
                     ttl_secs,
                 });
             }
+            let replaced = locked.upstreams()[ui].replaced;
             for peer in &up.peers {
                 let s = locked.slots()[peer.slot()];
+                let name = match locked.members().get(peer.slot()).filter(|_| peer.reserved) {
+                    Some(m) if m.used => m.addr().to_string(),
+                    Some(_) => continue,
+                    None if peer.reserved || replaced => continue,
+                    None => peer.name.to_string(),
+                };
                 if s.manual_down() {
                     let until = s.manual_until_ms;
                     entries.push(Entry {
                         upstream: up.name.clone(),
-                        peer: Some(peer.name.to_string()),
+                        peer: Some(name),
                         ttl_secs: ttl_left(until, now),
                     });
                 }
@@ -196,10 +241,16 @@ fn execute(
             }
         }
         Subject::ManualDown { upstream, peer } => {
+            // A peer from etcd is named by its member; a static one replaced by etcd's is gone.
+            let replaced = locked.upstreams()[ui].replaced;
+            let members = locked.members();
             let slots: Vec<usize> = up
                 .peers
                 .iter()
-                .filter(|p| *p.name == *peer)
+                .filter(|p| match members.get(p.slot()).filter(|_| p.reserved) {
+                    Some(m) => m.used && m.addr() == peer.as_str(),
+                    None => !p.reserved && !replaced && *p.name == *peer,
+                })
                 .map(|p| p.slot())
                 .collect();
             if slots.is_empty() {

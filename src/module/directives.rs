@@ -11,7 +11,10 @@ use ngx::ffi::{
     NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
     NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
 };
-use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
+use ngx::http::{
+    HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule,
+    NgxHttpUpstreamModule,
+};
 use ngx::ngx_string;
 
 use crate::config::CheckType;
@@ -37,7 +40,7 @@ const fn command(name: ngx_str_t, type_: u32, set: SetFn, conf: usize) -> ngx_co
 
 const UPS: u32 = NGX_HTTP_UPS_CONF;
 
-pub static mut COMMANDS: [ngx_command_t; 19] = [
+pub static mut COMMANDS: [ngx_command_t; 20] = [
     command(
         ngx_string!("upstream_healthcheck"),
         UPS | NGX_CONF_ANY,
@@ -139,6 +142,12 @@ pub static mut COMMANDS: [ngx_command_t; 19] = [
         ngx_string!("upstream_healthcheck_passive"),
         UPS | NGX_CONF_1MORE,
         set_passive,
+        NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_dynamic"),
+        UPS | NGX_CONF_1MORE,
+        set_dynamic,
         NGX_HTTP_SRV_CONF_OFFSET,
     ),
     command(
@@ -323,6 +332,41 @@ extern "C" fn set_passive(
     set_once(cf, &mut conf.passive, |args, pos| {
         Ok((parse::parse_passive(args)?, pos))
     })
+}
+
+/// `upstream_healthcheck_dynamic max_peers=N`: reserves N peers in the upstream, placeholders
+/// that nginx's own round robin (and the `zone`, which the block must have) lays out with the
+/// static servers; etcd's keys fill them at run time (see `membership`).
+extern "C" fn set_dynamic(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's upstream-level conf for NGX_HTTP_SRV_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<SrvConf>() };
+    // SAFETY: called by nginx while parsing this directive.
+    let (name, args) = unsafe { args(cf) };
+    if conf.dynamic.is_some() {
+        return conf_error(cf, duplicate(name));
+    }
+    let max = match parse::parse_dynamic(&args) {
+        Ok(max) => max,
+        Err(e) => return conf_error(cf, e),
+    };
+    // SAFETY: cf is valid during parsing; inside upstream {} the upstream module's server
+    // conf is the block's ngx_http_upstream_srv_conf_t.
+    let Some(uscf) = NgxHttpUpstreamModule::server_conf_mut(unsafe { &*cf }) else {
+        return conf_error(cf, "no upstream for \"upstream_healthcheck_dynamic\"");
+    };
+    // SAFETY: cf is valid during parsing; the servers array and the pool belong to it.
+    match unsafe { crate::module::dynamic::reserve(cf, uscf, max) } {
+        Ok(at) => {
+            // SAFETY: cf is valid during parsing.
+            conf.dynamic = Some((max, at, ConfPos::here(unsafe { &*cf })));
+            NGX_CONF_OK
+        }
+        Err(()) => NGX_CONF_ERROR,
+    }
 }
 
 /// `upstream_healthcheck_traffic` at the http level.

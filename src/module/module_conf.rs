@@ -113,6 +113,11 @@ impl MainConf {
         self.upstreams.iter().any(|u| u.traffic)
     }
 
+    /// Some upstream has `upstream_healthcheck_dynamic`: the zone holds members.
+    pub fn has_dynamic(&self) -> bool {
+        self.upstreams.iter().any(|u| u.dynamic.is_some())
+    }
+
     /// Some upstream has passive checks: the zone holds passive state for every slot.
     pub fn has_passive(&self) -> bool {
         self.upstreams.iter().any(|u| u.passive.is_some())
@@ -142,6 +147,9 @@ pub struct SrvConf {
     /// worker from the first request (every request of an upstream gets the same one from its
     /// balancer).
     pub original_free: Cell<ngx_event_free_peer_pt>,
+    /// `upstream_healthcheck_dynamic max_peers=N`: N, the index in the upstream's `servers`
+    /// of the first of the N placeholders it added, and where it was written.
+    pub dynamic: Option<(usize, usize, ConfPos)>,
 }
 
 /// The `upstream_healthcheck_ssl_*` directives as written, each with its position.
@@ -222,6 +230,21 @@ pub struct UpstreamConf {
     pub primaries: usize,
     /// `panic_threshold` with the primaries it counts; `None` without the parameter.
     pub panic: Option<PanicRule>,
+    /// `upstream_healthcheck_dynamic`: its reserved peers.
+    pub dynamic: Option<Dynamic>,
+}
+
+/// The peers an upstream reserves for etcd: `peers[first..first + max]`, all primary.
+pub struct Dynamic {
+    pub first: usize,
+    pub max: usize,
+}
+
+impl Dynamic {
+    /// Whether `peers[i]` is a reserved peer.
+    pub fn holds(&self, i: usize) -> bool {
+        (self.first..self.first + self.max).contains(&i)
+    }
 }
 
 /// Slow start in one upstream: its weights inside nginx are the configured ones times `scale`,
@@ -279,6 +302,8 @@ pub struct PeerConf {
     pub key: u64,
     /// Index of its slot in the shared zone (u32 keeps a peer at 32 bytes).
     slot: u32,
+    /// A peer reserved by `upstream_healthcheck_dynamic`: its address comes from etcd.
+    pub reserved: bool,
 }
 
 impl PeerConf {
@@ -288,6 +313,7 @@ impl PeerConf {
             config_down,
             key,
             slot,
+            reserved: false,
         }
     }
 

@@ -14,10 +14,11 @@ use crate::escape::LogEscaped;
 use crate::journal::{self, Change, Pending};
 use crate::module::attempts;
 use crate::module::clock::{now_msec, unix_msec};
+use crate::module::dynamic;
 use crate::module::keepalive;
 use crate::module::log::hc_log;
 use crate::module::module_conf::MainConf;
-use crate::module::process::{with_worker, SlotView, Worker};
+use crate::module::process::{with_worker, MemberView, SlotView, Worker};
 use crate::module::ramp;
 use crate::module::Module;
 use crate::policy::PeerFacts;
@@ -101,7 +102,8 @@ pub fn targets(main: &MainConf) -> Vec<Target> {
                 // SAFETY: rr comes from the live list above. Names that are not UTF-8 were
                 // kept with replacement characters, and are compared so.
                 .filter(|&(_, rr)| {
-                    String::from_utf8_lossy(unsafe { (*rr).name.as_bytes() }) == peer.name
+                    peer.reserved
+                        || String::from_utf8_lossy(unsafe { (*rr).name.as_bytes() }) == peer.name
                 })
                 .unwrap_or((ptr::null_mut(), ptr::null_mut()));
             if rr.is_null() {
@@ -192,6 +194,7 @@ pub fn apply_changes(w: &mut Worker) {
                             let record = &locked.upstreams()[ui];
                             w.excluded[ui] = record.excluded();
                             w.panic[ui] = record.panic.is_active();
+                            w.replaced[ui] = record.replaced;
                             w.sweeps.push(Sweep::Upstream(ui));
                         }
                         Change::Upstream(_) => {}
@@ -212,6 +215,7 @@ pub fn apply_changes(w: &mut Worker) {
                 let record = &locked.upstreams()[ui];
                 w.excluded[ui] = record.excluded();
                 w.panic[ui] = record.panic.is_active();
+                w.replaced[ui] = record.replaced;
             }
         }
         w.applied = head;
@@ -273,7 +277,11 @@ fn push_view(w: &mut Worker, locked: &mut crate::module::zone::Locked<'_>, slot:
         return;
     };
     let mine = s.sched.owner_pid == w.pid && !s.sched.is_idle(now);
+    let s = *s;
+    let (hidden, member) = membership_of(w, locked, slot);
     w.views.push(SlotView {
+        hidden,
+        member,
         slot: slot as u32,
         healthy: s.health.is_up(),
         manual_down: s.manual_down(),
@@ -283,12 +291,62 @@ fn push_view(w: &mut Worker, locked: &mut crate::module::zone::Locked<'_>, slot:
     });
 }
 
+/// Whether a slot of an upstream with `upstream_healthcheck_dynamic` is hidden (a free
+/// reserved peer, or a static one once etcd was read), and the member of a reserved one; its
+/// nginx peer is made to match the member here, under the zone lock.
+fn membership_of(
+    w: &Worker,
+    locked: &mut crate::module::zone::Locked<'_>,
+    slot: usize,
+) -> (bool, Option<MemberView>) {
+    let Some(t) = w.targets.get(slot) else {
+        return (false, None);
+    };
+    let up = &w.main.upstreams[t.upstream()];
+    if up.dynamic.is_none() {
+        return (false, None);
+    }
+    let reserved = up.peers.get(t.peer()).is_some_and(|p| p.reserved);
+    if !reserved {
+        return (w.replaced[t.upstream()], None);
+    }
+    let Some(m) = locked.members().get(slot).copied() else {
+        return (true, None);
+    };
+    // SAFETY: the targets are live peers of this worker's cycle.
+    unsafe { dynamic::sync_peer(t, &m, false) };
+    let view = MemberView {
+        generation: m.generation,
+        weight: m.weight,
+        slow_start_ms: m.slow_start_ms,
+    };
+    (!m.used, Some(view))
+}
+
 /// Sets nginx's flag of one peer and its place in this worker's queue.
 fn apply_view(w: &mut Worker, v: &SlotView) {
     let slot = v.slot as usize;
-    let Some(t) = w.targets.get(slot) else {
+    if slot >= w.targets.len() {
         return;
-    };
+    }
+    if let Some(m) = v.member {
+        let local = &mut w.members[slot];
+        if local.generation != m.generation {
+            // Another peer in this slot: nothing of the previous one is kept.
+            keepalive::close_slot(slot);
+            ramp::forget(w, slot);
+        }
+        w.members[slot] = m;
+    }
+    let t = &w.targets[slot];
+    if v.hidden {
+        // SAFETY: the targets are live peers of this worker's cycle.
+        unsafe { set_down(t, true) };
+        keepalive::close_slot(slot);
+        ramp::forget(w, slot);
+        w.queue.set(slot, None);
+        return;
+    }
     let facts = PeerFacts {
         config_down: t.config_down,
         manual_down: v.manual_down,
@@ -301,6 +359,9 @@ fn apply_view(w: &mut Worker, v: &SlotView) {
     };
     // A peer back in service gets its slow-start weight before the balancer may pick it.
     ramp::on_view(w, slot, &facts, v.back_ms_ago, now_msec());
+    if v.member.is_some() {
+        ramp::settle(w, slot);
+    }
     let t = &w.targets[slot];
     // SAFETY: the targets are live peers of this worker's cycle.
     unsafe { set_down(t, facts.down_for_balancer()) };

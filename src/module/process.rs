@@ -34,6 +34,19 @@ pub struct SlotView {
     pub look_at: Option<u64>,
     /// How long ago the peer came back into service (slow start; `Slot::back_ms_ago`).
     pub back_ms_ago: Option<u64>,
+    /// Not shown nor used: a free reserved peer, or a static one replaced by etcd's.
+    pub hidden: bool,
+    /// The member of a reserved peer (`upstream_healthcheck_dynamic`).
+    pub member: Option<MemberView>,
+}
+
+/// What a worker keeps of the member of a reserved peer.
+#[derive(Clone, Copy, Default)]
+pub struct MemberView {
+    /// `Member::generation`: a change means another peer in the slot.
+    pub generation: u32,
+    pub weight: u32,
+    pub slow_start_ms: u64,
 }
 
 /// A run of probes that gave no verdict for a local reason: logged once when it begins and
@@ -69,6 +82,11 @@ pub struct Worker {
     pub excluded: Vec<bool>,
     /// Upstreams in panic (`panic_threshold`), as of the last application of changes.
     pub panic: Vec<bool>,
+    /// Upstreams whose static servers etcd's peers replaced, as of the last application.
+    pub replaced: Vec<bool>,
+    /// The members of the reserved peers as last applied, by slot (empty without
+    /// `upstream_healthcheck_dynamic`).
+    pub members: Vec<MemberView>,
     /// This host is the HA standby, as of the last application of changes.
     pub standby: bool,
     /// The journal position up to which changes are applied.
@@ -182,6 +200,12 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         targets,
         excluded: vec![false; main.upstreams.len()],
         panic: vec![false; main.upstreams.len()],
+        replaced: vec![false; main.upstreams.len()],
+        members: if main.has_dynamic() {
+            vec![MemberView::default(); slots]
+        } else {
+            Vec::new()
+        },
         standby: false,
         applied: 0,
         views: Vec::new(),

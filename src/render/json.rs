@@ -132,6 +132,14 @@ fn peers(out: &mut impl Write, list: &[PeerSnapshot]) -> fmt::Result {
             unix_seconds(out, v.down_until_ms)?;
             write!(out, ",\"probation\":{}}}", v.probation)?;
         }
+        if let Some(e) = &p.etcd {
+            let source = if e.from_etcd { "etcd" } else { "config" };
+            write!(out, ",\"source\":\"{source}\",\"etcd_error\":")?;
+            match &e.error {
+                Some(error) => write_json_str(out, error)?,
+                None => out.write_str("null")?,
+            }
+        }
         out.write_char('}')?;
     }
     out.write_char(']')

@@ -74,6 +74,16 @@ pub struct PeerSnapshot {
     pub traffic_rate: Option<TrafficRate>,
     /// Its passive checks' state, when its upstream has them.
     pub passive: Option<PassiveView>,
+    /// Where it comes from, when its upstream has `upstream_healthcheck_dynamic`.
+    pub etcd: Option<EtcdPeer>,
+}
+
+/// A peer of an upstream with `upstream_healthcheck_dynamic`: from nginx.conf or from etcd.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EtcdPeer {
+    pub from_etcd: bool,
+    /// What was wrong with its key's value (the peer then has the defaults).
+    pub error: Option<String>,
 }
 
 /// A peer's passive checks as the status formats show them.
@@ -109,6 +119,8 @@ pub struct UpstreamSnapshot {
     pub passive: bool,
     /// Its panic mode (`panic_threshold`); `None` when unchecked.
     pub panic: Option<PanicSnapshot>,
+    /// Keys of etcd refused for lack of a reserved peer, with `upstream_healthcheck_dynamic`.
+    pub refused_keys: Option<u32>,
 }
 
 /// Whether an upstream is in panic, and why.
