@@ -220,7 +220,7 @@ fn apply(locked: &mut Locked<'_>, up: &UpstreamConf, op: &Op, now: u64) {
             m.free();
             let s = &mut locked.slots()[slot];
             s.key = 0;
-            s.health = PeerHealth::new(start_up);
+            s.health = PeerHealth::new(false);
             s.manual_until_ms = 0;
         }
         Op::Set {

@@ -10,6 +10,7 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleServerConf;
 
+use crate::config::default_request;
 use crate::escape::LogEscaped;
 use crate::journal::{self, Change, Pending};
 use crate::module::attempts;
@@ -17,11 +18,13 @@ use crate::module::clock::{now_msec, unix_msec};
 use crate::module::dynamic;
 use crate::module::keepalive;
 use crate::module::log::hc_log;
+use crate::module::module_conf::Check;
 use crate::module::module_conf::MainConf;
 use crate::module::process::{with_worker, MemberView, SlotView, Worker};
 use crate::module::ramp;
 use crate::module::Module;
 use crate::policy::PeerFacts;
+use std::rc::Rc;
 
 /// The live nginx peer behind one slot.
 pub struct Target {
@@ -295,7 +298,7 @@ fn push_view(w: &mut Worker, locked: &mut crate::module::zone::Locked<'_>, slot:
 /// reserved peer, or a static one once etcd was read), and the member of a reserved one; its
 /// nginx peer is made to match the member here, under the zone lock.
 fn membership_of(
-    w: &Worker,
+    w: &mut Worker,
     locked: &mut crate::module::zone::Locked<'_>,
     slot: usize,
 ) -> (bool, Option<MemberView>) {
@@ -315,12 +318,44 @@ fn membership_of(
     };
     // SAFETY: the targets are live peers of this worker's cycle.
     unsafe { dynamic::sync_peer(t, &m, false) };
+    if let Some(meta) = w.member_meta.get_mut(slot) {
+        let url = m.check_url().unwrap_or("");
+        if meta.generation != m.generation || meta.url != url || meta.name.is_empty() {
+            meta.generation = m.generation;
+            meta.name.clear();
+            meta.name.push_str(m.addr());
+            meta.url.clear();
+            meta.url.push_str(url);
+            meta.request = up
+                .check
+                .as_ref()
+                .and_then(|c| check_url_request(c, &up.name, url));
+        }
+    }
     let view = MemberView {
         generation: m.generation,
         weight: m.weight,
         slow_start_ms: m.slow_start_ms,
     };
     (!m.used, Some(view))
+}
+
+/// The probe request of a peer whose value has `check_url`: the upstream's check with that
+/// URI. `None` without one, or when the upstream sends its own `upstream_healthcheck_request`.
+fn check_url_request(check: &Check, upstream: &str, url: &str) -> Option<Rc<[u8]>> {
+    let p = &check.params;
+    if url.is_empty() || p.check_type == crate::config::CheckType::Tcp {
+        return None;
+    }
+    let default = default_request(
+        p.uri.as_deref().unwrap_or("/"),
+        p.host.as_deref().unwrap_or(upstream),
+        p.keepalive > 0,
+    );
+    if check.request != default {
+        return None; // upstream_healthcheck_request: the operator's bytes are sent as written
+    }
+    Some(default_request(url, p.host.as_deref().unwrap_or(upstream), p.keepalive > 0).into())
 }
 
 /// Sets nginx's flag of one peer and its place in this worker's queue.

@@ -3,6 +3,8 @@
 
 use core::cell::Cell;
 use core::ptr;
+use std::borrow::Cow;
+use std::rc::Rc;
 
 use ngx::ffi::{
     ngx_cycle, ngx_cycle_t, ngx_event_t, ngx_exiting, ngx_int_t, ngx_log_t, ngx_pid, ngx_process,
@@ -38,6 +40,16 @@ pub struct SlotView {
     pub hidden: bool,
     /// The member of a reserved peer (`upstream_healthcheck_dynamic`).
     pub member: Option<MemberView>,
+}
+
+/// The name of a reserved peer's member and the probe request of its `check_url`.
+#[derive(Default)]
+pub struct MemberMeta {
+    pub generation: u32,
+    pub name: String,
+    pub url: String,
+    /// The request for `url`; `None` when the upstream's applies.
+    pub request: Option<Rc<[u8]>>,
 }
 
 /// What a worker keeps of the member of a reserved peer.
@@ -87,6 +99,8 @@ pub struct Worker {
     /// The members of the reserved peers as last applied, by slot (empty without
     /// `upstream_healthcheck_dynamic`).
     pub members: Vec<MemberView>,
+    /// Their names and probe requests, by slot, kept up to date under the zone lock.
+    pub member_meta: Vec<MemberMeta>,
     /// This host is the HA standby, as of the last application of changes.
     pub standby: bool,
     /// The journal position up to which changes are applied.
@@ -115,6 +129,17 @@ impl Worker {
         let main: &'static MainConf = self.main;
         let up = main.upstreams.get(t.upstream())?;
         Some((up, up.check.as_ref()?, up.peers.get(t.peer())?))
+    }
+
+    /// The name of the peer behind a slot: an etcd-learned one's address, or nginx's name.
+    pub fn peer_name(&self, slot: usize) -> Cow<'static, str> {
+        let Some((_, _, peer)) = self.check_of(slot) else {
+            return Cow::Borrowed("");
+        };
+        match self.member_meta.get(slot).filter(|_| peer.reserved) {
+            Some(m) => Cow::Owned(m.name.clone()),
+            None => Cow::Borrowed(peer.name),
+        }
     }
 
     /// True when `w` belongs to an older cycle (a reload with `master_process off`) and must
@@ -203,6 +228,11 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         replaced: vec![false; main.upstreams.len()],
         members: if main.has_dynamic() {
             vec![MemberView::default(); slots]
+        } else {
+            Vec::new()
+        },
+        member_meta: if main.has_dynamic() {
+            (0..slots).map(|_| MemberMeta::default()).collect()
         } else {
             Vec::new()
         },

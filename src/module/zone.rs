@@ -586,7 +586,8 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
                 },
                 None => Slot {
                     key: peer.key,
-                    health: PeerHealth::new(up_at_start),
+                    // A reserved peer is nobody until etcd names it.
+                    health: PeerHealth::new(up_at_start && !peer.reserved),
                     sched: Schedule::first(now, interval, ngx_random() as u64),
                     // A peer that a reload adds is new in service (slow start); one that is
                     // there when nginx starts fresh had no outage.
