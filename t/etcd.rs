@@ -1,0 +1,2 @@
+//! etcd as the fleet's source of truth.
+mod common;
