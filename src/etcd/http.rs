@@ -49,13 +49,11 @@ impl ResponseReader {
     /// Takes in bytes read from the connection.
     pub fn feed(&mut self, data: &[u8]) -> Result<(), String> {
         self.raw.extend_from_slice(data);
-        if self.body_state.is_none() {
-            if !self.parse_head()? {
-                if self.raw.len() > 64 * 1024 {
-                    return Err("the response head is too long".to_owned());
-                }
-                return Ok(());
+        if self.body_state.is_none() && !self.parse_head()? {
+            if self.raw.len() > 64 * 1024 {
+                return Err("the response head is too long".to_owned());
             }
+            return Ok(());
         }
         self.parse_body()?;
         if self.body.len() > MAX_HELD {

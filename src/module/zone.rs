@@ -17,6 +17,7 @@ use crate::health::PeerHealth;
 use crate::histogram::Histogram;
 use crate::journal::{self, Change};
 use crate::key::{peer_key, zone_size_for};
+use crate::module::etcd_zone::EtcdShared;
 use crate::module::ha;
 use crate::module::log::hc_log;
 use crate::module::module_conf::{MainConf, UpstreamConf};
@@ -126,6 +127,8 @@ pub struct ZoneHeader {
     /// otherwise. Windows are counted with atomics; ejections are written under the lock.
     passive: *mut PassiveState,
     shpool: *mut ngx_slab_pool_t,
+    /// The watch lease and the link's state (`upstream_healthcheck_etcd`).
+    pub etcd: EtcdShared,
 }
 
 /// Bytes of shared memory needed for `peers` peers in `upstreams` upstream blocks, with
@@ -273,6 +276,11 @@ pub fn log_panic(up: &UpstreamConf, change: PanicChange, state: &PanicState) {
 }
 
 impl Locked<'_> {
+    /// `ZoneHeader::note_expiry`.
+    pub fn note_expiry(&self, until_ms: u64) {
+        self.header.note_expiry(until_ms);
+    }
+
     /// Appends a change to the journal; every worker applies it within one tick, or before
     /// its next balancer pick.
     pub fn record(&mut self, change: Change) {
@@ -572,6 +580,7 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
             traffic,
             passive,
             shpool,
+            etcd: EtcdShared::default(),
         });
     }
     main.header = header;
