@@ -6,6 +6,7 @@
 pub mod config;
 pub mod control;
 pub mod escape;
+pub mod etcd;
 pub mod health;
 pub mod histogram;
 pub mod journal;

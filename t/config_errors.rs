@@ -1381,7 +1381,10 @@ fn dynamic_membership_needs_a_zone_a_round_robin_balancer_and_max_peers() {
             "max_peers=x",
             format!("invalid parameter \"max_peers=x\" in \"{d}\" directive, from 1 to 65536"),
         ),
-        ("peers=3", format!("invalid parameter \"peers=3\" in \"{d}\" directive")),
+        (
+            "peers=3",
+            format!("invalid parameter \"peers=3\" in \"{d}\" directive"),
+        ),
     ] {
         let line = format!("    {d} {args};");
         if args.is_empty() {
@@ -1410,7 +1413,9 @@ fn dynamic_membership_needs_a_zone_a_round_robin_balancer_and_max_peers() {
         rejected(
             &format!("{zone}    {balancer};\n    {d} max_peers=4;"),
             d,
-            &format!("\"{d}\" directive is not allowed with hash, ip_hash or random in upstream \"u\""),
+            &format!(
+                "\"{d}\" directive is not allowed with hash, ip_hash or random in upstream \"u\""
+            ),
         );
     }
     rejected(

@@ -40,7 +40,7 @@ const fn command(name: ngx_str_t, type_: u32, set: SetFn, conf: usize) -> ngx_co
 
 const UPS: u32 = NGX_HTTP_UPS_CONF;
 
-pub static mut COMMANDS: [ngx_command_t; 20] = [
+pub static mut COMMANDS: [ngx_command_t; 21] = [
     command(
         ngx_string!("upstream_healthcheck"),
         UPS | NGX_CONF_ANY,
@@ -75,6 +75,12 @@ pub static mut COMMANDS: [ngx_command_t; 20] = [
         ngx_string!("upstream_healthcheck_ha_address"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
         set_ha_address,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_etcd"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE,
+        set_etcd,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
@@ -458,6 +464,20 @@ extern "C" fn set_ha_address(
     // SAFETY: nginx passes this module's main conf for NGX_HTTP_MAIN_CONF_OFFSET.
     let conf = unsafe { &mut *conf.cast::<MainConf>() };
     set_once(cf, &mut conf.ha, |args, _| parse::parse_ha_address(args))
+}
+
+extern "C" fn set_etcd(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's main conf for NGX_HTTP_MAIN_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<MainConf>() };
+    set_once(cf, &mut conf.etcd, |args, pos| {
+        crate::etcd::conf::parse_etcd(args)
+            .map(|c| (c, pos))
+            .map_err(crate::parse::ParseError::new)
+    })
 }
 
 extern "C" fn set_admin(

@@ -31,7 +31,12 @@ mod clock;
 mod control_handler;
 mod directives;
 mod dynamic;
+mod etcd;
+mod etcd_call;
+mod etcd_zone;
 mod failure_detail;
+mod fleet;
+mod fleet_control;
 mod ha;
 mod housekeeping;
 mod keepalive;
@@ -543,6 +548,7 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
     let n = main.slots();
     let needs_zone = main.admin
         || main.has_dynamic()
+        || main.etcd.is_some()
         || main.counts_traffic()
         || main.has_passive()
         || main.upstreams.iter().any(|u| u.check.is_some());

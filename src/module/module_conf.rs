@@ -15,6 +15,7 @@ use ngx::ffi::{
 };
 
 use crate::config::{CheckParams, PassiveParams, TlsProtocols, ValidStatuses};
+use crate::etcd::conf::EtcdConf;
 use crate::matcher::Match;
 use crate::module::tls::TlsContext;
 use crate::module::zone::{Slot, ZoneHeader};
@@ -85,6 +86,8 @@ pub struct MainConf {
     pub matches: Vec<(String, Arc<Match>)>,
     /// `upstream_healthcheck_traffic` at the http level: the default of every upstream.
     pub traffic: Option<(bool, ConfPos)>,
+    /// `upstream_healthcheck_etcd`.
+    pub etcd: Option<(EtcdConf, ConfPos)>,
 }
 
 impl Default for MainConf {
@@ -98,6 +101,7 @@ impl Default for MainConf {
             admin: false,
             matches: Vec::new(),
             traffic: None,
+            etcd: None,
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::module::peers::{self, Sweep, Target};
 use crate::module::probe::{self, Probe};
 use crate::module::ramp::{self, Ramps};
 use crate::module::zone::ZoneHeader;
-use crate::module::{attempts, tick, tls, Module};
+use crate::module::{attempts, etcd, tick, tls, Module};
 use crate::schedule::{batch_ms, DueQueue};
 
 /// One slot's state as the last application of changes read it (see `peers::apply_changes`).
@@ -117,6 +117,8 @@ pub struct Worker {
     pub local_burst: Option<LocalBurst>,
     /// The peers ramping up after coming back (slow start).
     pub ramps: Ramps,
+    /// This worker's side of etcd (`upstream_healthcheck_etcd`).
+    pub etcd: Option<Box<etcd::Client>>,
 }
 
 impl Worker {
@@ -254,6 +256,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         ),
         local_burst: None,
         ramps: Ramps::default(),
+        etcd: None,
     });
     let w = Box::into_raw(worker);
     // SAFETY: w is a fresh, exclusively owned allocation; the event is initialised before it
@@ -273,6 +276,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         peers::resync(w);
         attempts::init(w);
         tick::arm(w, 1);
+        etcd::start(w);
     });
     NGX_OK as ngx_int_t
 }
@@ -305,6 +309,7 @@ pub fn stop() {
         if (*w).timer.timer_set() != 0 {
             ngx::ffi::ngx_del_timer(&mut (*w).timer);
         }
+        etcd::stop(&mut *w);
         for p in core::mem::take(&mut (*w).probes) {
             probe::abort(p);
         }

@@ -21,6 +21,7 @@ use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpC
 use crate::control::ttl_left;
 use crate::membership::Member;
 use crate::module::clock::{now_msec, unix_msec};
+use crate::module::etcd;
 use crate::module::failure_detail::detail_text;
 use crate::module::module_conf::MainConf;
 use crate::module::peers::live_peers;
@@ -31,7 +32,9 @@ use crate::policy::PeerFacts;
 use crate::query::{error_format, parse_status_query, unknown_upstream, Format, StateFilter};
 use crate::render::json::render_json_error;
 use crate::render::page::{render_page, Page, PageCursor};
-use crate::render::{EtcdPeer, HaMode, PanicSnapshot, PassiveView, PeerSnapshot, UpstreamSnapshot};
+use crate::render::{
+    EtcdPeer, EtcdStatus, HaMode, PanicSnapshot, PassiveView, PeerSnapshot, UpstreamSnapshot,
+};
 use crate::slow_start::{factor_permille, ramp_elapsed, unscaled};
 use crate::traffic::{rate, TrafficRate, TrafficSample};
 use rustc_hash::FxHashMap;
@@ -334,9 +337,11 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         Some(HA_SLAVER) => HaMode::Slaver,
         _ => HaMode::Disabled,
     };
+    let etcd = etcd::status(main);
     let page = Page {
         format: q.format,
         ha_mode,
+        etcd: etcd.as_ref(),
         now_ms: unix_msec(),
         refresh: q.refresh,
         state: q.state,
@@ -382,6 +387,7 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
             cursor: PageCursor::new(&page),
             format: q.format,
             ha_mode,
+            etcd: etcd.clone(),
             now_ms: page.now_ms,
             refresh: q.refresh,
             state: q.state,
@@ -426,6 +432,7 @@ struct Stream {
     cursor: PageCursor,
     format: Format,
     ha_mode: HaMode,
+    etcd: Option<EtcdStatus>,
     now_ms: u64,
     refresh: Option<u32>,
     state: Option<StateFilter>,
@@ -443,6 +450,7 @@ impl Stream {
         let page = Page {
             format: self.format,
             ha_mode: self.ha_mode,
+            etcd: self.etcd.as_ref(),
             now_ms: self.now_ms,
             refresh: self.refresh,
             state: self.state,

@@ -18,6 +18,7 @@ use crate::histogram::Histogram;
 use crate::journal::{self, Change};
 use crate::key::{peer_key, zone_size_for};
 use crate::membership::{Member, ETCD_OCCURRENCE};
+use crate::module::etcd_zone::EtcdShared;
 use crate::module::ha;
 use crate::module::log::hc_log;
 use crate::module::module_conf::{MainConf, UpstreamConf};
@@ -134,6 +135,8 @@ pub struct ZoneHeader {
     /// (only its reserved slots use theirs); null otherwise. Written under the lock.
     members: *mut Member,
     shpool: *mut ngx_slab_pool_t,
+    /// The watch lease and the link's state (`upstream_healthcheck_etcd`).
+    pub etcd: EtcdShared,
 }
 
 /// Bytes of shared memory needed for `peers` peers in `upstreams` upstream blocks, with
@@ -300,6 +303,11 @@ impl<'a> Locked<'a> {
     /// The zone this guard locks.
     pub fn header(&self) -> &'a ZoneHeader {
         self.header
+    }
+
+    /// `ZoneHeader::note_expiry`.
+    pub fn note_expiry(&self, until_ms: u64) {
+        self.header.note_expiry(until_ms);
     }
 
     /// Appends a change to the journal; every worker applies it within one tick, or before
@@ -661,6 +669,7 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
             passive,
             members,
             shpool,
+            etcd: EtcdShared::default(),
         });
     }
     main.header = header;

@@ -1,6 +1,6 @@
 //! Integration-test harness shared by every test in `t/` (`mod common;`): runs a real nginx with
 //! the module loaded (this file); `backend` (scriptable HTTP backends), `http` (polling and a
-//! small HTTP client), `json` (status documents, serde_json), `load` (a request loop on its own
+//! small HTTP client), `etcd` (a real etcd and etcdctl), `json` (status documents, serde_json), `load` (a request loop on its own
 //! thread), `ports` (listen ports that cannot collide), `procfs` (sockets of processes),
 //! `process` (external programs) and `prometheus` (a Prometheus server scraping nginx) hold
 //! the rest. Everything is re-exported here, so tests name it `common::NAME`.
@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 mod backend;
+mod etcd;
 mod http;
 mod json;
 mod load;
@@ -23,6 +24,8 @@ mod tls;
 // Not every test crate uses every module.
 #[allow(unused_imports)]
 pub use backend::*;
+#[allow(unused_imports)]
+pub use etcd::*;
 #[allow(unused_imports)]
 pub use http::*;
 #[allow(unused_imports)]
