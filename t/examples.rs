@@ -84,6 +84,7 @@ fn every_example_passes_nginx_t() {
     for want in [
         "basic.conf",
         "demo.conf",
+        "dynamic.conf",
         "fast-recheck.conf",
         "https.conf",
         "slow-start.conf",
@@ -441,6 +442,49 @@ fn panic_example_runs() {
         ),
         "{log}"
     );
+}
+
+/// dynamic.conf: the peers of "backend" are etcd's keys, as its comments write them: the
+/// static server stops serving once etcd is read, the peer marked down takes nothing.
+#[test]
+fn dynamic_example_runs() {
+    let (text, ports) = move_ports(&runnable("dynamic.conf", &example("dynamic.conf")));
+    let etcd = Etcd::start();
+    let text = text.replace(&format!("http://127.0.0.1:{}", ports[&2379]), &etcd.url());
+    let front = ports[&8080];
+    let [statik, two, down] = [9151u16, 9152, 9153].map(|p| Backend::on_port(ports[&p]));
+    for b in [&statik, &two, &down] {
+        b.set_health_path("/health");
+    }
+    etcd.put(
+        &format!("/nginx/upstreams/backend/{}", two.addr()),
+        r#"{"weight": 2}"#,
+    );
+    etcd.put(
+        &format!("/nginx/upstreams/backend/{}", down.addr()),
+        r#"{"status": "down"}"#,
+    );
+    let nginx = Nginx::start_raw(&text);
+    wait_until(
+        Duration::from_secs(8),
+        "etcd's peers on the status page",
+        || {
+            let doc = strict_json(&status_page(front, STATUS));
+            let peers = json_upstream(&doc, "backend")["primary"].clone();
+            peers
+                .as_array()
+                .is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["source"] == "etcd"))
+        },
+    );
+    statik.reset_counts();
+    for _ in 0..10 {
+        assert_eq!(http_get(front, "/x").unwrap().0, 200);
+    }
+    assert_eq!(
+        (statik.proxied(), two.proxied(), down.proxied()),
+        (0, 10, 0)
+    );
+    nginx.stop();
 }
 
 #[test]

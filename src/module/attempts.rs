@@ -211,11 +211,12 @@ fn eject(main: &MainConf, header: &ZoneHeader, watched: Watched, now: u64, on_pr
             .dynamic
             .as_ref()
             .is_some_and(|d| d.holds(s.wrapping_sub(first)));
-        let gone = match locked.members().get(s) {
-            Some(m) if reserved => !m.used,
-            _ => replaced && up.dynamic.is_some(),
+        let (gone, etcd_down) = match locked.members().get(s) {
+            Some(m) if reserved => (!m.used, m.down),
+            _ => (replaced && up.dynamic.is_some(), false),
         };
         !gone
+            && !etcd_down
             && !config_down
             && !state.manual_down()
             && if active {

@@ -249,10 +249,10 @@ fn apply(locked: &mut Locked<'_>, up: &UpstreamConf, op: &Op, now: u64) {
                     p.copy_from(&Default::default());
                 }
             }
-            if v.down {
-                s.manual_until_ms = u64::MAX;
-            } else if m.down || (*new && s.manual_down()) {
-                s.end_manual_down(now);
+            // `"status": "down"` is the member's own manual down, apart from the control
+            // API's (a full read of control keys does not end it); back up, it ramps.
+            if !*new && m.down && !v.down && !s.manual_down() {
+                s.manual_until_ms = in_service_mark(now);
             }
             m.set_value(&v);
         }

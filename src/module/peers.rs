@@ -287,7 +287,7 @@ fn push_view(w: &mut Worker, locked: &mut crate::module::zone::Locked<'_>, slot:
         member,
         slot: slot as u32,
         healthy: s.health.is_up(),
-        manual_down: s.manual_down(),
+        manual_down: s.manual_down() || member.is_some_and(|m| m.down),
         passive_down: w.header.passive(slot).is_some_and(|p| p.is_down()),
         look_at: (!mine).then(|| now + s.sched.wake_in(now, w.pid)),
         back_ms_ago: s.back_ms_ago(now, unix_msec()),
@@ -335,6 +335,7 @@ fn membership_of(
     let view = MemberView {
         generation: m.generation,
         weight: m.weight,
+        down: m.down,
         slow_start_ms: m.slow_start_ms,
     };
     (!m.used, Some(view))

@@ -58,6 +58,8 @@ pub struct MemberView {
     /// `Member::generation`: a change means another peer in the slot.
     pub generation: u32,
     pub weight: u32,
+    /// `"status": "down"`.
+    pub down: bool,
     pub slow_start_ms: u64,
 }
 

@@ -209,8 +209,8 @@ impl StateReader<'_> {
                 peer.effective_weight = unscaled(peer.effective_weight, ss.scale);
             }
             if let Some(s) = slot {
-                peer.manual_down = s.manual_down();
-                peer.manual_down_ttl = (peer.manual_down && s.manual_until_ms != u64::MAX)
+                peer.manual_down = s.manual_down() || member.is_some_and(|m| m.down);
+                peer.manual_down_ttl = (s.manual_down() && s.manual_until_ms != u64::MAX)
                     .then(|| ttl_left(s.manual_until_ms, self.now));
                 let peer_facts = PeerFacts {
                     config_down: peer.config_down,
