@@ -39,7 +39,8 @@ fn node_conf(etcd: &Etcd, port: u16, statics: &[&Backend], max_peers: usize) -> 
          add_header X-Worker $pid always;\n    proxy_next_upstream off;\n    \
          location / {{ proxy_pass http://backend; }}\n    \
          location = /status {{ upstream_healthcheck_status json; }}\n    \
-         location = /metrics {{ upstream_healthcheck_status prometheus; }}\n}}\n",
+         location = /metrics {{ upstream_healthcheck_status prometheus; }}\n    \
+         location = /control {{ upstream_healthcheck_admin; }}\n}}\n",
         etcd.url()
     )
 }
@@ -360,4 +361,32 @@ fn a_restart_while_etcd_is_down_serves_the_static_servers_until_etcd_answers() {
     etcd.restart();
     wait_routes(&[&node], &[p(&a)], Duration::from_secs(10));
     assert!(!names(&node.status()).contains(&s.addr()));
+}
+
+#[test]
+fn a_peer_from_etcd_forced_down_through_one_nodes_control_api_is_down_on_both() {
+    let etcd = Etcd::start();
+    let (s, a, b) = (backend(), backend(), backend());
+    etcd.put(&key(&a), "{}");
+    etcd.put(&key(&b), "{}");
+    let one = Node::start(&etcd, &[&s], 4);
+    let two = Node::start(&etcd, &[&s], 4);
+    let nodes = [&one, &two];
+    let p = |b: &Backend| Some(b.port());
+    wait_routes(&nodes, &[p(&a), p(&b)], Duration::from_secs(5));
+    // The control API names it by its address, as for a static server.
+    let q = format!("/control?t=gray&u=backend&p={}&a=set", a.addr());
+    let (status, _, body) = http_request(one.port, "POST", &q, "").expect("control");
+    assert_eq!(status, 200, "{body}");
+    wait_routes(&nodes, &[p(&b)], FOLLOW);
+    assert_eq!(
+        json_peer(&two.status(), "backend", &a.addr())["health"]["manual_down"],
+        true
+    );
+    let q = format!("/control?t=gray&u=backend&p={}&a=del", a.addr());
+    assert_eq!(
+        http_request(two.port, "POST", &q, "").expect("control").0,
+        200
+    );
+    wait_routes(&nodes, &[p(&a), p(&b)], FOLLOW);
 }
