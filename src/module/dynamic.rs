@@ -140,27 +140,32 @@ unsafe fn write_sockaddr(buf: *mut u8, addr: SocketAddr) -> socklen_t {
 }
 
 /// Makes a reserved peer what its member says: the member's address (a peer that gets a new
-/// address starts with no failures and no weight debt), or down when the slot is free or
-/// `hidden`. Runs under the zone lock, so workers write the same peer in the order of the
-/// members' changes. Returns true when the peer got a new address.
+/// address starts with no failures and no weight debt), or down when the slot is free. Runs
+/// under the zone lock, so workers write the same peer in the order of the members' changes.
 ///
 /// # Safety
 /// The target's peers must be live zone peers of the running cycle.
-pub unsafe fn sync_peer(t: &Target, m: &Member, hidden: bool) -> bool {
+pub unsafe fn sync_peer(t: &Target, m: &Member) {
     // SAFETY: per the contract.
     let (Some(rr), Some(list)) = (unsafe { t.rr.as_mut() }, unsafe { t.list.as_mut() }) else {
-        return false;
+        return;
     };
     if list.shpool.is_null() {
-        return false; // not a zone peer: `zone` is required, checked at nginx -t
+        return; // not a zone peer: `zone` is required, checked at nginx -t
     }
-    let want = (!hidden && m.used).then(|| m.addr());
-    let mut changed = false;
+    let want = m.used.then(|| m.addr());
+    // Only the holder of the zone lock (held here) changes a reserved peer's address, so it
+    // is read without the list's lock; nothing to do is the common case of a sweep.
+    match want {
+        Some(addr) if rr.name.as_bytes() == addr.as_bytes() => return,
+        None if rr.down != 0 => return,
+        _ => {}
+    }
     // SAFETY: zone peers are shared by the workers and written under the list's write lock.
     unsafe { ngx_rwlock_wlock(&mut list.rwlock) };
     match want.and_then(parse_addr) {
         None => rr.down = 1,
-        Some((sa, text)) if rr.name.as_bytes() != text.as_bytes() => {
+        Some((sa, text)) => {
             // SAFETY: the zone gave every peer an ngx_sockaddr_t and a name buffer of
             // NGX_SOCKADDR_STRLEN bytes (far more than membership::ADDR_MAX).
             unsafe {
@@ -176,11 +181,8 @@ pub unsafe fn sync_peer(t: &Target, m: &Member, hidden: bool) -> bool {
             // Every peer may be tried: the count nginx made left the placeholders out.
             list.tries = list.tries.max(list.number as ngx_uint_t);
             list.set_weighted(1);
-            changed = true;
         }
-        Some(_) => {}
     }
     // SAFETY: taken above.
     unsafe { ngx_rwlock_unlock(&mut list.rwlock) };
-    changed
 }

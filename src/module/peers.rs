@@ -317,7 +317,7 @@ fn membership_of(
         return (true, None);
     };
     // SAFETY: the targets are live peers of this worker's cycle.
-    unsafe { dynamic::sync_peer(t, &m, false) };
+    unsafe { dynamic::sync_peer(t, &m) };
     if let Some(meta) = w.member_meta.get_mut(slot) {
         let url = m.check_url().unwrap_or("");
         if meta.generation != m.generation || meta.url != url || meta.name.is_empty() {
