@@ -350,29 +350,18 @@ extern "C" fn set_dynamic(
 ) -> *mut c_char {
     // SAFETY: nginx passes this module's upstream-level conf for NGX_HTTP_SRV_CONF_OFFSET.
     let conf = unsafe { &mut *conf.cast::<SrvConf>() };
-    // SAFETY: called by nginx while parsing this directive.
-    let (name, args) = unsafe { args(cf) };
-    if conf.dynamic.is_some() {
-        return conf_error(cf, duplicate(name));
-    }
-    let max = match parse::parse_dynamic(&args) {
-        Ok(max) => max,
-        Err(e) => return conf_error(cf, e),
-    };
     // SAFETY: cf is valid during parsing; inside upstream {} the upstream module's server
     // conf is the block's ngx_http_upstream_srv_conf_t.
     let Some(uscf) = NgxHttpUpstreamModule::server_conf_mut(unsafe { &*cf }) else {
         return conf_error(cf, "no upstream for \"upstream_healthcheck_dynamic\"");
     };
-    // SAFETY: cf is valid during parsing; the servers array and the pool belong to it.
-    match unsafe { crate::module::dynamic::reserve(cf, uscf, max) } {
-        Ok(at) => {
-            // SAFETY: cf is valid during parsing.
-            conf.dynamic = Some((max, at, ConfPos::here(unsafe { &*cf })));
-            NGX_CONF_OK
-        }
-        Err(()) => NGX_CONF_ERROR,
-    }
+    set_once(cf, &mut conf.dynamic, |args, pos| {
+        let max = parse::parse_dynamic(args)?;
+        // SAFETY: cf is the context of this directive, inside uscf's block.
+        let at =
+            unsafe { crate::module::dynamic::reserve(cf, uscf, max) }.map_err(ParseError::new)?;
+        Ok((max, at, pos))
+    })
 }
 
 /// `upstream_healthcheck_traffic` at the http level.

@@ -20,14 +20,13 @@ use ngx::ffi::{
 };
 
 use crate::membership::{parse_addr, Member};
-use crate::module::module_conf::conf_error;
 use crate::module::peers::Target;
 
 /// The name nginx keeps for a placeholder until etcd gives it an address; never shown.
 static PLACEHOLDER: &[u8] = b"0.0.0.0:0";
 
 /// Appends `max` placeholders to the upstream's servers: `down`, weight 1, nginx's default
-/// `max_fails=1 fail_timeout=10`. Returns the index of the first.
+/// `max_fails=1 fail_timeout=10`. Returns the index of the first, or why it could not.
 ///
 /// # Safety
 /// `cf` must be the context of the directive being parsed inside `uscf`'s block.
@@ -35,11 +34,11 @@ pub unsafe fn reserve(
     cf: *mut ngx_conf_t,
     uscf: &mut ngx_http_upstream_srv_conf_t,
     max: usize,
-) -> Result<usize, ()> {
+) -> Result<usize, String> {
+    let no_memory = || "no memory for the reserved peers".to_string();
     // SAFETY: nginx creates the servers array before it parses the upstream block.
     let Some(servers) = (unsafe { uscf.servers.as_mut() }) else {
-        conf_error(cf, "no servers array in the upstream");
-        return Err(());
+        return Err("no servers array in the upstream".to_string());
     };
     let at = servers.nelts;
     // SAFETY: cf->pool lives as long as the configuration; zeroed memory is valid for both.
@@ -50,7 +49,7 @@ pub unsafe fn reserve(
         )
     };
     if addrs.is_null() || sockaddrs.is_null() {
-        return Err(());
+        return Err(no_memory());
     }
     let name = ngx_str_t {
         len: PLACEHOLDER.len(),
@@ -63,7 +62,7 @@ pub unsafe fn reserve(
         unsafe {
             let s = ngx_array_push(servers) as *mut ngx_http_upstream_server_t;
             if s.is_null() {
-                return Err(());
+                return Err(no_memory());
             }
             ptr::write_bytes(s, 0, 1);
             let sa = sockaddrs.add(i);

@@ -141,6 +141,35 @@ pub fn snapshot(w: &mut Worker, entries: &[(&str, &str, &[u8])]) {
 
 /// A key was written (added, or its value changed).
 pub fn put(w: &mut Worker, upstream: &str, addr: &str, value: &[u8]) {
+    on_key(w, upstream, addr, |roster, addr| {
+        let op = roster.put(addr, value);
+        if op.is_none() {
+            hc_log!(
+                NGX_LOG_WARN,
+                "etcd key \"upstreams/{}/{addr}\" is refused: upstream \"{}\" has its \
+                 max_peers={} peers",
+                LogEscaped(upstream),
+                LogEscaped(upstream),
+                roster.len()
+            );
+        }
+        op.into_iter().collect()
+    });
+}
+
+/// A key was deleted: its peer takes no new requests (those in flight finish).
+pub fn delete(w: &mut Worker, upstream: &str, addr: &str) {
+    on_key(w, upstream, addr, |roster, addr| roster.delete(addr));
+}
+
+/// One watched event on the key of `addr` in `upstream`: `change` tells the holder's roster,
+/// and what it does is written into the zone under one hold of the lock (O(1)).
+fn on_key(
+    w: &mut Worker,
+    upstream: &str,
+    addr: &str,
+    change: impl FnOnce(&mut Roster, &str) -> Vec<Op>,
+) {
     let main = w.main;
     let Some(ui) = dynamic_upstream(main, upstream) else {
         return;
@@ -154,39 +183,7 @@ pub fn put(w: &mut Worker, upstream: &str, addr: &str, value: &[u8]) {
         let Some(roster) = rosters[ui].as_mut() else {
             return;
         };
-        let op = roster.put(&addr, value);
-        let mut locked = w.header.lock();
-        match op {
-            Some(op) => apply(&mut locked, up, &op, now),
-            None => hc_log!(
-                NGX_LOG_WARN,
-                "etcd key \"upstreams/{}/{addr}\" is refused: upstream \"{}\" has its \
-                 max_peers={} peers",
-                LogEscaped(upstream),
-                LogEscaped(upstream),
-                roster.len()
-            ),
-        }
-        note_refused(&mut locked.upstreams()[ui], roster);
-    });
-}
-
-/// A key was deleted: its peer takes no new requests (those in flight finish).
-pub fn delete(w: &mut Worker, upstream: &str, addr: &str) {
-    let main = w.main;
-    let Some(ui) = dynamic_upstream(main, upstream) else {
-        return;
-    };
-    let Some((_, addr)) = parse_addr(addr) else {
-        return;
-    };
-    let up = &main.upstreams[ui];
-    let now = now_msec();
-    with_rosters(w, |rosters| {
-        let Some(roster) = rosters[ui].as_mut() else {
-            return;
-        };
-        let ops = roster.delete(&addr);
+        let ops = change(roster, &addr);
         let mut locked = w.header.lock();
         for op in &ops {
             apply(&mut locked, up, op, now);
