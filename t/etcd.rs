@@ -236,6 +236,44 @@ fn a_watch_behind_a_compaction_reads_everything_again() {
     );
 }
 
+/// How soon another worker holds the watch after its holder died (the lease runs out after
+/// 1.5 s, looked at every 0.5 s), with the change made meanwhile applied.
+const TAKEOVER_DEADLINE: Duration = Duration::from_secs(3);
+
+#[test]
+fn the_watch_moves_to_another_worker_when_its_holder_dies_and_across_a_reload() {
+    let etcd = Etcd::start();
+    let backends = [Backend::new(), Backend::new(), Backend::new()];
+    let refs: Vec<&Backend> = backends.iter().collect();
+    let (mut nginx, port) = start_node(&etcd, &refs, 2);
+    wait_connected(port, Duration::from_secs(5));
+    // Each of the first two workers is killed in turn: one of them held the watch.
+    let workers = nginx.worker_pids();
+    assert_eq!(workers.len(), 2);
+    for (pid, b) in workers.iter().zip(&backends) {
+        signal("KILL", *pid);
+        etcd.put(&format!("{PREFIX}control/gray/backend/{}", b.addr()), "{}");
+        wait_until(TAKEOVER_DEADLINE, "a worker follows etcd again", || {
+            manual_down(port, &b.addr())
+        });
+    }
+    // A reload: the new workers take the watch over, the old ones let go.
+    nginx.reload();
+    let b = &backends[2];
+    etcd.put(&format!("{PREFIX}control/gray/backend/{}", b.addr()), "{}");
+    wait_until(TAKEOVER_DEADLINE, "the reloaded node follows etcd", || {
+        manual_down(port, &b.addr())
+    });
+    for b in &backends {
+        assert!(
+            manual_down(port, &b.addr()),
+            "the state survives the reload"
+        );
+    }
+    let log = nginx.stop_allowing(|l| l.contains("exited on signal 9"));
+    assert!(lines_with(&log, "etcd is unreachable").is_empty(), "{log}");
+}
+
 #[test]
 fn control_through_one_node_holds_on_the_other_and_survives_its_restart() {
     let etcd = Etcd::start();

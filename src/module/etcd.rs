@@ -363,18 +363,7 @@ fn connected(w: &mut Worker) {
     let addr = endpoint_name(c);
     let shared = &w.header.etcd;
     let revision = shared.revision.load(Ordering::Acquire);
-    let before = {
-        let mut locked = w.header.lock();
-        shared.endpoint.store(endpoint, Ordering::Release);
-        shared.set_last_error(&mut locked, None);
-        let before = shared.link.swap(LINK_UP, Ordering::AcqRel);
-        if before != LINK_UP {
-            shared
-                .since_unix
-                .store(unix_msec() / 1000, Ordering::Release);
-        }
-        before
-    };
+    let before = shared.set_link(&mut w.header.lock(), LINK_UP, endpoint, None, unix_msec());
     if link_log(before, LINK_UP) == LinkLog::OutageEnds {
         hc_log!(
             NGX_LOG_NOTICE,
@@ -398,18 +387,13 @@ fn fail(w: &mut Worker, error: &str) {
     c.retry_at = now + backoff_ms(c.failures, ngx_random() as u64);
     let retry_at = c.retry_at;
     let shared = &w.header.etcd;
-    let before = {
-        let mut locked = w.header.lock();
-        shared.endpoint.store(tried, Ordering::Release);
-        shared.set_last_error(&mut locked, Some(error));
-        let before = shared.link.swap(LINK_DOWN, Ordering::AcqRel);
-        if before != LINK_DOWN {
-            shared
-                .since_unix
-                .store(unix_msec() / 1000, Ordering::Release);
-        }
-        before
-    };
+    let before = shared.set_link(
+        &mut w.header.lock(),
+        LINK_DOWN,
+        tried,
+        Some(error),
+        unix_msec(),
+    );
     if link_log(before, LINK_DOWN) == LinkLog::OutageStarts {
         hc_log!(
             NGX_LOG_ERR,

@@ -8,16 +8,17 @@ use core::ptr;
 use std::net::SocketAddr;
 
 use ngx::ffi::{
-    getsockopt, ngx_close_connection, ngx_connection_t, ngx_cycle, ngx_event_connect_peer,
-    ngx_event_get_peer, ngx_event_t, ngx_handle_read_event, ngx_handle_write_event,
-    ngx_peer_connection_t, ngx_socket_errno, ngx_str_t, recv, send, sockaddr, sockaddr_storage,
-    socklen_t, EAGAIN, EINTR, MSG_NOSIGNAL, NGX_AGAIN, NGX_OK, SOL_SOCKET, SO_ERROR,
+    ngx_close_connection, ngx_connection_t, ngx_cycle, ngx_event_connect_peer, ngx_event_get_peer,
+    ngx_event_t, ngx_handle_read_event, ngx_handle_write_event, ngx_peer_connection_t,
+    ngx_socket_errno, ngx_str_t, recv, send, sockaddr, sockaddr_storage, socklen_t, EAGAIN, EINTR,
+    MSG_NOSIGNAL, NGX_AGAIN, NGX_OK,
 };
 use serde_json::Value;
 
 use crate::etcd::http::ResponseReader;
 use crate::etcd::proto::{parse_body, take_json_values};
 use crate::module::log::hc_debug;
+use crate::module::probe::{socket_error, strerror};
 
 /// What a call hands its callback.
 pub enum CallEvent {
@@ -150,15 +151,6 @@ fn write_sockaddr(ss: &mut sockaddr_storage, addr: SocketAddr) -> socklen_t {
     len as socklen_t
 }
 
-fn strerror(err: i32) -> String {
-    std::io::Error::from_raw_os_error(err)
-        .to_string()
-        .split(" (os error")
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// Closes a call without calling its callback.
 ///
 /// # Safety
@@ -208,26 +200,6 @@ extern "C" fn on_event(ev: *mut ngx_event_t) {
                 (call.on)(CallEvent::Done(result));
             }
         }
-    }
-}
-
-fn socket_error(c: &ngx_connection_t) -> i32 {
-    let mut err: i32 = 0;
-    let mut len = size_of::<i32>() as socklen_t;
-    // SAFETY: fd is the connection's socket; err and len are valid out-parameters.
-    let rc = unsafe {
-        getsockopt(
-            c.fd,
-            SOL_SOCKET as i32,
-            SO_ERROR as i32,
-            &mut err as *mut i32 as *mut c_void,
-            &mut len,
-        )
-    };
-    if rc == -1 {
-        ngx_socket_errno()
-    } else {
-        err
     }
 }
 
