@@ -202,6 +202,36 @@ fn an_etcd_outage_changes_nothing_but_the_pages_and_is_logged_once() {
 }
 
 #[test]
+fn a_frozen_etcd_is_noticed_and_followed_again_when_it_thaws() {
+    let etcd = Etcd::start();
+    let (b1, b2) = (Backend::new(), Backend::new());
+    let (nginx, port) = start_node(&etcd, &[&b1, &b2], 2);
+    wait_connected(port, Duration::from_secs(5));
+    // Frozen: its connections stay open, nothing answers, nothing closes.
+    etcd.signal("STOP");
+    let e = poll(RESUME_DEADLINE, "the status says disconnected", || {
+        let e = etcd_state(port);
+        (e["connected"] == false)
+            .then_some(e.clone())
+            .ok_or(e.to_string())
+    });
+    assert_eq!(e["last_error"], "etcd did not answer in time", "{e}");
+    etcd.signal("CONT");
+    wait_connected(port, RESUME_DEADLINE);
+    etcd.put(&format!("{PREFIX}control/gray/backend/{}", b2.addr()), "{}");
+    wait_until(FLEET_DEADLINE, "the change applies", || {
+        manual_down(port, &b2.addr())
+    });
+    let log = nginx.stop();
+    assert_eq!(lines_with(&log, "etcd is unreachable").len(), 1, "{log}");
+    assert_eq!(
+        lines_with(&log, "etcd is reachable again").len(),
+        1,
+        "{log}"
+    );
+}
+
+#[test]
 fn a_watch_behind_a_compaction_reads_everything_again() {
     let mut etcd = Etcd::start();
     let (b1, b2) = (Backend::new(), Backend::new());

@@ -91,6 +91,14 @@ impl Etcd {
         }
     }
 
+    /// Sends `sig` to etcd (`STOP` freezes it: connections stay open, nothing answers;
+    /// `CONT` thaws it).
+    pub fn signal(&self, sig: &str) {
+        if let Some(p) = &self.process {
+            p.signal_group(sig);
+        }
+    }
+
     /// Starts etcd again on the same ports with the same data.
     pub fn restart(&mut self) {
         self.stop();
