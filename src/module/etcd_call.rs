@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 
 use ngx::ffi::{
     ngx_close_connection, ngx_connection_t, ngx_cycle, ngx_event_connect_peer, ngx_event_get_peer,
-    ngx_event_t, ngx_handle_read_event, ngx_handle_write_event, ngx_peer_connection_t,
+    ngx_event_t, ngx_handle_read_event, ngx_handle_write_event, ngx_log_t, ngx_peer_connection_t,
     ngx_socket_errno, ngx_str_t, recv, send, sockaddr, sockaddr_storage, socklen_t, EAGAIN, EINTR,
-    MSG_NOSIGNAL, NGX_AGAIN, NGX_OK,
+    MSG_NOSIGNAL, NGX_AGAIN, NGX_LOG_EMERG, NGX_OK,
 };
 use serde_json::Value;
 
@@ -41,6 +41,9 @@ pub type Callback = Box<dyn FnMut(CallEvent) -> Flow>;
 /// A call in flight; owned by its connection's `data` until it ends or is aborted.
 pub struct Call {
     pc: ngx_peer_connection_t,
+    /// The connection's log: the cycle's, quietened (as probes' are), so that nginx logs no
+    /// line per failed attempt; failures are reported once per outage.
+    log: ngx_log_t,
     sockaddr: sockaddr_storage,
     name: ngx_str_t,
     name_text: String,
@@ -68,6 +71,8 @@ pub fn start(
         // SAFETY: all-zero is the idle state of ngx_peer_connection_t, as nginx's own
         // ngx_pcalloc'ed ones start.
         pc: unsafe { zeroed() },
+        // SAFETY: the cycle's log is valid for the cycle; the copy is this call's own.
+        log: unsafe { *(*ngx_cycle).log },
         // SAFETY: all-zero is a valid (empty) sockaddr_storage.
         sockaddr: unsafe { zeroed() },
         name: ngx_str_t::default(),
@@ -85,9 +90,10 @@ pub fn start(
     call.name.len = call.name_text.len();
     call.pc.name = &mut call.name;
     call.pc.get = Some(ngx_event_get_peer);
-    // SAFETY: the cycle's log lives as long as the cycle.
-    call.pc.log = unsafe { (*ngx_cycle).log };
-    call.pc.set_log_error(2); // NGX_ERROR_INFO: failures are reported once per outage
+    call.log.log_level = call.log.log_level.min(NGX_LOG_EMERG as _);
+    call.log.next = ptr::null_mut();
+    call.pc.log = &mut call.log;
+    call.pc.set_log_error(2); // NGX_ERROR_INFO
     let p = Box::into_raw(call);
     // SAFETY: p is the fresh call; pc is set up for a TCP connect.
     let rc = unsafe { ngx_event_connect_peer(&mut (*p).pc) };
