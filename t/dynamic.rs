@@ -287,13 +287,16 @@ fn keys_past_max_peers_are_refused_counted_and_admitted_when_room_is_made() {
     let gauge = |node: &Node| {
         let page = status_page(node.port, "/metrics");
         page.lines()
-            .find(|l| {
-                l.starts_with("nginx_upstream_healthcheck_etcd_refused_keys{upstream=\"backend\"}")
-            })
+            .find(|l| l.starts_with("nginx_upstream_healthcheck_etcd_refused_keys "))
             .map(|l| l.rsplit(' ').next().unwrap_or("").to_owned())
             .unwrap_or_else(|| panic!("no refused-keys gauge in\n{page}"))
     };
     assert_eq!(gauge(&node), "1");
+    assert_eq!(node.status()["msg"]["etcd"]["refused_keys"], 1);
+    promtool_accepts(
+        &status_page(node.port, "/metrics"),
+        "the page of a dynamic upstream",
+    );
     assert!(!names(&node.status()).contains(&bs[2].addr()));
     let log = node.nginx.error_log();
     assert_eq!(

@@ -193,12 +193,42 @@ fn an_etcd_outage_changes_nothing_but_the_pages_and_is_logged_once() {
         !manual_down(port, &b2.addr())
     });
     let log = nginx.stop();
-    let errors = lines_with(&log, "etcd is unreachable");
+    let errors = lines_with(&log, "[error]");
     assert_eq!(errors.len(), 1, "one error line per outage:\n{log}");
-    assert!(errors[0].contains("[error]"), "{}", errors[0]);
+    assert!(errors[0].contains("etcd is unreachable"), "{}", errors[0]);
     let notices = lines_with(&log, "etcd is reachable again");
     assert_eq!(notices.len(), 1, "one notice line when it ends:\n{log}");
     assert!(notices[0].contains("[notice]"), "{}", notices[0]);
+}
+
+#[test]
+fn a_frozen_etcd_is_noticed_and_followed_again_when_it_thaws() {
+    let etcd = Etcd::start();
+    let (b1, b2) = (Backend::new(), Backend::new());
+    let (nginx, port) = start_node(&etcd, &[&b1, &b2], 2);
+    wait_connected(port, Duration::from_secs(5));
+    // Frozen: its connections stay open, nothing answers, nothing closes.
+    etcd.signal("STOP");
+    let e = poll(RESUME_DEADLINE, "the status says disconnected", || {
+        let e = etcd_state(port);
+        (e["connected"] == false)
+            .then_some(e.clone())
+            .ok_or(e.to_string())
+    });
+    assert_eq!(e["last_error"], "etcd did not answer in time", "{e}");
+    etcd.signal("CONT");
+    wait_connected(port, RESUME_DEADLINE);
+    etcd.put(&format!("{PREFIX}control/gray/backend/{}", b2.addr()), "{}");
+    wait_until(FLEET_DEADLINE, "the change applies", || {
+        manual_down(port, &b2.addr())
+    });
+    let log = nginx.stop();
+    assert_eq!(lines_with(&log, "etcd is unreachable").len(), 1, "{log}");
+    assert_eq!(
+        lines_with(&log, "etcd is reachable again").len(),
+        1,
+        "{log}"
+    );
 }
 
 #[test]
@@ -234,6 +264,44 @@ fn a_watch_behind_a_compaction_reads_everything_again() {
         1,
         "the compaction is noticed once:\n{log}"
     );
+}
+
+/// How soon another worker holds the watch after its holder died (the lease runs out after
+/// 1.5 s, looked at every 0.5 s), with the change made meanwhile applied.
+const TAKEOVER_DEADLINE: Duration = Duration::from_secs(3);
+
+#[test]
+fn the_watch_moves_to_another_worker_when_its_holder_dies_and_across_a_reload() {
+    let etcd = Etcd::start();
+    let backends = [Backend::new(), Backend::new(), Backend::new()];
+    let refs: Vec<&Backend> = backends.iter().collect();
+    let (mut nginx, port) = start_node(&etcd, &refs, 2);
+    wait_connected(port, Duration::from_secs(5));
+    // Each of the first two workers is killed in turn: one of them held the watch.
+    let workers = nginx.worker_pids();
+    assert_eq!(workers.len(), 2);
+    for (pid, b) in workers.iter().zip(&backends) {
+        signal("KILL", *pid);
+        etcd.put(&format!("{PREFIX}control/gray/backend/{}", b.addr()), "{}");
+        wait_until(TAKEOVER_DEADLINE, "a worker follows etcd again", || {
+            manual_down(port, &b.addr())
+        });
+    }
+    // A reload: the new workers take the watch over, the old ones let go.
+    nginx.reload();
+    let b = &backends[2];
+    etcd.put(&format!("{PREFIX}control/gray/backend/{}", b.addr()), "{}");
+    wait_until(TAKEOVER_DEADLINE, "the reloaded node follows etcd", || {
+        manual_down(port, &b.addr())
+    });
+    for b in &backends {
+        assert!(
+            manual_down(port, &b.addr()),
+            "the state survives the reload"
+        );
+    }
+    let log = nginx.stop_allowing(|l| l.contains("exited on signal 9"));
+    assert!(lines_with(&log, "etcd is unreachable").is_empty(), "{log}");
 }
 
 #[test]

@@ -54,7 +54,15 @@ pub struct Client {
     retry_at: u64,
     /// The next attempt reads the whole prefix (the watch cannot resume: compacted).
     read_again: bool,
+    /// The heartbeat in flight while watching, null when none.
+    heartbeat: *mut Call,
+    /// When the next heartbeat goes (monotonic ms).
+    heartbeat_at: u64,
 }
+
+/// A watch says nothing while nothing changes: this often, the holder asks etcd something
+/// cheap, so that an etcd that stopped answering (frozen, behind a partition) is noticed.
+const HEARTBEAT_MS: u64 = 3000;
 
 /// Starts following etcd in this worker when it is configured.
 pub fn start(w: &mut Worker) {
@@ -72,6 +80,8 @@ pub fn start(w: &mut Worker) {
         failures: 0,
         retry_at: 0,
         read_again: false,
+        heartbeat: ptr::null_mut(),
+        heartbeat_at: 0,
     });
     client.timer.handler = Some(on_timer);
     // SAFETY: the cycle's log lives as long as the cycle.
@@ -102,10 +112,12 @@ pub fn stop(w: &mut Worker) {
 }
 
 fn drop_call(c: &mut Client) {
-    if !c.call.is_null() {
-        // SAFETY: a non-null call is live: its callback nulls it when it ends.
-        unsafe { etcd_call::abort(c.call) };
-        c.call = ptr::null_mut();
+    for call in [&mut c.call, &mut c.heartbeat] {
+        if !call.is_null() {
+            // SAFETY: a non-null call is live: its callback nulls it when it ends.
+            unsafe { etcd_call::abort(*call) };
+            *call = ptr::null_mut();
+        }
     }
     c.phase = Phase::Idle;
 }
@@ -183,6 +195,10 @@ fn step(w: &mut Worker) {
         }
     }
     let Some(c) = w.etcd.as_ref() else { return };
+    if c.phase == Phase::Watching && c.heartbeat.is_null() && now >= c.heartbeat_at {
+        heartbeat(w);
+    }
+    let Some(c) = w.etcd.as_ref() else { return };
     let mut next = now + LEASE_RENEW_MS;
     if c.holding && c.call.is_null() {
         next = next.min(c.retry_at);
@@ -204,7 +220,7 @@ fn read_all(w: &mut Worker) {
         &range_body(&c.conf.prefix),
     );
     let on = Box::new(|event: CallEvent| {
-        callback(|w| {
+        callback(false, |w| {
             on_range(w, event);
             Flow::Continue
         })
@@ -220,11 +236,15 @@ fn read_all(w: &mut Worker) {
 
 /// Runs a call's callback with the worker; a worker left behind by a reload only forgets the
 /// call, which ends.
-fn callback(f: impl FnOnce(&mut Worker) -> Flow) -> Flow {
+fn callback(heartbeat: bool, f: impl FnOnce(&mut Worker) -> Flow) -> Flow {
     with_any_worker(|w| {
         if w.is_stale() {
             if let Some(c) = w.etcd.as_mut() {
-                c.call = ptr::null_mut();
+                if heartbeat {
+                    c.heartbeat = ptr::null_mut();
+                } else {
+                    c.call = ptr::null_mut();
+                }
             }
             return Flow::Stop;
         }
@@ -270,11 +290,12 @@ fn watch(w: &mut Worker, start_revision: i64) {
         &addr.to_string(),
         &watch_body(&c.conf.prefix, start_revision),
     );
-    let on = Box::new(|event: CallEvent| callback(|w| on_watch(w, event)));
+    let on = Box::new(|event: CallEvent| callback(false, |w| on_watch(w, event)));
     match etcd_call::start(addr, request, true, c.conf.timeout_ms, true, on) {
         Ok(call) => {
             c.call = call;
             c.phase = Phase::Watching;
+            c.heartbeat_at = now_msec() + HEARTBEAT_MS;
         }
         Err(e) => fail(w, &e),
     }
@@ -286,17 +307,18 @@ fn on_watch(w: &mut Worker, event: CallEvent) -> Flow {
         CallEvent::Done(result) => {
             if let Some(c) = w.etcd.as_mut() {
                 c.call = ptr::null_mut();
-                c.phase = Phase::Idle;
+                drop_call(c);
             }
             let e = result.map_or_else(|e| e, |_| "etcd ended the watch".to_owned());
             fail(w, &e);
             return Flow::Stop;
         }
     };
+    // The call ends when this returns Stop; the heartbeat with it.
     let stop = |w: &mut Worker| {
         if let Some(c) = w.etcd.as_mut() {
             c.call = ptr::null_mut();
-            c.phase = Phase::Idle;
+            drop_call(c);
         }
         Flow::Stop
     };
@@ -355,6 +377,40 @@ fn on_watch(w: &mut Worker, event: CallEvent) -> Flow {
     }
 }
 
+/// Asks etcd for the count of keys under the prefix, alongside the watch: no answer in time
+/// ends the watch as a failure.
+fn heartbeat(w: &mut Worker) {
+    let Some(c) = w.etcd.as_mut() else { return };
+    let addr = endpoint(c);
+    let mut body = range_body(&c.conf.prefix);
+    body["count_only"] = serde_json::Value::Bool(true);
+    let request = http_post("/v3/kv/range", &addr.to_string(), &body);
+    let on = Box::new(|event: CallEvent| {
+        callback(true, |w| {
+            on_heartbeat(w, event);
+            Flow::Continue
+        })
+    });
+    match etcd_call::start(addr, request, false, c.conf.timeout_ms, true, on) {
+        Ok(call) => c.heartbeat = call,
+        Err(e) => {
+            drop_call(c);
+            fail(w, &e);
+        }
+    }
+}
+
+fn on_heartbeat(w: &mut Worker, event: CallEvent) {
+    let Some(c) = w.etcd.as_mut() else { return };
+    c.heartbeat = ptr::null_mut();
+    c.heartbeat_at = now_msec() + HEARTBEAT_MS;
+    if let CallEvent::Done(Err(e)) = event {
+        // The watch is not to be trusted either.
+        drop_call(c);
+        fail(w, &e);
+    }
+}
+
 /// The watch is in place: the link is up.
 fn connected(w: &mut Worker) {
     let Some(c) = w.etcd.as_mut() else { return };
@@ -363,18 +419,7 @@ fn connected(w: &mut Worker) {
     let addr = endpoint_name(c);
     let shared = &w.header.etcd;
     let revision = shared.revision.load(Ordering::Acquire);
-    let before = {
-        let mut locked = w.header.lock();
-        shared.endpoint.store(endpoint, Ordering::Release);
-        shared.set_last_error(&mut locked, None);
-        let before = shared.link.swap(LINK_UP, Ordering::AcqRel);
-        if before != LINK_UP {
-            shared
-                .since_unix
-                .store(unix_msec() / 1000, Ordering::Release);
-        }
-        before
-    };
+    let before = shared.set_link(&mut w.header.lock(), LINK_UP, endpoint, None, unix_msec());
     if link_log(before, LINK_UP) == LinkLog::OutageEnds {
         hc_log!(
             NGX_LOG_NOTICE,
@@ -398,18 +443,13 @@ fn fail(w: &mut Worker, error: &str) {
     c.retry_at = now + backoff_ms(c.failures, ngx_random() as u64);
     let retry_at = c.retry_at;
     let shared = &w.header.etcd;
-    let before = {
-        let mut locked = w.header.lock();
-        shared.endpoint.store(tried, Ordering::Release);
-        shared.set_last_error(&mut locked, Some(error));
-        let before = shared.link.swap(LINK_DOWN, Ordering::AcqRel);
-        if before != LINK_DOWN {
-            shared
-                .since_unix
-                .store(unix_msec() / 1000, Ordering::Release);
-        }
-        before
-    };
+    let before = shared.set_link(
+        &mut w.header.lock(),
+        LINK_DOWN,
+        tried,
+        Some(error),
+        unix_msec(),
+    );
     if link_log(before, LINK_DOWN) == LinkLog::OutageStarts {
         hc_log!(
             NGX_LOG_ERR,

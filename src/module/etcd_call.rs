@@ -8,16 +8,17 @@ use core::ptr;
 use std::net::SocketAddr;
 
 use ngx::ffi::{
-    getsockopt, ngx_close_connection, ngx_connection_t, ngx_cycle, ngx_event_connect_peer,
-    ngx_event_get_peer, ngx_event_t, ngx_handle_read_event, ngx_handle_write_event,
-    ngx_peer_connection_t, ngx_socket_errno, ngx_str_t, recv, send, sockaddr, sockaddr_storage,
-    socklen_t, EAGAIN, EINTR, MSG_NOSIGNAL, NGX_AGAIN, NGX_OK, SOL_SOCKET, SO_ERROR,
+    ngx_close_connection, ngx_connection_t, ngx_cycle, ngx_event_connect_peer, ngx_event_get_peer,
+    ngx_event_t, ngx_handle_read_event, ngx_handle_write_event, ngx_log_t, ngx_peer_connection_t,
+    ngx_socket_errno, ngx_str_t, recv, send, sockaddr, sockaddr_storage, socklen_t, EAGAIN, EINTR,
+    MSG_NOSIGNAL, NGX_AGAIN, NGX_LOG_EMERG, NGX_OK,
 };
 use serde_json::Value;
 
 use crate::etcd::http::ResponseReader;
 use crate::etcd::proto::{parse_body, take_json_values};
 use crate::module::log::hc_debug;
+use crate::module::probe::{socket_error, strerror};
 
 /// What a call hands its callback.
 pub enum CallEvent {
@@ -40,6 +41,9 @@ pub type Callback = Box<dyn FnMut(CallEvent) -> Flow>;
 /// A call in flight; owned by its connection's `data` until it ends or is aborted.
 pub struct Call {
     pc: ngx_peer_connection_t,
+    /// The connection's log: the cycle's, quietened (as probes' are), so that nginx logs no
+    /// line per failed attempt; failures are reported once per outage.
+    log: ngx_log_t,
     sockaddr: sockaddr_storage,
     name: ngx_str_t,
     name_text: String,
@@ -67,6 +71,8 @@ pub fn start(
         // SAFETY: all-zero is the idle state of ngx_peer_connection_t, as nginx's own
         // ngx_pcalloc'ed ones start.
         pc: unsafe { zeroed() },
+        // SAFETY: the cycle's log is valid for the cycle; the copy is this call's own.
+        log: unsafe { *(*ngx_cycle).log },
         // SAFETY: all-zero is a valid (empty) sockaddr_storage.
         sockaddr: unsafe { zeroed() },
         name: ngx_str_t::default(),
@@ -84,9 +90,10 @@ pub fn start(
     call.name.len = call.name_text.len();
     call.pc.name = &mut call.name;
     call.pc.get = Some(ngx_event_get_peer);
-    // SAFETY: the cycle's log lives as long as the cycle.
-    call.pc.log = unsafe { (*ngx_cycle).log };
-    call.pc.set_log_error(2); // NGX_ERROR_INFO: failures are reported once per outage
+    call.log.log_level = call.log.log_level.min(NGX_LOG_EMERG as _);
+    call.log.next = ptr::null_mut();
+    call.pc.log = &mut call.log;
+    call.pc.set_log_error(2); // NGX_ERROR_INFO
     let p = Box::into_raw(call);
     // SAFETY: p is the fresh call; pc is set up for a TCP connect.
     let rc = unsafe { ngx_event_connect_peer(&mut (*p).pc) };
@@ -150,15 +157,6 @@ fn write_sockaddr(ss: &mut sockaddr_storage, addr: SocketAddr) -> socklen_t {
     len as socklen_t
 }
 
-fn strerror(err: i32) -> String {
-    std::io::Error::from_raw_os_error(err)
-        .to_string()
-        .split(" (os error")
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// Closes a call without calling its callback.
 ///
 /// # Safety
@@ -208,26 +206,6 @@ extern "C" fn on_event(ev: *mut ngx_event_t) {
                 (call.on)(CallEvent::Done(result));
             }
         }
-    }
-}
-
-fn socket_error(c: &ngx_connection_t) -> i32 {
-    let mut err: i32 = 0;
-    let mut len = size_of::<i32>() as socklen_t;
-    // SAFETY: fd is the connection's socket; err and len are valid out-parameters.
-    let rc = unsafe {
-        getsockopt(
-            c.fd,
-            SOL_SOCKET as i32,
-            SO_ERROR as i32,
-            &mut err as *mut i32 as *mut c_void,
-            &mut len,
-        )
-    };
-    if rc == -1 {
-        ngx_socket_errno()
-    } else {
-        err
     }
 }
 

@@ -72,6 +72,25 @@ impl EtcdShared {
         cell.1 = end;
     }
 
+    /// Sets the link's state (`LINK_UP` or `LINK_DOWN`), the endpoint last tried and the last
+    /// error, noting when the state changes (`now_unix_ms`); the state before.
+    pub fn set_link(
+        &self,
+        locked: &mut Locked<'_>,
+        link: u8,
+        endpoint: usize,
+        error: Option<&str>,
+        now_unix_ms: u64,
+    ) -> u8 {
+        self.endpoint.store(endpoint, Ordering::Release);
+        self.set_last_error(locked, error);
+        let before = self.link.swap(link, Ordering::AcqRel);
+        if before != link {
+            self.since_unix.store(now_unix_ms / 1000, Ordering::Release);
+        }
+        before
+    }
+
     /// The state to show; `_locked` proves the zone lock is held.
     pub fn view(&self, _locked: &mut Locked<'_>) -> EtcdView {
         // SAFETY: the zone lock serializes every access to last_error.

@@ -3,6 +3,7 @@
 //! worker then applies the change to nginx's peers through the journal (see `peers`).
 
 use core::cell::RefCell;
+use core::sync::atomic::Ordering;
 
 use crate::escape::LogEscaped;
 use crate::health::PeerHealth;
@@ -131,9 +132,16 @@ pub fn snapshot(w: &mut Worker, entries: &[(&str, &str, &[u8])]) {
                     roster.len()
                 );
             }
-            note_refused(record, roster);
+            note_refused(&mut locked, ui, roster);
             locked.record(Change::Upstream(ui));
         }
+        // From scratch: a reload carried the upstreams' counts, not the fleet's.
+        let total: u64 = locked
+            .upstreams()
+            .iter()
+            .map(|r| u64::from(r.refused))
+            .sum();
+        header.etcd.refused_keys.store(total, Ordering::Release);
         drop(locked);
         *cell.borrow_mut() = Some((header as *const ZoneHeader, rosters));
     });
@@ -188,13 +196,25 @@ fn on_key(
         for op in &ops {
             apply(&mut locked, up, op, now);
         }
-        note_refused(&mut locked.upstreams()[ui], roster);
+        note_refused(&mut locked, ui, roster);
     });
 }
 
-/// Keeps the upstream's count of refused keys (the Prometheus gauge).
-fn note_refused(record: &mut crate::module::zone::UpstreamRecord, roster: &Roster) {
-    record.refused = roster.refused() as u32;
+/// Keeps the upstream's count of refused keys, and the fleet's (`msg.etcd.refused_keys`,
+/// the Prometheus gauge) by the difference: O(1).
+fn note_refused(locked: &mut Locked<'_>, ui: usize, roster: &Roster) {
+    let record = &mut locked.upstreams()[ui];
+    let (was, now) = (u64::from(record.refused), roster.refused() as u64);
+    record.refused = now as u32;
+    let total = &locked.header().etcd.refused_keys;
+    if now >= was {
+        total.fetch_add(now - was, Ordering::AcqRel);
+    } else {
+        total.fetch_sub(
+            (was - now).min(total.load(Ordering::Acquire)),
+            Ordering::AcqRel,
+        );
+    }
 }
 
 /// Writes one roster change into the zone (the lock is held): O(1).

@@ -455,7 +455,8 @@ fn set_errno(v: i32) {
     unsafe { *libc::__errno_location() = v };
 }
 
-fn strerror(err: i32) -> String {
+/// The text of an errno, without Rust's ` (os error N)`.
+pub fn strerror(err: i32) -> String {
     std::io::Error::from_raw_os_error(err)
         .to_string()
         .split(" (os error")
@@ -539,7 +540,8 @@ unsafe fn held_up(p: *const Probe, ev: *const ngx_event_t) -> Option<Ended> {
     })
 }
 
-fn socket_error(c: &ngx_connection_t) -> i32 {
+/// The pending error of a connection's socket (`SO_ERROR`), 0 when none.
+pub fn socket_error(c: &ngx_connection_t) -> i32 {
     let mut err: i32 = 0;
     let mut len = size_of::<i32>() as socklen_t;
     // SAFETY: fd is the connection's socket; err and len are valid out-parameters.

@@ -124,7 +124,6 @@ impl StateReader<'_> {
             .is_some_and(|c| c.params.check_type.is_tls());
         out.matched = up.check.as_ref().is_some_and(|c| c.matcher.is_some());
         out.passive = up.passive.is_some();
-        out.refused_keys = up.dynamic.as_ref().map(|_| record.map_or(0, |r| r.refused));
         out.panic = record.filter(|_| checked).map(|r| PanicSnapshot {
             active: r.panic.is_active(),
             entered: r.panic.entered,

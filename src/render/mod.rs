@@ -119,8 +119,6 @@ pub struct UpstreamSnapshot {
     pub passive: bool,
     /// Its panic mode (`panic_threshold`); `None` when unchecked.
     pub panic: Option<PanicSnapshot>,
-    /// Keys of etcd refused for lack of a reserved peer, with `upstream_healthcheck_dynamic`.
-    pub refused_keys: Option<u32>,
 }
 
 /// Whether an upstream is in panic, and why.

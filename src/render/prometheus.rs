@@ -35,11 +35,10 @@ enum Family {
     PassiveEjectionsTotal,
     UpstreamPanic,
     PanicTotal,
-    EtcdRefusedKeys,
 }
 
 impl Family {
-    const ALL: [Family; 19] = [
+    const ALL: [Family; 18] = [
         Family::StatusInfo,
         Family::PeerUp,
         Family::PeerManualDown,
@@ -58,7 +57,6 @@ impl Family {
         Family::PassiveEjectionsTotal,
         Family::UpstreamPanic,
         Family::PanicTotal,
-        Family::EtcdRefusedKeys,
     ];
 
     /// The families of proxied traffic (`upstream_healthcheck_traffic`): written only when
@@ -166,11 +164,7 @@ impl Family {
                 "Times the upstream entered panic.",
                 "counter",
             ),
-            Family::EtcdRefusedKeys => (
-                "nginx_upstream_healthcheck_etcd_refused_keys",
-                "Keys of etcd refused for the upstream, past its max_peers.",
-                "gauge",
-            ),
+
         }
     }
 }
@@ -250,8 +244,6 @@ pub struct PrometheusCursor {
     /// Likewise, whether each upstream counted its traffic, and had passive checks.
     counted: Vec<bool>,
     passive: Vec<bool>,
-    /// And had `upstream_healthcheck_dynamic`.
-    dynamic: Vec<bool>,
     u: UpstreamSnapshot,
     peers: Vec<(usize, bool)>,
 }
@@ -263,7 +255,6 @@ impl PrometheusCursor {
             checked: vec![false; names.len()],
             counted: vec![false; names.len()],
             passive: vec![false; names.len()],
-            dynamic: vec![false; names.len()],
             ..Default::default()
         }
     }
@@ -285,7 +276,6 @@ impl PrometheusCursor {
         let optional = match family {
             f if f.is_traffic() => Some(&self.counted),
             Family::PassiveEjectionsTotal => Some(&self.passive),
-            Family::EtcdRefusedKeys => Some(&self.dynamic),
             _ => None,
         };
         if optional.is_some_and(|any| !any.contains(&true)) {
@@ -307,7 +297,6 @@ impl PrometheusCursor {
             Family::StatusInfo => true,
             f if f.is_traffic() => self.counted[k],
             Family::PassiveEjectionsTotal => self.passive[k],
-            Family::EtcdRefusedKeys => self.dynamic[k],
             _ => self.checked[k],
         };
         let k = (start..n).find(|&k| self.shown[k] && wanted(k));
@@ -322,13 +311,11 @@ impl PrometheusCursor {
             self.checked[k] = self.u.checked;
             self.counted[k] = self.u.counts_traffic();
             self.passive[k] = self.u.passive;
-            self.dynamic[k] = self.u.refused_keys.is_some();
         }
         let in_scope = match family {
             Family::StatusInfo => true,
             f if f.is_traffic() => self.u.counts_traffic(),
             Family::PassiveEjectionsTotal => self.u.passive,
-            Family::EtcdRefusedKeys => self.u.refused_keys.is_some(),
             _ => self.u.checked,
         };
         if in_scope {
@@ -456,13 +443,6 @@ fn samples(
                 write!(out, "{P}{metric}{{upstream=\"")?;
                 label(out, name)?;
                 writeln!(out, "\"}} {v}")?;
-            }
-        }
-        Family::EtcdRefusedKeys => {
-            if let Some(n) = u.refused_keys {
-                write!(out, "{P}etcd_refused_keys{{upstream=\"")?;
-                label(out, name)?;
-                writeln!(out, "\"}} {n}")?;
             }
         }
         _ => {
@@ -1091,9 +1071,8 @@ mod tests {
         );
         assert_eq!(
             page.matches("# TYPE").count(),
-            Family::ALL.len() - 2,
-            "each family once, but passive ejections and refused keys: no upstream has passive \
-             checks or etcd membership"
+            Family::ALL.len() - 1,
+            "each family once, but passive ejections: no upstream has passive checks"
         );
     }
 
@@ -1117,11 +1096,7 @@ mod tests {
             // Without traffic counting, its families are left out altogether.
             let families = Family::ALL
                 .iter()
-                .filter(|&&f| {
-                    !f.is_traffic()
-                        && f != Family::PassiveEjectionsTotal
-                        && f != Family::EtcdRefusedKeys
-                })
+                .filter(|&&f| !f.is_traffic() && f != Family::PassiveEjectionsTotal)
                 .count();
             assert!(fills.iter().all(|&n| n == families), "{upstreams}x{peers}");
             let samples = page.lines().filter(|l| !l.starts_with('#')).count();

@@ -18,6 +18,11 @@ pub struct Etcd {
 impl Etcd {
     /// Starts etcd on fresh ports and waits until it answers.
     pub fn start() -> Etcd {
+        Etcd::start_on(free_port())
+    }
+
+    /// Starts etcd serving clients on `client_port` (its peer port a fresh one).
+    pub fn start_on(client_port: u16) -> Etcd {
         let version = Command::new(tool(ETCD, "etcd-server"))
             .arg("--version")
             .output()
@@ -29,7 +34,7 @@ impl Etcd {
         );
         let mut etcd = Etcd {
             dir: TempPrefix::new(),
-            client_port: free_port(),
+            client_port,
             peer_port: free_port(),
             process: None,
             starts: 0,
@@ -83,6 +88,14 @@ impl Etcd {
     pub fn stop(&mut self) {
         if let Some(mut p) = self.process.take() {
             p.stop();
+        }
+    }
+
+    /// Sends `sig` to etcd (`STOP` freezes it: connections stay open, nothing answers;
+    /// `CONT` thaws it).
+    pub fn signal(&self, sig: &str) {
+        if let Some(p) = &self.process {
+            p.signal_group(sig);
         }
     }
 
