@@ -24,16 +24,21 @@ fn key(b: &Backend) -> String {
 }
 
 /// One nginx node of the fleet: `backend` with `statics` as its static servers and
-/// `max_peers`, a front on `port` that says which worker answered and which backend served.
+/// `max_peers` (0: not following etcd), a front on `port` that says which worker answered and
+/// which backend served.
 fn node_conf(etcd: &Etcd, port: u16, statics: &[&Backend], max_peers: usize) -> String {
-    let servers: String = statics
+    let mut servers: String = statics
         .iter()
         .map(|b| format!("    server {};\n", b.addr()))
         .collect();
+    if max_peers > 0 {
+        servers.push_str(&format!(
+            "    upstream_healthcheck_dynamic max_peers={max_peers};\n"
+        ));
+    }
     format!(
         "upstream_healthcheck_etcd {} prefix={PREFIX};\n\
          upstream backend {{\n    zone backend 256k;\n{servers}    \
-         upstream_healthcheck_dynamic max_peers={max_peers};\n    \
          upstream_healthcheck interval=100ms fall=1 rise=1 uri={HEALTH};\n}}\n\
          server {{\n    listen 127.0.0.1:{port} reuseport;\n    keepalive_timeout 0;\n    \
          add_header X-Worker $pid always;\n    proxy_next_upstream off;\n    \
@@ -346,6 +351,12 @@ fn a_reload_keeps_the_membership_learned_from_etcd() {
     let b = backend();
     etcd.put(&key(&b), "{}");
     wait_routes(&[&node], &[p(&a), p(&b)], Duration::from_secs(10));
+    // A reload without upstream_healthcheck_dynamic: the static server is the peer again.
+    node.nginx
+        .rewrite_conf(&node_conf(&etcd, node.port, &[&s], 0));
+    node.nginx.reload();
+    wait_routes(&[&node], &[p(&s)], Duration::from_secs(5));
+    assert_eq!(names(&node.status()), vec![s.addr()]);
 }
 
 #[test]

@@ -567,13 +567,18 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
     let mut i = 0;
     for (ui, up) in main.upstreams.iter().enumerate() {
         let key = upstream_key(&up.name);
-        let record = old_upstreams.get(&key).map_or(
+        let mut record = old_upstreams.get(&key).map_or(
             UpstreamRecord {
                 key,
                 ..Default::default()
             },
             |r| *r,
         );
+        if up.dynamic.is_none() {
+            // No longer (or never) following etcd: its static servers are its peers.
+            record.replaced = false;
+            record.refused = 0;
+        }
         // SAFETY: ui < nup == number of records allocated above.
         unsafe { records.add(ui).write(record) };
         let (interval, up_at_start) = match &up.check {
