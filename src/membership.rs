@@ -307,8 +307,10 @@ impl Roster {
         self.by_addr.is_empty()
     }
 
-    /// A key was written. `None` when it is refused (every reserved slot is taken).
-    pub fn put(&mut self, addr: &str, value: &[u8]) -> Option<Op> {
+    /// A key was written. `None` when it is refused (every reserved slot is taken). A new
+    /// peer gets the first free slot that is not `busy` (a request of the deleted peer that
+    /// had it is still in flight), or the first free one when all are.
+    pub fn put(&mut self, addr: &str, value: &[u8], busy: &dyn Fn(usize) -> bool) -> Option<Op> {
         if let Some(&offset) = self.by_addr.get(addr) {
             return Some(Op::Set {
                 offset,
@@ -317,10 +319,12 @@ impl Roster {
                 new: false,
             });
         }
-        let Some(offset) = self.free.pop_first() else {
+        let idle = self.free.iter().copied().find(|&o| !busy(o));
+        let Some(offset) = idle.or_else(|| self.free.first().copied()) else {
             self.refused.insert(addr.to_string(), value.to_vec());
             return None;
         };
+        self.free.remove(&offset);
         self.by_addr.insert(addr.to_string(), offset);
         Some(Op::Set {
             offset,
@@ -330,8 +334,9 @@ impl Roster {
         })
     }
 
-    /// A key was deleted: its slot is freed, and the first refused key, if any, takes it.
-    pub fn delete(&mut self, addr: &str) -> Vec<Op> {
+    /// A key was deleted: its slot is freed, and the first refused key, if any, takes a free
+    /// slot.
+    pub fn delete(&mut self, addr: &str, busy: &dyn Fn(usize) -> bool) -> Vec<Op> {
         if self.refused.remove(addr).is_some() {
             return Vec::new();
         }
@@ -341,14 +346,14 @@ impl Roster {
         let mut ops = vec![Op::Free { offset }];
         self.free.insert(offset);
         if let Some((addr, value)) = self.refused.pop_first() {
-            ops.extend(self.put(&addr, &value));
+            ops.extend(self.put(&addr, &value, busy));
         }
         ops
     }
 
     /// A full read: the keys of this upstream (any order). Peers that stay keep their slots;
     /// the first `max` keys in key order are taken, the others refused.
-    pub fn replace(&mut self, entries: &[(&str, &[u8])]) -> Vec<Op> {
+    pub fn replace(&mut self, entries: &[(&str, &[u8])], busy: &dyn Fn(usize) -> bool) -> Vec<Op> {
         let mut sorted: Vec<(&str, &[u8])> = entries.to_vec();
         sorted.sort_by(|a, b| a.0.cmp(b.0));
         sorted.dedup_by(|a, b| a.0 == b.0);
@@ -368,7 +373,7 @@ impl Roster {
         }
         self.refused.clear();
         for (addr, value) in taken {
-            ops.extend(self.put(addr, value));
+            ops.extend(self.put(addr, value, busy));
         }
         for (addr, value) in past {
             self.refused.insert(addr.to_string(), value.to_vec());
@@ -380,6 +385,8 @@ impl Roster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const IDLE: &dyn Fn(usize) -> bool = &|_| false;
 
     #[test]
     fn keys_name_address_literals_with_a_port() {
@@ -482,32 +489,35 @@ mod tests {
     #[test]
     fn keys_past_max_peers_are_refused_in_key_order() {
         let mut r = Roster::new(2, []);
-        let ops = r.replace(&[
-            ("10.0.0.3:80", b""),
-            ("10.0.0.1:80", b""),
-            ("10.0.0.2:80", b""),
-        ]);
+        let ops = r.replace(
+            &[
+                ("10.0.0.3:80", b""),
+                ("10.0.0.1:80", b""),
+                ("10.0.0.2:80", b""),
+            ],
+            IDLE,
+        );
         assert_eq!(
             ops,
             vec![set(0, "10.0.0.1:80", true), set(1, "10.0.0.2:80", true)]
         );
         assert_eq!(r.refused(), 1);
-        assert_eq!(r.put("10.0.0.9:80", b""), None);
+        assert_eq!(r.put("10.0.0.9:80", b"", IDLE), None);
         assert_eq!(r.refused(), 2);
         // A deleted peer frees its slot for the first refused key.
         assert_eq!(
-            r.delete("10.0.0.1:80"),
+            r.delete("10.0.0.1:80", IDLE),
             vec![Op::Free { offset: 0 }, set(0, "10.0.0.3:80", true)]
         );
         assert_eq!(r.refused(), 1);
-        assert_eq!(r.delete("10.0.0.9:80"), vec![]);
+        assert_eq!(r.delete("10.0.0.9:80", IDLE), vec![]);
         assert_eq!(r.refused(), 0);
     }
 
     #[test]
     fn a_full_read_keeps_the_slots_of_peers_that_stay() {
         let mut r = Roster::new(3, [(1, "10.0.0.1:80"), (2, "10.0.0.2:80")]);
-        let ops = r.replace(&[("10.0.0.2:80", b""), ("10.0.0.4:80", b"")]);
+        let ops = r.replace(&[("10.0.0.2:80", b""), ("10.0.0.4:80", b"")], IDLE);
         assert_eq!(
             ops,
             vec![
@@ -518,7 +528,7 @@ mod tests {
         );
         assert_eq!(r.len(), 2);
         assert_eq!(
-            r.replace(&[]),
+            r.replace(&[], IDLE),
             vec![Op::Free { offset: 2 }, Op::Free { offset: 0 }]
         );
         assert!(r.is_empty());
@@ -527,11 +537,43 @@ mod tests {
     #[test]
     fn a_put_of_a_known_peer_changes_its_value_only() {
         let mut r = Roster::new(1, []);
-        assert_eq!(r.put("10.0.0.1:80", b""), Some(set(0, "10.0.0.1:80", true)));
         assert_eq!(
-            r.put("10.0.0.1:80", b""),
+            r.put("10.0.0.1:80", b"", IDLE),
+            Some(set(0, "10.0.0.1:80", true))
+        );
+        assert_eq!(
+            r.put("10.0.0.1:80", b"", IDLE),
             Some(set(0, "10.0.0.1:80", false))
         );
-        assert_eq!(r.delete("10.0.0.7:80"), vec![]);
+        assert_eq!(r.delete("10.0.0.7:80", IDLE), vec![]);
+    }
+}
+
+#[cfg(test)]
+mod busy_tests {
+    use super::*;
+
+    #[test]
+    fn a_new_peer_avoids_a_slot_with_requests_in_flight() {
+        let idle: &dyn Fn(usize) -> bool = &|_| false;
+        let mut r = Roster::new(3, [(0, "10.0.0.1:80"), (1, "10.0.0.2:80")]);
+        r.delete("10.0.0.1:80", idle);
+        // Slot 0 still has a request of 10.0.0.1 in flight: the new peer takes slot 2.
+        let busy0: &dyn Fn(usize) -> bool = &|o| o == 0;
+        assert_eq!(
+            r.put("10.0.0.3:80", b"", busy0),
+            Some(Op::Set {
+                offset: 2,
+                addr: "10.0.0.3:80".into(),
+                value: Vec::new(),
+                new: true
+            })
+        );
+        // Every free slot busy: the first is taken all the same.
+        let all: &dyn Fn(usize) -> bool = &|_| true;
+        assert!(matches!(
+            r.put("10.0.0.4:80", b"", all),
+            Some(Op::Set { offset: 0, .. })
+        ));
     }
 }

@@ -118,7 +118,8 @@ pub fn snapshot(w: &mut Worker, entries: &[(&str, &str, &[u8])]) {
                 .iter()
                 .map(|(a, v)| (a.as_str(), *v))
                 .collect();
-            for op in roster.replace(&keys) {
+            let busy = |offset: usize| in_flight(w, up, offset);
+            for op in roster.replace(&keys, &busy) {
                 apply(&mut locked, up, &op, now);
             }
             let record = &mut locked.upstreams()[ui];
@@ -149,8 +150,8 @@ pub fn snapshot(w: &mut Worker, entries: &[(&str, &str, &[u8])]) {
 
 /// A key was written (added, or its value changed).
 pub fn put(w: &mut Worker, upstream: &str, addr: &str, value: &[u8]) {
-    on_key(w, upstream, addr, |roster, addr| {
-        let op = roster.put(addr, value);
+    on_key(w, upstream, addr, |roster, addr, busy| {
+        let op = roster.put(addr, value, busy);
         if op.is_none() {
             hc_log!(
                 NGX_LOG_WARN,
@@ -167,7 +168,9 @@ pub fn put(w: &mut Worker, upstream: &str, addr: &str, value: &[u8]) {
 
 /// A key was deleted: its peer takes no new requests (those in flight finish).
 pub fn delete(w: &mut Worker, upstream: &str, addr: &str) {
-    on_key(w, upstream, addr, |roster, addr| roster.delete(addr));
+    on_key(w, upstream, addr, |roster, addr, busy| {
+        roster.delete(addr, busy)
+    });
 }
 
 /// One watched event on the key of `addr` in `upstream`: `change` tells the holder's roster,
@@ -176,7 +179,7 @@ fn on_key(
     w: &mut Worker,
     upstream: &str,
     addr: &str,
-    change: impl FnOnce(&mut Roster, &str) -> Vec<Op>,
+    change: impl FnOnce(&mut Roster, &str, &dyn Fn(usize) -> bool) -> Vec<Op>,
 ) {
     let main = w.main;
     let Some(ui) = dynamic_upstream(main, upstream) else {
@@ -191,13 +194,30 @@ fn on_key(
         let Some(roster) = rosters[ui].as_mut() else {
             return;
         };
-        let ops = change(roster, &addr);
+        let ops = change(roster, &addr, &|offset| in_flight(w, up, offset));
         let mut locked = w.header.lock();
         for op in &ops {
             apply(&mut locked, up, op, now);
         }
         note_refused(&mut locked, ui, roster);
     });
+}
+
+/// Whether nginx's peer of reserved place `offset` of `up` has requests in flight (of the
+/// peer deleted from it): a new peer then goes elsewhere when it can, so that those requests
+/// never see their peer's address change under them.
+fn in_flight(w: &Worker, up: &UpstreamConf, offset: usize) -> bool {
+    let Some(d) = &up.dynamic else { return false };
+    let Some(t) = up
+        .peers
+        .get(d.first + offset)
+        .and_then(|p| w.targets.get(p.slot()))
+    else {
+        return false;
+    };
+    // SAFETY: a live peer of this cycle; `conns` is a counter nginx changes under the peer's
+    // lock, read here as a hint only.
+    unsafe { t.rr.as_ref() }.is_some_and(|rr| rr.conns > 0)
 }
 
 /// Keeps the upstream's count of refused keys, and the fleet's (`msg.etcd.refused_keys`,
