@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): builds the module in release mode for Debian's nginx, runs the eight
+# Benchmark (not a test): builds the module in release mode for Debian's nginx, runs the nine
 # measurements (request path, probe cost, detection, errors during an outage, memory, duplicate
-# probes, scale to 100,000 peers, traffic-aware checks) inside a network namespace of its own,
+# probes, scale to 100,000 peers, traffic-aware checks, membership from etcd) inside a network
+# namespace of its own,
 # prints a Markdown table
 # and writes it to target/bench/results.md. Needs root and the packages of scripts/setup.sh.
 # Usage: scripts/bench.sh [--quick] [--only 1,3,...] [--profile]

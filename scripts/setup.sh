@@ -9,7 +9,7 @@ case ${1:-} in
   --build) build_only=1 ;;
   "") build_only=0
       # Running the tests (and lintian on the package).
-      pkgs+=(curl procps iproute2 prometheus chromium chromium-driver wrk linux-perf valgrind lintian) ;;
+      pkgs+=(curl procps iproute2 prometheus etcd-server etcd-client chromium chromium-driver wrk linux-perf valgrind lintian) ;;
   *) echo "usage: $0 [--build]" >&2; exit 2 ;;
 esac
 missing=()

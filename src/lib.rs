@@ -6,11 +6,13 @@
 pub mod config;
 pub mod control;
 pub mod escape;
+pub mod etcd;
 pub mod health;
 pub mod histogram;
 pub mod journal;
 pub mod key;
 pub mod matcher;
+pub mod membership;
 pub mod outcome;
 pub mod panic;
 pub mod parse;

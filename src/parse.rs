@@ -739,6 +739,34 @@ fn is_method_byte(b: u8) -> bool {
 }
 
 /// Parses the argument of `upstream_healthcheck_zone`: a size of at least 32k.
+/// `upstream_healthcheck_dynamic max_peers=N`: how many peers etcd may give the upstream.
+pub fn parse_dynamic(args: &[&[u8]]) -> Result<usize, ParseError> {
+    const D: &str = "upstream_healthcheck_dynamic";
+    let mut max = None;
+    for &arg in args {
+        let Some(v) = arg.strip_prefix(b"max_peers=") else {
+            return Err(ParseError::invalid(D, arg));
+        };
+        let n = core::str::from_utf8(v)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| (1..=crate::membership::MAX_PEERS_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ParseError::invalid_because(
+                    D,
+                    arg,
+                    &format!("from 1 to {}", crate::membership::MAX_PEERS_LIMIT),
+                )
+            })?;
+        if max.replace(n).is_some() {
+            return Err(ParseError(format!(
+                "duplicate parameter \"max_peers\" in \"{D}\" directive"
+            )));
+        }
+    }
+    max.ok_or_else(|| ParseError(format!("\"{D}\" directive needs \"max_peers=\"")))
+}
+
 pub fn parse_zone_size(arg: &[u8]) -> Result<usize, ParseError> {
     let size = parse_size(arg).ok_or_else(|| {
         ParseError(format!(
@@ -1949,6 +1977,23 @@ mod tests {
         assert_eq!(
             parse_ha_address(&[b"10.0.0.5", b"interval=24h"]).unwrap().1,
             MAX_TIME_MS
+        );
+    }
+
+    #[test]
+    fn dynamic_takes_max_peers() {
+        assert_eq!(parse_dynamic(&[b"max_peers=256"]).unwrap(), 256);
+        assert_eq!(
+            parse_dynamic(&[b"max_peers=0"]).unwrap_err().to_string(),
+            "invalid parameter \"max_peers=0\" in \"upstream_healthcheck_dynamic\" directive, from 1 to 65536"
+        );
+        assert_eq!(
+            parse_dynamic(&[b"peers=3"]).unwrap_err().to_string(),
+            "invalid parameter \"peers=3\" in \"upstream_healthcheck_dynamic\" directive"
+        );
+        assert_eq!(
+            parse_dynamic(&[]).unwrap_err().to_string(),
+            "\"upstream_healthcheck_dynamic\" directive needs \"max_peers=\""
         );
     }
 }

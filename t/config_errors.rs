@@ -1418,3 +1418,67 @@ fn the_state_file_is_named_once_in_the_http_block() {
         check.output
     );
 }
+
+#[test]
+fn dynamic_membership_needs_a_zone_a_round_robin_balancer_and_max_peers() {
+    let d = "upstream_healthcheck_dynamic";
+    let zone = "    zone u 256k;\n";
+    for (args, msg) in [
+        ("", format!("\"{d}\" directive needs \"max_peers=\"")),
+        (
+            "max_peers=0",
+            format!("invalid parameter \"max_peers=0\" in \"{d}\" directive, from 1 to 65536"),
+        ),
+        (
+            "max_peers=x",
+            format!("invalid parameter \"max_peers=x\" in \"{d}\" directive, from 1 to 65536"),
+        ),
+        (
+            "peers=3",
+            format!("invalid parameter \"peers=3\" in \"{d}\" directive"),
+        ),
+    ] {
+        let line = format!("    {d} {args};");
+        if args.is_empty() {
+            // nginx itself counts the arguments.
+            let check = nginx_test_conf("", &upstream_with(&format!("{zone}{line}")));
+            assert_rejected_at(
+                &check,
+                d,
+                &format!("invalid number of arguments in \"{d}\" directive"),
+            );
+            continue;
+        }
+        rejected(&format!("{zone}{line}"), d, &msg);
+    }
+    rejected(
+        &format!("{zone}    {d} max_peers=2;\n    {d} max_peers=3;"),
+        &format!("{d} max_peers=3"),
+        &format!("\"{d}\" directive is duplicate"),
+    );
+    rejected(
+        &format!("    {d} max_peers=4;"),
+        d,
+        &format!("\"{d}\" directive needs \"zone\" in upstream \"u\""),
+    );
+    for balancer in ["hash $request_uri", "ip_hash", "random"] {
+        rejected(
+            &format!("{zone}    {balancer};\n    {d} max_peers=4;"),
+            d,
+            &format!(
+                "\"{d}\" directive is not allowed with hash, ip_hash or random in upstream \"u\""
+            ),
+        );
+    }
+    rejected(
+        &format!("{zone}    {d} max_peers=4;\n    upstream_healthcheck panic_threshold=50%;"),
+        d,
+        &format!("\"{d}\" directive is not allowed with \"panic_threshold\" in upstream \"u\""),
+    );
+    accepted(&upstream_with(&format!("{zone}    {d} max_peers=256;")));
+    accepted(&upstream_with(&format!(
+        "{zone}    least_conn;\n    {d} max_peers=8;\n    upstream_healthcheck interval=1s;"
+    )));
+    // Without a static server: the upstream waits for etcd's.
+    accepted(&upstream_of("", &format!("{zone}    {d} max_peers=2;")));
+}

@@ -85,6 +85,8 @@ fn every_example_passes_nginx_t() {
     for want in [
         "basic.conf",
         "demo.conf",
+        "dynamic.conf",
+        "etcd.conf",
         "fast-recheck.conf",
         "https.conf",
         "slow-start.conf",
@@ -462,6 +464,83 @@ fn panic_example_runs() {
         ),
         "{log}"
     );
+}
+
+/// dynamic.conf: the peers of "backend" are etcd's keys, as its comments write them: the
+/// static server stops serving once etcd is read, the peer marked down takes nothing.
+#[test]
+fn dynamic_example_runs() {
+    let (text, ports) = move_ports(&runnable("dynamic.conf", &example("dynamic.conf")));
+    let etcd = Etcd::start();
+    let text = text.replace(&format!("http://127.0.0.1:{}", ports[&2379]), &etcd.url());
+    let front = ports[&8080];
+    let [statik, two, down] = [9151u16, 9152, 9153].map(|p| Backend::on_port(ports[&p]));
+    for b in [&statik, &two, &down] {
+        b.set_health_path("/health");
+    }
+    etcd.put(
+        &format!("/nginx/upstreams/backend/{}", two.addr()),
+        r#"{"weight": 2}"#,
+    );
+    etcd.put(
+        &format!("/nginx/upstreams/backend/{}", down.addr()),
+        r#"{"status": "down"}"#,
+    );
+    let nginx = Nginx::start_raw(&text);
+    wait_until(
+        Duration::from_secs(8),
+        "etcd's peers on the status page",
+        || {
+            let doc = strict_json(&status_page(front, STATUS));
+            let peers = json_upstream(&doc, "backend")["primary"].clone();
+            peers
+                .as_array()
+                .is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["source"] == "etcd"))
+        },
+    );
+    statik.reset_counts();
+    for _ in 0..10 {
+        assert_eq!(http_get(front, "/x").unwrap().0, 200);
+    }
+    assert_eq!(
+        (statik.proxied(), two.proxied(), down.proxied()),
+        (0, 10, 0)
+    );
+    nginx.stop();
+}
+
+#[test]
+fn etcd_example_runs() {
+    let (text, ports) = move_ports(&runnable("etcd.conf", &example("etcd.conf")));
+    let front = ports[&8080];
+    let peers: Vec<Backend> = [9151u16, 9152]
+        .iter()
+        .map(|p| Backend::on_port(ports[p]))
+        .collect();
+    let etcd = Etcd::start_on(ports[&2379]);
+    let nginx = Nginx::start_raw(&text);
+    wait_until(Duration::from_secs(5), "the node follows etcd", || {
+        status_page(front, STATUS).starts_with("etcd: connected\n")
+    });
+    let gray = format!("t=gray&u=app&p=127.0.0.1:{}&a=set&ttl=600", ports[&9152]);
+    let (status, _, body) = http_request(front, "POST", &format!("/hc_admin?{gray}"), "").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        etcd.keys("/nginx/"),
+        vec![format!(
+            "/nginx/control/gray/app/127.0.0.1:{}",
+            ports[&9152]
+        )]
+    );
+    for _ in 0..6 {
+        assert_eq!(http_get(front, "/x").unwrap().0, 200);
+    }
+    assert_eq!(peers[1].proxied(), 0, "the gray peer took traffic");
+    drop(etcd);
+    let (status, _, body) = http_request(front, "POST", &format!("/hc_admin?{gray}"), "").unwrap();
+    assert_eq!(status, 503, "{body}");
+    let log = nginx.stop();
+    assert_eq!(lines_with(&log, "etcd is unreachable").len(), 1, "{log}");
 }
 
 #[test]

@@ -201,9 +201,23 @@ fn eject(main: &MainConf, header: &ZoneHeader, watched: Watched, now: u64, on_pr
     if !header.probing_allowed() || locked.upstreams()[ui].excluded() {
         return;
     }
+    // A free reserved peer (`upstream_healthcheck_dynamic`) or a static one that etcd's
+    // replaced is no peer at all.
+    let replaced = locked.upstreams()[ui].replaced;
     let is_up = |locked: &mut crate::module::zone::Locked<'_>, s: usize, config_down: bool| {
         let state = locked.slots()[s];
-        !config_down
+        let first = up.peers.first().map_or(0, |p| p.slot());
+        let reserved = up
+            .dynamic
+            .as_ref()
+            .is_some_and(|d| d.holds(s.wrapping_sub(first)));
+        let (gone, etcd_down) = match locked.members().get(s) {
+            Some(m) if reserved => (!m.used, m.down),
+            _ => (replaced && up.dynamic.is_some(), false),
+        };
+        !gone
+            && !etcd_down
+            && !config_down
             && !state.manual_down()
             && if active {
                 state.health.is_up()
@@ -213,6 +227,10 @@ fn eject(main: &MainConf, header: &ZoneHeader, watched: Watched, now: u64, on_pr
     };
     let Some(me) = up.peers.iter().find(|p| p.slot() == slot) else {
         return;
+    };
+    let name = match locked.members().get(slot).filter(|_| me.reserved) {
+        Some(m) => m.addr().to_string(),
+        None => me.name.to_string(),
     };
     if !is_up(&mut locked, slot, me.config_down) {
         return;
@@ -238,7 +256,7 @@ fn eject(main: &MainConf, header: &ZoneHeader, watched: Watched, now: u64, on_pr
         hc_log!(
             NGX_LOG_WARN,
             "peer {} in upstream \"{}\" is not ejected after {why}: it is the last peer up",
-            LogEscaped(me.name),
+            LogEscaped(&name),
             LogEscaped(&up.name)
         );
         return;
@@ -271,7 +289,7 @@ fn eject(main: &MainConf, header: &ZoneHeader, watched: Watched, now: u64, on_pr
     hc_log!(
         NGX_LOG_WARN,
         "peer {} in upstream \"{}\" is DOWN after {why}, last error: passive (out {back})",
-        LogEscaped(me.name),
+        LogEscaped(&name),
         LogEscaped(&up.name)
     );
     if let Some((change, state)) = panic {

@@ -14,7 +14,10 @@ use ngx::ffi::{
     NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
     NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF, NGX_OK,
 };
-use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
+use ngx::http::{
+    HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule,
+    NgxHttpUpstreamModule,
+};
 use ngx::ngx_string;
 
 use crate::config::CheckType;
@@ -40,7 +43,7 @@ const fn command(name: ngx_str_t, type_: u32, set: SetFn, conf: usize) -> ngx_co
 
 const UPS: u32 = NGX_HTTP_UPS_CONF;
 
-pub static mut COMMANDS: [ngx_command_t; 20] = [
+pub static mut COMMANDS: [ngx_command_t; 22] = [
     command(
         ngx_string!("upstream_healthcheck"),
         UPS | NGX_CONF_ANY,
@@ -75,6 +78,12 @@ pub static mut COMMANDS: [ngx_command_t; 20] = [
         ngx_string!("upstream_healthcheck_ha_address"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
         set_ha_address,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_etcd"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE,
+        set_etcd,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
@@ -142,6 +151,12 @@ pub static mut COMMANDS: [ngx_command_t; 20] = [
         ngx_string!("upstream_healthcheck_passive"),
         UPS | NGX_CONF_1MORE,
         set_passive,
+        NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("upstream_healthcheck_dynamic"),
+        UPS | NGX_CONF_1MORE,
+        set_dynamic,
         NGX_HTTP_SRV_CONF_OFFSET,
     ),
     command(
@@ -334,6 +349,30 @@ extern "C" fn set_passive(
     })
 }
 
+/// `upstream_healthcheck_dynamic max_peers=N`: reserves N peers in the upstream, placeholders
+/// that nginx's own round robin (and the `zone`, which the block must have) lays out with the
+/// static servers; etcd's keys fill them at run time (see `membership`).
+extern "C" fn set_dynamic(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's upstream-level conf for NGX_HTTP_SRV_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<SrvConf>() };
+    // SAFETY: cf is valid during parsing; inside upstream {} the upstream module's server
+    // conf is the block's ngx_http_upstream_srv_conf_t.
+    let Some(uscf) = NgxHttpUpstreamModule::server_conf_mut(unsafe { &*cf }) else {
+        return conf_error(cf, "no upstream for \"upstream_healthcheck_dynamic\"");
+    };
+    set_once(cf, &mut conf.dynamic, |args, pos| {
+        let max = parse::parse_dynamic(args)?;
+        // SAFETY: cf is the context of this directive, inside uscf's block.
+        let at =
+            unsafe { crate::module::dynamic::reserve(cf, uscf, max) }.map_err(ParseError::new)?;
+        Ok((max, at, pos))
+    })
+}
+
 /// `upstream_healthcheck_traffic` at the http level.
 extern "C" fn set_main_traffic(
     cf: *mut ngx_conf_t,
@@ -465,6 +504,20 @@ extern "C" fn set_ha_address(
     // SAFETY: nginx passes this module's main conf for NGX_HTTP_MAIN_CONF_OFFSET.
     let conf = unsafe { &mut *conf.cast::<MainConf>() };
     set_once(cf, &mut conf.ha, |args, _| parse::parse_ha_address(args))
+}
+
+extern "C" fn set_etcd(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's main conf for NGX_HTTP_MAIN_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<MainConf>() };
+    set_once(cf, &mut conf.etcd, |args, pos| {
+        crate::etcd::conf::parse_etcd(args)
+            .map(|c| (c, pos))
+            .map_err(crate::parse::ParseError::new)
+    })
 }
 
 extern "C" fn set_admin(

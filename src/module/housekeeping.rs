@@ -91,12 +91,17 @@ fn expire_ttls(w: &mut Worker, now: u64) {
             let Some(up) = main.upstreams.get(t.upstream()) else {
                 continue;
             };
-            let name = up.peers.get(t.peer()).map_or("", |p| p.name);
+            let name = match locked.members().get(slot) {
+                Some(m) if up.peers.get(t.peer()).is_some_and(|p| p.reserved) => {
+                    m.addr().to_string()
+                }
+                _ => up.peers.get(t.peer()).map_or("", |p| p.name).to_string(),
+            };
             let window = up.passive.as_ref().map_or(0, |p| p.window_ms);
             hc_log!(
                 NGX_LOG_NOTICE,
                 "peer {} in upstream \"{}\" is back after its passive down time, on probation for {}",
-                LogEscaped(name),
+                LogEscaped(&name),
                 LogEscaped(&up.name),
                 show_ms(window)
             );

@@ -19,8 +19,8 @@ use ngx::http::{
 use crate::config::default_request;
 use crate::key::peer_key;
 use crate::module::module_conf::{
-    conf_error_at, conf_warn_at, Check, ConfPos, LocConf, MainConf, PeerConf, SlowStart, SrvConf,
-    UpstreamConf,
+    conf_error_at, conf_warn_at, Check, ConfPos, Dynamic, LocConf, MainConf, PeerConf, SlowStart,
+    SrvConf, UpstreamConf,
 };
 use crate::panic::{self, PanicRule};
 use crate::parse::{self, show_ms};
@@ -30,11 +30,18 @@ mod attempts;
 mod clock;
 mod control_handler;
 mod directives;
+mod dynamic;
+mod etcd;
+mod etcd_call;
+mod etcd_zone;
 mod failure_detail;
+mod fleet;
+mod fleet_control;
 mod ha;
 mod housekeeping;
 mod keepalive;
 mod log;
+mod membership;
 mod module_conf;
 mod peers;
 mod probe;
@@ -269,6 +276,57 @@ fn slow_start_of(
     })
 }
 
+/// The peers `upstream_healthcheck_dynamic` reserved in the upstream, after checking that its
+/// balancer and the rest of the block allow them.
+///
+/// # Safety
+/// `us` must be a parsed upstream whose round-robin peers nginx built.
+unsafe fn dynamic_of(
+    cf: *mut ngx_conf_t,
+    us: &ngx_http_upstream_srv_conf_t,
+    name: &str,
+    sc: &SrvConf,
+    check: &Option<Check>,
+) -> Result<Option<Dynamic>, ()> {
+    let Some((max, at, pos)) = &sc.dynamic else {
+        return Ok(None);
+    };
+    const D: &str = "upstream_healthcheck_dynamic";
+    let refuse = |why: String| {
+        conf_error_at(cf, pos, why);
+        Err(())
+    };
+    if us.shm_zone.is_null() {
+        return refuse(format!(
+            "\"{D}\" directive needs \"zone\" in upstream \"{name}\""
+        ));
+    }
+    if us.flags & NGX_HTTP_UPSTREAM_BACKUP as ngx_uint_t == 0 {
+        return refuse(format!(
+            "\"{D}\" directive is not allowed with hash, ip_hash or random in upstream \"{name}\""
+        ));
+    }
+    // SAFETY: per the contract.
+    if unsafe { has_runtime_peers(us) } {
+        return refuse(format!(
+            "\"{D}\" directive is not allowed with \"server ... resolve\" in upstream \"{name}\""
+        ));
+    }
+    if check
+        .as_ref()
+        .is_some_and(|c| c.params.panic_threshold.is_some())
+    {
+        return refuse(format!(
+            "\"{D}\" directive is not allowed with \"panic_threshold\" in upstream \"{name}\""
+        ));
+    }
+    Ok(Some(Dynamic {
+        // SAFETY: per the contract.
+        first: unsafe { dynamic::first_reserved(us, *at) },
+        max: *max,
+    }))
+}
+
 /// Builds the module's view of every upstream block, then sizes and adds the shared zone.
 ///
 /// # Safety
@@ -419,19 +477,28 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
                 params,
             }
         });
+        // SAFETY: uscf is a parsed upstream with the peers nginx built.
+        let dynamic = unsafe { dynamic_of(cf, us, &name, sc, &check) }?;
         // Every peer gets a slot, checked or not, so run-time state (a manual down) can
         // apply to any of them. A name listed twice gets keys 0, 1, ... of its own.
         let mut seen: HashMap<&str, u32> = HashMap::with_capacity(listed.len());
         let mut peers = Vec::with_capacity(listed.len());
-        for peer in &listed {
-            let n = seen.entry(peer.name).or_default();
-            let key = peer_key(name.as_bytes(), peer.name.as_bytes(), *n);
-            *n += 1;
+        for (i, peer) in listed.iter().enumerate() {
+            let reserved = dynamic.as_ref().is_some_and(|d| d.holds(i));
+            let key = if reserved {
+                peer_key(name.as_bytes(), b"", i as u32)
+            } else {
+                let n = seen.entry(peer.name).or_default();
+                *n += 1;
+                peer_key(name.as_bytes(), peer.name.as_bytes(), *n - 1)
+            };
             let Ok(slot) = u32::try_from(next_slot) else {
                 conf_error_at(cf, &upstream_pos(us), "too many peers");
                 return Err(());
             };
-            peers.push(PeerConf::new(peer.name, peer.down, key, slot));
+            let mut conf = PeerConf::new(peer.name, peer.down && !reserved, key, slot);
+            conf.reserved = reserved;
+            peers.push(conf);
             next_slot += 1;
         }
         let traffic = sc
@@ -439,7 +506,23 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
             .as_ref()
             .or(main.traffic.as_ref())
             .is_some_and(|(on, _)| *on);
-        let slow_start = slow_start_of(cf, us, &name, &check, &listed);
+        let slow_start = match slow_start_of(cf, us, &name, &check, &listed) {
+            // Weights from etcd may be lighter than the static ones: scaled as for slow start,
+            // so that a value's `slow_start` ramps even without the upstream's.
+            None if dynamic.is_some() => {
+                let weights: Vec<i64> = listed.iter().map(|p| p.weight).collect();
+                Some(SlowStart {
+                    duration_ms: 0,
+                    scale: weight_scale(weights.iter().copied().chain([1])),
+                    weights,
+                })
+            }
+            Some(mut ss) if dynamic.is_some() => {
+                ss.scale = weight_scale(ss.weights.iter().copied().chain([1]));
+                Some(ss)
+            }
+            other => other,
+        };
         let primaries = listed.iter().filter(|p| !p.backup).count();
         let panic = check
             .as_ref()
@@ -461,6 +544,7 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
             slow_start,
             primaries,
             panic,
+            dynamic,
         });
     }
 
@@ -477,6 +561,8 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
     }
     let n = main.slots();
     let needs_zone = main.admin
+        || main.has_dynamic()
+        || main.etcd.is_some()
         || main.counts_traffic()
         || main.has_passive()
         || main.upstreams.iter().any(|u| u.check.is_some());
@@ -488,6 +574,7 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
         main.upstreams.len(),
         main.counts_traffic(),
         main.has_passive(),
+        main.has_dynamic(),
     );
     let size = match &main.zone_size {
         Some((size, pos)) if *size < need => {

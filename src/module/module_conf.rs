@@ -16,6 +16,7 @@ use ngx::ffi::{
 };
 
 use crate::config::{CheckParams, PassiveParams, TlsProtocols, ValidStatuses};
+use crate::etcd::conf::EtcdConf;
 use crate::matcher::Match;
 use crate::module::tls::TlsContext;
 use crate::module::zone::{Slot, ZoneHeader};
@@ -90,6 +91,8 @@ pub struct MainConf {
     pub state_file: Option<(Option<PathBuf>, ConfPos)>,
     /// The cycle this configuration belongs to (its log is where the zone's init reports).
     pub cycle: *mut ngx_cycle_t,
+    /// `upstream_healthcheck_etcd`.
+    pub etcd: Option<(EtcdConf, ConfPos)>,
 }
 
 impl Default for MainConf {
@@ -105,6 +108,7 @@ impl Default for MainConf {
             traffic: None,
             state_file: None,
             cycle: ptr::null_mut(),
+            etcd: None,
         }
     }
 }
@@ -118,6 +122,11 @@ impl MainConf {
     /// Some upstream counts its traffic: the zone holds traffic counters for every slot.
     pub fn counts_traffic(&self) -> bool {
         self.upstreams.iter().any(|u| u.traffic)
+    }
+
+    /// Some upstream has `upstream_healthcheck_dynamic`: the zone holds members.
+    pub fn has_dynamic(&self) -> bool {
+        self.upstreams.iter().any(|u| u.dynamic.is_some())
     }
 
     /// Some upstream has passive checks: the zone holds passive state for every slot.
@@ -154,6 +163,9 @@ pub struct SrvConf {
     /// worker from the first request (every request of an upstream gets the same one from its
     /// balancer).
     pub original_free: Cell<ngx_event_free_peer_pt>,
+    /// `upstream_healthcheck_dynamic max_peers=N`: N, the index in the upstream's `servers`
+    /// of the first of the N placeholders it added, and where it was written.
+    pub dynamic: Option<(usize, usize, ConfPos)>,
 }
 
 /// The `upstream_healthcheck_ssl_*` directives as written, each with its position.
@@ -234,6 +246,21 @@ pub struct UpstreamConf {
     pub primaries: usize,
     /// `panic_threshold` with the primaries it counts; `None` without the parameter.
     pub panic: Option<PanicRule>,
+    /// `upstream_healthcheck_dynamic`: its reserved peers.
+    pub dynamic: Option<Dynamic>,
+}
+
+/// The peers an upstream reserves for etcd: `peers[first..first + max]`, all primary.
+pub struct Dynamic {
+    pub first: usize,
+    pub max: usize,
+}
+
+impl Dynamic {
+    /// Whether `peers[i]` is a reserved peer.
+    pub fn holds(&self, i: usize) -> bool {
+        (self.first..self.first + self.max).contains(&i)
+    }
 }
 
 /// Slow start in one upstream: its weights inside nginx are the configured ones times `scale`,
@@ -291,6 +318,8 @@ pub struct PeerConf {
     pub key: u64,
     /// Index of its slot in the shared zone (u32 keeps a peer at 32 bytes).
     slot: u32,
+    /// A peer reserved by `upstream_healthcheck_dynamic`: its address comes from etcd.
+    pub reserved: bool,
 }
 
 impl PeerConf {
@@ -300,6 +329,7 @@ impl PeerConf {
             config_down,
             key,
             slot,
+            reserved: false,
         }
     }
 

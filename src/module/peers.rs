@@ -10,17 +10,21 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleServerConf;
 
+use crate::config::default_request;
 use crate::escape::LogEscaped;
 use crate::journal::{self, Change, Pending};
 use crate::module::attempts;
 use crate::module::clock::{now_msec, unix_msec};
+use crate::module::dynamic;
 use crate::module::keepalive;
 use crate::module::log::hc_log;
+use crate::module::module_conf::Check;
 use crate::module::module_conf::MainConf;
-use crate::module::process::{with_worker, SlotView, Worker};
+use crate::module::process::{with_worker, MemberView, SlotView, Worker};
 use crate::module::ramp;
 use crate::module::Module;
 use crate::policy::PeerFacts;
+use std::rc::Rc;
 
 /// The live nginx peer behind one slot.
 pub struct Target {
@@ -101,7 +105,8 @@ pub fn targets(main: &MainConf) -> Vec<Target> {
                 // SAFETY: rr comes from the live list above. Names that are not UTF-8 were
                 // kept with replacement characters, and are compared so.
                 .filter(|&(_, rr)| {
-                    String::from_utf8_lossy(unsafe { (*rr).name.as_bytes() }) == peer.name
+                    peer.reserved
+                        || String::from_utf8_lossy(unsafe { (*rr).name.as_bytes() }) == peer.name
                 })
                 .unwrap_or((ptr::null_mut(), ptr::null_mut()));
             if rr.is_null() {
@@ -192,6 +197,7 @@ pub fn apply_changes(w: &mut Worker) {
                             let record = &locked.upstreams()[ui];
                             w.excluded[ui] = record.excluded();
                             w.panic[ui] = record.panic.is_active();
+                            w.replaced[ui] = record.replaced;
                             w.sweeps.push(Sweep::Upstream(ui));
                         }
                         Change::Upstream(_) => {}
@@ -212,6 +218,7 @@ pub fn apply_changes(w: &mut Worker) {
                 let record = &locked.upstreams()[ui];
                 w.excluded[ui] = record.excluded();
                 w.panic[ui] = record.panic.is_active();
+                w.replaced[ui] = record.replaced;
             }
         }
         w.applied = head;
@@ -273,22 +280,109 @@ fn push_view(w: &mut Worker, locked: &mut crate::module::zone::Locked<'_>, slot:
         return;
     };
     let mine = s.sched.owner_pid == w.pid && !s.sched.is_idle(now);
+    let s = *s;
+    let (hidden, member) = membership_of(w, locked, slot);
     w.views.push(SlotView {
+        hidden,
+        member,
         slot: slot as u32,
         healthy: s.health.is_up(),
-        manual_down: s.manual_down(),
+        manual_down: s.manual_down() || member.is_some_and(|m| m.down),
         passive_down: w.header.passive(slot).is_some_and(|p| p.is_down()),
         look_at: (!mine).then(|| now + s.sched.wake_in(now, w.pid)),
         back_ms_ago: s.back_ms_ago(now, unix_msec()),
     });
 }
 
+/// Whether a slot of an upstream with `upstream_healthcheck_dynamic` is hidden (a free
+/// reserved peer, or a static one once etcd was read), and the member of a reserved one; its
+/// nginx peer is made to match the member here, under the zone lock.
+fn membership_of(
+    w: &mut Worker,
+    locked: &mut crate::module::zone::Locked<'_>,
+    slot: usize,
+) -> (bool, Option<MemberView>) {
+    let Some(t) = w.targets.get(slot) else {
+        return (false, None);
+    };
+    let up = &w.main.upstreams[t.upstream()];
+    if up.dynamic.is_none() {
+        return (false, None);
+    }
+    let reserved = up.peers.get(t.peer()).is_some_and(|p| p.reserved);
+    if !reserved {
+        return (w.replaced[t.upstream()], None);
+    }
+    let Some(m) = locked.members().get(slot).copied() else {
+        return (true, None);
+    };
+    // SAFETY: the targets are live peers of this worker's cycle.
+    unsafe { dynamic::sync_peer(t, &m) };
+    if let Some(meta) = w.member_meta.get_mut(slot) {
+        let url = m.check_url().unwrap_or("");
+        if meta.generation != m.generation || meta.url != url || meta.name.is_empty() {
+            meta.generation = m.generation;
+            meta.name.clear();
+            meta.name.push_str(m.addr());
+            meta.url.clear();
+            meta.url.push_str(url);
+            meta.request = up
+                .check
+                .as_ref()
+                .and_then(|c| check_url_request(c, &up.name, url));
+        }
+    }
+    let view = MemberView {
+        generation: m.generation,
+        weight: m.weight,
+        down: m.down,
+        slow_start_ms: m.slow_start_ms,
+    };
+    (!m.used, Some(view))
+}
+
+/// The probe request of a peer whose value has `check_url`: the upstream's check with that
+/// URI. `None` without one, or when the upstream sends its own `upstream_healthcheck_request`.
+fn check_url_request(check: &Check, upstream: &str, url: &str) -> Option<Rc<[u8]>> {
+    let p = &check.params;
+    if url.is_empty() || p.check_type == crate::config::CheckType::Tcp {
+        return None;
+    }
+    let default = default_request(
+        p.uri.as_deref().unwrap_or("/"),
+        p.host.as_deref().unwrap_or(upstream),
+        p.keepalive > 0,
+    );
+    if check.request != default {
+        return None; // upstream_healthcheck_request: the operator's bytes are sent as written
+    }
+    Some(default_request(url, p.host.as_deref().unwrap_or(upstream), p.keepalive > 0).into())
+}
+
 /// Sets nginx's flag of one peer and its place in this worker's queue.
 fn apply_view(w: &mut Worker, v: &SlotView) {
     let slot = v.slot as usize;
-    let Some(t) = w.targets.get(slot) else {
+    if slot >= w.targets.len() {
         return;
-    };
+    }
+    if let Some(m) = v.member {
+        let local = &mut w.members[slot];
+        if local.generation != m.generation {
+            // Another peer in this slot: nothing of the previous one is kept.
+            keepalive::close_slot(slot);
+            ramp::forget(w, slot);
+        }
+        w.members[slot] = m;
+    }
+    let t = &w.targets[slot];
+    if v.hidden {
+        // SAFETY: the targets are live peers of this worker's cycle.
+        unsafe { set_down(t, true) };
+        keepalive::close_slot(slot);
+        ramp::forget(w, slot);
+        w.queue.set(slot, None);
+        return;
+    }
     let facts = PeerFacts {
         config_down: t.config_down,
         manual_down: v.manual_down,
@@ -301,6 +395,9 @@ fn apply_view(w: &mut Worker, v: &SlotView) {
     };
     // A peer back in service gets its slow-start weight before the balancer may pick it.
     ramp::on_view(w, slot, &facts, v.back_ms_ago, now_msec());
+    if v.member.is_some() {
+        ramp::settle(w, slot);
+    }
     let t = &w.targets[slot];
     // SAFETY: the targets are live peers of this worker's cycle.
     unsafe { set_down(t, facts.down_for_balancer()) };

@@ -6,14 +6,15 @@
 use core::ffi::c_void;
 use core::mem::{size_of, zeroed};
 use core::ptr;
+use std::rc::Rc;
 use std::time::Instant;
 
 use ngx::ffi::{
     getsockopt, ngx_connection_t, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t,
-    ngx_handle_read_event, ngx_handle_write_event, ngx_peer_connection_t, ngx_socket_errno,
-    ngx_str_t, recv, send, sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage, socklen_t,
-    AF_INET, AF_INET6, EAGAIN, ECONNREFUSED, EINTR, MSG_NOSIGNAL, NGX_AGAIN, NGX_DECLINED, NGX_OK,
-    SOL_SOCKET, SO_ERROR,
+    ngx_handle_read_event, ngx_handle_write_event, ngx_peer_connection_t, ngx_rwlock_rlock,
+    ngx_rwlock_unlock, ngx_socket_errno, ngx_str_t, recv, send, sockaddr, sockaddr_in,
+    sockaddr_in6, sockaddr_storage, socklen_t, AF_INET, AF_INET6, EAGAIN, ECONNREFUSED, EINTR,
+    MSG_NOSIGNAL, NGX_AGAIN, NGX_DECLINED, NGX_OK, SOL_SOCKET, SO_ERROR,
 };
 
 use crate::config::{CheckType, ValidStatuses};
@@ -93,6 +94,23 @@ enum Stage {
     Reading,
 }
 
+/// The bytes a probe sends: its upstream's, or those of its peer's `check_url` (a peer from
+/// etcd), shared with the worker that may replace them meanwhile.
+enum ProbeRequest {
+    Check(&'static [u8]),
+    Peer(Rc<[u8]>),
+}
+
+impl core::ops::Deref for ProbeRequest {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ProbeRequest::Check(b) => b,
+            ProbeRequest::Peer(b) => b,
+        }
+    }
+}
+
 /// A probe in flight; owned by its connection's `data` until it ends, and listed in the
 /// worker's `probes` at `index`.
 pub struct Probe {
@@ -101,7 +119,7 @@ pub struct Probe {
     started: Instant,
     stage: Stage,
     check_type: CheckType,
-    request: &'static [u8],
+    request: ProbeRequest,
     valid: &'static ValidStatuses,
     /// `match=`: judges the response instead of `valid`.
     matcher: Option<&'static Match>,
@@ -142,19 +160,25 @@ impl Probe {
 /// (the caller gives it back when the probe ends at once).
 pub fn start(w: &mut Worker, slot: usize, handshake_place: bool) -> Option<(Ended, Option<Kept>)> {
     let (up, check, peer) = w.check_of(slot)?;
+    let name = w.peer_name(slot);
     let rr = w.targets[slot].rr;
     if rr.is_null() {
         let why = format!(
             "peer {} of upstream \"{}\" was not found among nginx's peers",
-            peer.name, up.name
+            name, up.name
         );
         return Some((Ended::Local(why), None));
     }
     hc_debug!(
         "probe of {} in upstream \"{}\" starts",
-        LogEscaped(peer.name),
+        LogEscaped(&name),
         LogEscaped(&up.name)
     );
+    let request = match w.member_meta.get(slot).filter(|_| peer.reserved) {
+        Some(m) => m.request.clone().map(ProbeRequest::Peer),
+        None => None,
+    }
+    .unwrap_or(ProbeRequest::Check(&check.request));
     let params = &check.params;
     let matcher = check.matcher.as_deref();
     let whole =
@@ -176,7 +200,7 @@ pub fn start(w: &mut Worker, slot: usize, handshake_place: bool) -> Option<(Ende
         started: Instant::now(),
         stage: Stage::Connecting,
         check_type: params.check_type,
-        request: &check.request,
+        request,
         valid: &check.valid,
         matcher,
         sent: 0,
@@ -199,8 +223,15 @@ pub fn start(w: &mut Worker, slot: usize, handshake_place: bool) -> Option<(Ende
         tls: ProbeTls::default(),
     });
 
-    // SAFETY: rr is a live peer; its sockaddr is socklen bytes long and fits the storage.
+    let list = w.targets[slot].list;
+    // SAFETY: list is null or the live list of rr.
+    let shared = unsafe { list.as_ref() }.is_some_and(|l| !l.shpool.is_null());
+    // SAFETY: rr is a live peer; its sockaddr is socklen bytes long and fits the storage. A
+    // zone peer is read under its list's read lock (a peer from etcd may get a new address).
     unsafe {
+        if shared {
+            ngx_rwlock_rlock(&mut (*list).rwlock);
+        }
         let rr = &*rr;
         let len = (rr.socklen as usize).min(size_of::<sockaddr_storage>());
         ptr::copy_nonoverlapping(
@@ -214,6 +245,9 @@ pub fn start(w: &mut Worker, slot: usize, handshake_place: bool) -> Option<(Ende
         }
         probe.pc.sockaddr = &mut probe.sockaddr as *mut _ as *mut sockaddr;
         probe.pc.socklen = len as socklen_t;
+        if shared {
+            ngx_rwlock_unlock(&mut (*list).rwlock);
+        }
     }
     probe.pc.name = &mut probe.name;
     probe.pc.get = Some(ngx_event_get_peer);
@@ -226,7 +260,7 @@ pub fn start(w: &mut Worker, slot: usize, handshake_place: bool) -> Option<(Ende
 
     let idle = keepalive::take(slot);
     if idle.is_some() {
-        hc_debug!("probe of {} reuses its connection", LogEscaped(peer.name));
+        hc_debug!("probe of {} reuses its connection", LogEscaped(&name));
     }
     let p = Box::into_raw(probe);
     // SAFETY: p is the fresh probe, owned here until it is listed below or freed.
@@ -421,7 +455,8 @@ fn set_errno(v: i32) {
     unsafe { *libc::__errno_location() = v };
 }
 
-fn strerror(err: i32) -> String {
+/// The text of an errno, without Rust's ` (os error N)`.
+pub fn strerror(err: i32) -> String {
     std::io::Error::from_raw_os_error(err)
         .to_string()
         .split(" (os error")
@@ -505,7 +540,8 @@ unsafe fn held_up(p: *const Probe, ev: *const ngx_event_t) -> Option<Ended> {
     })
 }
 
-fn socket_error(c: &ngx_connection_t) -> i32 {
+/// The pending error of a connection's socket (`SO_ERROR`), 0 when none.
+pub fn socket_error(c: &ngx_connection_t) -> i32 {
     let mut err: i32 = 0;
     let mut len = size_of::<i32>() as socklen_t;
     // SAFETY: fd is the connection's socket; err and len are valid out-parameters.

@@ -3,6 +3,8 @@
 
 use core::cell::Cell;
 use core::ptr;
+use std::borrow::Cow;
+use std::rc::Rc;
 
 use ngx::ffi::{
     ngx_cycle, ngx_cycle_t, ngx_event_t, ngx_exiting, ngx_int_t, ngx_log_t, ngx_pid, ngx_process,
@@ -17,7 +19,7 @@ use crate::module::peers::{self, Sweep, Target};
 use crate::module::probe::{self, Probe};
 use crate::module::ramp::{self, Ramps};
 use crate::module::zone::ZoneHeader;
-use crate::module::{attempts, tick, tls, Module};
+use crate::module::{attempts, etcd, tick, tls, Module};
 use crate::schedule::{batch_ms, DueQueue};
 
 /// One slot's state as the last application of changes read it (see `peers::apply_changes`).
@@ -34,6 +36,31 @@ pub struct SlotView {
     pub look_at: Option<u64>,
     /// How long ago the peer came back into service (slow start; `Slot::back_ms_ago`).
     pub back_ms_ago: Option<u64>,
+    /// Not shown nor used: a free reserved peer, or a static one replaced by etcd's.
+    pub hidden: bool,
+    /// The member of a reserved peer (`upstream_healthcheck_dynamic`).
+    pub member: Option<MemberView>,
+}
+
+/// The name of a reserved peer's member and the probe request of its `check_url`.
+#[derive(Default)]
+pub struct MemberMeta {
+    pub generation: u32,
+    pub name: String,
+    pub url: String,
+    /// The request for `url`; `None` when the upstream's applies.
+    pub request: Option<Rc<[u8]>>,
+}
+
+/// What a worker keeps of the member of a reserved peer.
+#[derive(Clone, Copy, Default)]
+pub struct MemberView {
+    /// `Member::generation`: a change means another peer in the slot.
+    pub generation: u32,
+    pub weight: u32,
+    /// `"status": "down"`.
+    pub down: bool,
+    pub slow_start_ms: u64,
 }
 
 /// A run of probes that gave no verdict for a local reason: logged once when it begins and
@@ -69,6 +96,13 @@ pub struct Worker {
     pub excluded: Vec<bool>,
     /// Upstreams in panic (`panic_threshold`), as of the last application of changes.
     pub panic: Vec<bool>,
+    /// Upstreams whose static servers etcd's peers replaced, as of the last application.
+    pub replaced: Vec<bool>,
+    /// The members of the reserved peers as last applied, by slot (empty without
+    /// `upstream_healthcheck_dynamic`).
+    pub members: Vec<MemberView>,
+    /// Their names and probe requests, by slot, kept up to date under the zone lock.
+    pub member_meta: Vec<MemberMeta>,
     /// This host is the HA standby, as of the last application of changes.
     pub standby: bool,
     /// The journal position up to which changes are applied.
@@ -87,6 +121,8 @@ pub struct Worker {
     pub ramps: Ramps,
     /// When to look at the state file's writer lease next (`state_store::tick`).
     pub state_next_ms: u64,
+    /// This worker's side of etcd (`upstream_healthcheck_etcd`).
+    pub etcd: Option<Box<etcd::Client>>,
 }
 
 impl Worker {
@@ -99,6 +135,17 @@ impl Worker {
         let main: &'static MainConf = self.main;
         let up = main.upstreams.get(t.upstream())?;
         Some((up, up.check.as_ref()?, up.peers.get(t.peer())?))
+    }
+
+    /// The name of the peer behind a slot: an etcd-learned one's address, or nginx's name.
+    pub fn peer_name(&self, slot: usize) -> Cow<'static, str> {
+        let Some((_, _, peer)) = self.check_of(slot) else {
+            return Cow::Borrowed("");
+        };
+        match self.member_meta.get(slot).filter(|_| peer.reserved) {
+            Some(m) => Cow::Owned(m.name.clone()),
+            None => Cow::Borrowed(peer.name),
+        }
     }
 
     /// True when `w` belongs to an older cycle (a reload with `master_process off`) and must
@@ -184,6 +231,17 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         targets,
         excluded: vec![false; main.upstreams.len()],
         panic: vec![false; main.upstreams.len()],
+        replaced: vec![false; main.upstreams.len()],
+        members: if main.has_dynamic() {
+            vec![MemberView::default(); slots]
+        } else {
+            Vec::new()
+        },
+        member_meta: if main.has_dynamic() {
+            (0..slots).map(|_| MemberMeta::default()).collect()
+        } else {
+            Vec::new()
+        },
         standby: false,
         applied: 0,
         views: Vec::new(),
@@ -203,6 +261,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         local_burst: None,
         ramps: Ramps::default(),
         state_next_ms: 0,
+        etcd: None,
     });
     let w = Box::into_raw(worker);
     // SAFETY: w is a fresh, exclusively owned allocation; the event is initialised before it
@@ -222,6 +281,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         peers::resync(w);
         attempts::init(w);
         tick::arm(w, 1);
+        etcd::start(w);
     });
     NGX_OK as ngx_int_t
 }
@@ -254,6 +314,7 @@ pub fn stop() {
         if (*w).timer.timer_set() != 0 {
             ngx::ffi::ngx_del_timer(&mut (*w).timer);
         }
+        etcd::stop(&mut *w);
         for p in core::mem::take(&mut (*w).probes) {
             probe::abort(p);
         }

@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap;
 
 use crate::module::module_conf::MainConf;
 use crate::module::peers::Target;
-use crate::module::process::Worker;
+use crate::module::process::{MemberView, Worker};
 use crate::policy::PeerFacts;
 use crate::slow_start::{effective_after, factor_permille, ramp_elapsed, ramp_weight};
 
@@ -24,12 +24,47 @@ pub struct Ramps {
     started: FxHashMap<u32, u64>,
 }
 
-/// The full weight inside nginx of the peer behind `slot` and its upstream's ramp duration;
-/// `None` when the upstream has no slow start.
-fn full_weight(main: &MainConf, targets: &[Target], slot: usize) -> Option<(i64, u64)> {
+/// The full weight inside nginx of the peer behind `slot` and its ramp duration; `None` when
+/// the upstream has no slow start. A peer from etcd has the weight and the `slow_start` of its
+/// value (the upstream's when the value has none).
+fn full_weight(
+    main: &MainConf,
+    targets: &[Target],
+    members: &[MemberView],
+    slot: usize,
+) -> Option<(i64, u64)> {
     let t = targets.get(slot)?;
-    let ss = main.upstreams.get(t.upstream())?.slow_start.as_ref()?;
+    let up = main.upstreams.get(t.upstream())?;
+    let ss = up.slow_start.as_ref()?;
+    if up.peers.get(t.peer())?.reserved {
+        let m = members.get(slot)?;
+        let duration = if m.slow_start_ms > 0 {
+            m.slow_start_ms
+        } else {
+            ss.duration_ms
+        };
+        return Some((i64::from(m.weight.max(1)) * ss.scale, duration));
+    }
     Some((ss.weights.get(t.peer())? * ss.scale, ss.duration_ms))
+}
+
+/// Forgets the ramp of a slot whose peer left (another takes its place, or none).
+pub fn forget(w: &mut Worker, slot: usize) {
+    w.ramps.started.remove(&(slot as u32));
+}
+
+/// Sets a peer from etcd to its full weight unless it ramps (its value's weight may change).
+pub fn settle(w: &mut Worker, slot: usize) {
+    if w.ramps.started.contains_key(&(slot as u32)) {
+        return;
+    }
+    if let (Some((full, _)), Some(t)) = (
+        full_weight(w.main, &w.targets, &w.members, slot),
+        w.targets.get(slot),
+    ) {
+        // SAFETY: the targets are live peers of this worker's cycle.
+        unsafe { set_weight(t, full) };
+    }
 }
 
 /// Sets the weight nginx's balancer uses for one peer, keeping the dent a recent failure made
@@ -83,7 +118,7 @@ pub fn init(w: &mut Worker) {
 /// flag is set, so that a peer coming back is light before the balancer may pick it).
 /// `back_ms_ago`: how long ago it came back into service (`Slot::back_ms_ago`).
 pub fn on_view(w: &mut Worker, slot: usize, facts: &PeerFacts, back_ms_ago: Option<u64>, now: u64) {
-    let Some((full, duration)) = full_weight(w.main, &w.targets, slot) else {
+    let Some((full, duration)) = full_weight(w.main, &w.targets, &w.members, slot) else {
         return;
     };
     let t = &w.targets[slot];
@@ -111,10 +146,10 @@ pub fn step(w: &mut Worker, now: u64) {
     if w.ramps.started.is_empty() {
         return;
     }
-    let (main, targets) = (w.main, &w.targets);
+    let (main, targets, members) = (w.main, &w.targets, &w.members);
     w.ramps.started.retain(|&slot, &mut start| {
         let slot = slot as usize;
-        let Some((full, duration)) = full_weight(main, targets, slot) else {
+        let Some((full, duration)) = full_weight(main, targets, members, slot) else {
             return false;
         };
         let permille = factor_permille(now.saturating_sub(start), duration);

@@ -19,7 +19,9 @@ use ngx::ffi::{
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 
 use crate::control::ttl_left;
+use crate::membership::Member;
 use crate::module::clock::{now_msec, unix_msec};
+use crate::module::etcd;
 use crate::module::failure_detail::detail_text;
 use crate::module::module_conf::MainConf;
 use crate::module::peers::live_peers;
@@ -30,7 +32,9 @@ use crate::policy::PeerFacts;
 use crate::query::{error_format, parse_status_query, unknown_upstream, Format, StateFilter};
 use crate::render::json::render_json_error;
 use crate::render::page::{render_page, Page, PageCursor};
-use crate::render::{HaMode, PanicSnapshot, PassiveView, PeerSnapshot, UpstreamSnapshot};
+use crate::render::{
+    EtcdPeer, EtcdStatus, HaMode, PanicSnapshot, PassiveView, PeerSnapshot, UpstreamSnapshot,
+};
 use crate::slow_start::{factor_permille, ramp_elapsed, unscaled};
 use crate::traffic::{rate, TrafficRate, TrafficSample};
 use rustc_hash::FxHashMap;
@@ -48,6 +52,8 @@ struct StateReader<'a> {
     now_unix: u64,
     /// The slots of the upstream being read, one per configured peer; reused.
     slots: Vec<Option<Slot>>,
+    /// The members of those slots (`upstream_healthcheck_dynamic`); reused.
+    members: Vec<Option<Member>>,
     /// Work out each counted peer's traffic since this worker's previous page that did (the
     /// HTML page's requests/s and 5xx share).
     rates: bool,
@@ -89,7 +95,17 @@ impl StateReader<'_> {
             let all = locked.slots();
             self.slots
                 .extend(up.peers.iter().map(|c| all.get(c.slot()).copied()));
+            self.members.clear();
+            if up.dynamic.is_some() {
+                let members = locked.members();
+                self.members.extend(
+                    up.peers
+                        .iter()
+                        .map(|c| members.get(c.slot()).copied().filter(|_| c.reserved)),
+                );
+            }
         }
+        let replaced = record.is_some_and(|r| r.replaced);
         let facts = PeerFacts {
             checked: up.check.is_some(),
             excluded: record.is_some_and(|r| r.excluded()),
@@ -121,6 +137,13 @@ impl StateReader<'_> {
         let (mut np, mut nb) = (0, 0);
         // SAFETY: primary is the uscf peer data read just above: null or round-robin peers of this cycle.
         for (i, (list, rr)) in unsafe { live_peers(primary) }.into_iter().enumerate() {
+            // Free reserved peers, and static ones once etcd's replace them, are not shown.
+            let member = self.members.get(i).copied().flatten();
+            let reserved = up.peers.get(i).is_some_and(|c| c.reserved);
+            if up.dynamic.is_some() && (member.is_some_and(|m| !m.used) || (!reserved && replaced))
+            {
+                continue;
+            }
             let (peers, n) = if list == primary {
                 (&mut out.primary, &mut np)
             } else {
@@ -134,7 +157,14 @@ impl StateReader<'_> {
             unsafe { read_peer(list, rr, peer) };
             peer.id = *n;
             *n += 1;
-            let conf = up.peers.get(i).filter(|c| *c.name == *peer.name);
+            let conf = up
+                .peers
+                .get(i)
+                .filter(|c| c.reserved || *c.name == *peer.name);
+            peer.etcd = up.dynamic.as_ref().map(|_| EtcdPeer {
+                from_etcd: reserved,
+                error: member.and_then(|m| m.error()).map(|e| e.to_string()),
+            });
             peer.traffic = conf
                 .filter(|_| up.traffic)
                 .and_then(|c| self.header?.traffic(c.slot()))
@@ -162,14 +192,24 @@ impl StateReader<'_> {
             });
             // Weights as configured, not as scaled inside nginx for slow start.
             let slow_start = up.slow_start.as_ref().filter(|_| conf.is_some());
+            // A peer from etcd ramps over its value's slow_start, or the upstream's.
+            let duration_ms = slow_start.map(|ss| {
+                member
+                    .map(|m| m.slow_start_ms)
+                    .filter(|&ms| ms > 0)
+                    .unwrap_or(ss.duration_ms)
+            });
             if let Some(ss) = slow_start {
-                peer.weight = ss.weights.get(i).copied().unwrap_or(peer.weight);
+                peer.weight = match member {
+                    Some(m) => i64::from(m.weight),
+                    None => ss.weights.get(i).copied().unwrap_or(peer.weight),
+                };
                 peer.current_weight = unscaled(peer.current_weight, ss.scale);
                 peer.effective_weight = unscaled(peer.effective_weight, ss.scale);
             }
             if let Some(s) = slot {
-                peer.manual_down = s.manual_down();
-                peer.manual_down_ttl = (peer.manual_down && s.manual_until_ms != u64::MAX)
+                peer.manual_down = s.manual_down() || member.is_some_and(|m| m.down);
+                peer.manual_down_ttl = (s.manual_down() && s.manual_until_ms != u64::MAX)
                     .then(|| ttl_left(s.manual_until_ms, self.now));
                 let peer_facts = PeerFacts {
                     config_down: peer.config_down,
@@ -180,12 +220,12 @@ impl StateReader<'_> {
                     ..facts
                 };
                 peer.down = peer_facts.down_for_balancer();
-                peer.slow_start = slow_start.and_then(|ss| {
+                peer.slow_start = duration_ms.and_then(|duration_ms| {
                     let back = s.back_ms_ago(self.now, self.now_unix);
-                    let elapsed = ramp_elapsed(&peer_facts, back, ss.duration_ms)?;
+                    let elapsed = ramp_elapsed(&peer_facts, back, duration_ms)?;
                     Some((
-                        self.now_unix + (ss.duration_ms - elapsed),
-                        factor_permille(elapsed, ss.duration_ms),
+                        self.now_unix + (duration_ms - elapsed),
+                        factor_permille(elapsed, duration_ms),
                     ))
                 });
                 peer.health = checked.then_some(s.health);
@@ -296,9 +336,11 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         Some(HA_SLAVER) => HaMode::Slaver,
         _ => HaMode::Disabled,
     };
+    let etcd = etcd::status(main);
     let page = Page {
         format: q.format,
         ha_mode,
+        etcd: etcd.as_ref(),
         now_ms: unix_msec(),
         refresh: q.refresh,
         state: q.state,
@@ -311,6 +353,7 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         now: now_msec(),
         now_unix: unix_msec(),
         slots: Vec::new(),
+        members: Vec::new(),
         // A HEAD request only counts the page's bytes: it leaves the rates to the next GET.
         rates: false,
     };
@@ -343,6 +386,7 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
             cursor: PageCursor::new(&page),
             format: q.format,
             ha_mode,
+            etcd: etcd.clone(),
             now_ms: page.now_ms,
             refresh: q.refresh,
             state: q.state,
@@ -355,6 +399,7 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
                 now: reader.now,
                 now_unix: reader.now_unix,
                 slots: Vec::new(),
+                members: Vec::new(),
                 rates: q.format == Format::Html,
             },
             body: BodyWriter::new(r, NGX_HTTP_OK as usize, q.format.content_type()),
@@ -386,6 +431,7 @@ struct Stream {
     cursor: PageCursor,
     format: Format,
     ha_mode: HaMode,
+    etcd: Option<EtcdStatus>,
     now_ms: u64,
     refresh: Option<u32>,
     state: Option<StateFilter>,
@@ -403,6 +449,7 @@ impl Stream {
         let page = Page {
             format: self.format,
             ha_mode: self.ha_mode,
+            etcd: self.etcd.as_ref(),
             now_ms: self.now_ms,
             refresh: self.refresh,
             state: self.state,

@@ -124,9 +124,10 @@ fn scan(w: &mut Worker) {
 /// it may carry the next one (`kept`, closed when dropped).
 pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept: Option<Kept>) {
     w.queue.ended();
-    let Some((up, check, peer)) = w.check_of(slot) else {
+    let Some((up, check, _)) = w.check_of(slot) else {
         return;
     };
+    let name = w.peer_name(slot);
     let p = &check.params;
     let now = now_msec();
     let ui = w.targets[slot].upstream();
@@ -143,7 +144,7 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept:
             requeue(w, slot, next);
             hc_debug!(
                 "probe of {} in upstream \"{}\": local error",
-                LogEscaped(peer.name),
+                LogEscaped(&name),
                 LogEscaped(&up.name)
             );
             arm_next(w);
@@ -219,7 +220,7 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept:
     };
     hc_debug!(
         "probe of {} in upstream \"{}\" ended in {} us: {}",
-        LogEscaped(peer.name),
+        LogEscaped(&name),
         LogEscaped(&up.name),
         duration_us,
         outcome
@@ -248,7 +249,7 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept:
             hc_log!(
                 NGX_LOG_WARN,
                 "peer {} in upstream \"{}\" is DOWN after {} failed checks, last error: {error}{status}",
-                LogEscaped(peer.name),
+                LogEscaped(&name),
                 LogEscaped(&up.name),
                 health.fall_count
             );
@@ -257,7 +258,7 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept:
             hc_log!(
                 NGX_LOG_WARN,
                 "peer {} in upstream \"{}\" is UP after {} successful checks",
-                LogEscaped(peer.name),
+                LogEscaped(&name),
                 LogEscaped(&up.name),
                 health.rise_count
             );

@@ -18,6 +18,8 @@ use crate::histogram::Histogram;
 use crate::journal::{self, Change};
 use crate::key::{peer_key, zone_size_for};
 use crate::module::clock::unix_msec;
+use crate::membership::{Member, ETCD_OCCURRENCE};
+use crate::module::etcd_zone::EtcdShared;
 use crate::module::ha;
 use crate::module::log::hc_log;
 use crate::module::module_conf::{MainConf, UpstreamConf};
@@ -89,6 +91,10 @@ pub struct UpstreamRecord {
     pub local_errors: u64,
     /// Primaries up and whether the upstream is in panic (`panic_threshold`).
     pub panic: PanicState,
+    /// `upstream_healthcheck_dynamic`: etcd was read once, its peers replace the static ones.
+    pub replaced: bool,
+    /// `upstream_healthcheck_dynamic`: keys of etcd refused for lack of a reserved slot.
+    pub refused: u32,
 }
 
 impl UpstreamRecord {
@@ -131,12 +137,24 @@ pub struct ZoneHeader {
     /// `nslots` passive states, one per slot, when some upstream has passive checks; null
     /// otherwise. Windows are counted with atomics; ejections are written under the lock.
     passive: *mut PassiveState,
+    /// `nslots` members, one per slot, when some upstream has `upstream_healthcheck_dynamic`
+    /// (only its reserved slots use theirs); null otherwise. Written under the lock.
+    members: *mut Member,
     shpool: *mut ngx_slab_pool_t,
+    /// The watch lease and the link's state (`upstream_healthcheck_etcd`).
+    pub etcd: EtcdShared,
 }
 
 /// Bytes of shared memory needed for `peers` peers in `upstreams` upstream blocks, with
-/// traffic counters for every peer when `traffic` and passive state when `passive`.
-pub fn required_size(peers: usize, upstreams: usize, traffic: bool, passive: bool) -> usize {
+/// traffic counters for every peer when `traffic`, passive state when `passive` and members
+/// when `dynamic`.
+pub fn required_size(
+    peers: usize,
+    upstreams: usize,
+    traffic: bool,
+    passive: bool,
+    dynamic: bool,
+) -> usize {
     let mut parts = vec![
         size_of::<ZoneHeader>(),
         peers.max(1) * size_of::<Slot>(),
@@ -149,11 +167,20 @@ pub fn required_size(peers: usize, upstreams: usize, traffic: bool, passive: boo
     if passive {
         parts.push(peers.max(1) * size_of::<PassiveState>());
     }
+    if dynamic {
+        parts.push(peers.max(1) * size_of::<Member>());
+    }
     zone_size_for(&parts)
 }
 
+/// The key of an etcd-learned peer's slot: its upstream and address, apart from a static
+/// server of the same address.
+pub fn member_key(upstream: &str, addr: &str) -> u64 {
+    peer_key(upstream.as_bytes(), addr.as_bytes(), ETCD_OCCURRENCE)
+}
+
 /// The key of an upstream's record: its name.
-fn upstream_key(name: &str) -> u64 {
+pub fn upstream_key(name: &str) -> u64 {
     peer_key(name.as_bytes(), b"", u32::MAX)
 }
 
@@ -278,7 +305,17 @@ pub fn log_panic(up: &UpstreamConf, change: PanicChange, state: &PanicState) {
     );
 }
 
-impl Locked<'_> {
+impl<'a> Locked<'a> {
+    /// The zone this guard locks.
+    pub fn header(&self) -> &'a ZoneHeader {
+        self.header
+    }
+
+    /// `ZoneHeader::note_expiry`.
+    pub fn note_expiry(&self, until_ms: u64) {
+        self.header.note_expiry(until_ms);
+    }
+
     /// Appends a change to the journal; every worker applies it within one tick, or before
     /// its next balancer pick.
     pub fn record(&mut self, change: Change) {
@@ -302,6 +339,15 @@ impl Locked<'_> {
         // SAFETY: the slot array was allocated with nslots entries in init_zone, and the lock
         // serializes every access to it across processes.
         unsafe { core::slice::from_raw_parts_mut(self.header.slots, self.header.nslots) }
+    }
+
+    /// The members of the slots (empty without `upstream_healthcheck_dynamic`).
+    pub fn members(&mut self) -> &mut [Member] {
+        if self.header.members.is_null() {
+            return &mut [];
+        }
+        // SAFETY: as for slots; members has nslots entries when not null.
+        unsafe { core::slice::from_raw_parts_mut(self.header.members, self.header.nslots) }
     }
 
     /// One record per upstream block, in `MainConf::upstreams` order.
@@ -389,6 +435,12 @@ fn copy_previous(old: &'static ZoneHeader) -> Previous {
             .filter_map(|i| Some((locked.slots()[i].key, old.passive(i)?)))
             .collect();
         let upstreams = locked.upstreams().iter().map(|u| (u.key, *u)).collect();
+        let members = (0..old.nslots)
+            .filter_map(|i| {
+                let m = *locked.members().get(i)?;
+                m.used.then(|| (m, locked.slots()[i]))
+            })
+            .collect();
         // Under the same lock as the copy: a change is either in the copy or refused.
         old.superseded.store(true, Ordering::Release);
         PENDING.store(
@@ -400,6 +452,7 @@ fn copy_previous(old: &'static ZoneHeader) -> Previous {
             upstreams,
             traffic,
             passive,
+            members,
         }
     };
     with_lock_or_without(old, "copying the state", copy)
@@ -433,6 +486,8 @@ struct Previous {
     traffic: HashMap<u64, Traffic>,
     /// In the old zone, still mapped while the new one is initialized.
     passive: HashMap<u64, &'static PassiveState>,
+    /// The etcd-learned peers in slot order, with their slots' state.
+    members: Vec<(Member, Slot)>,
 }
 
 /// How long the master waits for the zone lock before going on without it.
@@ -527,8 +582,23 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
     } else {
         ptr::null_mut()
     };
-    let missing =
-        (main.counts_traffic() && traffic.is_null()) || (main.has_passive() && passive.is_null());
+    let members = if main.has_dynamic() {
+        let bytes = n.max(1) * size_of::<Member>();
+        // SAFETY: shpool is this zone's slab pool (a null result is checked below).
+        let m = (unsafe { ngx_slab_alloc(shpool, bytes) }) as *mut Member;
+        for i in 0..n {
+            // SAFETY: m has room for n members when not null.
+            if !m.is_null() {
+                unsafe { m.add(i).write(Member::default()) };
+            }
+        }
+        m
+    } else {
+        ptr::null_mut()
+    };
+    let missing = (main.counts_traffic() && traffic.is_null())
+        || (main.has_passive() && passive.is_null())
+        || (main.has_dynamic() && members.is_null());
     if header.is_null() || slots.is_null() || records.is_null() || ring.is_null() || missing {
         // SAFETY: shm_zone is valid.
         let size = unsafe { (*shm_zone).shm.size };
@@ -536,7 +606,13 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
             NGX_LOG_EMERG,
             "zone \"{ZONE_NAME}\" of {size} bytes is too small for {n} peer{}, at least {} bytes are needed",
             if n == 1 { "" } else { "s" },
-            required_size(n, nup, main.counts_traffic(), main.has_passive())
+            required_size(
+                n,
+                nup,
+                main.counts_traffic(),
+                main.has_passive(),
+                main.has_dynamic()
+            )
         );
         return NGX_ERROR as ngx_int_t;
     }
@@ -549,7 +625,7 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
     let mut i = 0;
     for (ui, up) in main.upstreams.iter().enumerate() {
         let key = upstream_key(&up.name);
-        let record = old_upstreams.get(&key).map_or(
+        let mut record = old_upstreams.get(&key).map_or(
             UpstreamRecord {
                 key,
                 excluded_until_ms: restored.as_ref().map_or(0, |r| r.excluded_until(&up.name)),
@@ -557,6 +633,11 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
             },
             |r| *r,
         );
+        if up.dynamic.is_none() {
+            // No longer (or never) following etcd: its static servers are its peers.
+            record.replaced = false;
+            record.refused = 0;
+        }
         // SAFETY: ui < nup == number of records allocated above.
         unsafe { records.add(ui).write(record) };
         let (interval, up_at_start) = match &up.check {
@@ -578,7 +659,8 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
                 None => fresh_slot(
                     peer.key,
                     up.check.is_some(),
-                    up_at_start,
+                    // A reserved peer is nobody until etcd names it.
+                    up_at_start && !peer.reserved,
                     Schedule::first(now, interval, ngx_random() as u64),
                     reloading.then_some(now),
                     restored.as_ref(),
@@ -595,6 +677,25 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
                 unsafe { (*passive.add(i)).copy_from(old) };
             }
             i += 1;
+        }
+        if let (Some(d), false) = (&up.dynamic, members.is_null()) {
+            // SAFETY: the upstream's slots were written above and members has n entries.
+            let (slots_now, members_now) = unsafe {
+                (
+                    core::slice::from_raw_parts_mut(slots, n),
+                    core::slice::from_raw_parts_mut(members, n),
+                )
+            };
+            carry_members(
+                up,
+                d,
+                key,
+                &previous,
+                slots_now,
+                members_now,
+                traffic,
+                passive,
+            );
         }
         // Panic is judged afresh on the peers and the threshold of this configuration.
         // SAFETY: the first i slots were written above; the record ui too.
@@ -627,9 +728,65 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
             journal_len: journal::len_for(n),
             traffic,
             passive,
+            members,
             shpool,
+            etcd: EtcdShared::default(),
         });
     }
     main.header = header;
     NGX_OK as ngx_int_t
+}
+
+/// Gives the etcd-learned peers of the previous cycle's upstream of the same name the reserved
+/// slots of this one, in their order, with their state: a reload keeps the membership. Peers
+/// past the new `max_peers` are dropped (the holder's next full read reports them refused).
+#[allow(clippy::too_many_arguments)]
+fn carry_members(
+    up: &UpstreamConf,
+    d: &crate::module::module_conf::Dynamic,
+    key: u64,
+    previous: &Previous,
+    slots: &mut [Slot],
+    members: &mut [Member],
+    traffic: *mut TrafficCounters,
+    passive: *mut PassiveState,
+) {
+    let old = previous
+        .members
+        .iter()
+        .filter(|(m, _)| m.upstream_key == key);
+    let reserved = &up.peers[d.first..d.first + d.max];
+    let mut dropped = 0;
+    for (i, (m, s)) in old.enumerate() {
+        let Some(peer) = reserved.get(i) else {
+            dropped += 1;
+            continue;
+        };
+        let slot = peer.slot();
+        members[slot] = *m;
+        slots[slot] = Slot {
+            sched: Schedule {
+                next_due_ms: s.sched.next_due_ms,
+                respread: s.sched.respread,
+                ..Schedule::default()
+            },
+            ..*s
+        };
+        if let (Some(t), false) = (previous.traffic.get(&s.key), traffic.is_null()) {
+            // SAFETY: slot < n == number of counters allocated by init_zone.
+            unsafe { (*traffic.add(slot)).restore(t) };
+        }
+        if let (Some(p), false) = (previous.passive.get(&s.key), passive.is_null()) {
+            // SAFETY: slot < n == number of states allocated by init_zone.
+            unsafe { (*passive.add(slot)).copy_from(p) };
+        }
+    }
+    if dropped > 0 {
+        hc_log!(
+            NGX_LOG_WARN,
+            "{dropped} peer(s) of upstream \"{}\" from etcd are past its new max_peers={} and were dropped",
+            crate::escape::LogEscaped(&up.name),
+            d.max
+        );
+    }
 }

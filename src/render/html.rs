@@ -300,6 +300,7 @@ mod tests {
         Snapshot {
             now_ms: 1_000_000,
             ha_mode: HaMode::Disabled,
+            etcd: None,
             upstreams: vec![
                 UpstreamSnapshot {
                     name: "backend".to_owned(),

@@ -3,23 +3,41 @@
 use core::fmt::{self, Write};
 
 use super::num::write_decimal;
-use super::{HaMode, PeerSnapshot, Snapshot, UpstreamSnapshot};
+use super::{EtcdStatus, HaMode, PeerSnapshot, Snapshot, UpstreamSnapshot};
 use crate::health::PeerHealth;
 use crate::traffic::Traffic;
 
 /// Writes `{"status":"ok","err_msg":"","msg":{"ha_mode":..,"upstreams":[..]}}`.
 pub fn render_json(out: &mut impl Write, snap: &Snapshot) -> fmt::Result {
-    json_begin(out, snap.ha_mode)?;
+    json_begin(out, snap.ha_mode, snap.etcd.as_ref())?;
     for (i, u) in snap.upstreams.iter().enumerate() {
         json_upstream(out, i, u)?;
     }
     json_end(out)
 }
 
-/// The envelope up to the opening of the upstream list.
-pub fn json_begin(out: &mut impl Write, ha_mode: HaMode) -> fmt::Result {
+/// The envelope up to the opening of the upstream list, with `etcd` when it is configured.
+pub fn json_begin(out: &mut impl Write, ha_mode: HaMode, etcd: Option<&EtcdStatus>) -> fmt::Result {
     out.write_str("{\"status\":\"ok\",\"err_msg\":\"\",\"msg\":{\"ha_mode\":")?;
     write_json_str(out, ha_mode.as_str())?;
+    if let Some(e) = etcd {
+        write!(
+            out,
+            ",\"etcd\":{{\"connected\":{},\"endpoint\":",
+            e.connected
+        )?;
+        write_json_str(out, &e.endpoint)?;
+        write!(
+            out,
+            ",\"revision\":{},\"since\":{},\"last_error\":",
+            e.revision, e.since_unix
+        )?;
+        match &e.last_error {
+            Some(err) => write_json_str(out, err)?,
+            None => out.write_str("null")?,
+        }
+        write!(out, ",\"refused_keys\":{}}}", e.refused_keys)?;
+    }
     out.write_str(",\"upstreams\":[")
 }
 
@@ -131,6 +149,14 @@ fn peers(out: &mut impl Write, list: &[PeerSnapshot]) -> fmt::Result {
             )?;
             unix_seconds(out, v.down_until_ms)?;
             write!(out, ",\"probation\":{}}}", v.probation)?;
+        }
+        if let Some(e) = &p.etcd {
+            let source = if e.from_etcd { "etcd" } else { "config" };
+            write!(out, ",\"source\":\"{source}\",\"etcd_error\":")?;
+            match &e.error {
+                Some(error) => write_json_str(out, error)?,
+                None => out.write_str("null")?,
+            }
         }
         out.write_char('}')?;
     }
@@ -272,6 +298,7 @@ mod tests {
         let snap = Snapshot {
             now_ms: 1_763_700_001_000,
             ha_mode: HaMode::Disabled,
+            etcd: None,
             upstreams: vec![UpstreamSnapshot {
                 name: "backend".to_owned(),
                 checked: true,

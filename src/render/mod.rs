@@ -74,6 +74,16 @@ pub struct PeerSnapshot {
     pub traffic_rate: Option<TrafficRate>,
     /// Its passive checks' state, when its upstream has them.
     pub passive: Option<PassiveView>,
+    /// Where it comes from, when its upstream has `upstream_healthcheck_dynamic`.
+    pub etcd: Option<EtcdPeer>,
+}
+
+/// A peer of an upstream with `upstream_healthcheck_dynamic`: from nginx.conf or from etcd.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EtcdPeer {
+    pub from_etcd: bool,
+    /// What was wrong with its key's value (the peer then has the defaults).
+    pub error: Option<String>,
 }
 
 /// A peer's passive checks as the status formats show them.
@@ -134,12 +144,30 @@ impl UpstreamSnapshot {
     }
 }
 
+/// The link to etcd (`upstream_healthcheck_etcd`) as the status formats show it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EtcdStatus {
+    /// The watch is in place (the last attempt succeeded).
+    pub connected: bool,
+    /// The endpoint in use or last tried, `IP:port`.
+    pub endpoint: String,
+    /// The etcd revision the state reflects.
+    pub revision: i64,
+    /// Unix seconds of the last change of `connected`.
+    pub since_unix: u64,
+    pub last_error: Option<String>,
+    /// Keys under the prefix that were refused.
+    pub refused_keys: u64,
+}
+
 /// Everything a status page renders, upstreams in configuration order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// Unix time of the snapshot in milliseconds.
     pub now_ms: u64,
     pub ha_mode: HaMode,
+    /// `None` without `upstream_healthcheck_etcd`.
+    pub etcd: Option<EtcdStatus>,
     pub upstreams: Vec<UpstreamSnapshot>,
 }
 

@@ -5,9 +5,10 @@ use core::fmt::{self, Write};
 
 use super::html::{html_begin, html_end, html_upstream, Summary};
 use super::json::{json_begin, json_end, json_upstream};
+use super::prometheus::etcd_metrics;
 use super::prometheus::PrometheusCursor;
 use super::text::{text_begin, text_upstream};
-use super::{HaMode, UpstreamSnapshot};
+use super::{EtcdStatus, HaMode, UpstreamSnapshot};
 use crate::query::{keep_state, Format, StateFilter};
 
 /// What a page shows besides the upstreams' own state.
@@ -15,6 +16,8 @@ use crate::query::{keep_state, Format, StateFilter};
 pub struct Page<'a> {
     pub format: Format,
     pub ha_mode: HaMode,
+    /// `None` without `upstream_healthcheck_etcd`.
+    pub etcd: Option<&'a EtcdStatus>,
     /// Unix time of the page in milliseconds.
     pub now_ms: u64,
     /// Seconds between reloads of the HTML page.
@@ -86,7 +89,16 @@ impl PageCursor {
             }
         };
         if let Some(p) = &mut self.prometheus {
-            return p.write_next(out, &mut take);
+            if p.write_next(out, &mut take)? {
+                return Ok(true);
+            }
+            // The etcd families come last, once.
+            if let Some(e) = page.etcd.filter(|_| !self.done) {
+                self.done = true;
+                etcd_metrics(out, e)?;
+                return Ok(true);
+            }
+            return Ok(false);
         }
         if self.done {
             return Ok(false);
@@ -94,8 +106,8 @@ impl PageCursor {
         let n = page.names.len();
         let Some(k) = self.next else {
             match page.format {
-                Format::Text => text_begin(out, page.ha_mode)?,
-                Format::Json => json_begin(out, page.ha_mode)?,
+                Format::Text => text_begin(out, page.ha_mode, page.etcd)?,
+                Format::Json => json_begin(out, page.ha_mode, page.etcd)?,
                 _ => {
                     // The summary line counts every peer before the first table.
                     let mut summary = Summary::default();
@@ -143,6 +155,7 @@ mod tests {
         Snapshot {
             now_ms: 1_000_000,
             ha_mode: HaMode::Master,
+            etcd: None,
             upstreams: vec![
                 UpstreamSnapshot {
                     name: "a".to_owned(),
@@ -177,6 +190,7 @@ mod tests {
         let page = Page {
             format,
             ha_mode: snap.ha_mode,
+            etcd: snap.etcd.as_ref(),
             now_ms: snap.now_ms,
             refresh: Some(5),
             state,
@@ -202,6 +216,61 @@ mod tests {
         }
         .unwrap();
         out
+    }
+
+    #[test]
+    fn the_etcd_link_on_every_format() {
+        let mut snap = sample();
+        snap.etcd = Some(EtcdStatus {
+            connected: false,
+            endpoint: "127.0.0.1:2379".into(),
+            revision: 42,
+            since_unix: 1_764_000_000,
+            last_error: Some("connect() to 127.0.0.1:2379 failed (Connection refused)".into()),
+            refused_keys: 0,
+        });
+        let (text, _) = stream(&snap, Format::Text, None);
+        assert!(text.starts_with(
+            "HA Mode: Master\netcd: disconnected (connect() to 127.0.0.1:2379 failed \
+             (Connection refused))\n\nUpstream "
+        ));
+        assert_eq!(text, {
+            let mut s = String::new();
+            render_text(&mut s, &snap).unwrap();
+            s
+        });
+        let (json, _) = stream(&snap, Format::Json, None);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            v["msg"]["etcd"],
+            serde_json::json!({"connected": false, "endpoint": "127.0.0.1:2379", "revision": 42,
+                "since": 1_764_000_000u64, "refused_keys": 0,
+                "last_error": "connect() to 127.0.0.1:2379 failed (Connection refused)"})
+        );
+        let (prom, _) = stream(&snap, Format::Prometheus, None);
+        assert!(prom.ends_with(
+            "# HELP nginx_upstream_healthcheck_etcd_connected Whether the watch on etcd is in place (1) or not (0).\n\
+             # TYPE nginx_upstream_healthcheck_etcd_connected gauge\n\
+             nginx_upstream_healthcheck_etcd_connected 0\n\
+             # HELP nginx_upstream_healthcheck_etcd_revision The etcd revision the state reflects.\n\
+             # TYPE nginx_upstream_healthcheck_etcd_revision gauge\n\
+             nginx_upstream_healthcheck_etcd_revision 42\n\
+             # HELP nginx_upstream_healthcheck_etcd_refused_keys Keys under the etcd prefix that were refused.\n\
+             # TYPE nginx_upstream_healthcheck_etcd_refused_keys gauge\n\
+             nginx_upstream_healthcheck_etcd_refused_keys 0\n"
+        ));
+        assert_eq!(prom, {
+            let mut s = String::new();
+            render_prometheus(&mut s, &snap).unwrap();
+            s
+        });
+        snap.etcd.as_mut().unwrap().connected = true;
+        snap.ha_mode = HaMode::Disabled;
+        let (text, _) = stream(&snap, Format::Text, None);
+        assert!(text.starts_with("etcd: connected\n\nUpstream "));
+        snap.etcd = None;
+        let (json, _) = stream(&snap, Format::Json, None);
+        assert!(!json.contains("etcd"));
     }
 
     #[test]

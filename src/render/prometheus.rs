@@ -6,7 +6,7 @@ use core::hash::Hash;
 use rustc_hash::FxHashSet;
 
 use super::num::write_decimal;
-use super::{write_escaped, PeerSnapshot, Snapshot, UpstreamSnapshot};
+use super::{write_escaped, EtcdStatus, PeerSnapshot, Snapshot, UpstreamSnapshot};
 use crate::health::PeerHealth;
 use crate::histogram::{Histogram, BUCKETS_US};
 use crate::outcome::Failure;
@@ -164,6 +164,7 @@ impl Family {
                 "Times the upstream entered panic.",
                 "counter",
             ),
+
         }
     }
 }
@@ -177,7 +178,40 @@ impl Family {
 /// first one wins, so no series is ever duplicated; so does an upstream.
 pub fn render_prometheus(out: &mut impl Write, snap: &Snapshot) -> fmt::Result {
     let names: Vec<&str> = snap.upstreams.iter().map(|u| u.name.as_str()).collect();
-    prometheus_page(out, &names, |k, u| u.clone_from(&snap.upstreams[k]))
+    prometheus_page(out, &names, |k, u| u.clone_from(&snap.upstreams[k]))?;
+    match &snap.etcd {
+        Some(e) => etcd_metrics(out, e),
+        None => Ok(()),
+    }
+}
+
+/// The link to etcd: whether it is connected, the revision the state reflects, the keys
+/// refused.
+pub fn etcd_metrics(out: &mut impl Write, e: &EtcdStatus) -> fmt::Result {
+    let families = [
+        (
+            "etcd_connected",
+            "Whether the watch on etcd is in place (1) or not (0).",
+            i64::from(e.connected),
+        ),
+        (
+            "etcd_revision",
+            "The etcd revision the state reflects.",
+            e.revision,
+        ),
+        (
+            "etcd_refused_keys",
+            "Keys under the etcd prefix that were refused.",
+            e.refused_keys as i64,
+        ),
+    ];
+    for (name, help, v) in families {
+        writeln!(
+            out,
+            "# HELP {P}{name} {help}\n# TYPE {P}{name} gauge\n{P}{name} {v}"
+        )?;
+    }
+    Ok(())
 }
 
 /// Streams the page of the upstreams named `names`: `fill(k, u)` writes the current state of

@@ -2,26 +2,38 @@
 
 use core::fmt::{self, Write};
 
-use super::{HaMode, PeerSnapshot, Snapshot, UpstreamSnapshot};
+use super::{EtcdStatus, HaMode, PeerSnapshot, Snapshot, UpstreamSnapshot};
 
 /// Writes the page: per upstream a header line (` (NO checkers)` or ` (panic)` after the name
 /// of an unchecked upstream or one in panic), then its primary and backup peers, each with
 /// ` up`, ` DOWN` or ` DOWN (manual)`; one empty line between upstreams. Under HA the page starts
 /// with `HA Mode: Master` (or `Slaver`) and an empty line.
 pub fn render_text(out: &mut impl Write, snap: &Snapshot) -> fmt::Result {
-    text_begin(out, snap.ha_mode)?;
+    text_begin(out, snap.ha_mode, snap.etcd.as_ref())?;
     for (i, u) in snap.upstreams.iter().enumerate() {
         text_upstream(out, i, u)?;
     }
     Ok(())
 }
 
-/// The start of the page: the HA line, if any.
-pub fn text_begin(out: &mut impl Write, ha_mode: HaMode) -> fmt::Result {
+/// The start of the page: the HA line and the etcd line (`etcd: connected` or
+/// `etcd: disconnected (<last error>)`), if any, then an empty line.
+pub fn text_begin(out: &mut impl Write, ha_mode: HaMode, etcd: Option<&EtcdStatus>) -> fmt::Result {
     if ha_mode != HaMode::Disabled {
         out.write_str("HA Mode: ")?;
         out.write_str(ha_mode.as_str())?;
-        out.write_str("\n\n")?;
+        out.write_str("\n")?;
+    }
+    if let Some(e) = etcd {
+        if e.connected {
+            out.write_str("etcd: connected\n")?;
+        } else {
+            let error = e.last_error.as_deref().unwrap_or("not connected yet");
+            writeln!(out, "etcd: disconnected ({error})")?;
+        }
+    }
+    if ha_mode != HaMode::Disabled || etcd.is_some() {
+        out.write_str("\n")?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Integration-test harness shared by every test in `t/` (`mod common;`): runs a real nginx with
-//! the module loaded (this file); `admin` (the control endpoint), `backend` (scriptable HTTP backends), `http` (polling and a
-//! small HTTP client), `json` (status documents, serde_json), `load` (a request loop on its own
+//! the module loaded (this file); `admin` (the control endpoint), `backend` (scriptable HTTP
+//! backends), `http` (polling and a small HTTP client), `etcd` (a real etcd and etcdctl),
+//! `json` (status documents, serde_json), `load` (a request loop on its own
 //! thread), `ports` (listen ports that cannot collide), `procfs` (sockets of processes),
 //! `process` (external programs) and `prometheus` (a Prometheus server scraping nginx) hold
 //! the rest. Everything is re-exported here, so tests name it `common::NAME`.
@@ -11,6 +12,7 @@
 
 mod admin;
 mod backend;
+mod etcd;
 mod http;
 mod json;
 mod load;
@@ -26,6 +28,8 @@ mod tls;
 pub use admin::*;
 #[allow(unused_imports)]
 pub use backend::*;
+#[allow(unused_imports)]
+pub use etcd::*;
 #[allow(unused_imports)]
 pub use http::*;
 #[allow(unused_imports)]

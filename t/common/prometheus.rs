@@ -1,5 +1,5 @@
 //! A real Prometheus server (Debian's `prometheus`) scraping an nginx status location every
-//! second, queried through its HTTP API.
+//! second, queried through its HTTP API; `promtool check metrics` on a page.
 use super::*;
 use serde_json::Value;
 
@@ -114,4 +114,17 @@ impl Prometheus {
     pub fn stop(mut self) {
         self.server.stop();
     }
+}
+
+/// `promtool check metrics` on a page: no error, no lint problem (non-zero exit or any output
+/// mentioning an error fails).
+pub fn promtool_accepts(page: &str, what: &str) {
+    let promtool = tool("/usr/bin/promtool", "prometheus");
+    let mut cmd = Command::new(promtool);
+    cmd.args(["check", "metrics"]);
+    let (status, out) = run_with_stdin(cmd, page);
+    assert!(
+        status.success() && !out.to_ascii_lowercase().contains("error"),
+        "promtool check metrics rejects {what} ({status}):\n{out}\n--- page ---\n{page}"
+    );
 }
