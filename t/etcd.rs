@@ -216,6 +216,14 @@ fn a_frozen_etcd_is_noticed_and_followed_again_when_it_thaws() {
             .ok_or(e.to_string())
     });
     assert_eq!(e["last_error"], "etcd did not answer in time", "{e}");
+    // A change asked meanwhile waits for etcd up to `timeout`, then is refused.
+    let (status, answer) = control(port, &format!("t=gray&u=backend&p={}&a=set", b1.addr()));
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(
+        answer["err_msg"],
+        "etcd cannot be written, nothing was changed: etcd did not answer in time"
+    );
+    assert!(!manual_down(port, &b1.addr()));
     etcd.signal("CONT");
     wait_connected(port, RESUME_DEADLINE);
     etcd.put(&format!("{PREFIX}control/gray/backend/{}", b2.addr()), "{}");
