@@ -1,31 +1,12 @@
-//! Active health checks for nginx upstreams: crate root, wiring the pure core to the nginx glue.
+//! Active health checks for nginx upstreams: crate root of the http module, wiring the pure core
+//! (the `upstream-healthcheck-core` crate, re-exported here under its module names) to the glue.
 //!
-//! Everything but `module` is the pure core: it calls no nginx function and reads no clock, so
-//! `cargo test` links and runs it anywhere. `module` is the nginx glue, left out of unit tests.
+//! `module` is the nginx glue, left out of unit tests; the core's unit tests run in its own crate.
 
-pub mod config;
-pub mod control;
-pub mod escape;
-pub mod health;
-pub mod histogram;
-pub mod journal;
-pub mod key;
-pub mod matcher;
-pub mod outcome;
-pub mod panic;
-pub mod parse;
-pub mod passive;
-pub mod policy;
-pub mod query;
-pub mod render;
-pub mod response;
-pub mod schedule;
-pub mod slow_start;
-pub mod status_line;
-pub mod traffic;
-
-#[cfg(test)]
-mod proptests;
+pub use upstream_healthcheck_core::{
+    config, control, escape, health, histogram, journal, key, matcher, outcome, panic, parse,
+    passive, policy, query, render, response, schedule, slow_start, status_line, traffic,
+};
 
 #[cfg(not(test))]
 mod module;

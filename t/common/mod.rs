@@ -2,8 +2,8 @@
 //! the module loaded (this file); `backend` (scriptable HTTP backends), `http` (polling and a
 //! small HTTP client), `json` (status documents, serde_json), `load` (a request loop on its own
 //! thread), `ports` (listen ports that cannot collide), `procfs` (sockets of processes),
-//! `process` (external programs) and `prometheus` (a Prometheus server scraping nginx) hold
-//! the rest. Everything is re-exported here, so tests name it `common::NAME`.
+//! `process` (external programs), `prometheus` (a Prometheus server scraping nginx) and
+//! `stream` (loading the stream module) hold the rest. Everything is re-exported here, so tests name it `common::NAME`.
 //!
 //! The nginx binary and module come from `NGX_HC_NGINX` / `NGX_HC_MODULE`, which
 //! `scripts/test.sh` exports for each target (`NGX_HC_TARGET` = vendored | debian).
@@ -18,6 +18,7 @@ mod process;
 mod procfs;
 mod prometheus;
 mod slow_tls;
+mod stream;
 mod tls;
 
 // Not every test crate uses every module.
@@ -39,6 +40,8 @@ pub use procfs::*;
 pub use prometheus::*;
 #[allow(unused_imports)]
 pub use slow_tls::*;
+#[allow(unused_imports)]
+pub use stream::*;
 #[allow(unused_imports)]
 pub use tls::*;
 

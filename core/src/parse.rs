@@ -76,7 +76,7 @@ impl fmt::Display for ParseError {
 impl std::error::Error for ParseError {}
 
 /// Makes an argument safe to quote in a one-line message.
-pub(crate) fn escape(v: &[u8]) -> String {
+pub fn escape(v: &[u8]) -> String {
     let mut s = String::with_capacity(v.len());
     for &b in v {
         match b {
