@@ -1,8 +1,12 @@
 //! Stream upstreams: the stream module (ngx_stream_upstream_healthcheck_module) loads beside the
-//! http module or alone, after nginx's own stream module.
+//! http module or alone, after nginx's own stream module; it checks tcp and udp peers and
+//! nginx's stream balancer skips the ones found down.
 mod common;
 
 use common::*;
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(10);
 
 /// A `stream {}` body: `upstream NAME` over `servers` with `directives`, and a server on `port`
 /// passing connections to it.
@@ -12,6 +16,47 @@ fn proxied_upstream(name: &str, servers: &[String], directives: &str, port: u16)
         upstream_block(name, servers, directives)
     )
 }
+
+/// Starts nginx with `stream_body` in `stream {}` and an http server on `http_port` with the
+/// status location at `/status` (text, `?format=json|prometheus`).
+fn start(stream_body: &str, http_port: u16) -> Nginx {
+    Nginx::start_with(
+        &stream_main(stream_body),
+        &format!(
+            "server {{ listen 127.0.0.1:{http_port};\n\
+             location = /status {{ upstream_healthcheck_status; }}\n\
+             location = /control {{ upstream_healthcheck_admin; }} }}"
+        ),
+    )
+}
+
+/// Waits for the error-log line saying `peer` of stream upstream `upstream` went `state`
+/// ("DOWN" or "UP"), the `nth` such line (1-based).
+fn wait_transition(nginx: &Nginx, upstream: &str, peer: &str, state: &str, nth: usize) {
+    let needle = format!("peer {peer} in stream upstream \"{upstream}\" is {state} after");
+    wait_until(DEADLINE, &needle, || {
+        lines_with(&nginx.error_log(), &needle).len() >= nth
+    });
+}
+
+/// One client session through nginx's stream port: sends `line`, returns the answer line.
+fn session(port: u16, line: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to nginx");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(line.as_bytes()).expect("send through nginx");
+    let mut answer = Vec::new();
+    let mut b = [0u8; 64];
+    while !answer.ends_with(b"\n") {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&b[..n]),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
 
 #[test]
 fn both_modules_load_and_stream_traffic_flows() {
@@ -37,8 +82,202 @@ fn stream_module_loads_without_the_http_module() {
     let conf = format!(
         "{}error_log error.log info;\npid nginx.pid;\nevents {{}}\nstream {{\n{}}}\n",
         stream_load_lines(),
-        proxied_upstream("db", &["127.0.0.1:9".into()], "", free_port())
+        proxied_upstream(
+            "db",
+            &["127.0.0.1:9".into()],
+            "upstream_healthcheck;",
+            free_port()
+        )
     );
     let (ok, out) = nginx_test_raw(&conf);
     assert!(ok, "nginx -t failed:\n{out}\n{conf}");
+}
+
+#[test]
+fn a_tcp_backend_that_goes_away_is_taken_out_and_comes_back() {
+    let backend = LineBackend::new();
+    let peer = backend.addr();
+    let (stream_port, http_port) = (free_port(), free_port());
+    let nginx = start(
+        &proxied_upstream(
+            "db",
+            std::slice::from_ref(&peer),
+            "upstream_healthcheck interval=100ms fall=2 rise=2;",
+            stream_port,
+        ),
+        http_port,
+    );
+    backend.stop();
+    wait_transition(&nginx, "db", &peer, "DOWN", 1);
+    backend.start();
+    wait_transition(&nginx, "db", &peer, "UP", 1);
+    assert_eq!(session(stream_port, "GET\n"), "+OK\r\n");
+    nginx.stop();
+}
+
+#[test]
+fn redis_ping_pong_decides_and_sessions_never_reach_a_down_peer() {
+    let (bad, good) = (LineBackend::new(), LineBackend::new());
+    let (stream_port, http_port) = (free_port(), free_port());
+    for zone in ["", "zone db 64k;"] {
+        let nginx = start(
+            &proxied_upstream(
+                "db",
+                &[bad.addr(), good.addr()],
+                &format!(
+                    "{zone}\n    upstream_healthcheck interval=100ms fall=1 rise=1;\n    \
+                     upstream_healthcheck_send \"PING\\r\\n\";\n    \
+                     upstream_healthcheck_expect \"+PONG\";"
+                ),
+                stream_port,
+            ),
+            http_port,
+        );
+        bad.set_failing(true);
+        wait_transition(&nginx, "db", &bad.addr(), "DOWN", 1);
+        let (bad_before, good_before) = (bad.client_lines(), good.client_lines());
+        for _ in 0..20 {
+            assert_eq!(session(stream_port, "SET k v\n"), "+OK\r\n");
+        }
+        assert_eq!(
+            bad.client_lines(),
+            bad_before,
+            "a session reached the down peer ({zone})"
+        );
+        assert_eq!(good.client_lines() - good_before, 20);
+        bad.set_failing(false);
+        wait_transition(&nginx, "db", &bad.addr(), "UP", 1);
+        let log = nginx.stop();
+        assert!(
+            log.contains("last error: the answer did not meet upstream_healthcheck_expect"),
+            "{log}"
+        );
+    }
+}
+
+#[test]
+fn udp_peers_fail_on_silence_at_the_timeout_and_on_a_closed_port_at_once() {
+    let dns = DatagramBackend::new();
+    let closed = format!("127.0.0.1:{}", free_port());
+    let http_port = free_port();
+    let nginx = start(
+        &format!(
+            "upstream dns {{\n    server {};\n    server {closed};\n    \
+             upstream_healthcheck type=udp interval=100ms timeout=300ms fall=2 rise=2;\n    \
+             upstream_healthcheck_send \"\\xab\\xcd\\x01\\x00\";\n    \
+             upstream_healthcheck_expect \"\\xab\\xcd\\x81\\x80\";\n}}\n",
+            dns.addr()
+        ),
+        http_port,
+    );
+    wait_transition(&nginx, "dns", &closed, "DOWN", 1);
+    assert!(
+        lines_with(&nginx.error_log(), "is DOWN")
+            .iter()
+            .all(|l| l.contains("last error: connection refused")),
+        "{}",
+        nginx.error_log()
+    );
+    let queries = dns.queries();
+    wait_until(DEADLINE, "probes answered", || dns.queries() >= queries + 3);
+    assert!(lines_with(&nginx.error_log(), &format!("peer {}", dns.addr())).is_empty());
+    dns.set_answering(false);
+    wait_transition(&nginx, "dns", &dns.addr(), "DOWN", 1);
+    let log = nginx.error_log();
+    let line = lines_with(&log, &format!("peer {} in stream upstream", dns.addr()))[0];
+    assert!(line.contains("last error: timed out"), "{line}");
+    dns.set_answering(true);
+    wait_transition(&nginx, "dns", &dns.addr(), "UP", 1);
+    nginx.stop();
+}
+
+#[test]
+fn reload_keeps_stream_state() {
+    let (bad, good) = (LineBackend::new(), LineBackend::new());
+    let (stream_port, http_port) = (free_port(), free_port());
+    let body = proxied_upstream(
+        "db",
+        &[bad.addr(), good.addr()],
+        "upstream_healthcheck interval=1s fall=1 rise=1;\n    \
+         upstream_healthcheck_send \"PING\\r\\n\";\n    upstream_healthcheck_expect \"+PONG\";",
+        stream_port,
+    );
+    bad.set_failing(true);
+    let mut nginx = start(&body, http_port);
+    wait_transition(&nginx, "db", &bad.addr(), "DOWN", 1);
+    nginx.reload();
+    // Sessions right after the reload, before any new probe could judge the peer again.
+    let before = bad.client_lines();
+    for _ in 0..6 {
+        assert_eq!(session(stream_port, "SET k v\n"), "+OK\r\n");
+    }
+    assert_eq!(
+        bad.client_lines(),
+        before,
+        "the reload forgot the down peer"
+    );
+    assert_eq!(lines_with(&nginx.error_log(), "is UP").len(), 0);
+    nginx.stop();
+}
+
+#[test]
+fn stream_config_errors_name_the_directive_and_line() {
+    let cases = [
+        (
+            "upstream_healthcheck uri=/health;",
+            "upstream_healthcheck uri",
+            "invalid parameter \"uri=/health\" in \"upstream_healthcheck\" directive".to_string(),
+        ),
+        (
+            "upstream_healthcheck type=https;",
+            "upstream_healthcheck type",
+            "invalid parameter \"type=https\" in \"upstream_healthcheck\" directive, type must be \
+             \"tcp\" or \"udp\" in a stream upstream"
+                .to_string(),
+        ),
+        (
+            "upstream_healthcheck type=udp;\n    upstream_healthcheck_expect \"x\";",
+            "upstream_healthcheck_expect",
+            "\"upstream_healthcheck_expect\" directive needs \"upstream_healthcheck_send\" with \
+             type=udp in upstream \"db\""
+                .to_string(),
+        ),
+        (
+            "upstream_healthcheck_send \"PING\";",
+            "upstream_healthcheck_send",
+            "\"upstream_healthcheck_send\" directive needs \"upstream_healthcheck\" in upstream \
+             \"db\""
+                .to_string(),
+        ),
+        (
+            "upstream_healthcheck;\n    upstream_healthcheck_expect ~ \"(\";",
+            "upstream_healthcheck_expect",
+            "invalid regular expression \"(\" in \"upstream_healthcheck_expect\" directive, \
+             unclosed group"
+                .to_string(),
+        ),
+    ];
+    for (directives, needle, msg) in cases {
+        let check = nginx_test_conf(
+            &stream_main(&upstream_block("db", &["127.0.0.1:9".into()], directives)),
+            "",
+        );
+        assert!(!check.ok, "accepted: {directives}\n{}", check.output);
+        let want = check.emerg_line(&msg, check.line_of(needle));
+        assert!(
+            check.output.contains(&want),
+            "want: {want}\ngot:\n{}",
+            check.output
+        );
+    }
+    // A send without expect is fine for tcp.
+    let check = nginx_test_conf(
+        &stream_main(&upstream_block(
+            "db",
+            &["127.0.0.1:9".into()],
+            "upstream_healthcheck;\n    upstream_healthcheck_send \"PING\\r\\n\";",
+        )),
+        "",
+    );
+    assert!(check.ok, "{}", check.output);
 }

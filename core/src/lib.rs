@@ -21,6 +21,8 @@ pub mod response;
 pub mod schedule;
 pub mod slow_start;
 pub mod status_line;
+pub mod stream;
+pub mod stream_zone;
 pub mod traffic;
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ pub struct ParseError(String);
 
 impl ParseError {
     /// An error with this whole message, for the parsers of other files (the match block's).
-    pub(crate) fn new(msg: String) -> ParseError {
+    pub fn new(msg: String) -> ParseError {
         ParseError(msg)
     }
 

@@ -3,7 +3,7 @@
 //! small HTTP client), `json` (status documents, serde_json), `load` (a request loop on its own
 //! thread), `ports` (listen ports that cannot collide), `procfs` (sockets of processes),
 //! `process` (external programs), `prometheus` (a Prometheus server scraping nginx) and
-//! `stream` (loading the stream module) hold the rest. Everything is re-exported here, so tests name it `common::NAME`.
+//! `stream` (loading the stream module) and `stream_backends` (TCP and UDP servers) hold the rest. Everything is re-exported here, so tests name it `common::NAME`.
 //!
 //! The nginx binary and module come from `NGX_HC_NGINX` / `NGX_HC_MODULE`, which
 //! `scripts/test.sh` exports for each target (`NGX_HC_TARGET` = vendored | debian).
@@ -19,6 +19,7 @@ mod procfs;
 mod prometheus;
 mod slow_tls;
 mod stream;
+mod stream_backends;
 mod tls;
 
 // Not every test crate uses every module.
@@ -42,6 +43,8 @@ pub use prometheus::*;
 pub use slow_tls::*;
 #[allow(unused_imports)]
 pub use stream::*;
+#[allow(unused_imports)]
+pub use stream_backends::*;
 #[allow(unused_imports)]
 pub use tls::*;
 

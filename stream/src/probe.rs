@@ -1,0 +1,418 @@
+//! One stream probe on nginx's event loop: tcp (connect; then send and read until the
+//! expectation is met or refuted, when given) or udp (a connected socket: send a datagram, wait
+//! for an answer; an ICMP port unreachable ends it at once as refused). A probe ends with an
+//! outcome for the peer, or with a local error that gives no verdict.
+
+use core::ffi::c_void;
+use core::mem::{size_of, zeroed};
+use core::ptr;
+use std::time::Instant;
+
+use ngx::ffi::{
+    getsockopt, ngx_close_connection, ngx_connection_t, ngx_event_connect_peer, ngx_event_get_peer,
+    ngx_event_t, ngx_handle_read_event, ngx_handle_write_event, ngx_peer_connection_t,
+    ngx_socket_errno, ngx_str_t, recv, send, sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage,
+    socklen_t, AF_INET, AF_INET6, EAGAIN, ECONNREFUSED, EINTR, MSG_NOSIGNAL, NGX_AGAIN,
+    NGX_DECLINED, NGX_OK, SOL_SOCKET, SO_ERROR,
+};
+use upstream_healthcheck_core::outcome::{classify_connect_errno, ConnectError, Failure, Outcome};
+use upstream_healthcheck_core::schedule::timeout_is_verdict;
+use upstream_healthcheck_core::stream::{Expect, Judgement, StreamType, EXPECT_WINDOW};
+
+use crate::log::hc_debug;
+use crate::worker::{finish, with_any_worker, Worker};
+
+/// How a probe ended.
+pub enum Ended {
+    /// The peer answered (or failed to): this counts towards its verdict.
+    Outcome(Outcome),
+    /// The probe could not run for a reason of this host: no verdict.
+    Local(String),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Connecting,
+    Sending,
+    Reading,
+}
+
+/// A probe in flight; owned by its connection's `data` until it ends, and listed in the
+/// worker's `probes` at `index`.
+pub struct Probe {
+    index: usize,
+    slot: usize,
+    started: Instant,
+    stage: Stage,
+    kind: StreamType,
+    send: &'static [u8],
+    expect: Option<&'static Expect>,
+    sent: usize,
+    /// The answer so far (tcp), at most the expectation's window.
+    answer: Vec<u8>,
+    timeout_ms: u64,
+    sockaddr: sockaddr_storage,
+    name: ngx_str_t,
+    pc: ngx_peer_connection_t,
+}
+
+/// What to do after advancing a probe.
+enum Next {
+    Wait,
+    End(Ended),
+}
+
+fn failed(f: Failure) -> Next {
+    Next::End(Ended::Outcome(Outcome::failed(f, None)))
+}
+
+fn passed() -> Next {
+    Next::End(Ended::Outcome(Outcome::ok(None)))
+}
+
+/// Starts the probe of `slot`: `None` when it is in flight (it reports to `worker::finish`
+/// when it ends), or how it ended at once.
+pub fn start(w: &mut Worker, slot: usize) -> Option<Ended> {
+    let (up, check, peer) = w.check_of(slot)?;
+    let rr = w.targets[slot].rr;
+    if rr.is_null() {
+        return Some(Ended::Local(format!(
+            "peer {} of stream upstream \"{}\" was not found among nginx's peers",
+            peer.name, up.name
+        )));
+    }
+    let mut probe = Box::new(Probe {
+        index: 0,
+        slot,
+        started: Instant::now(),
+        stage: Stage::Connecting,
+        kind: check.kind,
+        send: &check.send,
+        expect: check.expect.as_ref(),
+        sent: 0,
+        answer: Vec::new(),
+        timeout_ms: check.params.timeout_ms,
+        // SAFETY: all-zero is a valid (empty) sockaddr_storage.
+        sockaddr: unsafe { zeroed() },
+        name: ngx_str_t::default(),
+        // SAFETY: all-zero is the idle state of ngx_peer_connection_t.
+        pc: unsafe { zeroed() },
+    });
+    // SAFETY: rr is a live peer; its sockaddr is socklen bytes long and fits the storage.
+    unsafe {
+        let rr = &*rr;
+        let len = (rr.socklen as usize).min(size_of::<sockaddr_storage>());
+        ptr::copy_nonoverlapping(
+            rr.sockaddr as *const u8,
+            &mut probe.sockaddr as *mut _ as *mut u8,
+            len,
+        );
+        probe.name = rr.name;
+        if let Some(port) = check.params.port {
+            set_port(&mut probe.sockaddr, port);
+        }
+        probe.pc.sockaddr = &mut probe.sockaddr as *mut _ as *mut sockaddr;
+        probe.pc.socklen = len as socklen_t;
+    }
+    probe.pc.name = &mut probe.name;
+    probe.pc.get = Some(ngx_event_get_peer);
+    probe.pc.log = &mut w.probe_log;
+    probe.pc.set_log_error(1); // NGX_ERROR_ERR
+    if probe.kind == StreamType::Udp {
+        probe.pc.type_ = libc::SOCK_DGRAM;
+    }
+    let p = Box::into_raw(probe);
+    // SAFETY: p is the fresh probe, owned here until it is listed below or freed.
+    match unsafe { connect(p) } {
+        Next::End(ended) => {
+            // SAFETY: p ended before anyone else saw it.
+            unsafe { release(p) };
+            Some(ended)
+        }
+        Next::Wait => {
+            // SAFETY: p is live and in flight: the worker's list owns it from here.
+            unsafe { (*p).index = w.probes.len() };
+            w.probes.push(p);
+            None
+        }
+    }
+}
+
+/// Opens the probe's connection and drives it as far as it goes at once.
+///
+/// # Safety
+/// `p` must be a live probe without a connection.
+unsafe fn connect(p: *mut Probe) -> Next {
+    // SAFETY: per the contract.
+    let probe = unsafe { &mut *p };
+    set_errno(0);
+    // SAFETY: pc is fully set up; the probe stays alive meanwhile.
+    let rc = unsafe { ngx_event_connect_peer(&mut probe.pc) };
+    let c = probe.pc.connection;
+    if rc == NGX_DECLINED as isize {
+        probe.pc.connection = ptr::null_mut();
+        let err = ngx_socket_errno();
+        return Next::End(match classify_connect_errno(err) {
+            ConnectError::Peer(f) => Ended::Outcome(Outcome::failed(f, None)),
+            ConnectError::Local => Ended::Local(format!("connect() failed ({err})")),
+        });
+    }
+    if (rc != NGX_OK as isize && rc != NGX_AGAIN as isize) || c.is_null() {
+        probe.pc.connection = ptr::null_mut();
+        return Next::End(Ended::Local(
+            "no socket or no free connection, worker_connections are not enough".to_string(),
+        ));
+    }
+    // SAFETY: c is the probe's new connection, with no timer.
+    unsafe {
+        (*c).data = p as *mut c_void;
+        (*(*c).read).handler = Some(on_event);
+        (*(*c).write).handler = Some(on_event);
+        (*(*c).read).set_cancelable(1);
+        (*(*c).write).set_cancelable(1);
+        ngx::ffi::ngx_add_timer((*c).read, probe.timeout_ms.max(1) as _);
+    }
+    if rc == NGX_OK as isize {
+        // Connected at once (udp): it may end right here.
+        // SAFETY: p and c are the live probe and its connection.
+        return unsafe { drive(p, c) };
+    }
+    Next::Wait
+}
+
+/// Read and write handler of probe connections.
+extern "C" fn on_event(ev: *mut ngx_event_t) {
+    // SAFETY: nginx calls handlers with the connection's own events; data is the connection
+    // whose data is the probe, live until `end`.
+    unsafe {
+        let c = (*ev).data as *mut ngx_connection_t;
+        let p = (*c).data as *mut Probe;
+        let next = if (*ev).timedout() != 0 {
+            let late = (*p).started.elapsed().as_millis() as u64;
+            let late = late.saturating_sub((*p).timeout_ms);
+            if timeout_is_verdict(late) {
+                failed(Failure::Timeout)
+            } else {
+                Next::End(Ended::Local(format!(
+                    "a probe's timeout fired {late} ms late, this worker was held up"
+                )))
+            }
+        } else {
+            drive(p, c)
+        };
+        if let Next::End(ended) = next {
+            end(p, ended);
+        }
+    }
+}
+
+/// Ends a probe in flight: off the worker's list, connection closed, result recorded.
+///
+/// # Safety
+/// `p` must be a live probe on the worker's list.
+unsafe fn end(p: *mut Probe, ended: Ended) {
+    // SAFETY: per the contract.
+    let (slot, started, index) = unsafe { ((*p).slot, (*p).started, (*p).index) };
+    with_any_worker(|w| {
+        if index < w.probes.len() && w.probes[index] == p {
+            w.probes.swap_remove(index);
+            if let Some(&moved) = w.probes.get(index) {
+                // SAFETY: every listed probe is live.
+                unsafe { (*moved).index = index };
+            }
+        }
+    });
+    // SAFETY: p is off the list and referenced nowhere else now.
+    unsafe { release(p) };
+    crate::worker::with_worker(|w| finish(w, slot, ended, started));
+}
+
+/// Closes a probe's connection (with its timer and events) and frees it.
+///
+/// # Safety
+/// `p` must be a live probe referenced nowhere else.
+unsafe fn release(p: *mut Probe) {
+    // SAFETY: per the contract; p came from Box::into_raw.
+    let probe = unsafe { Box::from_raw(p) };
+    if !probe.pc.connection.is_null() {
+        // SAFETY: the probe's own open connection.
+        unsafe { ngx_close_connection(probe.pc.connection) };
+    }
+}
+
+/// Closes a probe in flight without a verdict (the worker is exiting).
+///
+/// # Safety
+/// `p` must be a live probe taken off the worker's list.
+pub unsafe fn abort(p: *mut Probe) {
+    // SAFETY: per the contract.
+    unsafe { release(p) };
+}
+
+fn set_errno(v: i32) {
+    // SAFETY: errno is this thread's own.
+    unsafe { *libc::__errno_location() = v };
+}
+
+/// Puts `port` into an IPv4 or IPv6 address.
+fn set_port(sa: &mut sockaddr_storage, port: u16) {
+    // SAFETY: the family says which layout the storage holds; both fit in sockaddr_storage.
+    unsafe {
+        match sa.ss_family as u32 {
+            AF_INET => (*(sa as *mut _ as *mut sockaddr_in)).sin_port = port.to_be(),
+            AF_INET6 => (*(sa as *mut _ as *mut sockaddr_in6)).sin6_port = port.to_be(),
+            _ => {}
+        }
+    }
+}
+
+fn socket_error(c: &ngx_connection_t) -> i32 {
+    let mut err: i32 = 0;
+    let mut len = size_of::<i32>() as socklen_t;
+    // SAFETY: fd is the connection's socket; err and len are valid out-parameters.
+    let rc = unsafe {
+        getsockopt(
+            c.fd,
+            SOL_SOCKET as i32,
+            SO_ERROR as i32,
+            &mut err as *mut i32 as *mut c_void,
+            &mut len,
+        )
+    };
+    if rc == -1 {
+        ngx_socket_errno()
+    } else {
+        err
+    }
+}
+
+fn io_failure(err: i32) -> Failure {
+    if err == ECONNREFUSED as i32 {
+        Failure::Refused
+    } else {
+        Failure::Reset
+    }
+}
+
+/// After the send: what a probe without an expectation concludes, or read on.
+fn after_send(probe: &mut Probe) -> Option<Next> {
+    if probe.expect.is_none() && probe.kind == StreamType::Tcp {
+        return Some(passed());
+    }
+    probe.stage = Stage::Reading;
+    None
+}
+
+/// Advances the probe as far as the socket allows.
+///
+/// # Safety
+/// `p` and `c` must be the live probe and its connection.
+unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) -> Next {
+    // SAFETY: per the contract.
+    let (probe, conn) = unsafe { (&mut *p, &mut *c) };
+    if probe.stage == Stage::Connecting {
+        // SAFETY: events of a live connection.
+        let (rev, wev) = unsafe { (&*conn.read, &*conn.write) };
+        if probe.kind == StreamType::Tcp && rev.ready() == 0 && wev.ready() == 0 {
+            return Next::Wait;
+        }
+        let err = socket_error(conn);
+        if err != 0 {
+            hc_debug!("stream probe connect() failed ({err})");
+            return failed(io_failure(err));
+        }
+        probe.stage = if !probe.send.is_empty() {
+            Stage::Sending
+        } else if probe.expect.is_some() {
+            Stage::Reading
+        } else {
+            return passed();
+        };
+    }
+    if probe.stage == Stage::Sending {
+        while probe.sent < probe.send.len() {
+            let rest = &probe.send[probe.sent..];
+            // SAFETY: fd is the connection's socket; rest is readable.
+            let n = unsafe {
+                send(
+                    conn.fd,
+                    rest.as_ptr() as *const c_void,
+                    rest.len(),
+                    MSG_NOSIGNAL as i32,
+                )
+            };
+            if n >= 0 {
+                probe.sent += n as usize;
+                continue;
+            }
+            let err = ngx_socket_errno();
+            if err == EINTR as i32 {
+                continue;
+            }
+            if err == EAGAIN as i32 {
+                // SAFETY: the connection's write event.
+                unsafe {
+                    (*conn.write).set_ready(0);
+                    if ngx_handle_write_event(conn.write, 0) != NGX_OK as isize {
+                        return Next::End(Ended::Local("cannot wait for the socket".into()));
+                    }
+                }
+                return Next::Wait;
+            }
+            return failed(io_failure(err));
+        }
+        if let Some(next) = after_send(probe) {
+            return next;
+        }
+    }
+    // Reading.
+    let mut buf = [0u8; EXPECT_WINDOW];
+    loop {
+        let room = match probe.kind {
+            StreamType::Tcp => EXPECT_WINDOW - probe.answer.len().min(EXPECT_WINDOW),
+            StreamType::Udp => EXPECT_WINDOW,
+        }
+        .max(1);
+        // SAFETY: fd is the connection's socket; buf has room for `room` bytes.
+        let n = unsafe { recv(conn.fd, buf.as_mut_ptr() as *mut c_void, room, 0) };
+        if n < 0 {
+            let err = ngx_socket_errno();
+            if err == EINTR as i32 {
+                continue;
+            }
+            if err == EAGAIN as i32 {
+                // SAFETY: the connection's read event.
+                unsafe {
+                    (*conn.read).set_ready(0);
+                    if ngx_handle_read_event(conn.read, 0) != NGX_OK as isize {
+                        return Next::End(Ended::Local("cannot wait for the socket".into()));
+                    }
+                }
+                return Next::Wait;
+            }
+            hc_debug!("stream probe recv() failed ({err})");
+            return failed(io_failure(err));
+        }
+        let got = &buf[..n as usize];
+        if probe.kind == StreamType::Udp {
+            // A datagram is a whole answer.
+            return match probe.expect.map_or(Judgement::Met, |e| e.judge(got, true)) {
+                Judgement::Met => passed(),
+                _ => failed(Failure::Mismatch),
+            };
+        }
+        let closed = n == 0;
+        probe.answer.extend_from_slice(got);
+        let Some(expect) = probe.expect else {
+            return passed();
+        };
+        match expect.judge(&probe.answer, closed) {
+            Judgement::Met => return passed(),
+            Judgement::Refuted if closed && probe.answer.is_empty() => {
+                return failed(Failure::Closed)
+            }
+            Judgement::Refuted => return failed(Failure::Mismatch),
+            Judgement::NeedMore => {}
+        }
+    }
+}
