@@ -5,7 +5,8 @@
 
 pub use upstream_healthcheck_core::{
     config, control, escape, health, histogram, journal, key, matcher, outcome, panic, parse,
-    passive, policy, query, render, response, schedule, slow_start, status_line, traffic,
+    passive, policy, query, render, response, schedule, slow_start, status_line, stream_zone,
+    traffic,
 };
 
 #[cfg(not(test))]

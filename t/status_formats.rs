@@ -311,19 +311,6 @@ fn must_sample(samples: &[Sample], page: &str, name: &str, labels: &[(&str, &str
 // ---------------------------------------------------------------------------------------------
 // External tools
 
-/// `promtool check metrics` on a page: no error, no lint problem (non-zero exit or any output
-/// mentioning an error fails).
-fn promtool_accepts(page: &str, what: &str) {
-    let promtool = tool("/usr/bin/promtool", "prometheus");
-    let mut cmd = Command::new(promtool);
-    cmd.args(["check", "metrics"]);
-    let (status, out) = run_with_stdin(cmd, page);
-    assert!(
-        status.success() && !out.to_ascii_lowercase().contains("error"),
-        "promtool check metrics rejects {what} ({status}):\n{out}\n--- page ---\n{page}"
-    );
-}
-
 /// Headless Chromium on `args` (a URL last), bounded to 60 s; returns its stdout.
 fn chromium(dir: &Path, tag: &str, args: &[&str]) -> String {
     let bin = tool("/usr/bin/chromium", "chromium");

@@ -281,3 +281,78 @@ fn stream_config_errors_name_the_directive_and_line() {
     );
     assert!(check.ok, "{}", check.output);
 }
+
+#[test]
+fn status_pages_list_stream_upstreams_after_the_http_ones() {
+    let web = Backend::new();
+    let (bad, good) = (LineBackend::new(), LineBackend::new());
+    let (stream_port, http_port) = (free_port(), free_port());
+    bad.set_failing(true);
+    let nginx = Nginx::start_with(
+        &stream_main(&proxied_upstream(
+            "db",
+            &[bad.addr(), good.addr()],
+            "upstream_healthcheck interval=100ms fall=1 rise=1;\n    \
+             upstream_healthcheck_send \"PING\\r\\n\";\n    upstream_healthcheck_expect \"+PONG\";",
+            stream_port,
+        )),
+        &format!(
+            "{}server {{ listen 127.0.0.1:{http_port};\n\
+             location = /status {{ upstream_healthcheck_status; }} }}",
+            upstream_block(
+                "db",
+                &[web.addr()],
+                "upstream_healthcheck type=tcp interval=100ms;"
+            )
+        ),
+    );
+    wait_transition(&nginx, "db", &bad.addr(), "DOWN", 1);
+    let text = status_page(http_port, "/status");
+    assert_eq!(
+        text,
+        format!(
+            "Upstream db\n    Primary Peers\n        {} up\n    Backup Peers\n\n\
+             Stream upstream db\n    Primary Peers\n        {} DOWN\n        {} up\n    \
+             Backup Peers\n",
+            web.addr(),
+            bad.addr(),
+            good.addr()
+        )
+    );
+    assert_eq!(
+        peer_state_in(&text, "Stream upstream ", "db", &bad.addr()),
+        Some("DOWN")
+    );
+    assert_eq!(peer_state(&text, "db", &web.addr()), Some("up"));
+
+    let doc = strict_json(&status_page(http_port, "/status?format=json"));
+    assert_eq!(doc["msg"]["upstreams"].as_array().map(Vec::len), Some(1));
+    let stream = &doc["msg"]["stream_upstreams"][0];
+    assert_eq!(stream["name"], "db");
+    let peers = stream["primary"].as_array().expect("primary peers");
+    assert_eq!(peers.len(), 2);
+    assert_eq!(peers[0]["name"], bad.addr().as_str());
+    assert_eq!(peers[0]["down"], true);
+    assert_eq!(peers[1]["down"], false);
+    // The same peer schema as http peers.
+    let http_peer = json_peer(&doc, "db", &web.addr());
+    let keys = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&peers[1]), keys(http_peer));
+
+    let metrics = status_page(http_port, "/status?format=prometheus");
+    promtool_accepts(&metrics, "a page with stream upstreams");
+    assert!(metrics.contains(&format!(
+        "nginx_upstream_healthcheck_peer_up{{upstream=\"db\",kind=\"stream\",peer=\"{}\",role=\"primary\"}} 0\n",
+        bad.addr()
+    )));
+    assert!(metrics.contains(&format!(
+        "nginx_upstream_healthcheck_peer_up{{upstream=\"db\",peer=\"{}\",role=\"primary\"}} 1\n",
+        web.addr()
+    )));
+    assert!(!metrics.contains(&format!("endpoint=\"{}\"", bad.addr())));
+    nginx.stop();
+}

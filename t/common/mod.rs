@@ -776,14 +776,26 @@ pub fn status_page(port: u16, path: &str) -> String {
 /// The state (`"up"` or `"DOWN"`) of `peer` (`127.0.0.1:PORT`) in `upstream` on a text status
 /// page (`upstream_healthcheck_status`); None when the page does not list it there.
 pub fn peer_state<'a>(page: &'a str, upstream: &str, peer: &str) -> Option<&'a str> {
+    peer_state_in(page, "Upstream ", upstream, peer)
+}
+
+/// As `peer_state`, in the block whose header starts with `header` (`"Upstream "`, or
+/// `"Stream upstream "` for the stream module's).
+pub fn peer_state_in<'a>(
+    page: &'a str,
+    header: &str,
+    upstream: &str,
+    peer: &str,
+) -> Option<&'a str> {
     let mut inside = false;
     for line in page.lines() {
-        if let Some(rest) = line.strip_prefix("Upstream ") {
+        if line.starts_with("Upstream ") || line.starts_with("Stream upstream ") {
+            let rest = line.strip_prefix(header).unwrap_or("");
             let name = rest
                 .strip_suffix(" (NO checkers)")
                 .or_else(|| rest.strip_suffix(" (panic)"))
                 .unwrap_or(rest);
-            inside = name == upstream;
+            inside = line.starts_with(header) && name == upstream;
             continue;
         }
         if !inside {

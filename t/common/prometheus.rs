@@ -115,3 +115,16 @@ impl Prometheus {
         self.server.stop();
     }
 }
+
+/// `promtool check metrics` on a page: no error, no lint problem (non-zero exit or any output
+/// mentioning an error fails).
+pub fn promtool_accepts(page: &str, what: &str) {
+    let promtool = tool("/usr/bin/promtool", "prometheus");
+    let mut cmd = Command::new(promtool);
+    cmd.args(["check", "metrics"]);
+    let (status, out) = run_with_stdin(cmd, page);
+    assert!(
+        status.success() && !out.to_ascii_lowercase().contains("error"),
+        "promtool check metrics rejects {what} ({status}):\n{out}\n--- page ---\n{page}"
+    );
+}
