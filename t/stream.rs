@@ -356,3 +356,98 @@ fn status_pages_list_stream_upstreams_after_the_http_ones() {
     assert!(!metrics.contains(&format!("endpoint=\"{}\"", bad.addr())));
     nginx.stop();
 }
+
+/// A control request (`upstream_healthcheck_admin` at /control): (status, body).
+fn control(port: u16, method: &str, query: &str) -> (u16, String) {
+    let (status, _, body) =
+        http_request(port, method, &format!("/control?{query}"), "").expect("control request");
+    (status, body)
+}
+
+#[test]
+fn the_control_api_takes_stream_peers_out_with_k_stream() {
+    let web = Backend::new();
+    let (a, b) = (LineBackend::new(), LineBackend::new());
+    let (stream_port, http_port) = (free_port(), free_port());
+    let nginx = Nginx::start_with(
+        &stream_main(&proxied_upstream(
+            "db",
+            &[a.addr(), b.addr()],
+            "upstream_healthcheck interval=200ms;",
+            stream_port,
+        )),
+        &format!(
+            "{}server {{ listen 127.0.0.1:{http_port};\n\
+             location = /status {{ upstream_healthcheck_status; }}\n\
+             location = /control {{ upstream_healthcheck_admin; }} }}",
+            upstream_block("db", &[web.addr()], "upstream_healthcheck type=tcp;")
+        ),
+    );
+    let set = format!("t=gray&k=stream&u=db&p={}&a=set", a.addr());
+    let (status, body) = control(http_port, "POST", &set);
+    assert_eq!(
+        (status, &strict_json(&body)["status"]),
+        (200, &serde_json::json!("ok"))
+    );
+    let text = status_page(http_port, "/status");
+    assert!(
+        text.contains(&format!(
+            "Stream upstream db\n    Primary Peers\n        {} DOWN (manual)\n",
+            a.addr()
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        peer_state(&text, "db", &web.addr()),
+        Some("up"),
+        "the http upstream db is another one"
+    );
+    let before = a.client_lines();
+    for _ in 0..10 {
+        assert_eq!(session(stream_port, "SET k v\n"), "+OK\r\n");
+    }
+    assert_eq!(
+        a.client_lines(),
+        before,
+        "a session reached the peer taken out"
+    );
+    let (status, list) = control(http_port, "GET", "k=stream");
+    assert_eq!(status, 200);
+    let list = strict_json(&list);
+    assert_eq!(list["msg"]["manual_downs"][0]["upstream"], "db");
+    assert_eq!(list["msg"]["manual_downs"][0]["peer"], a.addr().as_str());
+    let (status, list) = control(http_port, "GET", "");
+    assert_eq!(
+        (
+            status,
+            strict_json(&list)["msg"]["manual_downs"]
+                .as_array()
+                .map(Vec::len)
+        ),
+        (200, Some(0))
+    );
+
+    let (status, body) = control(http_port, "GET", "t=ex&k=stream&u=nope&a=get");
+    assert_eq!(status, 404);
+    assert_eq!(
+        strict_json(&body)["err_msg"],
+        "unknown stream upstream \"nope\""
+    );
+    let (status, body) = control(http_port, "GET", "k=mail");
+    assert_eq!(status, 400);
+    assert_eq!(
+        strict_json(&body)["err_msg"],
+        "unknown k \"mail\", expected \"http\" or \"stream\""
+    );
+
+    let del = format!("t=gray&k=stream&u=db&p={}&a=del", a.addr());
+    assert_eq!(control(http_port, "POST", &del).0, 200);
+    for _ in 0..10 {
+        assert_eq!(session(stream_port, "SET k v\n"), "+OK\r\n");
+    }
+    assert!(
+        a.client_lines() > before,
+        "the peer put back gets sessions again"
+    );
+    nginx.stop();
+}

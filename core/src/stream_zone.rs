@@ -53,6 +53,8 @@ pub struct StreamUpstream {
     pub primaries: u32,
     /// 0: unchecked, 1: tcp, 2: udp.
     pub kind: u32,
+    /// 1 when its checks start peers down (`default_down`): a restart of its checks does.
+    pub default_down: u32,
     pub name: NameRef,
 }
 

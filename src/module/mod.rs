@@ -42,6 +42,7 @@ mod process;
 mod ramp;
 mod response_writer;
 mod status_handler;
+mod stream_control;
 mod stream_status;
 mod tick;
 mod tls;

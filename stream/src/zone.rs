@@ -293,6 +293,7 @@ unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_void
             npeers: up.peers.len() as u32,
             primaries: up.primaries as u32,
             kind: StreamUpstream::kind_of(up.check.as_ref().map(|c| c.kind)),
+            default_down: up.check.as_ref().is_some_and(|c| c.params.default_down) as u32,
             name: put_name(&up.name),
         };
         // SAFETY: ui < nup records allocated above.
