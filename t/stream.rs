@@ -451,3 +451,35 @@ fn the_control_api_takes_stream_peers_out_with_k_stream() {
     );
     nginx.stop();
 }
+
+#[test]
+fn keepalive_carries_several_probes_per_connection_and_survives_a_peer_closing_it() {
+    let redis = LineBackend::new();
+    let http_port = free_port();
+    let nginx = start(
+        &upstream_block(
+            "db",
+            &[redis.addr()],
+            "upstream_healthcheck interval=50ms fall=1 rise=1 keepalive=5;\n    \
+             upstream_healthcheck_send \"PING\\r\\n\";\n    upstream_healthcheck_expect \"+PONG\";",
+        ),
+        http_port,
+    );
+    wait_until(DEADLINE, "20 probes", || redis.pings() >= 20);
+    let (pings, connections) = (redis.pings(), redis.connections());
+    assert!(
+        connections <= pings / 5 + 2,
+        "{connections} connections for {pings} probes with keepalive=5"
+    );
+    // A server that closes idle connections: the probe finds its kept connection closed and
+    // connects anew, without a failure.
+    redis.set_close_after_ping(true);
+    let pings = redis.pings();
+    wait_until(DEADLINE, "20 more probes", || redis.pings() >= pings + 20);
+    assert!(
+        lines_with(&nginx.error_log(), "is DOWN").is_empty(),
+        "{}",
+        nginx.error_log()
+    );
+    nginx.stop();
+}

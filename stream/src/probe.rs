@@ -16,11 +16,13 @@ use ngx::ffi::{
     NGX_DECLINED, NGX_OK, SOL_SOCKET, SO_ERROR,
 };
 use upstream_healthcheck_core::outcome::{classify_connect_errno, ConnectError, Failure, Outcome};
+use upstream_healthcheck_core::policy::connection_reusable;
 use upstream_healthcheck_core::schedule::timeout_is_verdict;
 use upstream_healthcheck_core::stream::{Expect, Judgement, StreamType, EXPECT_WINDOW};
 
+use crate::keepalive;
 use crate::log::hc_debug;
-use crate::worker::{finish, with_any_worker, Worker};
+use crate::worker::{exiting, finish, with_any_worker, Worker};
 
 /// How a probe ended.
 pub enum Ended {
@@ -51,6 +53,12 @@ pub struct Probe {
     /// The answer so far (tcp), at most the expectation's window.
     answer: Vec<u8>,
     timeout_ms: u64,
+    /// `keepalive=N`: probes one connection may carry (0: a connection per probe).
+    keepalive: u32,
+    /// Probes the connection carried before this one.
+    carried: u32,
+    /// The connection was kept idle from an earlier probe.
+    reused: bool,
     sockaddr: sockaddr_storage,
     name: ngx_str_t,
     pc: ngx_peer_connection_t,
@@ -60,10 +68,22 @@ pub struct Probe {
 enum Next {
     Wait,
     End(Ended),
+    /// A kept connection turned out closed by the peer before any answer: connect anew.
+    Reconnect,
 }
 
 fn failed(f: Failure) -> Next {
     Next::End(Ended::Outcome(Outcome::failed(f, None)))
+}
+
+/// A failure of the connection itself: on a kept connection before any answer, the peer
+/// closed it while idle, so the probe connects anew instead.
+fn broken(probe: &Probe, f: Failure) -> Next {
+    if probe.reused && probe.answer.is_empty() {
+        Next::Reconnect
+    } else {
+        failed(f)
+    }
 }
 
 fn passed() -> Next {
@@ -71,15 +91,16 @@ fn passed() -> Next {
 }
 
 /// Starts the probe of `slot`: `None` when it is in flight (it reports to `worker::finish`
-/// when it ends), or how it ended at once.
-pub fn start(w: &mut Worker, slot: usize) -> Option<Ended> {
+/// when it ends), or how it ended at once and whether its connection was kept.
+pub fn start(w: &mut Worker, slot: usize) -> Option<(Ended, bool)> {
     let (up, check, peer) = w.check_of(slot)?;
     let rr = w.targets[slot].rr;
     if rr.is_null() {
-        return Some(Ended::Local(format!(
+        let why = format!(
             "peer {} of stream upstream \"{}\" was not found among nginx's peers",
             peer.name, up.name
-        )));
+        );
+        return Some((Ended::Local(why), false));
     }
     let mut probe = Box::new(Probe {
         index: 0,
@@ -92,6 +113,9 @@ pub fn start(w: &mut Worker, slot: usize) -> Option<Ended> {
         sent: 0,
         answer: Vec::new(),
         timeout_ms: check.params.timeout_ms,
+        keepalive: check.params.keepalive,
+        carried: 0,
+        reused: false,
         // SAFETY: all-zero is a valid (empty) sockaddr_storage.
         sockaddr: unsafe { zeroed() },
         name: ngx_str_t::default(),
@@ -121,13 +145,37 @@ pub fn start(w: &mut Worker, slot: usize) -> Option<Ended> {
     if probe.kind == StreamType::Udp {
         probe.pc.type_ = libc::SOCK_DGRAM;
     }
+    let idle = keepalive::take(w, slot);
     let p = Box::into_raw(probe);
-    // SAFETY: p is the fresh probe, owned here until it is listed below or freed.
-    match unsafe { connect(p) } {
+    // SAFETY: p is the fresh probe, owned here until it is listed below or freed; an idle
+    // connection is open and now the probe's.
+    let next = unsafe {
+        match idle {
+            Some(idle) => {
+                (*p).reused = true;
+                (*p).carried = idle.carried;
+                (*p).stage = Stage::Sending;
+                attach(p, idle.c);
+                drive(p, idle.c)
+            }
+            None => connect(p),
+        }
+    };
+    // SAFETY: p is live.
+    let next = match next {
+        Next::Reconnect => unsafe { reconnect(p) },
+        next => next,
+    };
+    match next {
         Next::End(ended) => {
-            // SAFETY: p ended before anyone else saw it.
-            unsafe { release(p) };
-            Some(ended)
+            // SAFETY: p ended before anyone else saw it; its connection may be kept.
+            let kept = unsafe { release(p, &ended, Some(w)) };
+            Some((ended, kept))
+        }
+        Next::Reconnect => {
+            // SAFETY: as above (reconnect never answers Reconnect).
+            unsafe { release(p, &Ended::Local(String::new()), None) };
+            Some((Ended::Local("reconnect loop".into()), false))
         }
         Next::Wait => {
             // SAFETY: p is live and in flight: the worker's list owns it from here.
@@ -164,20 +212,58 @@ unsafe fn connect(p: *mut Probe) -> Next {
         ));
     }
     // SAFETY: c is the probe's new connection, with no timer.
-    unsafe {
-        (*c).data = p as *mut c_void;
-        (*(*c).read).handler = Some(on_event);
-        (*(*c).write).handler = Some(on_event);
-        (*(*c).read).set_cancelable(1);
-        (*(*c).write).set_cancelable(1);
-        ngx::ffi::ngx_add_timer((*c).read, probe.timeout_ms.max(1) as _);
-    }
+    unsafe { attach(p, c) };
     if rc == NGX_OK as isize {
         // Connected at once (udp): it may end right here.
         // SAFETY: p and c are the live probe and its connection.
         return unsafe { drive(p, c) };
     }
     Next::Wait
+}
+
+/// Makes `c` the probe's connection: its handlers, its data and what is left of the timeout.
+///
+/// # Safety
+/// `p` must be a live probe and `c` an open connection with no timer.
+unsafe fn attach(p: *mut Probe, c: *mut ngx_connection_t) {
+    // SAFETY: per the contract.
+    unsafe {
+        let probe = &mut *p;
+        probe.pc.connection = c;
+        (*c).data = p as *mut c_void;
+        (*c).log = probe.pc.log;
+        (*(*c).read).log = probe.pc.log;
+        (*(*c).write).log = probe.pc.log;
+        (*(*c).read).handler = Some(on_event);
+        (*(*c).write).handler = Some(on_event);
+        (*(*c).read).set_cancelable(1);
+        (*(*c).write).set_cancelable(1);
+        let spent = probe.started.elapsed().as_millis() as u64;
+        let left = probe.timeout_ms.saturating_sub(spent).max(1);
+        ngx::ffi::ngx_add_timer((*c).read, left as _);
+    }
+}
+
+/// Closes a kept connection found closed and connects anew, within the same probe.
+///
+/// # Safety
+/// `p` must be a live probe whose connection is open.
+unsafe fn reconnect(p: *mut Probe) -> Next {
+    // SAFETY: per the contract.
+    let probe = unsafe { &mut *p };
+    // SAFETY: the probe's own open connection; it is gone after this.
+    unsafe { ngx_close_connection(probe.pc.connection) };
+    probe.pc.connection = ptr::null_mut();
+    probe.reused = false;
+    probe.carried = 0;
+    probe.sent = 0;
+    probe.answer.clear();
+    probe.stage = Stage::Connecting;
+    // SAFETY: per the contract, now without a connection.
+    match unsafe { connect(p) } {
+        Next::Reconnect => Next::End(Ended::Local("reconnect loop".into())),
+        next => next,
+    }
 }
 
 /// Read and write handler of probe connections.
@@ -199,6 +285,10 @@ extern "C" fn on_event(ev: *mut ngx_event_t) {
             }
         } else {
             drive(p, c)
+        };
+        let next = match next {
+            Next::Reconnect => reconnect(p),
+            next => next,
         };
         if let Next::End(ended) = next {
             end(p, ended);
@@ -222,21 +312,50 @@ unsafe fn end(p: *mut Probe, ended: Ended) {
             }
         }
     });
-    // SAFETY: p is off the list and referenced nowhere else now.
-    unsafe { release(p) };
-    crate::worker::with_worker(|w| finish(w, slot, ended, started));
+    let mut ended = Some(ended);
+    crate::worker::with_worker(|w| {
+        let Some(ended) = ended.take() else { return };
+        // SAFETY: p is off the list and referenced nowhere else now.
+        let kept = unsafe { release(p, &ended, Some(w)) };
+        finish(w, slot, ended, started, kept)
+    });
+    if let Some(ended) = ended {
+        // SAFETY: as above; no worker to keep the connection in, nor to record the result.
+        unsafe { release(p, &ended, None) };
+    }
 }
 
-/// Closes a probe's connection (with its timer and events) and frees it.
+/// Frees a probe that ended: its connection is kept idle in `w` when it passed and may carry
+/// another probe (`keepalive=N`, true then), closed (with its timer and events) otherwise.
 ///
 /// # Safety
 /// `p` must be a live probe referenced nowhere else.
-unsafe fn release(p: *mut Probe) {
+unsafe fn release(p: *mut Probe, ended: &Ended, w: Option<&mut Worker>) -> bool {
     // SAFETY: per the contract; p came from Box::into_raw.
     let probe = unsafe { Box::from_raw(p) };
-    if !probe.pc.connection.is_null() {
-        // SAFETY: the probe's own open connection.
-        unsafe { ngx_close_connection(probe.pc.connection) };
+    let c = probe.pc.connection;
+    if c.is_null() {
+        return false;
+    }
+    let carried = probe.carried.saturating_add(1);
+    let passed = matches!(ended, Ended::Outcome(o) if o.failure.is_none());
+    let reusable = probe.kind == StreamType::Tcp && !probe.send.is_empty() && passed;
+    match w {
+        Some(w) if !exiting() && connection_reusable(reusable, carried, probe.keepalive) => {
+            // SAFETY: the probe's own open connection; its timer goes, the worker keeps it.
+            unsafe {
+                if (*(*c).read).timer_set() != 0 {
+                    ngx::ffi::ngx_del_timer((*c).read);
+                }
+                keepalive::park(w, probe.slot, c, carried);
+            }
+            true
+        }
+        _ => {
+            // SAFETY: the probe's own open connection.
+            unsafe { ngx_close_connection(c) };
+            false
+        }
     }
 }
 
@@ -246,7 +365,7 @@ unsafe fn release(p: *mut Probe) {
 /// `p` must be a live probe taken off the worker's list.
 pub unsafe fn abort(p: *mut Probe) {
     // SAFETY: per the contract.
-    unsafe { release(p) };
+    unsafe { release(p, &Ended::Local(String::new()), None) };
 }
 
 fn set_errno(v: i32) {
@@ -359,7 +478,7 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) -> Next {
                 }
                 return Next::Wait;
             }
-            return failed(io_failure(err));
+            return broken(probe, io_failure(err));
         }
         if let Some(next) = after_send(probe) {
             return next;
@@ -391,7 +510,7 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) -> Next {
                 return Next::Wait;
             }
             hc_debug!("stream probe recv() failed ({err})");
-            return failed(io_failure(err));
+            return broken(probe, io_failure(err));
         }
         let got = &buf[..n as usize];
         if probe.kind == StreamType::Udp {
@@ -406,6 +525,9 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) -> Next {
         let Some(expect) = probe.expect else {
             return passed();
         };
+        if closed && probe.answer.is_empty() && probe.reused {
+            return Next::Reconnect;
+        }
         match expect.judge(&probe.answer, closed) {
             Judgement::Met => return passed(),
             Judgement::Refuted if closed && probe.answer.is_empty() => {

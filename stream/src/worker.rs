@@ -5,6 +5,7 @@
 use core::cell::Cell;
 use core::ptr;
 use core::sync::atomic::Ordering;
+use std::collections::HashMap;
 use std::time::Instant;
 
 use ngx::ffi::{
@@ -22,6 +23,7 @@ use upstream_healthcheck_core::stream::failure_text;
 use upstream_healthcheck_core::stream_zone::StreamZone;
 
 use crate::conf::{main_conf, Check, MainConf, PeerConf, UpstreamConf};
+use crate::keepalive::{self, Idle};
 use crate::log::{hc_debug, hc_log};
 use crate::peers::{self, Target};
 use crate::probe::{self, Ended, Probe};
@@ -53,6 +55,8 @@ pub struct Worker {
     pub batch_ms: u64,
     /// Probes gave no verdict for a local reason since the last verdict: logged once.
     pub local_run: bool,
+    /// Idle probe connections by slot (`keepalive=N`).
+    pub idle: HashMap<usize, Idle>,
 }
 
 impl Worker {
@@ -175,6 +179,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                 .unwrap_or(0),
         ),
         local_run: false,
+        idle: HashMap::new(),
     }));
     // SAFETY: w is a fresh, exclusively owned allocation; the event is set up before it is
     // armed, and WORKER is only touched from this single-threaded process.
@@ -216,6 +221,7 @@ fn stop() {
         for p in core::mem::take(&mut (*w).probes) {
             probe::abort(p);
         }
+        keepalive::close_all(&mut *w);
         drop(Box::from_raw(w));
     }
 }
@@ -223,6 +229,7 @@ fn stop() {
 /// The timer's handler.
 extern "C" fn on_tick(_ev: *mut ngx_event_t) {
     if exiting() {
+        with_any_worker(keepalive::close_all);
         return; // never re-armed once nginx is exiting
     }
     if with_any_worker(|w| w.is_stale()) == Some(true) {
@@ -318,15 +325,15 @@ fn scan(w: &mut Worker) {
         }
         w.queue.started();
         let started = Instant::now();
-        if let Some(ended) = probe::start(w, slot) {
-            finish(w, slot, ended, started);
+        if let Some((ended, kept)) = probe::start(w, slot) {
+            finish(w, slot, ended, started, kept);
         }
     }
 }
 
 /// Records the end of the probe of `slot`: its verdict, or no verdict for a local error; logs
 /// and applies a change of verdict; plans the next probe.
-pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
+pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept: bool) {
     w.queue.ended();
     let Some((up, check, peer)) = w.check_of(slot) else {
         return;
@@ -375,6 +382,7 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant) {
         let interval = next_interval_ms(p, &s.health);
         s.sched
             .finish(now, w.pid, interval, p.jitter_ms, ngx_random() as u64);
+        s.sched.keep_prober(w.pid, kept);
         let (health, next) = (s.health, s.sched.next_due_ms);
         locked.upstreams()[ui]
             .probe_durations

@@ -13,6 +13,9 @@ struct LineShared {
     connections: AtomicUsize,
     /// Lines other than `PING` (client traffic through nginx).
     client_lines: AtomicUsize,
+    pings: AtomicUsize,
+    /// Close each connection after answering a `PING` (a server with a short idle timeout).
+    close_after_ping: AtomicBool,
     shutdown: AtomicBool,
 }
 
@@ -45,6 +48,8 @@ impl LineBackend {
             failing: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             client_lines: AtomicUsize::new(0),
+            pings: AtomicUsize::new(0),
+            close_after_ping: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
         });
         let s = Arc::clone(&shared);
@@ -68,6 +73,16 @@ impl LineBackend {
     /// Lines other than `PING` received: client traffic proxied by nginx.
     pub fn client_lines(&self) -> usize {
         self.shared.client_lines.load(Ordering::SeqCst)
+    }
+
+    /// `PING` lines received (probes).
+    pub fn pings(&self) -> usize {
+        self.shared.pings.load(Ordering::SeqCst)
+    }
+
+    /// Close each connection right after answering a `PING` (true), or keep it open.
+    pub fn set_close_after_ping(&self, close: bool) {
+        self.shared.close_after_ping.store(close, Ordering::SeqCst);
     }
 
     /// Accepted connections, probes and clients.
@@ -132,7 +147,9 @@ fn serve_lines(s: Arc<LineShared>, mut stream: TcpStream) {
         pending.extend_from_slice(&buf[..n]);
         while let Some(i) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=i).collect();
-            let answer: &[u8] = if line.starts_with(b"PING") {
+            let ping = line.starts_with(b"PING");
+            let answer: &[u8] = if ping {
+                s.pings.fetch_add(1, Ordering::SeqCst);
                 if s.failing.load(Ordering::SeqCst) {
                     b"-ERR not ready\r\n"
                 } else {
@@ -143,6 +160,9 @@ fn serve_lines(s: Arc<LineShared>, mut stream: TcpStream) {
                 b"+OK\r\n"
             };
             if stream.write_all(answer).is_err() {
+                return;
+            }
+            if ping && s.close_after_ping.load(Ordering::SeqCst) {
                 return;
             }
         }
