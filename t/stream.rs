@@ -483,3 +483,34 @@ fn keepalive_carries_several_probes_per_connection_and_survives_a_peer_closing_i
     );
     nginx.stop();
 }
+
+#[test]
+fn four_workers_probe_each_peer_once_per_interval() {
+    let redis = LineBackend::new();
+    let http_port = free_port();
+    let nginx = Nginx::start_with(
+        &format!(
+            "worker_processes 4;\n{}",
+            stream_main(&upstream_block(
+                "db",
+                &[redis.addr()],
+                "upstream_healthcheck interval=200ms;\n    \
+                 upstream_healthcheck_send \"PING\\r\\n\";\n    \
+                 upstream_healthcheck_expect \"+PONG\";",
+            ))
+        ),
+        &format!("server {{ listen 127.0.0.1:{http_port}; }}"),
+    );
+    wait_until(DEADLINE, "the first probe", || redis.pings() >= 1);
+    let (start, t0) = (redis.pings(), std::time::Instant::now());
+    wait_until(DEADLINE, "2 s of probes", || {
+        t0.elapsed() >= Duration::from_secs(2)
+    });
+    let probes = redis.pings() - start;
+    let intervals = (t0.elapsed().as_millis() / 200) as usize;
+    assert!(
+        probes <= intervals + 2 && probes + 3 >= intervals,
+        "{probes} probes in {intervals} intervals with 4 workers"
+    );
+    nginx.stop();
+}

@@ -179,7 +179,7 @@ pub fn render_conf(prefix: &Path, main_extra: &str, http_body: &str) -> String {
     )
 }
 
-/// Ports of every `listen 127.0.0.1:PORT` in a config.
+/// Ports of every `listen 127.0.0.1:PORT` (not `udp`) in a config.
 fn listen_ports(conf: &str) -> Vec<u16> {
     let mut ports = Vec::new();
     let mut rest = conf;
@@ -191,7 +191,12 @@ fn listen_ports(conf: &str) -> Vec<u16> {
         }
         if let Some(addr) = t.strip_prefix("127.0.0.1:") {
             let digits: String = addr.chars().take_while(|c| c.is_ascii_digit()).collect();
-            if let Ok(port) = digits.parse::<u16>() {
+            // A `listen ... udp` (stream) takes no connections to wait for.
+            let udp = addr
+                .split(';')
+                .next()
+                .is_some_and(|l| l.split_whitespace().any(|w| w == "udp"));
+            if let (Ok(port), false) = (digits.parse::<u16>(), udp) {
                 if !ports.contains(&port) {
                     ports.push(port);
                 }

@@ -41,7 +41,11 @@ fn bind_tcp(port: u16) -> TcpListener {
 
 impl LineBackend {
     pub fn new() -> LineBackend {
-        let port = free_port();
+        LineBackend::on_port(free_port())
+    }
+
+    /// A Redis-like server on `port`.
+    pub fn on_port(port: u16) -> LineBackend {
         let shared = Arc::new(LineShared {
             port,
             listener: Mutex::new(Some(bind_tcp(port))),
@@ -187,7 +191,12 @@ pub const DATAGRAM_TAIL: &[u8] = b"\x81\x80";
 
 impl DatagramBackend {
     pub fn new() -> DatagramBackend {
-        let socket = UdpSocket::bind(("127.0.0.1", free_port())).expect("bind udp");
+        DatagramBackend::on_port(free_port())
+    }
+
+    /// A DNS-like server on UDP `port`.
+    pub fn on_port(port: u16) -> DatagramBackend {
+        let socket = UdpSocket::bind(("127.0.0.1", port)).expect("bind udp");
         socket
             .set_read_timeout(Some(Duration::from_millis(20)))
             .expect("udp timeout");
