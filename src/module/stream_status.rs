@@ -2,9 +2,8 @@
 //! among the cycle's shared memory zones (no link-time tie between the two modules; the layout
 //! is the core's `stream_zone`), read and written under the zone's own lock.
 
-use ngx::ffi::{
-    ngx_cycle, ngx_list_part_t, ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_pool_t,
-};
+use ngx::ffi::{ngx_cycle, ngx_slab_pool_t};
+use upstream_healthcheck_glue::shm::{find_zone as find_zone_named, ShmLock};
 
 use crate::control::ttl_left;
 use crate::policy::PeerFacts;
@@ -13,46 +12,21 @@ use crate::stream_zone::{StreamZone, ZONE_NAME};
 
 /// The stream module's zone in the running cycle, when it runs and checks something.
 pub fn find_zone() -> Option<&'static StreamZone> {
-    // SAFETY: ngx_cycle is the running cycle; its shared memory list holds nelts zones per
-    // part, mapped for the cycle's life.
+    // SAFETY: ngx_cycle is the running cycle.
+    let z = unsafe { find_zone_named(ngx_cycle, ZONE_NAME, None, core::ptr::null()) }?;
+    let pool = z.shm.addr as *const ngx_slab_pool_t;
+    // SAFETY: the zone is mapped for the cycle; its slab pool's data is its header once its
+    // init ran (checked for the layout's magic and version).
     unsafe {
-        let mut part: *const ngx_list_part_t = &(*ngx_cycle).shared_memory.part;
-        while let Some(p) = part.as_ref() {
-            if !p.elts.is_null() {
-                let zones = core::slice::from_raw_parts(p.elts as *const ngx_shm_zone_t, p.nelts);
-                for z in zones {
-                    if z.shm.name.as_bytes() == ZONE_NAME.as_bytes() {
-                        let pool = z.shm.addr as *const ngx_slab_pool_t;
-                        // The slab pool's data is the zone's header once its init ran.
-                        return pool
-                            .as_ref()
-                            .and_then(|pool| StreamZone::checked(pool.data as *const StreamZone));
-                    }
-                }
-            }
-            part = p.next;
-        }
+        pool.as_ref()
+            .and_then(|p| StreamZone::checked(p.data as *const StreamZone))
     }
-    None
-}
-
-/// Holds the stream zone's lock.
-pub struct StreamLocked<'a> {
-    pub zone: &'a StreamZone,
 }
 
 /// Takes the stream zone's lock (its slab pool's mutex, as the stream module does).
-pub fn lock(zone: &StreamZone) -> StreamLocked<'_> {
+pub fn lock(zone: &StreamZone) -> ShmLock {
     // SAFETY: shpool is the zone's slab pool, mapped for the life of the cycle.
-    unsafe { ngx_shmtx_lock(&mut (*(zone.shpool as *mut ngx_slab_pool_t)).mutex) };
-    StreamLocked { zone }
-}
-
-impl Drop for StreamLocked<'_> {
-    fn drop(&mut self) {
-        // SAFETY: this guard holds the lock taken in `lock`.
-        unsafe { ngx_shmtx_unlock(&mut (*(self.zone.shpool as *mut ngx_slab_pool_t)).mutex) };
-    }
+    unsafe { ShmLock::lock(zone.shpool as *mut ngx_slab_pool_t) }
 }
 
 /// The names of the stream upstreams, in configuration order (in the zone: they live as long

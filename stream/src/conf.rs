@@ -2,16 +2,15 @@
 //! configuration errors, and postconfiguration: every stream upstream block as the module sees
 //! it, the shared zone, and the wrapped balancer init.
 
-use core::ffi::{c_char, c_void};
-use core::fmt::Display;
+use core::ffi::c_void;
 use core::ptr;
 use std::collections::HashMap;
 
-use ngx::core::{Pool, Status, NGX_CONF_ERROR};
+use ngx::core::{Pool, Status};
 use ngx::ffi::{
     ngx_conf_t, ngx_int_t, ngx_shm_zone_t, ngx_stream_conf_ctx_t, ngx_stream_upstream_init_peer_pt,
     ngx_stream_upstream_main_conf_t, ngx_stream_upstream_module, ngx_stream_upstream_rr_peers_t,
-    ngx_stream_upstream_server_t, ngx_stream_upstream_srv_conf_t, ngx_uint_t, NGX_LOG_EMERG,
+    ngx_stream_upstream_server_t, ngx_stream_upstream_srv_conf_t,
 };
 use upstream_healthcheck_core::config::CheckParams;
 use upstream_healthcheck_core::key::peer_key;
@@ -20,42 +19,10 @@ use upstream_healthcheck_core::stream::{
 };
 use upstream_healthcheck_core::stream_zone::StreamZone;
 
+use upstream_healthcheck_glue::conf::{conf_error_at, ConfPos};
+
 use crate::peers::{self, live_peers};
 use crate::zone;
-
-/// Where a directive was written, for errors found after the whole block was read.
-#[derive(Clone, Debug, Default)]
-pub struct ConfPos {
-    pub file: String,
-    pub line: ngx_uint_t,
-}
-
-impl ConfPos {
-    /// The position of the directive nginx is parsing now.
-    pub fn here(cf: &ngx_conf_t) -> ConfPos {
-        // SAFETY: while a directive is parsed, cf->conf_file points to the open file.
-        let Some(file) = (unsafe { cf.conf_file.as_ref() }) else {
-            return ConfPos::default();
-        };
-        ConfPos {
-            file: String::from_utf8_lossy(file.file.name.as_bytes()).into_owned(),
-            line: file.line,
-        }
-    }
-}
-
-/// Reports a configuration error at the directive being parsed, as nginx's own modules do.
-pub fn conf_error(cf: *mut ngx_conf_t, err: impl Display) -> *mut c_char {
-    ngx::ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", err);
-    NGX_CONF_ERROR
-}
-
-/// Reports a configuration error found after parsing, at the position it was written.
-pub fn conf_error_at(cf: *mut ngx_conf_t, pos: &ConfPos, err: impl Display) {
-    // SAFETY: cf is the live configuration context passed to postconfiguration.
-    let log = unsafe { (*cf).log };
-    ngx::ngx_log_error!(NGX_LOG_EMERG, log, "{} in {}:{}", err, pos.file, pos.line);
-}
 
 /// `stream {}` level: the upstreams built after parsing and the zone.
 pub struct MainConf {

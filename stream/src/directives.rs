@@ -12,7 +12,9 @@ use ngx::ngx_string;
 use upstream_healthcheck_core::parse::ParseError;
 use upstream_healthcheck_core::stream::{parse_expect, parse_send, parse_stream_healthcheck};
 
-use crate::conf::{conf_error, ConfPos, SrvConf};
+use upstream_healthcheck_glue::conf::{args, conf_error, ConfPos};
+
+use crate::conf::SrvConf;
 
 type SetFn = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
@@ -48,17 +50,6 @@ pub static mut COMMANDS: [ngx_command_t; 4] = [
     ),
     ngx_command_t::empty(),
 ];
-
-/// The directive's name and arguments.
-///
-/// # Safety
-/// `cf` must be the context of the directive being parsed.
-unsafe fn args<'a>(cf: *mut ngx_conf_t) -> (&'a [u8], Vec<&'a [u8]>) {
-    // SAFETY: nginx fills cf->args with the directive and its arguments before calling set.
-    let all: &[ngx_str_t] = unsafe { (*(*cf).args).as_slice() };
-    let name = all.first().map(|s| s.as_bytes()).unwrap_or_default();
-    (name, all.iter().skip(1).map(|s| s.as_bytes()).collect())
-}
 
 /// Parses a directive that may appear once into this upstream's conf: `is duplicate` the
 /// second time, the parser's message when the arguments are bad.

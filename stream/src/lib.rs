@@ -9,7 +9,6 @@ use ngx::ffi::{ngx_module_t, ngx_stream_module_t, NGX_STREAM_MODULE};
 mod conf;
 mod directives;
 mod keepalive;
-mod log;
 mod peers;
 mod probe;
 mod worker;

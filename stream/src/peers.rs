@@ -14,9 +14,9 @@ use upstream_healthcheck_core::journal::{self, Change, Pending};
 use upstream_healthcheck_core::policy::PeerFacts;
 
 use crate::conf::{srv_conf, MainConf};
-use crate::log::hc_log;
 use crate::worker::{with_worker, Worker};
 use crate::zone;
+use upstream_healthcheck_glue::hc_log;
 
 /// The live nginx peer behind one slot.
 pub struct Target {

@@ -9,20 +9,21 @@ use core::ptr;
 use std::time::Instant;
 
 use ngx::ffi::{
-    getsockopt, ngx_close_connection, ngx_connection_t, ngx_event_connect_peer, ngx_event_get_peer,
+    ngx_close_connection, ngx_connection_t, ngx_event_connect_peer, ngx_event_get_peer,
     ngx_event_t, ngx_handle_read_event, ngx_handle_write_event, ngx_peer_connection_t,
-    ngx_socket_errno, ngx_str_t, recv, send, sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage,
-    socklen_t, AF_INET, AF_INET6, EAGAIN, ECONNREFUSED, EINTR, MSG_NOSIGNAL, NGX_AGAIN,
-    NGX_DECLINED, NGX_OK, SOL_SOCKET, SO_ERROR,
+    ngx_socket_errno, ngx_str_t, recv, send, sockaddr, sockaddr_storage, socklen_t, EAGAIN, EINTR,
+    MSG_NOSIGNAL, NGX_AGAIN, NGX_DECLINED, NGX_OK,
 };
 use upstream_healthcheck_core::outcome::{classify_connect_errno, ConnectError, Failure, Outcome};
 use upstream_healthcheck_core::policy::connection_reusable;
 use upstream_healthcheck_core::schedule::timeout_is_verdict;
 use upstream_healthcheck_core::stream::{Expect, Judgement, StreamType, EXPECT_WINDOW};
 
+use upstream_healthcheck_glue::socket::{io_failure, set_errno, set_port, socket_error, strerror};
+
 use crate::keepalive;
-use crate::log::hc_debug;
 use crate::worker::{exiting, finish, with_any_worker, Worker};
+use upstream_healthcheck_glue::hc_debug;
 
 /// How a probe ended.
 pub enum Ended {
@@ -202,7 +203,9 @@ unsafe fn connect(p: *mut Probe) -> Next {
         let err = ngx_socket_errno();
         return Next::End(match classify_connect_errno(err) {
             ConnectError::Peer(f) => Ended::Outcome(Outcome::failed(f, None)),
-            ConnectError::Local => Ended::Local(format!("connect() failed ({err})")),
+            ConnectError::Local => {
+                Ended::Local(format!("connect() failed ({err}: {})", strerror(err)))
+            }
         });
     }
     if (rc != NGX_OK as isize && rc != NGX_AGAIN as isize) || c.is_null() {
@@ -366,51 +369,6 @@ unsafe fn release(p: *mut Probe, ended: &Ended, w: Option<&mut Worker>) -> bool 
 pub unsafe fn abort(p: *mut Probe) {
     // SAFETY: per the contract.
     unsafe { release(p, &Ended::Local(String::new()), None) };
-}
-
-fn set_errno(v: i32) {
-    // SAFETY: errno is this thread's own.
-    unsafe { *libc::__errno_location() = v };
-}
-
-/// Puts `port` into an IPv4 or IPv6 address.
-fn set_port(sa: &mut sockaddr_storage, port: u16) {
-    // SAFETY: the family says which layout the storage holds; both fit in sockaddr_storage.
-    unsafe {
-        match sa.ss_family as u32 {
-            AF_INET => (*(sa as *mut _ as *mut sockaddr_in)).sin_port = port.to_be(),
-            AF_INET6 => (*(sa as *mut _ as *mut sockaddr_in6)).sin6_port = port.to_be(),
-            _ => {}
-        }
-    }
-}
-
-fn socket_error(c: &ngx_connection_t) -> i32 {
-    let mut err: i32 = 0;
-    let mut len = size_of::<i32>() as socklen_t;
-    // SAFETY: fd is the connection's socket; err and len are valid out-parameters.
-    let rc = unsafe {
-        getsockopt(
-            c.fd,
-            SOL_SOCKET as i32,
-            SO_ERROR as i32,
-            &mut err as *mut i32 as *mut c_void,
-            &mut len,
-        )
-    };
-    if rc == -1 {
-        ngx_socket_errno()
-    } else {
-        err
-    }
-}
-
-fn io_failure(err: i32) -> Failure {
-    if err == ECONNREFUSED as i32 {
-        Failure::Refused
-    } else {
-        Failure::Reset
-    }
 }
 
 /// After the send: what a probe without an expectation concludes, or read on.

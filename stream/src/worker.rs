@@ -9,25 +9,24 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use ngx::ffi::{
-    ngx_current_msec, ngx_cycle, ngx_cycle_t, ngx_event_t, ngx_exiting, ngx_int_t, ngx_log_t,
-    ngx_pid, ngx_process, ngx_quit, ngx_random, ngx_stream_conf_ctx_t, ngx_stream_module,
-    ngx_terminate, ngx_timeofday, NGX_LOG_EMERG, NGX_OK, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
+    ngx_cycle, ngx_cycle_t, ngx_event_t, ngx_exiting, ngx_int_t, ngx_log_t, ngx_pid, ngx_process,
+    ngx_quit, ngx_random, ngx_stream_conf_ctx_t, ngx_stream_module, ngx_terminate, ngx_timeofday,
+    NGX_LOG_EMERG, NGX_OK, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
 };
 use upstream_healthcheck_core::escape::LogEscaped;
 use upstream_healthcheck_core::health::Transition;
 use upstream_healthcheck_core::journal::Change;
-use upstream_healthcheck_core::schedule::{
-    batch_ms, next_interval_ms, rearm, DueQueue, MAX_TICK_MS,
-};
+use upstream_healthcheck_core::schedule::{batch_ms, next_interval_ms, DueQueue};
 use upstream_healthcheck_core::stream::failure_text;
 use upstream_healthcheck_core::stream_zone::StreamZone;
 
 use crate::conf::{main_conf, Check, MainConf, PeerConf, UpstreamConf};
 use crate::keepalive::{self, Idle};
-use crate::log::{hc_debug, hc_log};
 use crate::peers::{self, Target};
 use crate::probe::{self, Ended, Probe};
 use crate::zone;
+use upstream_healthcheck_glue::timer;
+use upstream_healthcheck_glue::{hc_debug, hc_log};
 
 /// How soon a probe that gave no verdict for a local reason is tried again.
 const LOCAL_RETRY_MS: u64 = 1000;
@@ -78,11 +77,7 @@ impl Worker {
     }
 }
 
-/// nginx's cached monotonic time in milliseconds.
-pub fn now_msec() -> u64 {
-    // SAFETY: a plain read of nginx's cached time, written only by this process's event loop.
-    unsafe { ngx_current_msec as u64 }
-}
+pub use upstream_healthcheck_glue::timer::now_msec;
 
 /// nginx's cached wall-clock time in Unix milliseconds.
 fn unix_msec() -> u64 {
@@ -279,20 +274,9 @@ fn expire(w: &mut Worker, now: u64) {
 
 /// Makes the timer fire at `at_ms` (monotonic) or earlier.
 fn arm(w: &mut Worker, at_ms: u64) {
-    if exiting() {
-        return;
+    if !exiting() {
+        timer::arm(&mut w.timer, at_ms);
     }
-    let now = now_msec();
-    let armed_at = (w.timer.timer_set() != 0).then_some(w.timer.timer.key as u64);
-    let Some(at) = rearm(armed_at, at_ms.clamp(now + 1, now + MAX_TICK_MS)) else {
-        return;
-    };
-    if armed_at.is_some() {
-        // SAFETY: deleting this worker's own armed timer.
-        unsafe { ngx::ffi::ngx_del_timer(&mut w.timer) };
-    }
-    // SAFETY: arming this worker's own timer, which is not set now.
-    unsafe { ngx::ffi::ngx_add_timer(&mut w.timer, (at - now) as _) };
 }
 
 fn arm_next(w: &mut Worker) {

@@ -9,9 +9,8 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::collections::HashMap;
 
 use ngx::ffi::{
-    ngx_conf_t, ngx_current_msec, ngx_cycle, ngx_cycle_t, ngx_int_t, ngx_list_part_t,
-    ngx_pool_cleanup_add, ngx_shared_memory_add, ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_trylock,
-    ngx_shmtx_unlock, ngx_slab_alloc, ngx_slab_pool_t, NGX_ERROR, NGX_OK,
+    ngx_conf_t, ngx_current_msec, ngx_cycle, ngx_cycle_t, ngx_int_t, ngx_pool_cleanup_add,
+    ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t, NGX_ERROR, NGX_OK,
 };
 use upstream_healthcheck_core::health::PeerHealth;
 use upstream_healthcheck_core::journal;
@@ -20,9 +19,10 @@ use upstream_healthcheck_core::schedule::Schedule;
 use upstream_healthcheck_core::stream_zone::{
     NameRef, StreamPeer, StreamSlot, StreamUpstream, StreamZone, MAGIC, VERSION, ZONE_NAME,
 };
+use upstream_healthcheck_glue::shm::{find_zone, ShmLock};
 
 use crate::conf::MainConf;
-use crate::log::hc_log;
+use upstream_healthcheck_glue::hc_log;
 
 /// Bytes of shared memory for the zone of `main`.
 fn required_size(main: &MainConf) -> usize {
@@ -76,13 +76,16 @@ pub unsafe fn add(cf: *mut ngx_conf_t, main: &mut MainConf) -> Result<(), ()> {
 /// holding it).
 pub struct Locked<'a> {
     pub zone: &'a StreamZone,
+    _lock: ShmLock,
 }
 
 /// Takes the zone lock.
 pub fn lock(zone: &StreamZone) -> Locked<'_> {
-    // SAFETY: shpool is the zone's slab pool, mapped for the life of the cycle.
-    unsafe { ngx_shmtx_lock(&mut (*(zone.shpool as *mut ngx_slab_pool_t)).mutex) };
-    Locked { zone }
+    Locked {
+        zone,
+        // SAFETY: shpool is the zone's slab pool, mapped for the life of the cycle.
+        _lock: unsafe { ShmLock::lock(zone.shpool as *mut ngx_slab_pool_t) },
+    }
 }
 
 impl Locked<'_> {
@@ -104,13 +107,6 @@ impl Locked<'_> {
     pub fn change_at(&mut self, seq: u64) -> journal::Change {
         // SAFETY: this guard holds the lock.
         unsafe { self.zone.change_at_locked(seq) }
-    }
-}
-
-impl Drop for Locked<'_> {
-    fn drop(&mut self) {
-        // SAFETY: this guard holds the lock taken in `lock`.
-        unsafe { ngx_shmtx_unlock(&mut (*(self.zone.shpool as *mut ngx_slab_pool_t)).mutex) };
     }
 }
 
@@ -140,31 +136,12 @@ unsafe extern "C" fn undo_supersede(_data: *mut c_void) {
 /// # Safety
 /// Must run inside a zone init callback.
 unsafe fn previous_zone(this: *mut ngx_shm_zone_t) -> Option<&'static StreamZone> {
-    // SAFETY: ngx_cycle is the running (old) cycle; on first start it is the init cycle.
-    let mut part: *const ngx_list_part_t = unsafe { &(*ngx_cycle).shared_memory.part };
-    // SAFETY: this is the zone being initialized.
-    let tag = unsafe { (*this).tag };
-    while !part.is_null() {
-        // SAFETY: list parts hold nelts shm zones.
-        let zones = unsafe {
-            let p = &*part;
-            if p.elts.is_null() {
-                &[][..]
-            } else {
-                core::slice::from_raw_parts(p.elts as *const ngx_shm_zone_t, p.nelts)
-            }
-        };
-        for z in zones {
-            if z.tag == tag && !ptr::eq(z, this) && z.shm.name.as_bytes() == ZONE_NAME.as_bytes() {
-                let pool = z.shm.addr as *const ngx_slab_pool_t;
-                // SAFETY: the old zone is mapped; its slab pool's data is its header (or null).
-                return unsafe { pool.as_ref().and_then(|p| StreamZone::checked(p.data as _)) };
-            }
-        }
-        // SAFETY: parts form a null-terminated chain.
-        part = unsafe { (*part).next };
-    }
-    None
+    // SAFETY: ngx_cycle is the running (old) cycle, still mapped; on first start it is the
+    // init cycle; `this` is the zone being initialized.
+    let z = unsafe { find_zone(ngx_cycle, ZONE_NAME, Some((*this).tag), this) }?;
+    let pool = z.shm.addr as *const ngx_slab_pool_t;
+    // SAFETY: the old zone is mapped; its slab pool's data is its header (or null).
+    unsafe { pool.as_ref().and_then(|p| StreamZone::checked(p.data as _)) }
 }
 
 /// What a reload carries over from the previous zone, by key.
@@ -180,19 +157,10 @@ const LOCK_WAIT_AT_RELOAD_MS: u64 = 500;
 /// Copies the previous cycle's state (in the master, SIGCHLD blocked: a lock held by a dead
 /// worker is tried for a bounded time, then the copy is made without it).
 fn copy_previous(old: &'static StreamZone) -> Previous {
-    let shpool = old.shpool as *mut ngx_slab_pool_t;
-    let mut locked = false;
-    for waited in 0..=LOCK_WAIT_AT_RELOAD_MS {
-        // SAFETY: the old zone's slab pool, still mapped.
-        if unsafe { ngx_shmtx_trylock(&mut (*shpool).mutex) } != 0 {
-            locked = true;
-            break;
-        }
-        if waited < LOCK_WAIT_AT_RELOAD_MS {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-    }
-    if !locked {
+    // SAFETY: the old zone's slab pool, still mapped.
+    let lock =
+        unsafe { ShmLock::try_for(old.shpool as *mut ngx_slab_pool_t, LOCK_WAIT_AT_RELOAD_MS) };
+    if lock.is_none() {
         hc_log!(
             NGX_LOG_WARN,
             "the stream zone lock is held by a process that does not let go, copying the state without it"
@@ -211,10 +179,7 @@ fn copy_previous(old: &'static StreamZone) -> Previous {
         old as *const StreamZone as *mut StreamZone,
         Ordering::Release,
     );
-    if locked {
-        // SAFETY: taken above.
-        unsafe { ngx_shmtx_unlock(&mut (*shpool).mutex) };
-    }
+    drop(lock);
     previous
 }
 
