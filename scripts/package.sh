@@ -76,7 +76,8 @@ out = [
     "License: " + dep5(root["license"]),
     "",
 ]
-deps = sorted((p for p in meta["packages"] if (p["name"], p["version"]) in linked and p["id"] != root["id"]),
+# Crates from a registry: the workspace's own members (the pure core) are the module's source.
+deps = sorted((p for p in meta["packages"] if (p["name"], p["version"]) in linked and p["source"] is not None),
               key=lambda p: p["name"])
 for p in deps:
     holders = p["authors"] or ["The " + p["name"] + " authors"]

@@ -8,8 +8,8 @@ pkgs=(nginx nginx-dev libclang-dev libpcre2-dev libssl-dev zlib1g-dev clang dpkg
 case ${1:-} in
   --build) build_only=1 ;;
   "") build_only=0
-      # Running the tests (and lintian on the package).
-      pkgs+=(curl procps iproute2 prometheus etcd-server etcd-client chromium chromium-driver wrk linux-perf valgrind lintian) ;;
+      # Running the tests (and lintian on the package; Debian's stream module for the stream module's tests).
+      pkgs+=(libnginx-mod-stream curl procps iproute2 prometheus etcd-server etcd-client chromium chromium-driver wrk linux-perf valgrind lintian) ;;
   *) echo "usage: $0 [--build]" >&2; exit 2 ;;
 esac
 missing=()

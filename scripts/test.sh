@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test: setup, then per target (vendored, debian) build + integration tests; unit tests once (vendored); the Debian package test once. Usage: test.sh [FILTER]
+# Runs every test: setup, then per target (vendored, debian) build + integration tests; unit tests once (vendored, every workspace member); the Debian package test once. Usage: test.sh [FILTER]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 filter=("$@")
@@ -29,7 +29,8 @@ run() {
 # test = false, changes the machine and runs once, after the loop).
 mapfile -t integration < <(cargo metadata --no-deps --format-version 1 | python3 -c '
 import json, sys
-for t in json.load(sys.stdin)["packages"][0]["targets"]:
+pkg = next(p for p in json.load(sys.stdin)["packages"] if p["name"] == "ngx-http-upstream-healthcheck")
+for t in pkg["targets"]:
     if t["kind"] == ["test"] and t["test"]:
         print("--test=" + t["name"])')
 ((${#integration[@]})) || { echo "FAILED: no integration test targets in Cargo.toml" >&2; exit 1; }
@@ -38,16 +39,16 @@ for target in vendored debian; do
   t0=$SECONDS
   env_out=$(scripts/build.sh "$target") || { echo "FAILED: build.sh $target" >&2; exit 1; }
   eval "$(grep '^NGX_HC_' <<<"$env_out")"
-  export NGX_HC_NGINX NGX_HC_MODULE NGX_HC_TARGET=$target
+  export NGX_HC_NGINX NGX_HC_MODULE NGX_HC_STREAM_MODULE NGX_HC_STREAM_BASE NGX_HC_TARGET=$target
   summary+=("$(printf '%-22s ok (%ds): %s' "build $target" $((SECONDS - t0)) "$NGX_HC_NGINX")")
   if [[ $target == vendored ]]; then
     cargo=(env -u NGINX_BUILD_DIR -u NGINX_SOURCE_DIR cargo test --features vendored --target-dir target/vendored)
     lint_t0=$SECONDS
     cargo fmt --all -- --check || { echo "FAILED: cargo fmt --check (run cargo fmt)" >&2; exit 1; }
-    env -u NGINX_BUILD_DIR cargo clippy --all-targets --features vendored --target-dir target/vendored -- -D warnings \
+    env -u NGINX_BUILD_DIR cargo clippy --workspace --all-targets --features vendored --target-dir target/vendored -- -D warnings \
       || { echo "FAILED: cargo clippy" >&2; exit 1; }
     summary+=("$(printf '%-22s ok (%ds)' "fmt + clippy" $((SECONDS - lint_t0)))")
-    run "unit-$target" "${cargo[@]}" --lib -- "${filter[@]}"
+    run "unit-$target" "${cargo[@]}" --workspace --lib -- "${filter[@]}"
   else
     cargo=(env -u NGINX_SOURCE_DIR NGINX_BUILD_DIR="$PWD/target/debian-src/objs" cargo test --target-dir target/debian)
   fi

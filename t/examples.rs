@@ -23,13 +23,19 @@ fn example(name: &str) -> String {
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-/// The example with the module under test in place of `modules/…so`.
+/// How an example loads the stream module.
+const STREAM_MODULE_REF: &str = "modules/ngx_stream_upstream_healthcheck_module.so";
+
+/// The example with the modules under test in place of `modules/…so` (and, for the stream
+/// module, nginx's own stream module loaded first where it is dynamic).
 fn with_module(name: &str, text: &str) -> String {
     assert!(
         text.contains(&format!("load_module {MODULE_REF};")),
         "{name} must load the module with `load_module {MODULE_REF};`"
     );
+    let stream_line = format!("load_module {STREAM_MODULE_REF};");
     text.replace(MODULE_REF, &module_path().display().to_string())
+        .replace(&stream_line, stream_load_lines().trim_end())
 }
 
 /// The example ready for `Nginx::start_raw`: module under test, pid and error log at the top
@@ -91,6 +97,7 @@ fn every_example_passes_nginx_t() {
         "https.conf",
         "slow-start.conf",
         "panic.conf",
+        "stream.conf",
         "tcp.conf",
         "zone.conf",
     ] {
@@ -624,4 +631,45 @@ fn passive_example_runs() {
         log.contains("is DOWN after 3 failed proxied requests within 10s, last error: passive"),
         "{log}"
     );
+}
+
+#[test]
+fn stream_example_runs() {
+    let (text, ports) = move_ports(&runnable("stream.conf", &example("stream.conf")));
+    let (front, proxy) = (ports[&8080], ports[&6000]);
+    // 6379 answers PING; nothing listens on 6380; 5353 answers queries.
+    let redis = LineBackend::on_port(ports[&6379]);
+    let dns = DatagramBackend::on_port(ports[&5353]);
+    let nginx = Nginx::start_raw(&text);
+    let (down, up) = (
+        format!("127.0.0.1:{}", ports[&6380]),
+        format!("127.0.0.1:{}", ports[&6379]),
+    );
+    wait_until(Duration::from_secs(8), "the silent redis DOWN", || {
+        peer_state_in(
+            &status_page(front, STATUS),
+            "Stream upstream ",
+            "redis",
+            &down,
+        ) == Some("DOWN")
+    });
+    let page = status_page(front, STATUS);
+    assert_eq!(
+        peer_state_in(&page, "Stream upstream ", "redis", &up),
+        Some("up"),
+        "{page}"
+    );
+    let dns_peer = format!("127.0.0.1:{}", ports[&5353]);
+    assert_eq!(
+        peer_state_in(&page, "Stream upstream ", "dns", &dns_peer),
+        Some("up"),
+        "{page}"
+    );
+    wait_until(Duration::from_secs(5), "a dns probe", || dns.queries() >= 1);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", proxy)).expect("connect to nginx");
+    std::io::Write::write_all(&mut s, b"GET k\n").unwrap();
+    wait_until(Duration::from_secs(5), "the session at redis", || {
+        redis.client_lines() == 1
+    });
+    nginx.stop();
 }

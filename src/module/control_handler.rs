@@ -11,8 +11,8 @@ use ngx::ffi::{
 use ngx::http::HttpModuleMainConf;
 
 use crate::control::{
-    expiry, is_form, parse_command, render_answer, ttl_left, Action, Answer, Command, Entry,
-    Subject,
+    expiry, is_form, parse_command, render_answer, take_kind, ttl_left, Action, Answer, Command,
+    Entry, Kind, Subject,
 };
 use crate::journal::Change;
 use crate::module::clock::now_msec;
@@ -22,6 +22,7 @@ use crate::module::peers::apply_now;
 use crate::module::status_handler::{allow, send};
 use crate::module::zone::{restart_checks, Locked, ZoneHeader};
 use crate::module::Module;
+use crate::module::{stream_control, stream_status};
 use crate::query::{parse_args, QueryError};
 use crate::render::json::render_json_error;
 
@@ -128,11 +129,17 @@ fn handle(r: *mut ngx_http_request_t, body: &[u8]) -> Result<Handled, QueryError
     let req = unsafe { &mut *r };
     let mut params = parse_args(req.args.as_bytes())?;
     params.extend(parse_args(body)?);
+    let kind = take_kind(&mut params)?;
     let command = parse_command(&params)?;
     if command.changes_state() && req.method & NGX_HTTP_POST as usize == 0 {
         // SAFETY: the request is live and its header not sent yet.
         unsafe { allow(req, "POST") };
         return Err(err(405, "a=set and a=del must come as POST"));
+    }
+    if kind == Kind::Stream {
+        let zone = stream_status::find_zone()
+            .ok_or_else(|| err(404, "no stream upstream is checked (k=stream)"))?;
+        return stream_control::execute(zone, command, now_msec(), exiting()).map(Handled::Now);
     }
     let (main, header) = zone_of(req)?;
     if let (Some((conf, _)), Command::Apply { subject, action }) = (&main.etcd, &command) {
@@ -156,7 +163,8 @@ fn zone_of(
     // SAFETY: an admin location makes postconfiguration add the zone, mapped for the cycle;
     // the configuration outlives its requests.
     let main: &'static MainConf = unsafe { &*(main as *const MainConf) };
-    // SAFETY: as above.
+    // SAFETY: header is the zone postconfiguration added for this admin location, mapped for
+    // the whole cycle.
     let header = unsafe { main.header.as_ref() }.ok_or_else(|| err(500, "no shared zone"))?;
     Ok((main, header))
 }

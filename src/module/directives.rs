@@ -27,6 +27,7 @@ use crate::module::module_conf::{conf_error, conf_error_at, ConfPos, LocConf, Ma
 use crate::module::status_handler::status_handler;
 use crate::module::Module;
 use crate::parse::{self, escape, ParseError};
+use upstream_healthcheck_glue::conf::args;
 
 type SetFn = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
@@ -173,17 +174,6 @@ pub static mut COMMANDS: [ngx_command_t; 22] = [
     ),
     ngx_command_t::empty(),
 ];
-
-/// The arguments after the directive name, and the name itself.
-///
-/// # Safety
-/// `cf` must be the context of the directive being parsed.
-unsafe fn args<'a>(cf: *mut ngx_conf_t) -> (&'a [u8], Vec<&'a [u8]>) {
-    // SAFETY: nginx fills cf->args with the directive and its arguments before calling set.
-    let all: &[ngx_str_t] = unsafe { (*(*cf).args).as_slice() };
-    let name = all.first().map(|s| s.as_bytes()).unwrap_or_default();
-    (name, all.iter().skip(1).map(|s| s.as_bytes()).collect())
-}
 
 /// Parses a directive that may appear once and stores its value: `is duplicate` the second
 /// time, the parser's message when the arguments are bad.

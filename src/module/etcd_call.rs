@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::etcd::http::ResponseReader;
 use crate::etcd::proto::{parse_body, take_json_values};
 use crate::module::log::hc_debug;
-use crate::module::probe::{socket_error, strerror};
+use upstream_healthcheck_glue::socket::{socket_error, strerror};
 
 /// What a call hands its callback.
 pub enum CallEvent {

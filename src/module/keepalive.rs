@@ -11,12 +11,13 @@ use core::ffi::c_void;
 
 use ngx::ffi::{
     ngx_close_connection, ngx_connection_t, ngx_event_t, ngx_handle_read_event,
-    ngx_reusable_connection, ngx_socket_errno, recv, EAGAIN, EINTR, MSG_PEEK, NGX_OK,
+    ngx_reusable_connection, NGX_OK,
 };
 use rustc_hash::FxHashMap;
 
 use crate::module::log::hc_debug;
 use crate::module::tls;
+use upstream_healthcheck_glue::socket::idle_wakeup_is_spurious;
 
 /// One idle connection and the probes it has carried.
 #[derive(Clone, Copy)]
@@ -155,22 +156,8 @@ extern "C" fn on_idle_event(ev: *mut ngx_event_t) {
         let c = (*ev).data as *mut ngx_connection_t;
         (c, (*c).data as usize)
     };
-    // SAFETY: c is the open idle connection; a one-byte peek leaves any data in place.
-    let spurious = unsafe {
-        let mut b = 0u8;
-        (*c).close() == 0
-            && recv(
-                (*c).fd,
-                &mut b as *mut u8 as *mut c_void,
-                1,
-                MSG_PEEK as i32,
-            ) == -1
-            && matches!(ngx_socket_errno() as u32, EAGAIN | EINTR)
-            && {
-                (*ev).set_ready(0);
-                ngx_handle_read_event(ev, 0) == NGX_OK as isize
-            }
-    };
+    // SAFETY: nginx passes the idle connection's read event, whose data is the connection.
+    let spurious = unsafe { idle_wakeup_is_spurious(ev) };
     if spurious {
         return;
     }

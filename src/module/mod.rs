@@ -50,6 +50,8 @@ mod ramp;
 mod response_writer;
 mod state_store;
 mod status_handler;
+mod stream_control;
+mod stream_status;
 mod tick;
 mod tls;
 mod zone;

@@ -1,19 +1,19 @@
-//! Configuration as stored by nginx: main, upstream and location levels, and the one place
-//! that reports configuration errors.
+//! Configuration as stored by nginx: main, upstream and location levels; the one way of
+//! reporting configuration errors (the glue crate's, shared with the stream module) is
+//! re-exported here.
 
 use core::cell::Cell;
-use core::ffi::c_char;
-use core::fmt::Display;
 use core::ptr;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ngx::core::NGX_CONF_ERROR;
 use ngx::ffi::{
-    ngx_conf_t, ngx_cycle_t, ngx_event_free_peer_pt, ngx_http_upstream_init_peer_pt,
-    ngx_http_upstream_srv_conf_t, ngx_shm_zone_t, ngx_uint_t, NGX_LOG_EMERG, NGX_LOG_WARN,
+    ngx_cycle_t, ngx_event_free_peer_pt, ngx_http_upstream_init_peer_pt,
+    ngx_http_upstream_srv_conf_t, ngx_shm_zone_t,
 };
+
+pub use upstream_healthcheck_glue::conf::{conf_error, conf_error_at, conf_warn_at, ConfPos};
 
 use crate::config::{CheckParams, PassiveParams, TlsProtocols, ValidStatuses};
 use crate::etcd::conf::EtcdConf;
@@ -22,51 +22,6 @@ use crate::module::tls::TlsContext;
 use crate::module::zone::{Slot, ZoneHeader};
 use crate::panic::{self, PanicRule};
 use crate::query::Format;
-
-/// Where a directive was written, for errors found after the whole block was read.
-#[derive(Clone, Debug, Default)]
-pub struct ConfPos {
-    pub file: String,
-    pub line: ngx_uint_t,
-}
-
-impl ConfPos {
-    /// The position of the directive nginx is parsing now.
-    pub fn here(cf: &ngx_conf_t) -> ConfPos {
-        // SAFETY: while a directive is parsed, cf->conf_file points to the open file.
-        let Some(file) = (unsafe { cf.conf_file.as_ref() }) else {
-            return ConfPos::default();
-        };
-        ConfPos {
-            file: String::from_utf8_lossy(file.file.name.as_bytes()).into_owned(),
-            line: file.line,
-        }
-    }
-}
-
-/// Reports a configuration error at the directive being parsed, as nginx's own modules do:
-/// `[emerg] <message> in <file>:<line>`. Returns the value a directive handler returns.
-pub fn conf_error(cf: *mut ngx_conf_t, err: impl Display) -> *mut c_char {
-    ngx::ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", err);
-    NGX_CONF_ERROR
-}
-
-/// Reports a configuration error found after parsing, at the position it was written.
-pub fn conf_error_at(cf: *mut ngx_conf_t, pos: &ConfPos, err: impl Display) {
-    log_at(cf, NGX_LOG_EMERG, pos, err);
-}
-
-/// Reports a configuration that works but where something written has no effect, found after
-/// parsing: `[warn] <message> in <file>:<line>`; `nginx -t` still succeeds.
-pub fn conf_warn_at(cf: *mut ngx_conf_t, pos: &ConfPos, warning: impl Display) {
-    log_at(cf, NGX_LOG_WARN, pos, warning);
-}
-
-fn log_at(cf: *mut ngx_conf_t, level: u32, pos: &ConfPos, msg: impl Display) {
-    // SAFETY: cf is the live configuration context passed to postconfiguration.
-    let log = unsafe { (*cf).log };
-    ngx::ngx_log_error!(level, log, "{} in {}:{}", msg, pos.file, pos.line);
-}
 
 /// `http {}` level: the zone and the list of upstreams built after parsing.
 pub struct MainConf {

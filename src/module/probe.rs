@@ -10,11 +10,11 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use ngx::ffi::{
-    getsockopt, ngx_connection_t, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t,
+    ngx_connection_t, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t,
     ngx_handle_read_event, ngx_handle_write_event, ngx_peer_connection_t, ngx_rwlock_rlock,
-    ngx_rwlock_unlock, ngx_socket_errno, ngx_str_t, recv, send, sockaddr, sockaddr_in,
-    sockaddr_in6, sockaddr_storage, socklen_t, AF_INET, AF_INET6, EAGAIN, ECONNREFUSED, EINTR,
-    MSG_NOSIGNAL, NGX_AGAIN, NGX_DECLINED, NGX_OK, SOL_SOCKET, SO_ERROR,
+    ngx_rwlock_unlock, ngx_socket_errno,
+    ngx_str_t, recv, send, sockaddr, sockaddr_storage, socklen_t, EAGAIN, EINTR, MSG_NOSIGNAL,
+    NGX_AGAIN, NGX_DECLINED, NGX_OK,
 };
 
 use crate::config::{CheckType, ValidStatuses};
@@ -29,6 +29,7 @@ use crate::outcome::{classify_connect_errno, ConnectError, Failure, Outcome};
 use crate::response::{self, Limits, ResponseReader};
 use crate::schedule::timeout_is_verdict;
 use crate::status_line::{judge, Progress, StatusLineParser};
+use upstream_healthcheck_glue::socket::{io_failure, set_errno, set_port, socket_error, strerror};
 
 /// The most body bytes a probe reads to reuse its connection: a longer body ends the
 /// connection (the verdict stands), never the worker.
@@ -450,33 +451,6 @@ unsafe fn attach(p: *mut Probe, c: *mut ngx_connection_t) {
     }
 }
 
-fn set_errno(v: i32) {
-    // SAFETY: errno is this thread's own.
-    unsafe { *libc::__errno_location() = v };
-}
-
-/// The text of an errno, without Rust's ` (os error N)`.
-pub fn strerror(err: i32) -> String {
-    std::io::Error::from_raw_os_error(err)
-        .to_string()
-        .split(" (os error")
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// Puts `port` into an IPv4 or IPv6 address.
-fn set_port(sa: &mut sockaddr_storage, port: u16) {
-    // SAFETY: the family says which layout the storage holds; both fit in sockaddr_storage.
-    unsafe {
-        match sa.ss_family as u32 {
-            AF_INET => (*(sa as *mut _ as *mut sockaddr_in)).sin_port = port.to_be(),
-            AF_INET6 => (*(sa as *mut _ as *mut sockaddr_in6)).sin6_port = port.to_be(),
-            _ => {}
-        }
-    }
-}
-
 /// nginx calls this when a handshake it had in hand is done, failed or timed out.
 unsafe extern "C" fn on_handshake(c: *mut ngx_connection_t) {
     // SAFETY: nginx calls the handler with the probe's connection, whose data is the probe;
@@ -538,35 +512,6 @@ unsafe fn held_up(p: *const Probe, ev: *const ngx_event_t) -> Option<Ended> {
             "a probe's timeout fired {late} ms late, this worker was held up"
         ))
     })
-}
-
-/// The pending error of a connection's socket (`SO_ERROR`), 0 when none.
-pub fn socket_error(c: &ngx_connection_t) -> i32 {
-    let mut err: i32 = 0;
-    let mut len = size_of::<i32>() as socklen_t;
-    // SAFETY: fd is the connection's socket; err and len are valid out-parameters.
-    let rc = unsafe {
-        getsockopt(
-            c.fd,
-            SOL_SOCKET as i32,
-            SO_ERROR as i32,
-            &mut err as *mut i32 as *mut c_void,
-            &mut len,
-        )
-    };
-    if rc == -1 {
-        ngx_socket_errno()
-    } else {
-        err
-    }
-}
-
-fn io_failure(err: i32) -> Failure {
-    if err == ECONNREFUSED as i32 {
-        Failure::Refused
-    } else {
-        Failure::Reset
-    }
 }
 
 /// Advances the probe as far as the socket allows.

@@ -26,6 +26,7 @@ use crate::module::failure_detail::detail_text;
 use crate::module::module_conf::MainConf;
 use crate::module::peers::live_peers;
 use crate::module::response_writer::{send_header, BodyWriter, Counter};
+use crate::module::stream_status;
 use crate::module::zone::{Slot, ZoneHeader, HA_MASTER, HA_SLAVER};
 use crate::module::Module;
 use crate::policy::PeerFacts;
@@ -36,6 +37,7 @@ use crate::render::{
     EtcdPeer, EtcdStatus, HaMode, PanicSnapshot, PassiveView, PeerSnapshot, UpstreamSnapshot,
 };
 use crate::slow_start::{factor_permille, ramp_elapsed, unscaled};
+use crate::stream_zone::StreamZone;
 use crate::traffic::{rate, TrafficRate, TrafficSample};
 use rustc_hash::FxHashMap;
 
@@ -43,6 +45,9 @@ use rustc_hash::FxHashMap;
 /// (held for that upstream only), nginx's peers as this worker sees them.
 struct StateReader<'a> {
     main: &'a MainConf,
+    /// The stream module's zone, when it runs: upstream `main.upstreams.len() + i` is its
+    /// `i`-th stream upstream.
+    stream: Option<&'static StreamZone>,
     header: Option<&'a ZoneHeader>,
     /// False on the HA standby: nothing is checked there.
     probing: bool,
@@ -86,7 +91,13 @@ fn rate_since_last(key: u64, now: TrafficSample, peers: usize) -> Option<Traffic
 impl StateReader<'_> {
     /// Writes the state of upstream `ui` into `out`, reusing its buffers.
     fn fill(&mut self, ui: usize, out: &mut UpstreamSnapshot) {
-        let up = &self.main.upstreams[ui];
+        let Some(up) = self.main.upstreams.get(ui) else {
+            if let Some(zone) = self.stream {
+                stream_status::fill(zone, ui - self.main.upstreams.len(), self.now, out);
+            }
+            return;
+        };
+        out.stream = false;
         let mut record = None;
         self.slots.clear();
         if let Some(h) = self.header {
@@ -314,20 +325,31 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
             );
         }
     };
-    // The upstreams shown: all, or those of the asked name (one pass over the names).
-    let shown: Vec<usize> = match &q.upstream {
-        None => (0..main.upstreams.len()).collect(),
-        Some(name) => (0..main.upstreams.len())
-            .filter(|&i| &main.upstreams[i].name == name)
-            .collect(),
-    };
+    // The upstreams shown: all, or those of the asked name (one pass over the names); the
+    // stream module's after the http ones, numbered on from them.
+    let stream = stream_status::find_zone();
+    let stream_names = stream.map(stream_status::names).unwrap_or_default();
+    let all = main
+        .upstreams
+        .iter()
+        .map(|u| u.name.as_str())
+        .chain(stream_names.iter().copied());
+    let shown: Vec<usize> = all
+        .enumerate()
+        .filter(|(_, n)| q.upstream.as_deref().map_or(true, |name| name == *n))
+        .map(|(i, _)| i)
+        .collect();
+    let streams_from = stream.map(|_| shown.partition_point(|&i| i < main.upstreams.len()));
     if let Some(name) = q.upstream.as_deref().filter(|_| shown.is_empty()) {
         let e = unknown_upstream(name);
         return error(r, q.format, e.status, &e.message);
     }
     let names: Vec<&str> = shown
         .iter()
-        .map(|&i| main.upstreams[i].name.as_str())
+        .map(|&i| match main.upstreams.get(i) {
+            Some(u) => u.name.as_str(),
+            None => stream_names[i - main.upstreams.len()],
+        })
         .collect();
     // SAFETY: the header, when set, points into the zone mapped for this cycle.
     let header = unsafe { main.header.as_ref() };
@@ -345,9 +367,11 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         refresh: q.refresh,
         state: q.state,
         names: &names,
+        streams_from,
     };
     let mut reader = StateReader {
         main,
+        stream,
         header,
         probing: ha_mode != HaMode::Slaver,
         now: now_msec(),
@@ -391,9 +415,11 @@ pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
             refresh: q.refresh,
             state: q.state,
             names,
+            streams_from,
             shown,
             reader: StateReader {
                 main: &*(main as *const MainConf),
+                stream,
                 header: header.map(|h| &*(h as *const ZoneHeader)),
                 probing: reader.probing,
                 now: reader.now,
@@ -436,7 +462,8 @@ struct Stream {
     refresh: Option<u32>,
     state: Option<StateFilter>,
     names: Vec<&'static str>,
-    /// Index in `MainConf::upstreams` of each upstream shown.
+    streams_from: Option<usize>,
+    /// Index in `MainConf::upstreams` of each upstream shown (stream ones numbered on).
     shown: Vec<usize>,
     reader: StateReader<'static>,
     body: BodyWriter,
@@ -454,6 +481,7 @@ impl Stream {
             refresh: self.refresh,
             state: self.state,
             names: &self.names,
+            streams_from: self.streams_from,
         };
         let (reader, shown) = (&mut self.reader, &self.shown);
         let mut fill = |k: usize, u: &mut UpstreamSnapshot| reader.fill(shown[k], u);

@@ -8,10 +8,12 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering};
 use std::collections::HashMap;
 
 use ngx::ffi::{
-    ngx_current_msec, ngx_cycle, ngx_cycle_t, ngx_int_t, ngx_list_part_t, ngx_random,
-    ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_trylock, ngx_shmtx_unlock, ngx_slab_alloc,
-    ngx_slab_pool_t, NGX_ERROR, NGX_OK,
+    ngx_current_msec, ngx_cycle, ngx_cycle_t, ngx_int_t, ngx_random, ngx_shm_zone_t,
+    ngx_shmtx_lock, ngx_shmtx_trylock, ngx_shmtx_unlock, ngx_slab_alloc, ngx_slab_pool_t,
+    NGX_ERROR, NGX_OK,
 };
+
+use upstream_healthcheck_glue::shm::find_zone;
 
 use crate::health::PeerHealth;
 use crate::histogram::Histogram;
@@ -393,32 +395,13 @@ pub unsafe extern "C" fn undo_supersede(_data: *mut c_void) {
 /// Must run inside a zone init callback.
 unsafe fn previous_header(this: *mut ngx_shm_zone_t) -> Option<&'static ZoneHeader> {
     // SAFETY: ngx_cycle is the running (old) cycle; on first start it is the zeroed init
-    // cycle whose list has no parts with elements.
-    let mut part: *const ngx_list_part_t = unsafe { &(*ngx_cycle).shared_memory.part };
-    let tag = unsafe { (*this).tag };
-    while !part.is_null() {
-        // SAFETY: list parts hold nelts shm zones.
-        let zones = unsafe {
-            let p = &*part;
-            if p.elts.is_null() {
-                &[][..]
-            } else {
-                core::slice::from_raw_parts(p.elts as *const ngx_shm_zone_t, p.nelts)
-            }
-        };
-        for z in zones {
-            if z.tag == tag && !ptr::eq(z, this) && z.shm.name.as_bytes() == ZONE_NAME.as_bytes() {
-                // SAFETY: zones with our tag carry our MainConf in data, allocated from the
-                // old cycle's pool, which outlives this init.
-                let main = unsafe { (z.data as *const MainConf).as_ref() }?;
-                // SAFETY: the header lives in the old zone, still mapped.
-                return unsafe { main.header.as_ref() };
-            }
-        }
-        // SAFETY: parts form a null-terminated chain.
-        part = unsafe { (*part).next };
-    }
-    None
+    // cycle whose list has no parts with elements; `this` is the zone being initialized.
+    let z = unsafe { find_zone(ngx_cycle, ZONE_NAME, Some((*this).tag), this) }?;
+    // SAFETY: zones with our tag carry our MainConf in data, allocated from the old cycle's
+    // pool, which outlives this init.
+    let main = unsafe { (z.data as *const MainConf).as_ref() }?;
+    // SAFETY: the header lives in the old zone, still mapped.
+    unsafe { main.header.as_ref() }
 }
 
 /// Copies the previous cycle's state. This runs in the master, with SIGCHLD blocked: if a

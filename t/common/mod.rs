@@ -3,8 +3,9 @@
 //! backends), `etcd` (a real etcd and etcdctl), `http` (polling and a small HTTP client),
 //! `json` (status documents, serde_json), `load` (a request loop on its own thread), `ports`
 //! (listen ports that cannot collide), `procfs` (sockets of processes), `process` (external
-//! programs) and `prometheus` (a Prometheus server scraping nginx, promtool) hold the rest.
-//! Everything is re-exported here, so tests name it `common::NAME`.
+//! programs), `prometheus` (a Prometheus server scraping nginx, promtool), `stream` (loading
+//! the stream module) and `stream_backends` (TCP and UDP servers) hold the rest. Everything is
+//! re-exported here, so tests name it `common::NAME`.
 //!
 //! The nginx binary and module come from `NGX_HC_NGINX` / `NGX_HC_MODULE`, which
 //! `scripts/test.sh` exports for each target (`NGX_HC_TARGET` = vendored | debian).
@@ -21,6 +22,8 @@ mod process;
 mod procfs;
 mod prometheus;
 mod slow_tls;
+mod stream;
+mod stream_backends;
 mod tls;
 
 // Not every test crate uses every module.
@@ -46,6 +49,10 @@ pub use procfs::*;
 pub use prometheus::*;
 #[allow(unused_imports)]
 pub use slow_tls::*;
+#[allow(unused_imports)]
+pub use stream::*;
+#[allow(unused_imports)]
+pub use stream_backends::*;
 #[allow(unused_imports)]
 pub use tls::*;
 
@@ -180,7 +187,7 @@ pub fn render_conf(prefix: &Path, main_extra: &str, http_body: &str) -> String {
     )
 }
 
-/// Ports of every `listen 127.0.0.1:PORT` in a config.
+/// Ports of every `listen 127.0.0.1:PORT` (not `udp`) in a config.
 fn listen_ports(conf: &str) -> Vec<u16> {
     let mut ports = Vec::new();
     let mut rest = conf;
@@ -192,7 +199,12 @@ fn listen_ports(conf: &str) -> Vec<u16> {
         }
         if let Some(addr) = t.strip_prefix("127.0.0.1:") {
             let digits: String = addr.chars().take_while(|c| c.is_ascii_digit()).collect();
-            if let Ok(port) = digits.parse::<u16>() {
+            // A `listen ... udp` (stream) takes no connections to wait for.
+            let udp = addr
+                .split(';')
+                .next()
+                .is_some_and(|l| l.split_whitespace().any(|w| w == "udp"));
+            if let (Ok(port), false) = (digits.parse::<u16>(), udp) {
                 if !ports.contains(&port) {
                     ports.push(port);
                 }
@@ -798,14 +810,26 @@ pub fn status_page(port: u16, path: &str) -> String {
 /// The state (`"up"` or `"DOWN"`) of `peer` (`127.0.0.1:PORT`) in `upstream` on a text status
 /// page (`upstream_healthcheck_status`); None when the page does not list it there.
 pub fn peer_state<'a>(page: &'a str, upstream: &str, peer: &str) -> Option<&'a str> {
+    peer_state_in(page, "Upstream ", upstream, peer)
+}
+
+/// As `peer_state`, in the block whose header starts with `header` (`"Upstream "`, or
+/// `"Stream upstream "` for the stream module's).
+pub fn peer_state_in<'a>(
+    page: &'a str,
+    header: &str,
+    upstream: &str,
+    peer: &str,
+) -> Option<&'a str> {
     let mut inside = false;
     for line in page.lines() {
-        if let Some(rest) = line.strip_prefix("Upstream ") {
+        if line.starts_with("Upstream ") || line.starts_with("Stream upstream ") {
+            let rest = line.strip_prefix(header).unwrap_or("");
             let name = rest
                 .strip_suffix(" (NO checkers)")
                 .or_else(|| rest.strip_suffix(" (panic)"))
                 .unwrap_or(rest);
-            inside = name == upstream;
+            inside = line.starts_with(header) && name == upstream;
             continue;
         }
         if !inside {

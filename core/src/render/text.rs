@@ -43,7 +43,11 @@ pub fn text_upstream(out: &mut impl Write, i: usize, u: &UpstreamSnapshot) -> fm
     if i > 0 {
         out.write_str("\n")?;
     }
-    out.write_str("Upstream ")?;
+    out.write_str(if u.stream {
+        "Stream upstream "
+    } else {
+        "Upstream "
+    })?;
     out.write_str(&u.name)?;
     if !u.checked {
         out.write_str(" (NO checkers)")?;

@@ -223,7 +223,7 @@ pub fn prometheus_page(
     names: &[&str],
     mut fill: impl FnMut(usize, &mut UpstreamSnapshot),
 ) -> fmt::Result {
-    let mut cursor = PrometheusCursor::new(names);
+    let mut cursor = PrometheusCursor::new(names, None);
     while cursor.write_next(out, &mut fill)? {}
     Ok(())
 }
@@ -246,12 +246,19 @@ pub struct PrometheusCursor {
     passive: Vec<bool>,
     u: UpstreamSnapshot,
     peers: Vec<(usize, bool)>,
+    /// Where the stream upstreams start: they get `kind="stream"` and no
+    /// `nginx_upstream_status_info`.
+    streams_from: usize,
 }
 
 impl PrometheusCursor {
-    pub fn new(names: &[&str]) -> PrometheusCursor {
+    /// The cursor of a page of `names`, the stream upstreams from `streams_from` on (an http
+    /// and a stream upstream may share a name: they are told apart by `kind`).
+    pub fn new(names: &[&str], streams_from: Option<usize>) -> PrometheusCursor {
+        let from = streams_from.unwrap_or(names.len());
         PrometheusCursor {
-            shown: first_occurrences(names.iter()),
+            streams_from: from,
+            shown: first_occurrences(names.iter().enumerate().map(|(k, n)| (n, k >= from))),
             checked: vec![false; names.len()],
             counted: vec![false; names.len()],
             passive: vec![false; names.len()],
@@ -313,7 +320,8 @@ impl PrometheusCursor {
             self.passive[k] = self.u.passive;
         }
         let in_scope = match family {
-            Family::StatusInfo => true,
+            // lua's gauge stays http-only; stream upstreams are taken for what they check.
+            Family::StatusInfo => k < self.streams_from,
             f if f.is_traffic() => self.u.counts_traffic(),
             Family::PassiveEjectionsTotal => self.u.passive,
             _ => self.u.checked,
@@ -365,6 +373,7 @@ fn samples(
         }
     };
     let name = u.name.as_str();
+    let up = Up::of(u);
     match family {
         Family::StatusInfo => {
             if u.checked {
@@ -393,20 +402,20 @@ fn samples(
         }
         Family::PeerUp => {
             for (p, backup) in peers.iter().map(peer) {
-                peer_sample(out, "peer_up", name, p)?;
+                peer_sample(out, "peer_up", up, p)?;
                 let role = if backup { "backup" } else { "primary" };
                 writeln!(out, ",role=\"{role}\"}} {}", !p.down as u8)?;
             }
         }
         Family::PeerManualDown => {
             for (p, _) in peers.iter().map(peer) {
-                peer_sample(out, "peer_manual_down", name, p)?;
+                peer_sample(out, "peer_manual_down", up, p)?;
                 writeln!(out, "}} {}", p.manual_down as u8)?;
             }
         }
         Family::ProbeDuration => {
             if let Some(h) = &u.probe_durations {
-                histogram(out, name, h)?;
+                histogram(out, up, h)?;
             }
         }
         Family::PeerRequestsTotal
@@ -415,14 +424,14 @@ fn samples(
         | Family::PeerResponseSeconds => {
             for (p, _) in peers.iter().map(peer) {
                 if let Some(t) = &p.traffic {
-                    traffic_samples(out, family, name, p, t)?;
+                    traffic_samples(out, family, up, p, t)?;
                 }
             }
         }
         Family::PassiveEjectionsTotal => {
             for (p, _) in peers.iter().map(peer) {
                 if let Some(v) = &p.passive {
-                    peer_sample(out, "passive_ejections_total", name, p)?;
+                    peer_sample(out, "passive_ejections_total", up, p)?;
                     writeln!(out, "}} {}", v.ejections)?;
                 }
             }
@@ -430,7 +439,7 @@ fn samples(
         Family::ProbeErrorsTotal => {
             if let Some(n) = u.local_errors {
                 write!(out, "{P}probe_errors_total{{upstream=\"")?;
-                label(out, name)?;
+                upstream_label(out, up)?;
                 writeln!(out, "\",reason=\"local\"}} {n}")?;
             }
         }
@@ -441,7 +450,7 @@ fn samples(
                     _ => ("panic_total", p.entered),
                 };
                 write!(out, "{P}{metric}{{upstream=\"")?;
-                label(out, name)?;
+                upstream_label(out, up)?;
                 writeln!(out, "\"}} {v}")?;
             }
         }
@@ -464,7 +473,7 @@ fn health_samples(
     p: &PeerSnapshot,
     h: &PeerHealth,
 ) -> fmt::Result {
-    let upstream = u.name.as_str();
+    let upstream = Up::of(u);
     match family {
         Family::ChecksTotal => {
             peer_sample(out, "checks_total", upstream, p)?;
@@ -526,7 +535,7 @@ fn health_samples(
 fn traffic_samples(
     out: &mut impl Write,
     family: Family,
-    upstream: &str,
+    upstream: Up<'_>,
     p: &PeerSnapshot,
     t: &Traffic,
 ) -> fmt::Result {
@@ -572,7 +581,7 @@ fn traffic_samples(
 /// A time sample: `v` in units of 10^-`scale` seconds.
 fn seconds(
     out: &mut impl Write,
-    upstream: &str,
+    upstream: Up<'_>,
     p: &PeerSnapshot,
     metric: &str,
     v: u64,
@@ -589,23 +598,23 @@ fn seconds(
 fn peer_sample(
     out: &mut impl Write,
     metric: &str,
-    upstream: &str,
+    upstream: Up<'_>,
     p: &PeerSnapshot,
 ) -> fmt::Result {
     out.write_str(P)?;
     out.write_str(metric)?;
     out.write_str("{upstream=\"")?;
-    label(out, upstream)?;
+    upstream_label(out, upstream)?;
     out.write_str("\",peer=\"")?;
     label(out, &p.name)?;
     out.write_char('"')
 }
 
-fn histogram(out: &mut impl Write, upstream: &str, h: &Histogram) -> fmt::Result {
+fn histogram(out: &mut impl Write, upstream: Up<'_>, h: &Histogram) -> fmt::Result {
     let mut total = 0;
     for (i, n) in h.cumulative().enumerate() {
         write!(out, "{P}probe_duration_seconds_bucket{{upstream=\"")?;
-        label(out, upstream)?;
+        upstream_label(out, upstream)?;
         out.write_str("\",le=\"")?;
         match BUCKETS_US.get(i) {
             Some(&le) => write_decimal(out, le, 6, 0)?,
@@ -615,13 +624,39 @@ fn histogram(out: &mut impl Write, upstream: &str, h: &Histogram) -> fmt::Result
         total = n;
     }
     write!(out, "{P}probe_duration_seconds_sum{{upstream=\"")?;
-    label(out, upstream)?;
+    upstream_label(out, upstream)?;
     out.write_str("\"} ")?;
     write_decimal(out, h.sum_us, 6, 0)?;
     // `_count` repeats the `+Inf` bucket, so the two always agree.
     write!(out, "\n{P}probe_duration_seconds_count{{upstream=\"")?;
-    label(out, upstream)?;
+    upstream_label(out, upstream)?;
     writeln!(out, "\"}} {total}")
+}
+
+/// An upstream as its samples label it: `upstream="NAME"`, and `kind="stream"` after it for a
+/// stream upstream (http series keep the labels they always had).
+#[derive(Clone, Copy)]
+struct Up<'a> {
+    name: &'a str,
+    stream: bool,
+}
+
+impl<'a> Up<'a> {
+    fn of(u: &'a UpstreamSnapshot) -> Up<'a> {
+        Up {
+            name: &u.name,
+            stream: u.stream,
+        }
+    }
+}
+
+/// Writes the upstream's label value (the caller wrote `upstream="` and closes the quote).
+fn upstream_label(out: &mut impl Write, up: Up<'_>) -> fmt::Result {
+    label(out, up.name)?;
+    if up.stream {
+        out.write_str("\",kind=\"stream")?;
+    }
+    Ok(())
 }
 
 /// Writes a label value escaped per the exposition format: `\` `"` and newline.

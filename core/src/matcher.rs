@@ -37,7 +37,7 @@ pub const MAX_BODY_MAX: usize = 1024 * 1024;
 
 /// The most a compiled regular expression may take: a pattern that needs more is refused at
 /// configuration time rather than costing every worker memory.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
+pub(crate) const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// How a header's value is tested.
 #[derive(Clone, Debug)]
@@ -286,7 +286,7 @@ fn regex(what: &str, pattern: &[u8]) -> Result<Regex, ParseError> {
 
 /// The one-line reason of a regex error: its `error: ...` line, without the pattern and caret
 /// drawing that the crate's message spreads over several lines.
-fn regex_reason(e: &regex::Error) -> String {
+pub(crate) fn regex_reason(e: &regex::Error) -> String {
     let text = e.to_string();
     let reason = text
         .lines()

@@ -119,6 +119,9 @@ pub struct UpstreamSnapshot {
     pub passive: bool,
     /// Its panic mode (`panic_threshold`); `None` when unchecked.
     pub panic: Option<PanicSnapshot>,
+    /// A `stream {}` upstream (the stream module's): `Stream upstream NAME` on the text page,
+    /// in `"stream_upstreams"` in JSON, `kind="stream"` in Prometheus.
+    pub stream: bool,
 }
 
 /// Whether an upstream is in panic, and why.

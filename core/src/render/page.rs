@@ -4,7 +4,7 @@
 use core::fmt::{self, Write};
 
 use super::html::{html_begin, html_end, html_upstream, Summary};
-use super::json::{json_begin, json_end, json_upstream};
+use super::json::{json_begin, json_end, json_streams_begin, json_upstream};
 use super::prometheus::etcd_metrics;
 use super::prometheus::PrometheusCursor;
 use super::text::{text_begin, text_upstream};
@@ -24,8 +24,22 @@ pub struct Page<'a> {
     pub refresh: Option<u32>,
     /// Only peers in this state.
     pub state: Option<StateFilter>,
-    /// The upstreams shown, in order.
+    /// The upstreams shown, in order: http ones, then stream ones.
     pub names: &'a [&'a str],
+    /// Where the stream upstreams start in `names`, when the stream module runs: the page then
+    /// shows them too (text, JSON, Prometheus; the HTML page shows http upstreams only). `None`
+    /// leaves the page exactly as without the stream module.
+    pub streams_from: Option<usize>,
+}
+
+impl Page<'_> {
+    /// The upstreams this page's format shows: all, but http ones only for HTML.
+    fn shown(&self) -> usize {
+        match (self.format, self.streams_from) {
+            (Format::Html, Some(from)) => from.min(self.names.len()),
+            _ => self.names.len(),
+        }
+    }
 }
 
 /// Writes the page; `fill(k, u)` puts the current state of the `k`-th upstream of
@@ -52,6 +66,8 @@ pub struct PageCursor {
     done: bool,
     u: UpstreamSnapshot,
     prometheus: Option<PrometheusCursor>,
+    /// The JSON list of stream upstreams is open.
+    streams_opened: bool,
 }
 
 impl PageCursor {
@@ -60,8 +76,9 @@ impl PageCursor {
             next: None,
             done: false,
             u: UpstreamSnapshot::default(),
+            streams_opened: false,
             prometheus: (page.format == Format::Prometheus)
-                .then(|| PrometheusCursor::new(page.names)),
+                .then(|| PrometheusCursor::new(page.names, page.streams_from)),
         }
     }
 
@@ -103,7 +120,7 @@ impl PageCursor {
         if self.done {
             return Ok(false);
         }
-        let n = page.names.len();
+        let n = page.shown();
         let Some(k) = self.next else {
             match page.format {
                 Format::Text => text_begin(out, page.ha_mode, page.etcd)?,
@@ -121,6 +138,11 @@ impl PageCursor {
             self.next = Some(0);
             return Ok(true);
         };
+        let streams_from = page.streams_from.filter(|_| page.format == Format::Json);
+        if streams_from.is_some_and(|from| k == from.min(n)) && !self.streams_opened {
+            self.streams_opened = true;
+            json_streams_begin(out)?;
+        }
         if k == n {
             match page.format {
                 Format::Json => json_end(out)?,
@@ -133,7 +155,11 @@ impl PageCursor {
         take(k, &mut self.u);
         match page.format {
             Format::Text => text_upstream(out, k, &self.u)?,
-            Format::Json => json_upstream(out, k, &self.u)?,
+            Format::Json => json_upstream(
+                out,
+                k - streams_from.filter(|&f| k >= f).unwrap_or(0),
+                &self.u,
+            )?,
             _ => html_upstream(out, page.now_ms, &self.u)?,
         }
         self.next = Some(k + 1);
@@ -195,6 +221,7 @@ mod tests {
             refresh: Some(5),
             state,
             names: &names,
+            streams_from: None,
         };
         let mut fills = vec![0; names.len()];
         let mut out = String::new();
@@ -307,5 +334,53 @@ mod tests {
                 assert_eq!(out, whole(&want, format), "{format:?} {state:?}");
             }
         }
+    }
+
+    /// The page of `snap` with its upstreams from `from` on being stream ones.
+    fn with_streams(snap: &Snapshot, format: Format, from: usize) -> String {
+        let names: Vec<&str> = snap.upstreams.iter().map(|u| u.name.as_str()).collect();
+        let page = Page {
+            format,
+            ha_mode: HaMode::Disabled,
+            now_ms: snap.now_ms,
+            refresh: None,
+            state: None,
+            names: &names,
+            streams_from: Some(from),
+            etcd: None,
+        };
+        let mut out = String::new();
+        render_page(&mut out, &page, |k, u| {
+            u.clone_from(&snap.upstreams[k]);
+            u.stream = k >= from;
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn stream_upstreams_follow_the_http_ones_in_each_format() {
+        let mut snap = sample();
+        snap.upstreams[2].name = "a".to_owned(); // a stream upstream named as an http one
+        let text = with_streams(&snap, Format::Text, 2);
+        assert!(text.contains("\nStream upstream a\n    Primary Peers\n        3:1 DOWN\n"));
+        assert!(text.starts_with("Upstream a\n"));
+        let json = with_streams(&snap, Format::Json, 2);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["msg"]["upstreams"].as_array().unwrap().len(), 2);
+        assert_eq!(v["msg"]["stream_upstreams"][0]["name"], "a");
+        let none = with_streams(&snap, Format::Json, 3);
+        let v: serde_json::Value = serde_json::from_str(&none).unwrap();
+        assert_eq!(v["msg"]["stream_upstreams"].as_array().unwrap().len(), 0);
+        let prom = with_streams(&snap, Format::Prometheus, 2);
+        assert!(prom.contains(
+            "nginx_upstream_healthcheck_peer_up{upstream=\"a\",kind=\"stream\",peer=\"3:1\",role=\"primary\"} 0\n"
+        ));
+        assert!(prom.contains(
+            "nginx_upstream_healthcheck_peer_up{upstream=\"a\",peer=\"1:1\",role=\"primary\"} 1\n"
+        ));
+        assert!(!prom.contains("nginx_upstream_status_info{name=\"a\",endpoint=\"3:1\""));
+        let html = with_streams(&snap, Format::Html, 2);
+        assert!(!html.contains("3:1"));
     }
 }

@@ -41,7 +41,7 @@ pub struct ParseError(String);
 
 impl ParseError {
     /// An error with this whole message, for the parsers of other files (the match block's).
-    pub(crate) fn new(msg: String) -> ParseError {
+    pub fn new(msg: String) -> ParseError {
         ParseError(msg)
     }
 
@@ -76,7 +76,7 @@ impl fmt::Display for ParseError {
 impl std::error::Error for ParseError {}
 
 /// Makes an argument safe to quote in a one-line message.
-pub(crate) fn escape(v: &[u8]) -> String {
+pub fn escape(v: &[u8]) -> String {
     let mut s = String::with_capacity(v.len());
     for &b in v {
         match b {

@@ -60,6 +60,45 @@ fn bad(message: String) -> QueryError {
     }
 }
 
+/// Which module's upstreams a control request addresses (`k=`): a name can exist in both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `k=http`, the default.
+    Http,
+    /// `k=stream`: the stream module's upstreams.
+    Stream,
+}
+
+/// Takes `k=` out of the parameters: the kind of upstream the rest addresses.
+pub fn take_kind(params: &mut Vec<(String, String)>) -> Result<Kind, QueryError> {
+    let mut kind = None;
+    let mut err = None;
+    params.retain(|(name, value)| {
+        if name != "k" {
+            return true;
+        }
+        if kind.is_some() {
+            err = Some(bad("parameter \"k\" is repeated".to_owned()));
+        }
+        kind = Some(match value.as_str() {
+            "http" => Kind::Http,
+            "stream" => Kind::Stream,
+            _ => {
+                err = Some(bad(format!(
+                    "unknown k {:?}, expected \"http\" or \"stream\"",
+                    shortened(value)
+                )));
+                Kind::Http
+            }
+        });
+        false
+    });
+    match err {
+        Some(e) => Err(e),
+        None => Ok(kind.unwrap_or(Kind::Http)),
+    }
+}
+
 /// Validates the decoded parameters of a control request.
 pub fn parse_command(params: &[(String, String)]) -> Result<Command, QueryError> {
     const KNOWN: [&str; 5] = ["t", "u", "p", "a", "ttl"];
@@ -467,5 +506,26 @@ mod tests {
         assert_eq!(ttl_left(31_000, 1000), 30);
         assert_eq!(ttl_left(31_000, 30_500), 1);
         assert_eq!(ttl_left(31_000, 31_000), 1);
+    }
+
+    #[test]
+    fn k_picks_the_kind_and_leaves_the_rest() {
+        let p = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        let mut params = p(&[("t", "ex"), ("k", "stream"), ("u", "db")]);
+        assert_eq!(take_kind(&mut params), Ok(Kind::Stream));
+        assert_eq!(params, p(&[("t", "ex"), ("u", "db")]));
+        let mut params = p(&[("t", "ex")]);
+        assert_eq!(take_kind(&mut params), Ok(Kind::Http));
+        let mut params = p(&[("k", "mail")]);
+        assert_eq!(
+            take_kind(&mut params).unwrap_err().message,
+            "unknown k \"mail\", expected \"http\" or \"stream\""
+        );
+        let mut params = p(&[("k", "http"), ("k", "stream")]);
+        assert_eq!(take_kind(&mut params).unwrap_err().status, 400);
     }
 }

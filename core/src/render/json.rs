@@ -49,6 +49,11 @@ pub fn json_upstream(out: &mut impl Write, i: usize, u: &UpstreamSnapshot) -> fm
     upstream(out, u)
 }
 
+/// Closes the list of http upstreams and opens the list of stream ones.
+pub fn json_streams_begin(out: &mut impl Write) -> fmt::Result {
+    out.write_str("],\"stream_upstreams\":[")
+}
+
 /// Closes the list and the envelope.
 pub fn json_end(out: &mut impl Write) -> fmt::Result {
     out.write_str("]}}")
