@@ -27,6 +27,7 @@ FULL = dict(
     sc_rate_window=10, sc_page_repeats=5, sc_page_max_s=5, sc_window=7, sc_pattern="ABBAABBA",
     sc_reload_max_s=20,
     tr_rounds=4, tr_seconds=8,
+    st_sizes=(1000, 10000),
 )
 QUICK = dict(
     rp_rounds=3, rp_seconds=2,
@@ -38,6 +39,7 @@ QUICK = dict(
     sc_rate_window=5, sc_page_repeats=3, sc_page_max_s=3, sc_window=4, sc_pattern="AB",
     sc_reload_max_s=10,
     tr_rounds=2, tr_seconds=4,
+    st_sizes=(1000, 10000),
 )
 
 
@@ -62,7 +64,7 @@ def machine():
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="short smoke run (~6 min)")
-    ap.add_argument("--only", default="1,2,3,4,5,6,7,8", help="comma-separated measurements to run")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7,8,9", help="comma-separated measurements to run")
     ap.add_argument("--profile", action="store_true",
                     help="also record perf profiles of the workers at 10,000 peers (http, one upstream) "
                     "and at 100,000 (measurement 7)")
@@ -90,6 +92,7 @@ def main():
     import probe_cost
     import request_path
     import scale
+    import stream_cost
     import traffic
 
     started = time.monotonic()
@@ -98,7 +101,7 @@ def main():
     shared = {}  # data handed from one measurement to another (worker RSS at 10,000 peers)
     plan = [(1, request_path.run), (2, probe_cost.run), (5, memory.run), (3, detection.run),
             (4, outage.run), (6, duplicates.run),
-            (7, scale.run), (8, traffic.run)]
+            (7, scale.run), (8, traffic.run), (9, stream_cost.run)]
     try:
         for num, fn in plan:
             if num not in only:
