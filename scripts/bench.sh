@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): builds the module in release mode for Debian's nginx, runs the nine
+# Benchmark (not a test): builds the modules in release mode for Debian's nginx, runs the ten
 # measurements (request path, probe cost, detection, errors during an outage, memory, duplicate
-# probes, scale to 100,000 peers, traffic-aware checks, membership from etcd) inside a network
-# namespace of its own,
+# probes, scale to 100,000 peers, traffic-aware checks, membership from etcd, stream probe cost)
+# inside a network namespace of its own,
 # prints a Markdown table
 # and writes it to target/bench/results.md. Needs root and the packages of scripts/setup.sh.
 # Usage: scripts/bench.sh [--quick] [--only 1,3,...] [--profile]
@@ -20,7 +20,7 @@ done
 echo "bench: building the module (scripts/build.sh debian --release)" >&2
 env_out=$(scripts/build.sh debian --release)
 eval "$(grep '^NGX_HC_' <<<"$env_out")"
-export NGX_HC_NGINX NGX_HC_MODULE BENCH_WORK=$PWD/target/bench/work PYTHONDONTWRITEBYTECODE=1
+export NGX_HC_NGINX NGX_HC_MODULE NGX_HC_STREAM_MODULE NGX_HC_STREAM_BASE BENCH_WORK=$PWD/target/bench/work PYTHONDONTWRITEBYTECODE=1
 
 ns=ngxhc-bench-$$
 driver=

@@ -28,6 +28,7 @@ FULL = dict(
     sc_reload_max_s=20,
     tr_rounds=4, tr_seconds=8,
     dyn_changes=20,
+    st_sizes=(1000, 10000),
 )
 QUICK = dict(
     rp_rounds=3, rp_seconds=2,
@@ -40,6 +41,7 @@ QUICK = dict(
     sc_reload_max_s=10,
     tr_rounds=2, tr_seconds=4,
     dyn_changes=20,
+    st_sizes=(1000, 10000),
 )
 
 
@@ -93,6 +95,7 @@ def main():
     import probe_cost
     import request_path
     import scale
+    import stream_cost
     import traffic
 
     started = time.monotonic()
@@ -101,7 +104,7 @@ def main():
     shared = {}  # data handed from one measurement to another (worker RSS at 10,000 peers)
     plan = [(1, request_path.run), (2, probe_cost.run), (5, memory.run), (3, detection.run),
             (4, outage.run), (6, duplicates.run),
-            (7, scale.run), (8, traffic.run), (9, dynamic.run)]
+            (7, scale.run), (8, traffic.run), (9, dynamic.run), (10, stream_cost.run)]
     try:
         for num, fn in plan:
             if num not in only:

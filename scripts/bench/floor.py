@@ -10,7 +10,12 @@ the first address, each full response (Content-Length) read before the next requ
 (`keepalive`, the floor of the keepalive targets), and the same on BATCH connections at once, so
 wakeups are amortized (`keepalive_batch`, for reference). The connects are not counted.
 
+With `udp`, the price of one udp probe: a connected UDP socket, one datagram sent, its answer
+read, the socket closed (PORT is then a UDP port answering every datagram).
+
 Usage: floor.py PORT PROBES ADDR,ADDR,...   prints JSON {tcp, http, wakeup, tcp_wakeups, http_wakeups}
+       floor.py PORT PROBES ADDR,ADDR,... udp
+                                           prints JSON {udp, udp_wakeups}
        floor.py PORT REQUESTS ADDR,ADDR,... keepalive
                                            prints JSON {keepalive, keepalive_batch, keepalive_wakeups,
                                                         keepalive_batch_wakeups}
@@ -79,6 +84,37 @@ def probes(addrs, port, http, n):
     return (t1 - t0) / n * 1e6, (c1 - c0) / n
 
 
+def udp_batch(addrs, port, ep):
+    socks = {}
+    for a in addrs:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setblocking(False)
+        s.connect((a, port))
+        s.send(b"ping")
+        ep.register(s.fileno(), select.EPOLLIN | select.EPOLLET)
+        socks[s.fileno()] = s
+    pending = len(socks)
+    while pending:
+        events = ep.poll(1.0)
+        if not events:
+            raise RuntimeError("udp floor: answers missing")
+        for fd, _ in events:
+            socks[fd].recv(512)
+            pending -= 1
+    for s in socks.values():
+        ep.unregister(s.fileno())
+        s.close()
+
+
+def udp_probes(addrs, port, n):
+    ep = select.epoll()
+    t0, c0 = usage()
+    for i in range(0, n, BATCH):
+        udp_batch([addrs[(i + j) % len(addrs)] for j in range(BATCH)], port, ep)
+    t1, c1 = usage()
+    return (t1 - t0) / n * 1e6, (c1 - c0) / n
+
+
 def wakeups(n=2000):
     ep = select.epoll()
     t0, _ = usage()
@@ -141,6 +177,10 @@ def kept_alive(addrs, port, n):
 if __name__ == "__main__":
     port, n = int(sys.argv[1]), int(sys.argv[2])
     addrs = sys.argv[3].split(",")
+    if sys.argv[4:] == ["udp"]:
+        udp, udp_w = udp_probes(addrs, port, n)
+        print(json.dumps({"udp": udp, "udp_wakeups": udp_w}))
+        sys.exit(0)
     if sys.argv[4:] == ["keepalive"]:
         one, one_w = kept_alive(addrs[:1], port, n)
         many, many_w = kept_alive((addrs * BATCH)[:BATCH], port, n)

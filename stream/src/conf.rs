@@ -218,6 +218,7 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
 unsafe fn build(cf: *mut ngx_conf_t) -> Result<(), ()> {
     // SAFETY: per the contract, cf->ctx is the stream block's context; both main confs exist.
     let ctx = unsafe { (*cf).ctx as *mut ngx_stream_conf_ctx_t };
+    // SAFETY: ctx is the stream block's context (above).
     let main = unsafe { main_conf(ctx) }.ok_or(())?;
     // SAFETY: the upstream module's main conf, by its index in the stream context.
     let umcf = unsafe {

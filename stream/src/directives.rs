@@ -93,7 +93,12 @@ extern "C" fn set_send(
     _: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    set_once(cf, conf, |c| &mut c.send, |a| parse_send(a[0]))
+    set_once(
+        cf,
+        conf,
+        |c| &mut c.send,
+        |a| parse_send(a.first().copied().unwrap_or_default()),
+    )
 }
 
 extern "C" fn set_expect(
