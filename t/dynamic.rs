@@ -27,10 +27,21 @@ fn key(b: &Backend) -> String {
 /// `max_peers` (0: not following etcd), a front on `port` that says which worker answered and
 /// which backend served.
 fn node_conf(etcd: &Etcd, port: u16, statics: &[&Backend], max_peers: usize) -> String {
-    let mut servers: String = statics
-        .iter()
-        .map(|b| format!("    server {};\n", b.addr()))
-        .collect();
+    node_conf_with(etcd, port, statics, max_peers, "")
+}
+
+/// `node_conf` with `extra` directives in the upstream (a balancer).
+fn node_conf_with(
+    etcd: &Etcd,
+    port: u16,
+    statics: &[&Backend],
+    max_peers: usize,
+    extra: &str,
+) -> String {
+    let mut servers: String = extra.to_string();
+    for b in statics {
+        servers.push_str(&format!("    server {};\n", b.addr()));
+    }
     if max_peers > 0 {
         servers.push_str(&format!(
             "    upstream_healthcheck_dynamic max_peers={max_peers};\n"
@@ -57,10 +68,14 @@ struct Node {
 
 impl Node {
     fn start(etcd: &Etcd, statics: &[&Backend], max_peers: usize) -> Node {
+        Node::start_with(etcd, statics, max_peers, "")
+    }
+
+    fn start_with(etcd: &Etcd, statics: &[&Backend], max_peers: usize, extra: &str) -> Node {
         let port = free_port();
         let nginx = Nginx::start_with(
             "worker_processes 2;",
-            &node_conf(etcd, port, statics, max_peers),
+            &node_conf_with(etcd, port, statics, max_peers, extra),
         );
         Node { nginx, port }
     }
@@ -403,4 +418,42 @@ fn a_peer_from_etcd_forced_down_through_one_nodes_control_api_is_down_on_both() 
         200
     );
     wait_routes(&nodes, &[p(&a), p(&b)], FOLLOW);
+}
+
+#[test]
+fn a_deleted_peer_takes_no_new_request_and_its_requests_in_flight_finish() {
+    let etcd = Etcd::start();
+    let (s, a, b) = (backend(), backend(), backend());
+    etcd.put(&key(&a), "{}");
+    let node = Node::start(&etcd, &[&s], 2);
+    let p = |b: &Backend| Some(b.port());
+    wait_routes(&[&node], &[p(&a)], Duration::from_secs(5));
+    a.set_path_mode("/slow", Mode::Hang);
+    let port = node.port;
+    let in_flight = std::thread::spawn(move || http_get(port, "/slow"));
+    wait_until(Duration::from_secs(5), "the slow request at a", || {
+        a.hits("/slow") == 1
+    });
+    etcd.put(&key(&b), "{}");
+    etcd.del(&key(&a));
+    wait_routes(&[&node], &[p(&b)], FOLLOW);
+    a.set_path_mode("/slow", Mode::Status(200));
+    let (status, headers, _) = in_flight.join().expect("thread").expect("the slow request");
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "X-Backend"), Some(a.port().to_string()));
+}
+
+#[test]
+fn least_conn_follows_etcd_too() {
+    let etcd = Etcd::start();
+    let (s, a, b) = (backend(), backend(), backend());
+    etcd.put(&key(&a), "{}");
+    let node = Node::start_with(&etcd, &[&s], 4, "    least_conn;\n");
+    let p = |b: &Backend| Some(b.port());
+    wait_routes(&[&node], &[p(&a)], Duration::from_secs(5));
+    etcd.put(&key(&b), "{}");
+    wait_routes(&[&node], &[p(&a), p(&b)], FOLLOW);
+    etcd.del(&key(&a));
+    wait_routes(&[&node], &[p(&b)], FOLLOW);
+    assert_eq!(s.proxied(), 0);
 }
