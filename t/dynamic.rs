@@ -457,3 +457,28 @@ fn least_conn_follows_etcd_too() {
     wait_routes(&[&node], &[p(&b)], FOLLOW);
     assert_eq!(s.proxied(), 0);
 }
+
+#[test]
+fn a_values_check_url_and_slow_start_apply_to_its_peer() {
+    let etcd = Etcd::start();
+    let (s, a, b) = (backend(), backend(), backend());
+    // a is probed on /other, which fails; b ramps over 30 s once added.
+    a.set_path_mode("/other", Mode::Status(503));
+    etcd.put(&key(&a), r#"{"checkurl": "/other"}"#);
+    let node = Node::start(&etcd, &[&s], 4);
+    let p = |b: &Backend| Some(b.port());
+    wait_until(Duration::from_secs(5), "a DOWN by its check_url", || {
+        json_peer(&node.status(), "backend", &a.addr())["health"]["status"] == "down"
+    });
+    assert!(a.hits("/other") > 0);
+    assert_eq!(a.hits(HEALTH), 0, "the upstream's uri is not a's");
+    etcd.put(&key(&b), r#"{"slow_start": 30}"#);
+    wait_routes(&[&node], &[p(&b)], FOLLOW);
+    let st = node.status();
+    let h = &json_peer(&st, "backend", &b.addr())["health"];
+    assert!(
+        h["slow_start_factor"].as_f64().is_some_and(|f| f < 0.5),
+        "{h}"
+    );
+    assert!(h["slow_start_until"].is_f64(), "{h}");
+}
