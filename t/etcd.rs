@@ -216,6 +216,14 @@ fn a_frozen_etcd_is_noticed_and_followed_again_when_it_thaws() {
             .ok_or(e.to_string())
     });
     assert_eq!(e["last_error"], "etcd did not answer in time", "{e}");
+    // A change asked meanwhile waits for etcd up to `timeout`, then is refused.
+    let (status, answer) = control(port, &format!("t=gray&u=backend&p={}&a=set", b1.addr()));
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(
+        answer["err_msg"],
+        "etcd cannot be written, nothing was changed: etcd did not answer in time"
+    );
+    assert!(!manual_down(port, &b1.addr()));
     etcd.signal("CONT");
     wait_connected(port, RESUME_DEADLINE);
     etcd.put(&format!("{PREFIX}control/gray/backend/{}", b2.addr()), "{}");
@@ -381,6 +389,33 @@ fn control_through_one_node_holds_on_the_other_and_survives_its_restart() {
     wait_until(FLEET_DEADLINE, "node a follows the deletes", || {
         let list = control_list(a_port);
         list["manual_downs"] == serde_json::json!([]) && list["exclusions"] == serde_json::json!([])
+    });
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn a_gray_release_with_a_ttl_ends_on_every_node_with_its_etcd_lease() {
+    let etcd = Etcd::start();
+    let (b1, b2) = (Backend::new(), Backend::new());
+    let (a, a_port) = start_node(&etcd, &[&b1, &b2], 1);
+    let (b, b_port) = start_node(&etcd, &[&b1, &b2], 1);
+    wait_connected(a_port, Duration::from_secs(5));
+    wait_connected(b_port, Duration::from_secs(5));
+    let (status, answer) = control(
+        a_port,
+        &format!("t=gray&u=backend&p={}&a=set&ttl=2", b2.addr()),
+    );
+    assert_eq!(status, 200, "{answer}");
+    wait_until(FLEET_DEADLINE, "node b has the gray release", || {
+        manual_down(b_port, &b2.addr())
+    });
+    // etcd drops the key with its lease; both nodes end it.
+    wait_until(Duration::from_secs(6), "the key expires in etcd", || {
+        etcd.keys(PREFIX).is_empty()
+    });
+    wait_until(FLEET_DEADLINE, "both nodes end the gray release", || {
+        !manual_down(a_port, &b2.addr()) && !manual_down(b_port, &b2.addr())
     });
     a.stop();
     b.stop();

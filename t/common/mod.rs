@@ -1,9 +1,9 @@
 //! Integration-test harness shared by every test in `t/` (`mod common;`): runs a real nginx with
-//! the module loaded (this file); `backend` (scriptable HTTP backends), `http` (polling and a
-//! small HTTP client), `etcd` (a real etcd and etcdctl), `json` (status documents, serde_json), `load` (a request loop on its own
-//! thread), `ports` (listen ports that cannot collide), `procfs` (sockets of processes),
-//! `process` (external programs) and `prometheus` (a Prometheus server scraping nginx) hold
-//! the rest. Everything is re-exported here, so tests name it `common::NAME`.
+//! the module loaded (this file); `backend` (scriptable HTTP backends), `etcd` (a real etcd
+//! and etcdctl), `http` (polling and a small HTTP client), `json` (status documents,
+//! serde_json), `load` (a request loop on its own thread), `ports` (listen ports that cannot
+//! collide), `procfs` (sockets of processes), `process` (external programs) and `prometheus`
+//! (a Prometheus server scraping nginx, promtool) hold the rest. Everything is re-exported here, so tests name it `common::NAME`.
 //!
 //! The nginx binary and module come from `NGX_HC_NGINX` / `NGX_HC_MODULE`, which
 //! `scripts/test.sh` exports for each target (`NGX_HC_TARGET` = vendored | debian).
