@@ -243,6 +243,8 @@ fn keys_add_reweight_mark_down_and_remove_peers_on_every_worker_of_two_nodes() {
     );
     for node in nodes {
         assert!(names(&node.status()).is_empty());
+        let log = node.nginx.error_log();
+        assert!(!log.contains("is read again from the shared zone"), "{log}");
     }
 }
 
@@ -337,7 +339,12 @@ fn keys_past_max_peers_are_refused_counted_and_admitted_when_room_is_made() {
     next.sort_by_key(|b| b.addr());
     wait_routes(&[&node], &[p(&bs[1]), p(next[0])], FOLLOW);
     assert_eq!(gauge(&node), "1");
-    assert_eq!(alert_lines(&node.nginx.error_log()), Vec::<&str>::new());
+    let log = node.nginx.error_log();
+    assert_eq!(alert_lines(&log), Vec::<&str>::new());
+    assert!(
+        !log.contains("is read again from the shared zone"),
+        "the holder's roster went astray:\n{log}"
+    );
 }
 
 #[test]
