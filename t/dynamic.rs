@@ -448,6 +448,16 @@ fn a_deleted_peer_takes_no_new_request_and_its_requests_in_flight_finish() {
     let (status, headers, _) = in_flight.join().expect("thread").expect("the slow request");
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "X-Backend"), Some(a.port().to_string()));
+    // Nor is it probed any more (one probe may have been in flight): b's probes keep time.
+    let (a0, b0) = (a.hits(HEALTH), b.hits(HEALTH));
+    wait_until(Duration::from_secs(5), "five more probes of b", || {
+        b.hits(HEALTH) >= b0 + 5
+    });
+    assert!(
+        a.hits(HEALTH) <= a0 + 1,
+        "{} probes of a after its delete",
+        a.hits(HEALTH) - a0
+    );
 }
 
 #[test]
