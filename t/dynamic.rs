@@ -278,6 +278,14 @@ fn a_bad_value_keeps_its_peer_with_the_defaults_and_no_other_is_affected() {
         let pa = json_peer(&st, "backend", &a.addr());
         pa["etcd_error"] == Value::Null && pa["weight"] == 4
     });
+    // A key that names a host, not an address: ignored, said once, the others untouched.
+    etcd.put(&format!("{PREFIX}upstreams/backend/localhost:8080"), "{}");
+    wait_until(Duration::from_secs(5), "the hostname key reported", || {
+        node.nginx.error_log().contains(
+            "upstreams/backend/localhost:8080\" is ignored: not an IP address with a port",
+        )
+    });
+    wait_routes(&[&node], &[p(&a), p(&b)], FOLLOW);
     let log = node.nginx.error_log();
     assert_eq!(
         lines_with(
