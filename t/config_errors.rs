@@ -1423,6 +1423,12 @@ fn the_state_file_is_named_once_in_the_http_block() {
 fn dynamic_membership_needs_a_zone_a_round_robin_balancer_and_max_peers() {
     let d = "upstream_healthcheck_dynamic";
     let zone = "    zone u 256k;\n";
+    // etcd's keys are where the peers come from; nginx -t does not connect to it.
+    let etcd = "upstream_healthcheck_etcd http://127.0.0.1:2379;\n";
+    let rejected = |directives: &str, needle: &str, msg: &str| {
+        let check = nginx_test_conf("", &format!("{etcd}{}", upstream_with(directives)));
+        assert_rejected_at(&check, needle, msg);
+    };
     for (args, msg) in [
         ("", format!("\"{d}\" directive needs \"max_peers=\"")),
         (
@@ -1441,7 +1447,10 @@ fn dynamic_membership_needs_a_zone_a_round_robin_balancer_and_max_peers() {
         let line = format!("    {d} {args};");
         if args.is_empty() {
             // nginx itself counts the arguments.
-            let check = nginx_test_conf("", &upstream_with(&format!("{zone}{line}")));
+            let check = nginx_test_conf(
+                "",
+                &format!("{etcd}{}", upstream_with(&format!("{zone}{line}"))),
+            );
             assert_rejected_at(
                 &check,
                 d,
@@ -1475,10 +1484,26 @@ fn dynamic_membership_needs_a_zone_a_round_robin_balancer_and_max_peers() {
         d,
         &format!("\"{d}\" directive is not allowed with \"panic_threshold\" in upstream \"u\""),
     );
-    accepted(&upstream_with(&format!("{zone}    {d} max_peers=256;")));
-    accepted(&upstream_with(&format!(
-        "{zone}    least_conn;\n    {d} max_peers=8;\n    upstream_healthcheck interval=1s;"
-    )));
+    // Without etcd there is nowhere to learn the peers from.
+    let check = nginx_test_conf("", &upstream_with(&format!("{zone}    {d} max_peers=4;")));
+    assert_rejected_at(
+        &check,
+        d,
+        &format!("\"{d}\" directive needs \"upstream_healthcheck_etcd\" in the http block"),
+    );
+    accepted(&format!(
+        "{etcd}{}",
+        upstream_with(&format!("{zone}    {d} max_peers=256;"))
+    ));
+    accepted(&format!(
+        "{etcd}{}",
+        upstream_with(&format!(
+            "{zone}    least_conn;\n    {d} max_peers=8;\n    upstream_healthcheck interval=1s;"
+        ))
+    ));
     // Without a static server: the upstream waits for etcd's.
-    accepted(&upstream_of("", &format!("{zone}    {d} max_peers=2;")));
+    accepted(&format!(
+        "{etcd}{}",
+        upstream_of("", &format!("{zone}    {d} max_peers=2;"))
+    ));
 }

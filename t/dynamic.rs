@@ -27,10 +27,21 @@ fn key(b: &Backend) -> String {
 /// `max_peers` (0: not following etcd), a front on `port` that says which worker answered and
 /// which backend served.
 fn node_conf(etcd: &Etcd, port: u16, statics: &[&Backend], max_peers: usize) -> String {
-    let mut servers: String = statics
-        .iter()
-        .map(|b| format!("    server {};\n", b.addr()))
-        .collect();
+    node_conf_with(etcd, port, statics, max_peers, "")
+}
+
+/// `node_conf` with `extra` directives in the upstream (a balancer).
+fn node_conf_with(
+    etcd: &Etcd,
+    port: u16,
+    statics: &[&Backend],
+    max_peers: usize,
+    extra: &str,
+) -> String {
+    let mut servers: String = extra.to_string();
+    for b in statics {
+        servers.push_str(&format!("    server {};\n", b.addr()));
+    }
     if max_peers > 0 {
         servers.push_str(&format!(
             "    upstream_healthcheck_dynamic max_peers={max_peers};\n"
@@ -57,10 +68,14 @@ struct Node {
 
 impl Node {
     fn start(etcd: &Etcd, statics: &[&Backend], max_peers: usize) -> Node {
+        Node::start_with(etcd, statics, max_peers, "")
+    }
+
+    fn start_with(etcd: &Etcd, statics: &[&Backend], max_peers: usize, extra: &str) -> Node {
         let port = free_port();
         let nginx = Nginx::start_with(
             "worker_processes 2;",
-            &node_conf(etcd, port, statics, max_peers),
+            &node_conf_with(etcd, port, statics, max_peers, extra),
         );
         Node { nginx, port }
     }
@@ -228,6 +243,8 @@ fn keys_add_reweight_mark_down_and_remove_peers_on_every_worker_of_two_nodes() {
     );
     for node in nodes {
         assert!(names(&node.status()).is_empty());
+        let log = node.nginx.error_log();
+        assert!(!log.contains("is read again from the shared zone"), "{log}");
     }
 }
 
@@ -261,6 +278,14 @@ fn a_bad_value_keeps_its_peer_with_the_defaults_and_no_other_is_affected() {
         let pa = json_peer(&st, "backend", &a.addr());
         pa["etcd_error"] == Value::Null && pa["weight"] == 4
     });
+    // A key that names a host, not an address: ignored, said once, the others untouched.
+    etcd.put(&format!("{PREFIX}upstreams/backend/localhost:8080"), "{}");
+    wait_until(Duration::from_secs(5), "the hostname key reported", || {
+        node.nginx.error_log().contains(
+            "upstreams/backend/localhost:8080\" is ignored: not an IP address with a port",
+        )
+    });
+    wait_routes(&[&node], &[p(&a), p(&b)], FOLLOW);
     let log = node.nginx.error_log();
     assert_eq!(
         lines_with(
@@ -322,7 +347,12 @@ fn keys_past_max_peers_are_refused_counted_and_admitted_when_room_is_made() {
     next.sort_by_key(|b| b.addr());
     wait_routes(&[&node], &[p(&bs[1]), p(next[0])], FOLLOW);
     assert_eq!(gauge(&node), "1");
-    assert_eq!(alert_lines(&node.nginx.error_log()), Vec::<&str>::new());
+    let log = node.nginx.error_log();
+    assert_eq!(alert_lines(&log), Vec::<&str>::new());
+    assert!(
+        !log.contains("is read again from the shared zone"),
+        "the holder's roster went astray:\n{log}"
+    );
 }
 
 #[test]
@@ -403,4 +433,77 @@ fn a_peer_from_etcd_forced_down_through_one_nodes_control_api_is_down_on_both() 
         200
     );
     wait_routes(&nodes, &[p(&a), p(&b)], FOLLOW);
+}
+
+#[test]
+fn a_deleted_peer_takes_no_new_request_and_its_requests_in_flight_finish() {
+    let etcd = Etcd::start();
+    let (s, a, b) = (backend(), backend(), backend());
+    etcd.put(&key(&a), "{}");
+    let node = Node::start(&etcd, &[&s], 2);
+    let p = |b: &Backend| Some(b.port());
+    wait_routes(&[&node], &[p(&a)], Duration::from_secs(5));
+    a.set_path_mode("/slow", Mode::Hang);
+    let port = node.port;
+    let in_flight = std::thread::spawn(move || http_get(port, "/slow"));
+    wait_until(Duration::from_secs(5), "the slow request at a", || {
+        a.hits("/slow") == 1
+    });
+    etcd.put(&key(&b), "{}");
+    etcd.del(&key(&a));
+    wait_routes(&[&node], &[p(&b)], FOLLOW);
+    a.set_path_mode("/slow", Mode::Status(200));
+    let (status, headers, _) = in_flight.join().expect("thread").expect("the slow request");
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "X-Backend"), Some(a.port().to_string()));
+    // Nor is it probed any more (one probe may have been in flight): b's probes keep time.
+    let (a0, b0) = (a.hits(HEALTH), b.hits(HEALTH));
+    wait_until(Duration::from_secs(5), "five more probes of b", || {
+        b.hits(HEALTH) >= b0 + 5
+    });
+    assert!(
+        a.hits(HEALTH) <= a0 + 1,
+        "{} probes of a after its delete",
+        a.hits(HEALTH) - a0
+    );
+}
+
+#[test]
+fn least_conn_follows_etcd_too() {
+    let etcd = Etcd::start();
+    let (s, a, b) = (backend(), backend(), backend());
+    etcd.put(&key(&a), "{}");
+    let node = Node::start_with(&etcd, &[&s], 4, "    least_conn;\n");
+    let p = |b: &Backend| Some(b.port());
+    wait_routes(&[&node], &[p(&a)], Duration::from_secs(5));
+    etcd.put(&key(&b), "{}");
+    wait_routes(&[&node], &[p(&a), p(&b)], FOLLOW);
+    etcd.del(&key(&a));
+    wait_routes(&[&node], &[p(&b)], FOLLOW);
+    assert_eq!(s.proxied(), 0);
+}
+
+#[test]
+fn a_values_check_url_and_slow_start_apply_to_its_peer() {
+    let etcd = Etcd::start();
+    let (s, a, b) = (backend(), backend(), backend());
+    // a is probed on /other, which fails; b ramps over 30 s once added.
+    a.set_path_mode("/other", Mode::Status(503));
+    etcd.put(&key(&a), r#"{"checkurl": "/other"}"#);
+    let node = Node::start(&etcd, &[&s], 4);
+    let p = |b: &Backend| Some(b.port());
+    wait_until(Duration::from_secs(5), "a DOWN by its check_url", || {
+        json_peer(&node.status(), "backend", &a.addr())["health"]["status"] == "down"
+    });
+    assert!(a.hits("/other") > 0);
+    assert_eq!(a.hits(HEALTH), 0, "the upstream's uri is not a's");
+    etcd.put(&key(&b), r#"{"slow_start": 30}"#);
+    wait_routes(&[&node], &[p(&b)], FOLLOW);
+    let st = node.status();
+    let h = &json_peer(&st, "backend", &b.addr())["health"];
+    assert!(
+        h["slow_start_factor"].as_f64().is_some_and(|f| f < 0.5),
+        "{h}"
+    );
+    assert!(h["slow_start_until"].is_f64(), "{h}");
 }

@@ -459,6 +459,7 @@ mod tests {
 
     #[test]
     fn a_member_keeps_its_fields_in_fixed_room() {
+        assert_eq!(core::mem::size_of::<Member>(), 344, "as the README says");
         let mut m = Member::default();
         m.assign(7, "[::1]:8080");
         m.set_value(&parse_value(br#"{"weight": 2, "check_url": "/h"}"#));

@@ -1,6 +1,7 @@
 //! Property tests of the pure parsers (`proptest`, 256 cases a property): directive arguments
 //! (`parse.rs`), the incremental status-line parser (`status_line.rs`), the whole-response
-//! reader (`response.rs`), the match block (`matcher.rs`) and percent-decoding (`query.rs`).
+//! reader (`response.rs`), the match block (`matcher.rs`), percent-decoding (`query.rs`) and
+//! etcd membership (`membership.rs`: keys, values, the roster of reserved places).
 //! The parsers take bytes from nginx.conf, from the network and from request URIs, so beyond
 //! agreeing with reference models they must never panic on any input.
 
@@ -728,5 +729,69 @@ proptest! {
     fn the_response_reader_never_panics(input in http_soup(), cuts in vec(any::<usize>(), 0..8)) {
         let limits = Limits { body_keep: 64, body_read: 256, head_request: false };
         let _ = read_in_pieces(limits, &input, &cuts);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// etcd membership
+
+/// One event of a membership key: (put?, address index, slot busy mask).
+fn member_events() -> impl Strategy<Value = Vec<(bool, u8, u8)>> {
+    vec((any::<bool>(), 0u8..12, any::<u8>()), 0..80)
+}
+
+proptest! {
+    #[test]
+    fn membership_values_and_keys_never_panic(v in bytes(64), k in bytes(40)) {
+        let parsed = crate::membership::parse_value(&v);
+        prop_assert!(parsed.error.is_some() || parsed.weight >= 1);
+        if let Ok(text) = std::str::from_utf8(&k) {
+            if let Some((_, shown)) = crate::membership::parse_addr(text) {
+                prop_assert!(shown.len() <= crate::membership::ADDR_MAX);
+            }
+        }
+    }
+
+    /// Whatever keys come and go, the roster gives each admitted address a place of its own
+    /// within `max`, refuses the rest, and a full read of what the events left agrees with it.
+    #[test]
+    fn the_roster_keeps_places_distinct_and_bounded(max in 1usize..6, events in member_events()) {
+        use crate::membership::{Op, Roster};
+        use std::collections::{BTreeMap, BTreeSet};
+        let mut r = Roster::new(max, []);
+        // What etcd holds, and which place each admitted address has, as the ops say.
+        let mut keys: BTreeSet<String> = BTreeSet::new();
+        let mut places: BTreeMap<usize, String> = BTreeMap::new();
+        for (put, i, mask) in events {
+            let addr = format!("10.0.0.{i}:80");
+            let busy = move |o: usize| mask & (1 << (o % 8)) != 0;
+            let ops = if put {
+                keys.insert(addr.clone());
+                r.put(&addr, b"{}", &busy).into_iter().collect()
+            } else {
+                keys.remove(&addr);
+                r.delete(&addr, &busy)
+            };
+            for op in ops {
+                match op {
+                    Op::Set { offset, addr, new, .. } => {
+                        prop_assert!(offset < max);
+                        if new {
+                            prop_assert!(places.insert(offset, addr).is_none(), "a taken place");
+                        } else {
+                            prop_assert_eq!(places.get(&offset), Some(&addr));
+                        }
+                    }
+                    Op::Free { offset } => {
+                        prop_assert!(places.remove(&offset).is_some(), "a free place freed");
+                    }
+                }
+            }
+            let admitted: BTreeSet<&String> = places.values().collect();
+            prop_assert_eq!(admitted.len(), places.len(), "an address in two places");
+            prop_assert!(admitted.iter().all(|a| keys.contains(*a)));
+            prop_assert_eq!(places.len() + r.refused(), keys.len());
+            prop_assert!(places.len() == keys.len().min(max) || places.len() == max);
+        }
     }
 }

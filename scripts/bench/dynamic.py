@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 
-from lib import WORK, Nginx, Row, cpu_ns, fmt, log, median, spawn, stop_proc, wait_port, wrk
+from lib import WORK, Nginx, Row, alternate, fmt, log, median, spawn, stop_proc, wait_port
 
 ETCD = "/usr/bin/etcd"
 ETCD_CLIENT, ETCD_PEER = 8190, 8191
@@ -165,20 +165,8 @@ def request_path(cfg, etcd):
         if time.monotonic() > end:
             raise RuntimeError(f"dynamic A answered only from {seen}")
         seen.add(answer(PORT_A)[1])
-    inst = {"A": a, "B": b, "C": c}
     urls = {k: f"http://127.0.0.1:{port}/" for k, port in (("A", PORT_A), ("B", PORT_B), ("C", PORT_C))}
-    for k in "ABC":
-        wrk(urls[k], 1)
-    res = {"A": [], "B": [], "C": []}
-    for r in range(rounds):
-        for k in ORDERS[r % len(ORDERS)]:
-            pid = inst[k].worker_pids[0]
-            c0 = cpu_ns(pid)
-            w = wrk(urls[k], secs)
-            w["us_per_req"] = (cpu_ns(pid) - c0) / 1e3 / max(w["requests"], 1)
-            res[k].append(w)
-            log(f"  dynamic request path round {r + 1}/{rounds} {k}: {w['rps']:.0f} req/s, "
-                f"{w['us_per_req']:.2f} us CPU/request, failed {w['failed']}")
+    res = alternate({"A": a, "B": b, "C": c}, urls, rounds, secs, ORDERS, "dynamic request path")
     for n in (a, b, c):
         n.stop()
     return res

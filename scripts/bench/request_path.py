@@ -5,7 +5,7 @@ identical setups differ on this machine, the noise floor of the A/B ratios."""
 
 import re
 
-from lib import Nginx, Row, cpu_ns, fmt, http_get, log, median, wrk
+from lib import Nginx, Row, alternate, fmt, http_get, median
 
 BACKEND_PORTS = (8111, 8112, 8113)
 PORT_A, PORT_B, PORT_C = 8101, 8102, 8103
@@ -36,20 +36,9 @@ def run(cfg):
     a = proxy("rp-A", PORT_A, True).start(wait_for=("127.0.0.1", PORT_A))
     b = proxy("rp-B", PORT_B, False).start(wait_for=("127.0.0.1", PORT_B))
     c = proxy("rp-C", PORT_C, False).start(wait_for=("127.0.0.1", PORT_C))
-    inst = {"A": a, "B": b, "C": c}
     urls = {"A": f"http://127.0.0.1:{PORT_A}/", "B": f"http://127.0.0.1:{PORT_B}/", "C": f"http://127.0.0.1:{PORT_C}/"}
-    for k in "ABC":  # warm-up: connections, caches, CPU frequency
-        wrk(urls[k], 1)
-    res = {"A": [], "B": [], "C": []}
-    for r in range(rounds):
-        for k in ORDERS[r % len(ORDERS)]:
-            pid = inst[k].worker_pids[0]
-            c0 = cpu_ns(pid)
-            w = wrk(urls[k], secs)
-            w["us_per_req"] = (cpu_ns(pid) - c0) / 1e3 / max(w["requests"], 1)
-            res[k].append(w)
-            log(f"  request path round {r + 1}/{rounds} {k}: {w['rps']:.0f} req/s, p99 {w['p99']:.2f} ms, "
-                f"worker {w['us_per_req']:.2f} us CPU/request, failed {w['failed']}")
+    # Warm-up (connections, caches, CPU frequency), then the rounds.
+    res = alternate({"A": a, "B": b, "C": c}, urls, rounds, secs, ORDERS, "request path")
     # The module really probed meanwhile: every peer up, with checks counted.
     _, _, body = http_get("127.0.0.1", PORT_A, "/status?format=json")
     checks = [int(x) for x in re.findall(rb'"checks":(\d+)', body)]

@@ -5,7 +5,7 @@ responses clients see while one of three backends answers real requests with 502
 health checks with 200, under load: active checks only (A) vs active + passive checks (P), in
 alternating rounds (each round a fresh nginx, so each starts with every peer up)."""
 
-from lib import Nginx, Row, cpu_ns, fmt, log, median, wrk
+from lib import Nginx, Row, alternate, fmt, log, median, wrk
 
 BACKEND_PORTS = (8211, 8212, 8213)
 PORTS = {"T": 8201, "O": 8202, "O2": 8203}
@@ -41,18 +41,7 @@ def request_cost(cfg):
     sides = {k: proxy(f"tr-{k}", PORTS[k], "        upstream_healthcheck_traffic on;\n" if k == "T" else "",
                       good).start(wait_for=("127.0.0.1", PORTS[k])) for k in PORTS}
     urls = {k: f"http://127.0.0.1:{PORTS[k]}/" for k in PORTS}
-    for k in PORTS:
-        wrk(urls[k], 1)
-    res = {k: [] for k in PORTS}
-    for r in range(rounds):
-        for k in ORDERS[r % len(ORDERS)]:
-            pid = sides[k].worker_pids[0]
-            c0 = cpu_ns(pid)
-            w = wrk(urls[k], secs)
-            w["us_per_req"] = (cpu_ns(pid) - c0) / 1e3 / max(w["requests"], 1)
-            res[k].append(w)
-            log(f"  traffic cost round {r + 1}/{rounds} {k:2}: {w['rps']:.0f} req/s, "
-                f"worker {w['us_per_req']:.2f} us CPU/request, failed {w['failed']}")
+    res = alternate(sides, urls, rounds, secs, ORDERS, "traffic cost")
     for n in sides.values():
         n.stop()
     return res

@@ -179,7 +179,7 @@ fn on_key(
     w: &mut Worker,
     upstream: &str,
     addr: &str,
-    change: impl FnOnce(&mut Roster, &str, &dyn Fn(usize) -> bool) -> Vec<Op>,
+    change: impl Fn(&mut Roster, &str, &dyn Fn(usize) -> bool) -> Vec<Op>,
 ) {
     let main = w.main;
     let Some(ui) = dynamic_upstream(main, upstream) else {
@@ -190,17 +190,62 @@ fn on_key(
     };
     let up = &main.upstreams[ui];
     let now = now_msec();
+    let busy = |offset: usize| in_flight(w, up, offset);
     with_rosters(w, |rosters| {
+        let mut locked = w.header.lock();
         let Some(roster) = rosters[ui].as_mut() else {
             return;
         };
-        let ops = change(roster, &addr, &|offset| in_flight(w, up, offset));
-        let mut locked = w.header.lock();
+        let mut ops = change(roster, &addr, &busy);
+        if !expected(&mut locked, up, &ops) {
+            // The zone was written by another holder since this one's roster was built (the
+            // watch moved away and back): rebuilt from the zone, the event is taken again.
+            hc_log!(
+                NGX_LOG_NOTICE,
+                "the membership of upstream \"{}\" is read again from the shared zone",
+                LogEscaped(&up.name)
+            );
+            *rosters = rosters_from_zone(main, &mut locked);
+            let Some(fresh) = rosters[ui].as_mut() else {
+                return;
+            };
+            ops = change(fresh, &addr, &busy);
+        }
         for op in &ops {
             apply(&mut locked, up, op, now);
         }
-        note_refused(&mut locked, ui, roster);
+        if let Some(roster) = rosters[ui].as_ref() {
+            note_refused(&mut locked, ui, roster);
+        }
     });
+}
+
+/// Whether the zone is as the roster believes before `ops`, taken in order (the lock is
+/// held): a new peer's place is free (or freed just before), a known peer's place holds it, a
+/// freed place held someone.
+fn expected(locked: &mut Locked<'_>, up: &UpstreamConf, ops: &[Op]) -> bool {
+    let Some(d) = &up.dynamic else { return false };
+    let mut freed = Vec::new();
+    ops.iter().all(|op| {
+        let offset = match op {
+            Op::Set { offset, .. } | Op::Free { offset } => *offset,
+        };
+        let Some(m) = up
+            .peers
+            .get(d.first + offset)
+            .and_then(|p| locked.members().get(p.slot()).copied())
+        else {
+            return false;
+        };
+        match op {
+            Op::Set { new: true, .. } => !m.used || freed.contains(&offset),
+            Op::Set { addr, .. } => m.used && m.addr() == addr,
+            Op::Free { .. } => {
+                freed.push(offset);
+                m.used
+            }
+        }
+    })
 }
 
 /// Whether nginx's peer of reserved place `offset` of `up` has requests in flight (of the

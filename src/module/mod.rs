@@ -289,6 +289,7 @@ unsafe fn dynamic_of(
     name: &str,
     sc: &SrvConf,
     check: &Option<Check>,
+    etcd: bool,
 ) -> Result<Option<Dynamic>, ()> {
     let Some((max, at, pos)) = &sc.dynamic else {
         return Ok(None);
@@ -298,6 +299,11 @@ unsafe fn dynamic_of(
         conf_error_at(cf, pos, why);
         Err(())
     };
+    if !etcd {
+        return refuse(format!(
+            "\"{D}\" directive needs \"upstream_healthcheck_etcd\" in the http block"
+        ));
+    }
     if us.shm_zone.is_null() {
         return refuse(format!(
             "\"{D}\" directive needs \"zone\" in upstream \"{name}\""
@@ -480,7 +486,7 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
             }
         });
         // SAFETY: uscf is a parsed upstream with the peers nginx built.
-        let dynamic = unsafe { dynamic_of(cf, us, &name, sc, &check) }?;
+        let dynamic = unsafe { dynamic_of(cf, us, &name, sc, &check, main.etcd.is_some()) }?;
         // Every peer gets a slot, checked or not, so run-time state (a manual down) can
         // apply to any of them. A name listed twice gets keys 0, 1, ... of its own.
         let mut seen: HashMap<&str, u32> = HashMap::with_capacity(listed.len());

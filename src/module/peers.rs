@@ -374,6 +374,9 @@ fn apply_view(w: &mut Worker, v: &SlotView) {
         }
         w.members[slot] = m;
     }
+    if let Some(h) = w.hidden.get_mut(slot) {
+        *h = v.hidden;
+    }
     let t = &w.targets[slot];
     if v.hidden {
         // SAFETY: the targets are live peers of this worker's cycle.

@@ -103,6 +103,9 @@ pub struct Worker {
     pub members: Vec<MemberView>,
     /// Their names and probe requests, by slot, kept up to date under the zone lock.
     pub member_meta: Vec<MemberMeta>,
+    /// Slots not in use, by slot (free reserved peers, static ones replaced by etcd's):
+    /// never probed.
+    pub hidden: Vec<bool>,
     /// This host is the HA standby, as of the last application of changes.
     pub standby: bool,
     /// The journal position up to which changes are applied.
@@ -135,6 +138,11 @@ impl Worker {
         let main: &'static MainConf = self.main;
         let up = main.upstreams.get(t.upstream())?;
         Some((up, up.check.as_ref()?, up.peers.get(t.peer())?))
+    }
+
+    /// The slot's peer is not in use (see `hidden`).
+    pub fn is_hidden(&self, slot: usize) -> bool {
+        self.hidden.get(slot).copied().unwrap_or(false)
     }
 
     /// The name of the peer behind a slot: an etcd-learned one's address, or nginx's name.
@@ -239,6 +247,11 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         },
         member_meta: if main.has_dynamic() {
             (0..slots).map(|_| MemberMeta::default()).collect()
+        } else {
+            Vec::new()
+        },
+        hidden: if main.has_dynamic() {
+            vec![false; slots]
         } else {
             Vec::new()
         },

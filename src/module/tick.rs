@@ -277,6 +277,7 @@ pub fn finish(w: &mut Worker, slot: usize, ended: Ended, started: Instant, kept:
 /// Puts `slot` back in the queue for `at`, unless its upstream is no longer probed here.
 fn requeue(w: &mut Worker, slot: usize, at: u64) {
     let probed = !w.standby
+        && !w.is_hidden(slot)
         && w.targets
             .get(slot)
             .is_some_and(|t| !w.excluded[t.upstream()]);

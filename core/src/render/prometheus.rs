@@ -164,7 +164,6 @@ impl Family {
                 "Times the upstream entered panic.",
                 "counter",
             ),
-
         }
     }
 }
