@@ -12,9 +12,8 @@ use std::time::Instant;
 use ngx::ffi::{
     ngx_connection_t, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t,
     ngx_handle_read_event, ngx_handle_write_event, ngx_peer_connection_t, ngx_rwlock_rlock,
-    ngx_rwlock_unlock, ngx_socket_errno,
-    ngx_str_t, recv, send, sockaddr, sockaddr_storage, socklen_t, EAGAIN, EINTR, MSG_NOSIGNAL,
-    NGX_AGAIN, NGX_DECLINED, NGX_OK,
+    ngx_rwlock_unlock, ngx_socket_errno, ngx_str_t, recv, send, sockaddr, sockaddr_storage,
+    socklen_t, EAGAIN, EINTR, MSG_NOSIGNAL, NGX_AGAIN, NGX_DECLINED, NGX_OK,
 };
 
 use crate::config::{CheckType, ValidStatuses};
