@@ -187,7 +187,7 @@ extern "C" fn on_event(ev: *mut ngx_event_t) {
         let c = (*ev).data as *mut ngx_connection_t;
         (*c).data as *mut Call
     };
-    // SAFETY: as above.
+    // SAFETY: ev is the live event nginx called this handler with.
     let step = if unsafe { (*ev).timedout() } != 0 {
         Step::Done(Err("etcd did not answer in time".to_owned()))
     } else {

@@ -564,7 +564,7 @@ unsafe fn drive(p: *mut Probe, c: *mut ngx_connection_t) -> Next {
             unsafe { tls::finish(c, ctx) }
         } else {
             probe.handshaking = true;
-            // SAFETY: as above.
+            // SAFETY: the live connection, with TLS attached in `connect`.
             match unsafe { tls::handshake(c, ctx, Some(on_handshake)) } {
                 Some(passed) => passed,
                 None => return Next::Wait,

@@ -133,7 +133,7 @@ pub fn on_view(w: &mut Worker, slot: usize, facts: &PeerFacts, back_ms_ago: Opti
         }
         None => {
             if w.ramps.started.remove(&(slot as u32)).is_some() {
-                // SAFETY: as above.
+                // SAFETY: the targets are live peers of this worker's cycle.
                 unsafe { set_weight(t, full) };
             }
         }

@@ -174,7 +174,8 @@ pub fn start(w: &mut Worker, slot: usize) -> Option<(Ended, bool)> {
             Some((ended, kept))
         }
         Next::Reconnect => {
-            // SAFETY: as above (reconnect never answers Reconnect).
+            // SAFETY: p ended before anyone else saw it (reconnect never answers Reconnect, so
+            // no new connection is in flight).
             unsafe { release(p, &Ended::Local(String::new()), None) };
             Some((Ended::Local("reconnect loop".into()), false))
         }
@@ -323,7 +324,8 @@ unsafe fn end(p: *mut Probe, ended: Ended) {
         finish(w, slot, ended, started, kept)
     });
     if let Some(ended) = ended {
-        // SAFETY: as above; no worker to keep the connection in, nor to record the result.
+        // SAFETY: p is off the list and referenced nowhere else now; with no worker there is
+        // nowhere to keep the connection or record the result.
         unsafe { release(p, &ended, None) };
     }
 }
