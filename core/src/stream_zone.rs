@@ -220,7 +220,8 @@ impl StreamZone {
     /// # Safety
     /// As for `slots_locked`.
     pub unsafe fn change_at_locked(&self, seq: u64) -> Change {
-        // SAFETY: as for record_locked.
+        // SAFETY: journal_len entries allocated at init; the caller holds the lock (see
+        // `slots_locked`), so no writer changes them meanwhile.
         let ring = unsafe { core::slice::from_raw_parts(self.journal, self.journal_len) };
         journal::at(ring, seq)
     }

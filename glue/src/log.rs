@@ -23,7 +23,8 @@ macro_rules! hc_log {
 #[macro_export]
 macro_rules! hc_debug {
     ($($arg:tt)+) => {{
-        // SAFETY: as for hc_log.
+        // SAFETY: ngx_cycle is set before any module code runs and stays valid for the
+        // process; its log lives as long as the cycle.
         let log = unsafe { (*$crate::ngx::ffi::ngx_cycle).log };
         if !log.is_null() {
             $crate::ngx::ngx_log_debug!(log, "upstream_healthcheck: {}", format_args!($($arg)+));

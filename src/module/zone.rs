@@ -331,8 +331,9 @@ impl<'a> Locked<'a> {
 
     /// The change recorded at sequence `seq`.
     pub fn change_at(&mut self, seq: u64) -> Change {
-        // SAFETY: as for record.
         let h = self.header;
+        // SAFETY: the journal is journal_len entries of this zone, mapped for the cycle, and
+        // the lock held by self keeps writers out.
         let ring = unsafe { core::slice::from_raw_parts(h.journal, h.journal_len) };
         journal::at(ring, seq)
     }
@@ -348,13 +349,15 @@ impl<'a> Locked<'a> {
         if self.header.members.is_null() {
             return &mut [];
         }
-        // SAFETY: as for slots; members has nslots entries when not null.
+        // SAFETY: members was allocated with nslots entries in init_zone (not null, checked
+        // above), and the lock serializes every access to it across processes.
         unsafe { core::slice::from_raw_parts_mut(self.header.members, self.header.nslots) }
     }
 
     /// One record per upstream block, in `MainConf::upstreams` order.
     pub fn upstreams(&mut self) -> &mut [UpstreamRecord] {
-        // SAFETY: as for slots.
+        // SAFETY: the upstream records were allocated with nupstreams entries in init_zone, and
+        // the lock serializes every access to them across processes.
         unsafe { core::slice::from_raw_parts_mut(self.header.upstreams, self.header.nupstreams) }
     }
 }
@@ -570,8 +573,8 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
         // SAFETY: shpool is this zone's slab pool (a null result is checked below).
         let m = (unsafe { ngx_slab_alloc(shpool, bytes) }) as *mut Member;
         for i in 0..n {
-            // SAFETY: m has room for n members when not null.
             if !m.is_null() {
+                // SAFETY: m is not null, so it has room for n members.
                 unsafe { m.add(i).write(Member::default()) };
             }
         }
