@@ -25,14 +25,6 @@ const SLOW: &str =
 /// How long a verdict may take with `FAST`.
 const WAIT: Duration = Duration::from_secs(5);
 
-/// A directory for state files that outlives the nginx runs of a story, writable by the
-/// workers (which run as `nobody` when the tests run as root).
-fn state_dir() -> TempPrefix {
-    let dir = TempPrefix::new();
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).expect("chmod state dir");
-    dir
-}
-
 /// The http block: the state file, the upstreams, and a front server with the status page, the
 /// control endpoint and `/NAME/` proxying to each upstream without retries.
 fn conf(state_file: &str, port: u16, upstreams: &[(&str, Vec<String>, &str)]) -> String {

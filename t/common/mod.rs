@@ -140,6 +140,14 @@ impl TempPrefix {
     }
 }
 
+/// A directory for state files (`upstream_healthcheck_state_file`) that outlives the nginx
+/// runs of a story, writable by the workers (which run as `nobody` when the tests run as root).
+pub fn state_dir() -> TempPrefix {
+    let dir = TempPrefix::new();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).expect("chmod state dir");
+    dir
+}
+
 impl Default for TempPrefix {
     fn default() -> Self {
         Self::new()
