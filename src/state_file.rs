@@ -289,12 +289,7 @@ impl Serialize for MemberOut<'_> {
         if let Some(e) = p.value.error {
             m.serialize_entry("etcd_error", &e.to_string())?;
         }
-        if let Some(h) = &p.health {
-            health_entries(&mut m, h)?;
-        }
-        if let Some(until) = p.manual_down {
-            m.serialize_entry("manual_down", &UntilOut(until))?;
-        }
+        state_entries(&mut m, p.health.as_ref(), p.manual_down)?;
         m.end()
     }
 }
@@ -369,14 +364,24 @@ impl Serialize for PeerOut<'_> {
         if p.occurrence != 0 {
             m.serialize_entry("occurrence", &p.occurrence)?;
         }
-        if let Some(h) = &p.health {
-            health_entries(&mut m, h)?;
-        }
-        if let Some(until) = p.manual_down {
-            m.serialize_entry("manual_down", &UntilOut(until))?;
-        }
+        state_entries(&mut m, p.health.as_ref(), p.manual_down)?;
         m.end()
     }
+}
+
+/// A peer's verdict and counters, and its manual down, as entries of its object.
+fn state_entries<M: SerializeMap>(
+    m: &mut M,
+    health: Option<&PeerHealth>,
+    manual_down: Option<Until>,
+) -> Result<(), M::Error> {
+    if let Some(h) = health {
+        health_entries(m, h)?;
+    }
+    if let Some(until) = manual_down {
+        m.serialize_entry("manual_down", &UntilOut(until))?;
+    }
+    Ok(())
 }
 
 /// A peer's verdict and counters, as entries of its object.
@@ -546,17 +551,9 @@ fn member(v: &Value, upstream: &str, now_unix_ms: u64) -> Result<MemberState, De
                 .map_while(ValueError::from_code)
                 .find(|e| e.to_string() == text)
         });
-    let health = match m.get("up") {
-        None => None,
-        Some(up) => {
-            let up = up
-                .as_bool()
-                .ok_or_else(|| malformed(format_args!("\"up\" of {what} must be true or false")))?;
-            Some(health(m, up, &what)?)
-        }
-    };
+    let (health, manual_down) = state_of(m, &what, now_unix_ms)?;
     Ok(MemberState {
-        manual_down: until(m, "manual_down", &what, now_unix_ms)?,
+        manual_down,
         value: MemberValue { error, ..value },
         addr,
         health,
@@ -642,21 +639,32 @@ fn peer(v: &Value, upstream: &str, now_unix_ms: u64) -> Result<PeerState, Decode
     let m = object(v, &format!("a peer of {upstream}"))?;
     let name = string(m, "peer", &format!("a peer of {upstream}"))?;
     let what = format!("peer \"{name}\" of {upstream}");
+    let (health, manual_down) = state_of(m, &what, now_unix_ms)?;
+    Ok(PeerState {
+        occurrence: opt_u32(m, "occurrence", &what)?,
+        manual_down,
+        name,
+        health,
+    })
+}
+
+/// A peer's or a member's verdict and counters (when its upstream was checked) and its manual
+/// down (dropped when it ended by `now_unix_ms`).
+fn state_of(
+    m: &Map<String, Value>,
+    what: &str,
+    now_unix_ms: u64,
+) -> Result<(Option<PeerHealth>, Option<Until>), DecodeError> {
     let health = match m.get("up") {
         None => None,
         Some(up) => {
             let up = up
                 .as_bool()
                 .ok_or_else(|| malformed(format_args!("\"up\" of {what} must be true or false")))?;
-            Some(health(m, up, &what)?)
+            Some(health(m, up, what)?)
         }
     };
-    Ok(PeerState {
-        occurrence: opt_u32(m, "occurrence", &what)?,
-        manual_down: until(m, "manual_down", &what, now_unix_ms)?,
-        name,
-        health,
-    })
+    Ok((health, until(m, "manual_down", what, now_unix_ms)?))
 }
 
 fn health(m: &Map<String, Value>, up: bool, what: &str) -> Result<PeerHealth, DecodeError> {

@@ -42,6 +42,24 @@ pub struct RestoredPeer {
     pub manual_until_ms: u64,
 }
 
+impl RestoredPeer {
+    /// A peer's state as the file kept it: its verdict when its upstream is still `checked`,
+    /// its manual down when it has not ended by `now`.
+    fn of(
+        health: Option<PeerHealth>,
+        manual_down: Option<state_file::Until>,
+        checked: bool,
+        now: Now,
+    ) -> RestoredPeer {
+        RestoredPeer {
+            health: health.filter(|_| checked),
+            manual_until_ms: manual_down
+                .and_then(|m| until_from_file(m, now))
+                .unwrap_or(0),
+        }
+    }
+}
+
 /// What a fresh start takes from the state file, by the keys the zone uses.
 #[derive(Default)]
 pub struct Restored {
@@ -195,13 +213,7 @@ fn restore(main: &MainConf, state: &State, now: Now) -> Restored {
         }
         for p in &u.peers {
             let key = peer_key(u.name.as_bytes(), p.name.as_bytes(), p.occurrence);
-            let peer = RestoredPeer {
-                health: p.health.filter(|_| checked),
-                manual_until_ms: p
-                    .manual_down
-                    .and_then(|m| until_from_file(m, now))
-                    .unwrap_or(0),
-            };
+            let peer = RestoredPeer::of(p.health, p.manual_down, checked, now);
             restored.peers.insert(key, peer);
         }
     }
@@ -212,13 +224,7 @@ fn restore(main: &MainConf, state: &State, now: Now) -> Restored {
             .members
             .iter()
             .map(|p| {
-                let peer = RestoredPeer {
-                    health: p.health.filter(|_| checked),
-                    manual_until_ms: p
-                        .manual_down
-                        .and_then(|m| until_from_file(m, now))
-                        .unwrap_or(0),
-                };
+                let peer = RestoredPeer::of(p.health, p.manual_down, checked, now);
                 restored.peers.insert(member_key(&u.name, &p.addr), peer);
                 let mut m = Member::default();
                 m.assign(upstream_key(&u.name), &p.addr);
