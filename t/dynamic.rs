@@ -382,9 +382,16 @@ fn a_restart_while_etcd_is_down_serves_the_static_servers_until_etcd_answers() {
     let mut etcd = Etcd::start();
     let (s, a) = (backend(), backend());
     etcd.put(&key(&a), "{}");
-    etcd.stop();
     let node = Node::start(&etcd, &[&s], 4);
+    let port = node.port;
     let p = |b: &Backend| Some(b.port());
+    wait_routes(&[&node], &[p(&a)], Duration::from_secs(5));
+    // Without a state file, nothing of etcd's membership outlives nginx.
+    etcd.stop();
+    let node = Node {
+        nginx: node.nginx.restart("TERM", Duration::ZERO),
+        port,
+    };
     wait_routes(&[&node], &[p(&s)], Duration::from_secs(5));
     assert_eq!(
         json_peer(&node.status(), "backend", &s.addr())["source"],
@@ -404,11 +411,12 @@ fn a_restart_while_etcd_is_down_serves_the_membership_of_the_state_file_until_et
     etcd.put(&key(&a), r#"{"weight": 2}"#);
     etcd.put(&key(&b), "{}");
     let dir = state_dir();
+    let file = dir.path().join("hc.state");
     let port = free_port();
     let with_file = |checks: &str| {
         format!(
             "upstream_healthcheck_state_file {};\n{}",
-            dir.path().join("hc.state").display(),
+            file.display(),
             node_conf_checked(&etcd, port, &[&s], 4, checks)
         )
     };
@@ -432,6 +440,24 @@ fn a_restart_while_etcd_is_down_serves_the_membership_of_the_state_file_until_et
     };
     let a_checks = checks_of(&node, &a);
     assert!(a_checks > 0);
+    // The writer keeps etcd's peers in the file, b DOWN, and not the static server.
+    let doc = wait_file(&file, "etcd's peers in the state file", |doc| {
+        let members = &doc["membership"]["upstreams"][0]["members"];
+        let of = |b: &Backend| {
+            members
+                .as_array()
+                .and_then(|m| m.iter().find(|p| p["peer"] == b.addr().as_str()))
+                .cloned()
+        };
+        of(&a).is_some_and(|m| m["value"]["weight"] == 2)
+            && of(&b).is_some_and(|m| m["up"] == false)
+    });
+    assert_eq!(
+        doc["membership"]["upstreams"][0]["members"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
 
     // nginx -s stop, etcd down, start: no probe can decide within the story from now on, so
     // what shows comes from the file the master wrote at exit.

@@ -11,7 +11,7 @@ use common::*;
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Fast checks: a dead peer is DOWN after two refused probes, about 200 ms.
@@ -58,19 +58,6 @@ fn start_app(state_file: &str, port: u16, backend: &Backend) -> Nginx {
 fn health(port: u16, upstream: &str, peer: &str) -> Value {
     let doc = strict_json(&status_page(port, "/status?format=json"));
     json_peer(&doc, upstream, peer)["health"].clone()
-}
-
-/// The state file as JSON, once it exists and parses.
-fn wait_file(path: &Path, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    poll(Duration::from_secs(10), what, || {
-        let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
-        if ok(&doc) {
-            Ok(doc)
-        } else {
-            Err(text)
-        }
-    })
 }
 
 /// A peer's record in the state file.

@@ -148,6 +148,24 @@ pub fn state_dir() -> TempPrefix {
     dir
 }
 
+/// The state file at `path` as JSON, once it exists, parses and satisfies `ok` (within 10 s).
+pub fn wait_file(
+    path: &Path,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    poll(Duration::from_secs(10), what, || {
+        let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+        if ok(&doc) {
+            Ok(doc)
+        } else {
+            Err(text)
+        }
+    })
+}
+
 impl Default for TempPrefix {
     fn default() -> Self {
         Self::new()
