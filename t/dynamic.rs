@@ -3,7 +3,8 @@
 //! Adding, re-weighting, marking down and deleting a key changes what every worker of both
 //! nodes sends to the backends; a bad value keeps its peer with the defaults and touches no
 //! other; keys past `max_peers` are refused and counted; a reload keeps what etcd said; a
-//! restart while etcd is down serves the static servers until etcd answers.
+//! restart while etcd is down serves the static servers until etcd answers, or, with a state
+//! file, the membership etcd last gave, with its peers' state.
 mod common;
 
 use common::*;
@@ -17,6 +18,12 @@ const HEALTH: &str = "/health";
 /// How long every worker of every node may take to follow a change of etcd (the issue's
 /// bound; the bench row measures the actual time).
 const FOLLOW: Duration = Duration::from_secs(1);
+
+/// The checks of the stories: a verdict within a couple of probes of 100 ms.
+const FAST_CHECKS: &str = "interval=100ms fall=1 rise=1";
+/// Checks that decide nothing within a story: a first probe somewhere in the first hour, and
+/// three results to change a verdict.
+const SLOW_CHECKS: &str = "interval=1h fall=3 rise=3";
 
 /// The membership key of `b` in upstream `backend`.
 fn key(b: &Backend) -> String {
@@ -38,6 +45,29 @@ fn node_conf_with(
     max_peers: usize,
     extra: &str,
 ) -> String {
+    node_conf_full(etcd, port, statics, max_peers, extra, FAST_CHECKS)
+}
+
+/// `node_conf` with the upstream's checks `checks`.
+fn node_conf_checked(
+    etcd: &Etcd,
+    port: u16,
+    statics: &[&Backend],
+    max_peers: usize,
+    checks: &str,
+) -> String {
+    node_conf_full(etcd, port, statics, max_peers, "", checks)
+}
+
+/// `node_conf` with `extra` directives in the upstream and its checks `checks`.
+fn node_conf_full(
+    etcd: &Etcd,
+    port: u16,
+    statics: &[&Backend],
+    max_peers: usize,
+    extra: &str,
+    checks: &str,
+) -> String {
     let mut servers: String = extra.to_string();
     for b in statics {
         servers.push_str(&format!("    server {};\n", b.addr()));
@@ -50,7 +80,7 @@ fn node_conf_with(
     format!(
         "upstream_healthcheck_etcd {} prefix={PREFIX};\n\
          upstream backend {{\n    zone backend 256k;\n{servers}    \
-         upstream_healthcheck interval=100ms fall=1 rise=1 uri={HEALTH};\n}}\n\
+         upstream_healthcheck {checks} uri={HEALTH};\n}}\n\
          server {{\n    listen 127.0.0.1:{port} reuseport;\n    keepalive_timeout 0;\n    \
          add_header X-Worker $pid always;\n    proxy_next_upstream off;\n    \
          location / {{ proxy_pass http://backend; }}\n    \
@@ -394,9 +424,16 @@ fn a_restart_while_etcd_is_down_serves_the_static_servers_until_etcd_answers() {
     let mut etcd = Etcd::start();
     let (s, a) = (backend(), backend());
     etcd.put(&key(&a), "{}");
-    etcd.stop();
     let node = Node::start(&etcd, &[&s], 4);
+    let port = node.port;
     let p = |b: &Backend| Some(b.port());
+    wait_routes(&[&node], &[p(&a)], Duration::from_secs(5));
+    // Without a state file, nothing of etcd's membership outlives nginx.
+    etcd.stop();
+    let node = Node {
+        nginx: node.nginx.restart("TERM", Duration::ZERO),
+        port,
+    };
     wait_routes(&[&node], &[p(&s)], Duration::from_secs(5));
     assert_eq!(
         json_peer(&node.status(), "backend", &s.addr())["source"],
@@ -405,6 +442,106 @@ fn a_restart_while_etcd_is_down_serves_the_static_servers_until_etcd_answers() {
     etcd.restart();
     wait_routes(&[&node], &[p(&a)], Duration::from_secs(10));
     assert!(!names(&node.status()).contains(&s.addr()));
+}
+
+#[test]
+fn a_restart_while_etcd_is_down_serves_the_membership_of_the_state_file_until_etcd_answers() {
+    let mut etcd = Etcd::start();
+    let (s, a, b, c) = (backend(), backend(), backend(), backend());
+    // b is found DOWN by its checks.
+    b.stop();
+    etcd.put(&key(&a), r#"{"weight": 2}"#);
+    etcd.put(&key(&b), "{}");
+    let dir = state_dir();
+    let file = dir.path().join("hc.state");
+    let port = free_port();
+    let with_file = |checks: &str| {
+        format!(
+            "upstream_healthcheck_state_file {};\n{}",
+            file.display(),
+            node_conf_checked(&etcd, port, &[&s], 4, checks)
+        )
+    };
+    let (fast, slow) = (with_file(FAST_CHECKS), with_file(SLOW_CHECKS));
+    let node = Node {
+        nginx: Nginx::start_with("worker_processes 2;", &fast),
+        port,
+    };
+    let p = |b: &Backend| Some(b.port());
+    wait_routes(&[&node], &[p(&a)], Duration::from_secs(5));
+    let status_of = |node: &Node, b: &Backend| {
+        json_peer(&node.status(), "backend", &b.addr())["health"]["status"].clone()
+    };
+    wait_until(Duration::from_secs(5), "b found down", || {
+        status_of(&node, &b) == "down"
+    });
+    let checks_of = |node: &Node, b: &Backend| {
+        json_peer(&node.status(), "backend", &b.addr())["health"]["checks"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let a_checks = checks_of(&node, &a);
+    assert!(a_checks > 0);
+    // The writer keeps etcd's peers in the file, b DOWN, and not the static server.
+    let doc = wait_file(&file, "etcd's peers in the state file", |doc| {
+        let members = &doc["membership"]["upstreams"][0]["members"];
+        let of = |b: &Backend| {
+            members
+                .as_array()
+                .and_then(|m| m.iter().find(|p| p["peer"] == b.addr().as_str()))
+                .cloned()
+        };
+        of(&a).is_some_and(|m| m["value"]["weight"] == 2)
+            && of(&b).is_some_and(|m| m["up"] == false)
+    });
+    assert_eq!(
+        doc["membership"]["upstreams"][0]["members"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+
+    // nginx -s stop, etcd down, start: no probe can decide within the story from now on, so
+    // what shows comes from the file the master wrote at exit.
+    let Node { mut nginx, port } = node;
+    nginx.rewrite_conf(&slow);
+    etcd.stop();
+    let node = Node {
+        nginx: nginx.restart("TERM", Duration::ZERO),
+        port,
+    };
+    let st = node.status();
+    let mut want = vec![a.addr(), b.addr()];
+    want.sort();
+    assert_eq!(names(&st), want, "etcd's peers, not the static server");
+    let pa = json_peer(&st, "backend", &a.addr());
+    assert_eq!((&pa["source"], &pa["weight"]), (&"etcd".into(), &2.into()));
+    assert_eq!(status_of(&node, &b), "down", "b starts DOWN");
+    assert!(checks_of(&node, &a) >= a_checks, "a's counters kept");
+    // Every worker sends to a alone from the first request.
+    s.reset_counts();
+    a.reset_counts();
+    wait_routes(&[&node], &[p(&a)], Duration::ZERO);
+    for _ in 0..20 {
+        assert_eq!(node.request().map(|(_, b)| b), p(&a));
+    }
+    assert_eq!(s.proxied(), 0, "the static server is not used");
+    assert!(a.proxied() >= 20);
+    let log = node.nginx.error_log();
+    assert_eq!(
+        lines_with(&log, "membership of 1 upstream(s) taken from").len(),
+        1,
+        "{log}"
+    );
+
+    // etcd answers with another membership: the node follows it; a kept its state.
+    etcd.restart();
+    etcd.del(&key(&b));
+    etcd.put(&key(&c), "{}");
+    wait_routes(&[&node], &[p(&a), p(&c)], Duration::from_secs(10));
+    assert!(!names(&node.status()).contains(&b.addr()));
+    assert!(checks_of(&node, &a) >= a_checks, "a's counters kept");
+    assert_eq!(s.proxied(), 0);
 }
 
 #[test]

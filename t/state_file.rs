@@ -11,7 +11,7 @@ use common::*;
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Fast checks: a dead peer is DOWN after two refused probes, about 200 ms.
@@ -24,14 +24,6 @@ const SLOW: &str =
 
 /// How long a verdict may take with `FAST`.
 const WAIT: Duration = Duration::from_secs(5);
-
-/// A directory for state files that outlives the nginx runs of a story, writable by the
-/// workers (which run as `nobody` when the tests run as root).
-fn state_dir() -> TempPrefix {
-    let dir = TempPrefix::new();
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).expect("chmod state dir");
-    dir
-}
 
 /// The http block: the state file, the upstreams, and a front server with the status page, the
 /// control endpoint and `/NAME/` proxying to each upstream without retries.
@@ -66,19 +58,6 @@ fn start_app(state_file: &str, port: u16, backend: &Backend) -> Nginx {
 fn health(port: u16, upstream: &str, peer: &str) -> Value {
     let doc = strict_json(&status_page(port, "/status?format=json"));
     json_peer(&doc, upstream, peer)["health"].clone()
-}
-
-/// The state file as JSON, once it exists and parses.
-fn wait_file(path: &Path, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    poll(Duration::from_secs(10), what, || {
-        let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
-        if ok(&doc) {
-            Ok(doc)
-        } else {
-            Err(text)
-        }
-    })
 }
 
 /// A peer's record in the state file.

@@ -7,13 +7,20 @@
 //! {"format": "nginx-upstream-healthcheck-state", "version": 1, "written": 1764392000123,
 //!  "upstreams": [{"name": "backend", "excluded": {"until": 1764392060000},
 //!                 "peers": [{"peer": "127.0.0.1:8081", "up": false, "fall_count": 3, ...,
-//!                            "manual_down": {"until": null}}]}]}
+//!                            "manual_down": {"until": null}}]}],
+//!  "membership": {"revision": 42, "upstreams": [{"name": "backend",
+//!                 "members": [{"peer": "127.0.0.1:8082", "value": {"weight": 2},
+//!                              "up": true, "checks": 12, ...}]}]}}
 //! ```
 //!
 //! Times are Unix milliseconds, so that a ttl runs on while nginx is stopped; `"until": null`
-//! is a manual down or an exclusion without a ttl. Sections other than `upstreams` are ignored,
-//! and so are fields this version does not know: later versions add sections (e.g. membership
-//! learnt at run time) without breaking older readers of the same version.
+//! is a manual down or an exclusion without a ttl. `membership` is what etcd said of the
+//! upstreams with `upstream_healthcheck_dynamic` (each member's address, its key's value as
+//! etcd's JSON and its state like a peer's), at the etcd `revision` it reflects; it is left out
+//! until etcd has been read. Sections other than these are ignored, and so are fields this
+//! version does not know: later versions add sections without breaking older readers of the
+//! same version. A member entry that cannot be used is skipped with its reason, the others
+//! are kept.
 
 use core::fmt;
 
@@ -21,6 +28,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 use crate::health::PeerHealth;
+use crate::membership::{parse_addr, parse_value, MemberValue, ValueError};
 use crate::outcome::Failure;
 
 /// The `format` field: says the file is ours.
@@ -88,12 +96,52 @@ pub struct UpstreamState {
     pub peers: Vec<PeerState>,
 }
 
+/// One peer learnt from etcd (`upstream_healthcheck_dynamic`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberState {
+    /// Its key's address, as `membership::parse_addr` shows it.
+    pub addr: String,
+    /// Its key's value as membership keeps it (the defaults and the error for a bad one).
+    pub value: MemberValue,
+    /// Its checks' verdict and counters; `None` when its upstream is not checked.
+    pub health: Option<PeerHealth>,
+    /// A manual down of the control API in force.
+    pub manual_down: Option<Until>,
+}
+
+/// The members of one upstream with `upstream_healthcheck_dynamic` once etcd was read (none:
+/// etcd's directory was empty).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MembershipState {
+    pub name: String,
+    pub members: Vec<MemberState>,
+}
+
+/// The `membership` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// The etcd revision it reflects (0: not known).
+    pub revision: u64,
+    pub upstreams: Vec<MembershipState>,
+}
+
+impl Membership {
+    /// The members it holds.
+    pub fn members(&self) -> usize {
+        self.upstreams.iter().map(|u| u.members.len()).sum()
+    }
+}
+
 /// Everything the file holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     /// When it was written (Unix ms).
     pub written_unix_ms: u64,
     pub upstreams: Vec<UpstreamState>,
+    /// What etcd said, once it was read.
+    pub membership: Option<Membership>,
+    /// What a read skipped of the `membership` section, with why (never written).
+    pub skipped: Vec<String>,
 }
 
 impl State {
@@ -167,6 +215,81 @@ impl Serialize for Doc<'_> {
         m.serialize_entry("version", &VERSION)?;
         m.serialize_entry("written", &self.0.written_unix_ms)?;
         m.serialize_entry("upstreams", &Upstreams(&self.0.upstreams))?;
+        if let Some(membership) = &self.0.membership {
+            m.serialize_entry("membership", &MembershipOut(membership))?;
+        }
+        m.end()
+    }
+}
+
+struct MembershipOut<'a>(&'a Membership);
+
+impl Serialize for MembershipOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        if self.0.revision != 0 {
+            m.serialize_entry("revision", &self.0.revision)?;
+        }
+        m.serialize_entry("upstreams", &Seq(self.0.upstreams.iter().map(MembersOut)))?;
+        m.end()
+    }
+}
+
+/// A sequence from an iterator that can be cloned (serialize takes `&self`).
+struct Seq<I>(I);
+
+impl<I: Iterator<Item = T> + Clone, T: Serialize> Serialize for Seq<I> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.clone())
+    }
+}
+
+struct MembersOut<'a>(&'a MembershipState);
+
+impl Serialize for MembersOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("name", &self.0.name)?;
+        m.serialize_entry("members", &Seq(self.0.members.iter().map(MemberOut)))?;
+        m.end()
+    }
+}
+
+/// A key's value in etcd's own words: `{"weight": 2, "slow_start": 30, "check_url": "/h",
+/// "status": "down"}`, the defaults left out but the weight.
+struct ValueOut<'a>(&'a MemberValue);
+
+impl Serialize for ValueOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let v = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("weight", &v.weight)?;
+        if v.slow_start_ms != 0 {
+            // Seconds as the value gives them; whole milliseconds survive the round trip.
+            m.serialize_entry("slow_start", &(v.slow_start_ms as f64 / 1000.0))?;
+        }
+        if let Some(url) = &v.check_url {
+            m.serialize_entry("check_url", url)?;
+        }
+        if v.down {
+            m.serialize_entry("status", "down")?;
+        }
+        m.end()
+    }
+}
+
+struct MemberOut<'a>(&'a MemberState);
+
+impl Serialize for MemberOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let p = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("peer", &p.addr)?;
+        m.serialize_entry("value", &ValueOut(&p.value))?;
+        if let Some(e) = p.value.error {
+            m.serialize_entry("etcd_error", &e.to_string())?;
+        }
+        state_entries(&mut m, p.health.as_ref(), p.manual_down)?;
         m.end()
     }
 }
@@ -241,41 +364,57 @@ impl Serialize for PeerOut<'_> {
         if p.occurrence != 0 {
             m.serialize_entry("occurrence", &p.occurrence)?;
         }
-        if let Some(h) = &p.health {
-            m.serialize_entry("up", &h.is_up())?;
-            // Zeros and empty values are left out: they are what a reader assumes.
-            let numbers = [
-                ("rise_count", u64::from(h.rise_count)),
-                ("fall_count", u64::from(h.fall_count)),
-                ("checks", h.checks),
-                ("transitions_up", u64::from(h.transitions_up)),
-                ("transitions_down", u64::from(h.transitions_down)),
-            ];
-            for (k, v) in numbers.into_iter().filter(|&(_, v)| v != 0) {
-                m.serialize_entry(k, &v)?;
-            }
-            if h.failures.iter().any(|&n| n != 0) {
-                m.serialize_entry("failures", &Failures(h))?;
-            }
-            if let Some(e) = h.last_error() {
-                m.serialize_entry("last_error", e.as_str())?;
-            }
-            let last = [
-                ("last_status", u64::from(h.last_status)),
-                ("last_detail", u64::from(h.last_detail)),
-                ("last_duration_us", u64::from(h.last_duration_us)),
-                ("last_check", h.last_check_ms),
-                ("last_change", h.last_change_ms),
-            ];
-            for (k, v) in last.into_iter().filter(|&(_, v)| v != 0) {
-                m.serialize_entry(k, &v)?;
-            }
-        }
-        if let Some(until) = p.manual_down {
-            m.serialize_entry("manual_down", &UntilOut(until))?;
-        }
+        state_entries(&mut m, p.health.as_ref(), p.manual_down)?;
         m.end()
     }
+}
+
+/// A peer's verdict and counters, and its manual down, as entries of its object.
+fn state_entries<M: SerializeMap>(
+    m: &mut M,
+    health: Option<&PeerHealth>,
+    manual_down: Option<Until>,
+) -> Result<(), M::Error> {
+    if let Some(h) = health {
+        health_entries(m, h)?;
+    }
+    if let Some(until) = manual_down {
+        m.serialize_entry("manual_down", &UntilOut(until))?;
+    }
+    Ok(())
+}
+
+/// A peer's verdict and counters, as entries of its object.
+fn health_entries<M: SerializeMap>(m: &mut M, h: &PeerHealth) -> Result<(), M::Error> {
+    m.serialize_entry("up", &h.is_up())?;
+    // Zeros and empty values are left out: they are what a reader assumes.
+    let numbers = [
+        ("rise_count", u64::from(h.rise_count)),
+        ("fall_count", u64::from(h.fall_count)),
+        ("checks", h.checks),
+        ("transitions_up", u64::from(h.transitions_up)),
+        ("transitions_down", u64::from(h.transitions_down)),
+    ];
+    for (k, v) in numbers.into_iter().filter(|&(_, v)| v != 0) {
+        m.serialize_entry(k, &v)?;
+    }
+    if h.failures.iter().any(|&n| n != 0) {
+        m.serialize_entry("failures", &Failures(h))?;
+    }
+    if let Some(e) = h.last_error() {
+        m.serialize_entry("last_error", e.as_str())?;
+    }
+    let last = [
+        ("last_status", u64::from(h.last_status)),
+        ("last_detail", u64::from(h.last_detail)),
+        ("last_duration_us", u64::from(h.last_duration_us)),
+        ("last_check", h.last_check_ms),
+        ("last_change", h.last_change_ms),
+    ];
+    for (k, v) in last.into_iter().filter(|&(_, v)| v != 0) {
+        m.serialize_entry(k, &v)?;
+    }
+    Ok(())
 }
 
 /// Reads a file's bytes. Manual downs and exclusions whose end passed by `now_unix_ms` are
@@ -310,9 +449,114 @@ pub fn decode(bytes: &[u8], now_unix_ms: u64) -> Result<State, DecodeError> {
             .map(|u| upstream(u, now_unix_ms))
             .collect::<Result<_, _>>()?,
     };
+    let mut skipped = Vec::new();
+    let membership = top
+        .get("membership")
+        .and_then(|v| membership(v, now_unix_ms, &mut skipped));
     Ok(State {
         written_unix_ms,
         upstreams,
+        membership,
+        skipped,
+    })
+}
+
+/// The `membership` section; what cannot be used is skipped with its reason in `skipped` (the
+/// whole section when it is not one).
+fn membership(v: &Value, now_unix_ms: u64, skipped: &mut Vec<String>) -> Option<Membership> {
+    let section = (|| -> Result<(u64, &[Value]), DecodeError> {
+        let m = object(v, "\"membership\"")?;
+        let revision = opt_u64(m, "revision", "\"membership\"")?.unwrap_or(0);
+        let ups = match m.get("upstreams") {
+            None => &[][..],
+            Some(v) => array(v, "\"upstreams\" of \"membership\"")?,
+        };
+        Ok((revision, ups))
+    })();
+    let (revision, ups) = match section {
+        Ok(section) => section,
+        Err(e) => {
+            skipped.push(format!("the membership section ({e})"));
+            return None;
+        }
+    };
+    let mut upstreams: Vec<MembershipState> = Vec::new();
+    for u in ups {
+        match members_of(u, now_unix_ms, skipped) {
+            Ok(u) if upstreams.iter().any(|o| o.name == u.name) => skipped.push(format!(
+                "the membership of upstream \"{}\" (listed twice)",
+                u.name
+            )),
+            Ok(u) => upstreams.push(u),
+            Err(e) => skipped.push(format!("a membership entry ({e})")),
+        }
+    }
+    Some(Membership {
+        revision,
+        upstreams,
+    })
+}
+
+/// One upstream's members; a bad member is skipped (with its reason in `skipped`), and so is
+/// a second one of the same address.
+fn members_of(
+    v: &Value,
+    now_unix_ms: u64,
+    skipped: &mut Vec<String>,
+) -> Result<MembershipState, DecodeError> {
+    let m = object(v, "a membership entry")?;
+    let name = string(m, "name", "a membership entry")?;
+    let what = format!("upstream \"{name}\"");
+    let list = match m.get("members") {
+        None => &[][..],
+        Some(v) => array(v, &format!("\"members\" of {what}"))?,
+    };
+    let mut members: Vec<MemberState> = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        match member(v, &what, now_unix_ms) {
+            Ok(p) if members.iter().any(|o| o.addr == p.addr) => {
+                skipped.push(format!("member \"{}\" of {what} (listed twice)", p.addr))
+            }
+            Ok(p) => members.push(p),
+            Err(e) => skipped.push(format!("member {} of {what} ({e})", i + 1)),
+        }
+    }
+    Ok(MembershipState { name, members })
+}
+
+fn member(v: &Value, upstream: &str, now_unix_ms: u64) -> Result<MemberState, DecodeError> {
+    let m = object(v, "a member")?;
+    let text = string(m, "peer", "a member")?;
+    let (_, addr) = parse_addr(&text)
+        .ok_or_else(|| malformed(format_args!("\"{text}\" is not an IP address with a port")))?;
+    let what = format!("member \"{addr}\" of {upstream}");
+    let value = match m.get("value") {
+        None => MemberValue::default(),
+        Some(v) => {
+            object(v, &format!("\"value\" of {what}"))?;
+            let value = parse_value(v.to_string().as_bytes());
+            if let Some(e) = value.error {
+                return Err(malformed(format_args!("\"value\" of {what}: {e}")));
+            }
+            value
+        }
+    };
+    // The error of a bad value in etcd, as the status pages show it; one this version does not
+    // know is left out.
+    let error = m
+        .get("etcd_error")
+        .and_then(Value::as_str)
+        .and_then(|text| {
+            (1..=u8::MAX)
+                .map_while(ValueError::from_code)
+                .find(|e| e.to_string() == text)
+        });
+    let (health, manual_down) = state_of(m, &what, now_unix_ms)?;
+    Ok(MemberState {
+        manual_down,
+        value: MemberValue { error, ..value },
+        addr,
+        health,
     })
 }
 
@@ -395,21 +639,32 @@ fn peer(v: &Value, upstream: &str, now_unix_ms: u64) -> Result<PeerState, Decode
     let m = object(v, &format!("a peer of {upstream}"))?;
     let name = string(m, "peer", &format!("a peer of {upstream}"))?;
     let what = format!("peer \"{name}\" of {upstream}");
+    let (health, manual_down) = state_of(m, &what, now_unix_ms)?;
+    Ok(PeerState {
+        occurrence: opt_u32(m, "occurrence", &what)?,
+        manual_down,
+        name,
+        health,
+    })
+}
+
+/// A peer's or a member's verdict and counters (when its upstream was checked) and its manual
+/// down (dropped when it ended by `now_unix_ms`).
+fn state_of(
+    m: &Map<String, Value>,
+    what: &str,
+    now_unix_ms: u64,
+) -> Result<(Option<PeerHealth>, Option<Until>), DecodeError> {
     let health = match m.get("up") {
         None => None,
         Some(up) => {
             let up = up
                 .as_bool()
                 .ok_or_else(|| malformed(format_args!("\"up\" of {what} must be true or false")))?;
-            Some(health(m, up, &what)?)
+            Some(health(m, up, what)?)
         }
     };
-    Ok(PeerState {
-        occurrence: opt_u32(m, "occurrence", &what)?,
-        manual_down: until(m, "manual_down", &what, now_unix_ms)?,
-        name,
-        health,
-    })
+    Ok((health, until(m, "manual_down", what, now_unix_ms)?))
 }
 
 fn health(m: &Map<String, Value>, up: bool, what: &str) -> Result<PeerHealth, DecodeError> {
@@ -514,7 +769,53 @@ mod tests {
                     peers: vec![],
                 },
             ],
+            membership: None,
+            skipped: Vec::new(),
         }
+    }
+
+    /// `sample` with the membership etcd gave two dynamic upstreams.
+    fn with_members() -> State {
+        let member = |addr: &str, value: &[u8], health: Option<PeerHealth>| MemberState {
+            addr: addr.into(),
+            value: crate::membership::parse_value(value),
+            health,
+            manual_down: None,
+        };
+        let mut bad = member("127.0.0.1:9003", b"{weight: 3", None);
+        bad.manual_down = Some(Until::UnixMs(NOW + 60_000));
+        State {
+            membership: Some(Membership {
+                revision: 42,
+                upstreams: vec![
+                    MembershipState {
+                        name: "backend".into(),
+                        members: vec![
+                            member(
+                                "127.0.0.1:9001",
+                                br#"{"weight": 3, "slow_start": 30.5, "check_url": "/h"}"#,
+                                Some(PeerHealth::new(true)),
+                            ),
+                            member("[::1]:9002", br#"{"status": "down"}"#, Some(down_peer())),
+                            bad,
+                        ],
+                    },
+                    MembershipState {
+                        name: "empty".into(),
+                        members: vec![],
+                    },
+                ],
+            }),
+            ..sample()
+        }
+    }
+
+    /// A file of this version around the `membership` section `section`.
+    fn file_with(section: &str) -> String {
+        format!(
+            r#"{{"format": "{FORMAT}", "version": 1, "written": 5, "upstreams": [],
+                "membership": {section}}}"#
+        )
     }
 
     #[test]
@@ -523,6 +824,155 @@ mod tests {
         let text = encode(&state).unwrap();
         assert_eq!(decode(text.as_bytes(), NOW), Ok(state));
         assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn a_membership_survives_a_round_trip() {
+        let state = with_members();
+        let text = encode(&state).unwrap();
+        let back = decode(text.as_bytes(), NOW).unwrap();
+        assert_eq!(back, state);
+        let m = &back.membership.unwrap().upstreams[0].members;
+        assert_eq!(m[0].value.slow_start_ms, 30_500);
+        assert_eq!(m[2].value.error, Some(ValueError::NotJson));
+        assert_eq!(m[2].value.weight, 1, "a bad value's defaults");
+    }
+
+    #[test]
+    fn members_are_written_with_their_value_in_etcds_words() {
+        let doc: Value = serde_json::from_str(&encode(&with_members()).unwrap()).unwrap();
+        let section = &doc["membership"];
+        assert_eq!(section["revision"], 42);
+        let members = &section["upstreams"][0]["members"];
+        assert_eq!(
+            members[0]["value"],
+            json!({"weight": 3, "slow_start": 30.5, "check_url": "/h"})
+        );
+        assert_eq!(members[0]["up"], true);
+        assert_eq!(members[1]["peer"], "[::1]:9002");
+        assert_eq!(members[1]["value"], json!({"weight": 1, "status": "down"}));
+        assert_eq!(members[1]["up"], false);
+        assert_eq!(members[1]["fall_count"], 4);
+        assert_eq!(members[2]["etcd_error"], "the value is not valid JSON");
+        assert_eq!(members[2]["manual_down"], json!({"until": NOW + 60_000}));
+        assert!(members[2].get("up").is_none(), "unchecked");
+        assert_eq!(
+            section["upstreams"][1],
+            json!({"name": "empty", "members": []})
+        );
+        // Without etcd's peers, no section.
+        let doc: Value = serde_json::from_str(&encode(&sample()).unwrap()).unwrap();
+        assert!(doc.get("membership").is_none());
+    }
+
+    #[test]
+    fn a_file_without_the_membership_section_loads_without_membership() {
+        let old = format!(
+            r#"{{"format": "{FORMAT}", "version": 1, "written": 5,
+                "upstreams": [{{"name": "b", "peers": [{{"peer": "127.0.0.1:1", "up": false}}]}}]}}"#
+        );
+        let state = decode(old.as_bytes(), NOW).unwrap();
+        assert_eq!(state.membership, None);
+        assert!(state.skipped.is_empty());
+        assert!(!state.upstreams[0].peers[0].health.unwrap().is_up());
+        // An empty section is etcd's empty directory: an upstream with no peers.
+        let state = decode(
+            file_with(r#"{"upstreams": [{"name": "b"}]}"#).as_bytes(),
+            NOW,
+        )
+        .unwrap();
+        let m = state.membership.unwrap();
+        assert_eq!((m.revision, m.upstreams[0].members.len()), (0, 0));
+    }
+
+    #[test]
+    fn bad_member_entries_are_skipped_with_their_reason_and_the_others_kept() {
+        let text = file_with(
+            r#"{"revision": 7, "upstreams": [
+                {"name": "b", "members": [
+                    {"peer": "127.0.0.1:9001", "value": {"weight": 2}, "up": true,
+                     "manual_down": {"until": null}},
+                    {"peer": "localhost:80"},
+                    {"peer": "127.0.0.1:9002", "value": {"weight": 0}},
+                    {"peer": "127.0.0.1:9003", "up": "yes"},
+                    {"peer": "127.0.0.1:9001"},
+                    {"value": {}},
+                    "127.0.0.1:9004",
+                    {"peer": "127.0.0.1:9005", "etcd_error": "from a later version",
+                     "value": [1], "new_field": 1}
+                ]},
+                {"name": "c", "members": {"not": "an array"}},
+                {"name": "b", "members": []},
+                {"members": []}
+            ]}"#,
+        );
+        let state = decode(text.as_bytes(), NOW).unwrap();
+        let m = state.membership.unwrap();
+        assert_eq!(m.revision, 7);
+        assert_eq!(m.upstreams.len(), 1);
+        let members = &m.upstreams[0].members;
+        assert_eq!(members.len(), 1, "{members:?}");
+        assert_eq!(members[0].addr, "127.0.0.1:9001");
+        assert_eq!(members[0].value.weight, 2);
+        assert_eq!(members[0].manual_down, Some(Until::Forever));
+        assert_eq!(
+            state.skipped,
+            [
+                "member 2 of upstream \"b\" (malformed: \"localhost:80\" is not an IP address \
+                 with a port)",
+                "member 3 of upstream \"b\" (malformed: \"value\" of member \"127.0.0.1:9002\" \
+                 of upstream \"b\": \"weight\" is not an integer from 1 to 10000)",
+                "member 4 of upstream \"b\" (malformed: \"up\" of member \"127.0.0.1:9003\" of \
+                 upstream \"b\" must be true or false)",
+                "member \"127.0.0.1:9001\" of upstream \"b\" (listed twice)",
+                "member 6 of upstream \"b\" (malformed: a member has no \"peer\" string)",
+                "member 7 of upstream \"b\" (malformed: a member must be an object)",
+                "member 8 of upstream \"b\" (malformed: \"value\" of member \"127.0.0.1:9005\" \
+                 of upstream \"b\" must be an object)",
+                "a membership entry (malformed: \"members\" of upstream \"c\" must be an array)",
+                "the membership of upstream \"b\" (listed twice)",
+                "a membership entry (malformed: a membership entry has no \"name\" string)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_membership_section_that_is_not_one_is_skipped_and_the_rest_loads() {
+        for (section, reason) in [
+            (
+                "[1]",
+                "the membership section (malformed: \"membership\" must be an object)",
+            ),
+            (
+                r#"{"revision": -1}"#,
+                "the membership section (malformed: \"revision\" of \"membership\" must be a \
+                 non-negative integer)",
+            ),
+            (
+                r#"{"upstreams": 3}"#,
+                "the membership section (malformed: \"upstreams\" of \"membership\" must be an \
+                 array)",
+            ),
+        ] {
+            let state = decode(file_with(section).as_bytes(), NOW).unwrap();
+            assert_eq!(state.membership, None);
+            assert_eq!(state.skipped, [reason]);
+            assert_eq!(state.written_unix_ms, 5);
+        }
+    }
+
+    #[test]
+    fn an_etcd_error_this_version_does_not_know_is_left_out() {
+        let text = file_with(
+            r#"{"upstreams": [{"name": "b", "members": [
+                {"peer": "127.0.0.1:9001", "etcd_error": "the value is not a JSON object"},
+                {"peer": "127.0.0.1:9002", "etcd_error": "something new"}]}]}"#,
+        );
+        let state = decode(text.as_bytes(), NOW).unwrap();
+        let members = &state.membership.unwrap().upstreams[0].members;
+        assert_eq!(members[0].value.error, Some(ValueError::NotObject));
+        assert_eq!(members[1].value.error, None);
+        assert_eq!(members[1].value, MemberValue::default());
     }
 
     #[test]

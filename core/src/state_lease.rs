@@ -49,6 +49,9 @@ pub struct WriterLease {
     /// inode at the path. 0 and 0 until the first write.
     file_dev: AtomicU64,
     file_ino: AtomicU64,
+    /// The etcd revision of the membership the state file gave at start (0: none): the file
+    /// keeps saying it until etcd is read in this zone.
+    restored_revision: AtomicU64,
 }
 
 impl WriterLease {
@@ -103,6 +106,20 @@ impl WriterLease {
         (id != (0, 0)).then_some(id)
     }
 
+    /// Notes the etcd revision of the membership taken from the state file.
+    pub fn restored_revision(&self, revision: u64) {
+        self.restored_revision.store(revision, Ordering::Release);
+    }
+
+    /// The etcd revision the written membership reflects: the zone's (`revision`, 0 until
+    /// etcd is read in this zone), else the one the file gave at start.
+    pub fn membership_revision(&self, revision: i64) -> u64 {
+        match u64::try_from(revision) {
+            Ok(r) if r > 0 => r,
+            _ => self.restored_revision.load(Ordering::Acquire),
+        }
+    }
+
     /// Records a write attempt of the state with journal head `head` and probe count `probes`
     /// at `now`; says when the writer starts failing or recovers.
     pub fn attempted(&self, ok: bool, head: u64, probes: u64, now: u64) -> Option<WriteReport> {
@@ -149,6 +166,15 @@ mod tests {
         assert!(lease.due(1, 1_000 + COUNTERS_EVERY_MS));
         lease.attempted(true, 1, lease.probes(), 1_000 + COUNTERS_EVERY_MS);
         assert!(!lease.due(1, 2_000 + COUNTERS_EVERY_MS));
+    }
+
+    #[test]
+    fn the_membership_says_the_revision_of_etcd_once_read_else_the_files() {
+        let lease = WriterLease::default();
+        assert_eq!(lease.membership_revision(0), 0);
+        lease.restored_revision(40);
+        assert_eq!(lease.membership_revision(0), 40, "etcd not read yet");
+        assert_eq!(lease.membership_revision(57), 57);
     }
 
     #[test]

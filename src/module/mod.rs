@@ -556,9 +556,9 @@ unsafe fn build_upstreams(cf: *mut ngx_conf_t) -> Result<(), ()> {
         });
     }
 
-    // Only verdicts and control changes are kept in the state file.
+    // Only verdicts, control changes and etcd's membership are kept in the state file.
     if let Some((Some(_), pos)) = &main.state_file {
-        if !main.admin && main.upstreams.iter().all(|u| u.check.is_none()) {
+        if !main.admin && !main.has_dynamic() && main.upstreams.iter().all(|u| u.check.is_none()) {
             conf_warn_at(
                 cf,
                 pos,

@@ -1,7 +1,9 @@
 //! The state file on disk (`upstream_healthcheck_state_file`): read when the zone starts fresh,
 //! written atomically by the worker holding the writer's lease when something changed, and by
-//! the master at exit, once every worker is gone.
+//! the master at exit, once every worker is gone. It keeps the membership learnt from etcd
+//! too, so that a start while etcd is down serves it until etcd answers.
 
+use core::sync::atomic::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs;
@@ -15,14 +17,18 @@ use ngx::http::HttpModuleMainConf;
 use crate::escape::LogEscaped;
 use crate::health::PeerHealth;
 use crate::key::peer_key;
+use crate::membership::{Member, MemberValue};
 use crate::module::clock::{now_msec, unix_msec};
 use crate::module::log::hc_log;
 use crate::module::module_conf::MainConf;
 use crate::module::process::Worker;
-use crate::module::zone::{with_lock_or_without, Locked, Slot, ZoneHeader};
+use crate::module::zone::{
+    member_key, upstream_key, with_lock_or_without, Locked, Slot, ZoneHeader,
+};
 use crate::module::Module;
 use crate::state_file::{
-    self, until_from_file, until_to_file, Now, PeerState, State, UpstreamState,
+    self, until_from_file, until_to_file, MemberState, Membership, MembershipState, Now, PeerState,
+    State, UpstreamState,
 };
 use crate::state_lease::{WriteReport, WRITE_EVERY_MS};
 
@@ -36,12 +42,35 @@ pub struct RestoredPeer {
     pub manual_until_ms: u64,
 }
 
+impl RestoredPeer {
+    /// A peer's state as the file kept it: its verdict when its upstream is still `checked`,
+    /// its manual down when it has not ended by `now`.
+    fn of(
+        health: Option<PeerHealth>,
+        manual_down: Option<state_file::Until>,
+        checked: bool,
+        now: Now,
+    ) -> RestoredPeer {
+        RestoredPeer {
+            health: health.filter(|_| checked),
+            manual_until_ms: manual_down
+                .and_then(|m| until_from_file(m, now))
+                .unwrap_or(0),
+        }
+    }
+}
+
 /// What a fresh start takes from the state file, by the keys the zone uses.
 #[derive(Default)]
 pub struct Restored {
     peers: HashMap<u64, RestoredPeer>,
     /// Monotonic end of each excluded upstream's exclusion, by upstream name.
     excluded: HashMap<String, u64>,
+    /// The members etcd last gave each upstream with `upstream_healthcheck_dynamic`, in the
+    /// file's order, by upstream name (their state is in `peers`, by `member_key`).
+    members: HashMap<String, Vec<Member>>,
+    /// The etcd revision of those members (0: not known).
+    pub revision: u64,
 }
 
 impl Restored {
@@ -52,6 +81,12 @@ impl Restored {
     /// The end of the upstream's exclusion as the zone keeps it; 0 when not excluded.
     pub fn excluded_until(&self, upstream: &str) -> u64 {
         self.excluded.get(upstream).copied().unwrap_or(0)
+    }
+
+    /// The members etcd last gave `upstream`, when the file has them: its peers until etcd
+    /// answers (possibly none: etcd's directory was empty).
+    pub fn members(&self, upstream: &str) -> Option<&[Member]> {
+        self.members.get(upstream).map(Vec::as_slice)
     }
 }
 
@@ -99,7 +134,61 @@ pub fn read(main: &MainConf, now: Now) -> Option<Restored> {
             now.unix_ms.saturating_sub(state.written_unix_ms) / 1000
         );
     }
+    if !log.is_null() {
+        log_membership(log, path, main, &state);
+    }
     Some(restore(main, &state, now))
+}
+
+/// Says what the file's membership section gives: the members of each upstream that still has
+/// `upstream_healthcheck_dynamic`, and what is left out and why.
+fn log_membership(log: *mut ngx::ffi::ngx_log_t, path: &Path, main: &MainConf, state: &State) {
+    if let Some(first) = state.skipped.first() {
+        ngx::ngx_log_error!(
+            ngx::ffi::NGX_LOG_WARN,
+            log,
+            "upstream_healthcheck: state file \"{}\": {} membership entr{} skipped, the first: {}",
+            shown(path),
+            state.skipped.len(),
+            if state.skipped.len() == 1 { "y" } else { "ies" },
+            LogEscaped(first)
+        );
+    }
+    let Some(membership) = &state.membership else {
+        return;
+    };
+    let mut used = 0;
+    for u in &membership.upstreams {
+        if dynamic(main, &u.name) {
+            used += 1;
+        } else {
+            ngx::ngx_log_error!(
+                ngx::ffi::NGX_LOG_NOTICE,
+                log,
+                "upstream_healthcheck: the membership of upstream \"{}\" in state file \"{}\" \
+                 is ignored: no upstream of that name has upstream_healthcheck_dynamic",
+                LogEscaped(&u.name),
+                shown(path)
+            );
+        }
+    }
+    if used > 0 {
+        ngx::ngx_log_error!(
+            ngx::ffi::NGX_LOG_NOTICE,
+            log,
+            "upstream_healthcheck: membership of {used} upstream(s) taken from \"{}\" (etcd \
+             revision {}): used until etcd answers",
+            shown(path),
+            membership.revision
+        );
+    }
+}
+
+/// Whether the configuration has an upstream `name` with `upstream_healthcheck_dynamic`.
+fn dynamic(main: &MainConf, name: &str) -> bool {
+    main.upstreams
+        .iter()
+        .any(|up| up.name == name && up.dynamic.is_some())
 }
 
 /// A path as the error log shows it.
@@ -124,16 +213,28 @@ fn restore(main: &MainConf, state: &State, now: Now) -> Restored {
         }
         for p in &u.peers {
             let key = peer_key(u.name.as_bytes(), p.name.as_bytes(), p.occurrence);
-            let peer = RestoredPeer {
-                health: p.health.filter(|_| checked),
-                manual_until_ms: p
-                    .manual_down
-                    .and_then(|m| until_from_file(m, now))
-                    .unwrap_or(0),
-            };
+            let peer = RestoredPeer::of(p.health, p.manual_down, checked, now);
             restored.peers.insert(key, peer);
         }
     }
+    let membership = state.membership.iter().flat_map(|m| &m.upstreams);
+    for u in membership.filter(|u| dynamic(main, &u.name)) {
+        let checked = checked.contains(u.name.as_str());
+        let members = u
+            .members
+            .iter()
+            .map(|p| {
+                let peer = RestoredPeer::of(p.health, p.manual_down, checked, now);
+                restored.peers.insert(member_key(&u.name, &p.addr), peer);
+                let mut m = Member::default();
+                m.assign(upstream_key(&u.name), &p.addr);
+                m.set_value(&p.value);
+                m
+            })
+            .collect();
+        restored.members.insert(u.name.clone(), members);
+    }
+    restored.revision = state.membership.as_ref().map_or(0, |m| m.revision);
     restored
 }
 
@@ -144,9 +245,36 @@ struct Snapshot {
     slots: Vec<Slot>,
     /// Each upstream's `excluded_until_ms`.
     excluded: Vec<u64>,
+    /// Each upstream's members from etcd with their slots, in the order of its reserved
+    /// peers; `None` until etcd's peers replaced its static ones.
+    members: Vec<Option<Vec<(usize, Member)>>>,
+    /// The etcd revision the zone reflects (0: not known).
+    revision: u64,
 }
 
-fn snapshot(header: &ZoneHeader, locked: &mut Locked<'_>) -> Snapshot {
+/// Copies the zone's state (O(slots), once a second at most, and at exit).
+fn snapshot(main: &MainConf, header: &ZoneHeader, locked: &mut Locked<'_>) -> Snapshot {
+    let replaced: Vec<bool> = locked.upstreams().iter().map(|u| u.replaced).collect();
+    let members = main
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(ui, up)| {
+            let d = up
+                .dynamic
+                .as_ref()
+                .filter(|_| replaced.get(ui) == Some(&true))?;
+            let all = locked.members();
+            let used = up.peers[d.first..d.first + d.max]
+                .iter()
+                .filter_map(|p| {
+                    let m = all.get(p.slot())?;
+                    m.used.then(|| (p.slot(), *m))
+                })
+                .collect();
+            Some(used)
+        })
+        .collect();
     Snapshot {
         head: header.journal_head(),
         probes: header.writer.probes(),
@@ -156,7 +284,56 @@ fn snapshot(header: &ZoneHeader, locked: &mut Locked<'_>) -> Snapshot {
             .iter()
             .map(|u| u.excluded_until_ms)
             .collect(),
+        members,
+        revision: header
+            .writer
+            .membership_revision(header.etcd.revision.load(Ordering::Acquire)),
     }
+}
+
+/// A slot's manual down as the file keeps it.
+fn manual_down_of(s: &Slot, now: Now) -> Option<state_file::Until> {
+    s.manual_down()
+        .then(|| until_to_file(s.manual_until_ms, now))
+        .flatten()
+}
+
+/// The membership section of a snapshot; `None` when no upstream has etcd's peers.
+fn membership_of(main: &MainConf, snap: &Snapshot, now: Now) -> Option<Membership> {
+    let upstreams: Vec<MembershipState> = main
+        .upstreams
+        .iter()
+        .zip(&snap.members)
+        .filter_map(|(up, members)| {
+            let members = members
+                .as_ref()?
+                .iter()
+                .filter_map(|(slot, m)| {
+                    let s = snap.slots.get(*slot)?;
+                    Some(MemberState {
+                        addr: m.addr().to_string(),
+                        value: MemberValue {
+                            weight: m.weight,
+                            slow_start_ms: m.slow_start_ms,
+                            check_url: m.check_url().map(str::to_string),
+                            down: m.down,
+                            error: m.error(),
+                        },
+                        health: up.check.is_some().then_some(s.health),
+                        manual_down: manual_down_of(s, now),
+                    })
+                })
+                .collect();
+            Some(MembershipState {
+                name: up.name.clone(),
+                members,
+            })
+        })
+        .collect();
+    (!upstreams.is_empty()).then_some(Membership {
+        revision: snap.revision,
+        upstreams,
+    })
 }
 
 /// The snapshot as the file keeps it.
@@ -167,9 +344,11 @@ fn state_of(main: &MainConf, snap: &Snapshot, now: Now) -> State {
         .enumerate()
         .map(|(ui, up)| {
             let mut seen: HashMap<&str, u32> = HashMap::new();
+            // Reserved peers are in the membership section, by their members.
             let peers = up
                 .peers
                 .iter()
+                .filter(|peer| !peer.reserved)
                 .filter_map(|peer| {
                     let n = seen.entry(peer.name).or_default();
                     let occurrence = *n;
@@ -179,10 +358,7 @@ fn state_of(main: &MainConf, snap: &Snapshot, now: Now) -> State {
                         name: peer.name.to_string(),
                         occurrence,
                         health: up.check.is_some().then_some(s.health),
-                        manual_down: s
-                            .manual_down()
-                            .then(|| until_to_file(s.manual_until_ms, now))
-                            .flatten(),
+                        manual_down: manual_down_of(s, now),
                     })
                 })
                 .collect();
@@ -199,6 +375,8 @@ fn state_of(main: &MainConf, snap: &Snapshot, now: Now) -> State {
     State {
         written_unix_ms: now.unix_ms,
         upstreams,
+        membership: membership_of(main, snap, now),
+        skipped: Vec::new(),
     }
 }
 
@@ -303,7 +481,7 @@ pub fn tick(w: &mut Worker, now: u64) {
         {
             return;
         }
-        snapshot(header, &mut locked)
+        snapshot(main, header, &mut locked)
     };
     let now = Now {
         mono_ms: now,
@@ -346,7 +524,7 @@ pub extern "C" fn exit_master(cycle: *mut ngx_cycle_t) {
         }
     }
     let snap = with_lock_or_without(header, "writing the state file", |locked| {
-        snapshot(header, locked)
+        snapshot(main, header, locked)
     });
     write(main, header, path, &snap, now);
 }

@@ -615,6 +615,10 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
             UpstreamRecord {
                 key,
                 excluded_until_ms: restored.as_ref().map_or(0, |r| r.excluded_until(&up.name)),
+                // The state file has etcd's peers for it: they replace the static ones.
+                replaced: restored
+                    .as_ref()
+                    .is_some_and(|r| r.members(&up.name).is_some()),
                 ..Default::default()
             },
             |r| *r,
@@ -672,10 +676,35 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
                     core::slice::from_raw_parts_mut(members, n),
                 )
             };
+            // A reload keeps the previous cycle's members; a fresh start takes the state
+            // file's, in new slots with their kept state.
+            let from_file: Vec<(Member, Slot)> = restored
+                .as_ref()
+                .and_then(|r| r.members(&up.name))
+                .unwrap_or_default()
+                .iter()
+                .map(|m| {
+                    let slot = fresh_slot(
+                        member_key(&up.name, m.addr()),
+                        up.check.is_some(),
+                        up_at_start,
+                        Schedule::first(now, interval, ngx_random() as u64),
+                        None,
+                        restored.as_ref(),
+                    );
+                    (*m, slot)
+                })
+                .collect();
+            let kept = if reloading {
+                &previous.members
+            } else {
+                &from_file
+            };
             carry_members(
                 up,
                 d,
                 key,
+                kept,
                 &previous,
                 slots_now,
                 members_now,
@@ -719,28 +748,31 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, _data: *mut c_
             etcd: EtcdShared::default(),
         });
     }
+    if let Some(r) = &restored {
+        // SAFETY: written just above.
+        unsafe { (*header).writer.restored_revision(r.revision) };
+    }
     main.header = header;
     NGX_OK as ngx_int_t
 }
 
-/// Gives the etcd-learned peers of the previous cycle's upstream of the same name the reserved
-/// slots of this one, in their order, with their state: a reload keeps the membership. Peers
-/// past the new `max_peers` are dropped (the holder's next full read reports them refused).
+/// Gives the etcd-learned peers `kept` of the upstream of the same name (the previous cycle's
+/// at a reload, the state file's at a fresh start) the reserved slots of this one, in their
+/// order, with their state: the membership is kept. Peers past `max_peers` are dropped (the
+/// holder's next full read reports them refused).
 #[allow(clippy::too_many_arguments)]
 fn carry_members(
     up: &UpstreamConf,
     d: &crate::module::module_conf::Dynamic,
     key: u64,
+    kept: &[(Member, Slot)],
     previous: &Previous,
     slots: &mut [Slot],
     members: &mut [Member],
     traffic: *mut TrafficCounters,
     passive: *mut PassiveState,
 ) {
-    let old = previous
-        .members
-        .iter()
-        .filter(|(m, _)| m.upstream_key == key);
+    let old = kept.iter().filter(|(m, _)| m.upstream_key == key);
     let reserved = &up.peers[d.first..d.first + d.max];
     let mut dropped = 0;
     for (i, (m, s)) in old.enumerate() {
@@ -770,7 +802,7 @@ fn carry_members(
     if dropped > 0 {
         hc_log!(
             NGX_LOG_WARN,
-            "{dropped} peer(s) of upstream \"{}\" from etcd are past its new max_peers={} and were dropped",
+            "{dropped} peer(s) of upstream \"{}\" from etcd are past its max_peers={} and were dropped",
             crate::escape::LogEscaped(&up.name),
             d.max
         );

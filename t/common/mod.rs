@@ -147,6 +147,32 @@ impl TempPrefix {
     }
 }
 
+/// A directory for state files (`upstream_healthcheck_state_file`) that outlives the nginx
+/// runs of a story, writable by the workers (which run as `nobody` when the tests run as root).
+pub fn state_dir() -> TempPrefix {
+    let dir = TempPrefix::new();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).expect("chmod state dir");
+    dir
+}
+
+/// The state file at `path` as JSON, once it exists, parses and satisfies `ok` (within 10 s).
+pub fn wait_file(
+    path: &Path,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    poll(Duration::from_secs(10), what, || {
+        let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+        if ok(&doc) {
+            Ok(doc)
+        } else {
+            Err(text)
+        }
+    })
+}
+
 impl Default for TempPrefix {
     fn default() -> Self {
         Self::new()
