@@ -15,8 +15,9 @@
 - (b) Request path: wrk through (A) an nginx whose upstream's three peers come from etcd
   (`max_peers=64`: nginx's round robin scans the 64 reserved peers and the replaced static one
   at each pick) and (B) the same three as static servers (both checked every 100 ms), with a
-  control C identical to B (the noise floor of the A/B ratio) and the floor F, wrk straight at
-  the backend without a proxy, in rotating order."""
+  control C identical to B (the noise floor of the A/B ratio), D like A with `max_peers=4`
+  (what the reserved peers cost) and the floor F, wrk straight at the backend without a proxy,
+  in rotating order."""
 
 import base64
 import http.client
@@ -33,8 +34,10 @@ ETCD_CLIENT, ETCD_PEER = 8190, 8191
 PREFIX = "/bench/"
 BACKENDS = (8181, 8182, 8183)
 NODES = (8171, 8172)
-PORTS = {"A": 8174, "B": 8175, "C": 8176, "F": BACKENDS[0]}
-MAX_PEERS = 64
+PORTS = {"A": 8174, "B": 8175, "C": 8176, "D": 8177, "F": BACKENDS[0]}
+MAX_PEERS = 64  # A's
+SMALL_MAX_PEERS = 4  # D's: near the fleet's real size, as the README advises
+SIDES = "ABCDF"
 CHANGE_TIMEOUT = 5.0  # a change not seen on every worker by then is a miss (the target is 1 s)
 DOWN = '{"status": "down"}'
 
@@ -106,10 +109,10 @@ def backend():
     return Nginx("dyn-backend", servers, workers=1)
 
 
-def front(name, port, dynamic, workers):
+def front(name, port, dynamic, workers, max_peers=MAX_PEERS):
     if dynamic:
         servers = (f"        server 127.0.0.1:{BACKENDS[0]};\n"
-                   f"        upstream_healthcheck_dynamic max_peers={MAX_PEERS};\n        zone app 256k;\n")
+                   f"        upstream_healthcheck_dynamic max_peers={max_peers};\n        zone app 256k;\n")
         etcd = f"    upstream_healthcheck_etcd http://127.0.0.1:{ETCD_CLIENT} prefix={PREFIX};\n"
     else:
         servers = "".join(f"        server 127.0.0.1:{p};\n" for p in BACKENDS) + "        zone app 256k;\n"
@@ -224,19 +227,21 @@ def request_path(cfg, etcd):
     etcd.txn([(key(port), "{}") for port in BACKENDS])
     inst = {"A": front("dyn-A", PORTS["A"], True, 1).start(wait_for=("127.0.0.1", PORTS["A"])),
             "B": front("dyn-B", PORTS["B"], False, 1).start(wait_for=("127.0.0.1", PORTS["B"])),
-            "C": front("dyn-C", PORTS["C"], False, 1).start(wait_for=("127.0.0.1", PORTS["C"]))}
-    # A serves etcd's three peers, not its static one alone.
-    seen, end = set(), time.monotonic() + 20
-    while len(seen) < 3:
-        if time.monotonic() > end:
-            raise RuntimeError(f"dynamic A answered only from {seen}")
-        seen.add(answer(PORTS["A"])[1])
-        seen.discard(None)
+            "C": front("dyn-C", PORTS["C"], False, 1).start(wait_for=("127.0.0.1", PORTS["C"])),
+            "D": front("dyn-D", PORTS["D"], True, 1, SMALL_MAX_PEERS).start(wait_for=("127.0.0.1", PORTS["D"]))}
+    # A and D serve etcd's three peers, not their static one alone.
+    for k in "AD":
+        seen, end = set(), time.monotonic() + 20
+        while len(seen) < 3:
+            if time.monotonic() > end:
+                raise RuntimeError(f"dynamic {k} answered only from {seen}")
+            seen.add(answer(PORTS[k])[1])
+            seen.discard(None)
     urls = {k: f"http://127.0.0.1:{port}/" for k, port in PORTS.items()}
-    for k in "ABCF":
+    for k in SIDES:
         wrk(urls[k], 1)
-    res = {k: [] for k in "ABCF"}
-    for r, order in enumerate(orders("ABCF", rounds)):
+    res = {k: [] for k in SIDES}
+    for r, order in enumerate(orders(SIDES, rounds)):
         for k in order:
             pid = inst[k].worker_pids[0] if k in inst else None
             c0 = cpu_ns(pid) if pid else 0
@@ -264,13 +269,14 @@ def run(cfg):
     med, worst = median(ms), ms[-1]
     stale = sum(c["stale"] for c in chg)
     write_ms = median([c["write"] * 1000 for c in chg])
-    rps = {k: median([w["rps"] for w in res[k]]) for k in "ABCF"}
-    cpu = {k: median([w["us_per_req"] for w in res[k]]) for k in "ABC"}
+    rps = {k: median([w["rps"] for w in res[k]]) for k in SIDES}
+    cpu = {k: median([w["us_per_req"] for w in res[k]]) for k in "ABCD"}
     paired = sorted(x["rps"] / y["rps"] for x, y in zip(res["A"], res["B"]))
     pairedcpu = sorted(x["us_per_req"] / y["us_per_req"] for x, y in zip(res["A"], res["B"]))
     ctl = sorted(x["rps"] / y["rps"] for x, y in zip(res["B"], res["C"]))
     ratio = rps["A"] / rps["B"]
-    failed = sum(w["failed"] for k in "ABCF" for w in res[k])
+    failed = sum(w["failed"] for k in SIDES for w in res[k])
+    small = sorted(x["us_per_req"] / y["us_per_req"] for x, y in zip(res["D"], res["B"]))
     worst_txt = f"never within {CHANGE_TIMEOUT:.0f} s ({missed} changes)" if missed else f"{worst:.0f} ms"
     rows = [
         Row("9a. etcd write to the change on every worker of two nodes (2 workers each): median",
@@ -284,6 +290,10 @@ def run(cfg):
         Row("9b. Request path: nginx worker CPU per request, dynamic / static (less noisy than throughput "
             "on a shared machine)", f"{cpu['A'] / cpu['B']:.3f} ({cpu['A']:.2f} vs {cpu['B']:.2f} µs; per-round "
             f"{pairedcpu[0]:.2f}–{pairedcpu[-1]:.2f})", "(info)", None),
+        Row(f"9b. Request path with max_peers={SMALL_MAX_PEERS} (the same three peers from etcd) / static: "
+            "throughput; nginx worker CPU per request",
+            f"{rps['D'] / rps['B']:.3f} ({fmt(rps['D'], 0)} req/s); {cpu['D'] / cpu['B']:.3f} ({cpu['D']:.2f} µs; "
+            f"per-round {small[0]:.2f}–{small[-1]:.2f})", "(info: the cost of reserved peers)", None),
         Row("9b. Request path, control: two identical static upstreams (B/C), throughput; floor: wrk "
             "straight at the backend",
             f"{rps['B'] / rps['C']:.3f} (per-round {ctl[0]:.2f}–{ctl[-1]:.2f}); floor {fmt(rps['F'], 0)} req/s "
@@ -308,17 +318,18 @@ def run(cfg):
     details += [
         "",
         f"(b) wrk -t1 -c32, {cfg['rp_rounds']} rounds of {cfg['rp_seconds']} s per side in rotating order: "
-        f"A dynamic (max_peers={MAX_PEERS}, three peers from etcd), B static, C static (control), F wrk "
-        "straight at the backend; worker_processes 1, keepalive 32, checks every 100 ms on A, B and C.\n",
-        "| round | A req/s | B req/s | C req/s | F req/s | A µs CPU/req | B µs CPU/req | C µs CPU/req |",
-        "|---|---|---|---|---|---|---|---|",
+        f"A dynamic (max_peers={MAX_PEERS}, three peers from etcd), B static, C static (control), D dynamic "
+        f"(max_peers={SMALL_MAX_PEERS}, the same three), F wrk straight at the backend; worker_processes 1, keepalive 32, checks every 100 ms on A, B, C and D.\n",
+        "| round | " + " | ".join(f"{k} req/s" for k in SIDES) + " | "
+        + " | ".join(f"{k} µs CPU/req" for k in "ABCD") + " |",
+        "|---|" + "---|" * (len(SIDES) + 4),
     ]
-    for i, (a, b, c, f) in enumerate(zip(res["A"], res["B"], res["C"], res["F"])):
-        details.append(f"| {i + 1} | {a['rps']:.0f} | {b['rps']:.0f} | {c['rps']:.0f} | {f['rps']:.0f} | "
-                       f"{a['us_per_req']:.2f} | {b['us_per_req']:.2f} | {c['us_per_req']:.2f} |")
+    for i in range(len(res["A"])):
+        details.append(f"| {i + 1} | " + " | ".join(f"{res[k][i]['rps']:.0f}" for k in SIDES) + " | "
+                       + " | ".join(f"{res[k][i]['us_per_req']:.2f}" for k in "ABCD") + " |")
     details += [
-        f"| median | {rps['A']:.0f} | {rps['B']:.0f} | {rps['C']:.0f} | {rps['F']:.0f} | {cpu['A']:.2f} | "
-        f"{cpu['B']:.2f} | {cpu['C']:.2f} |",
+        "| median | " + " | ".join(f"{rps[k]:.0f}" for k in SIDES) + " | "
+        + " | ".join(f"{cpu[k]:.2f}" for k in "ABCD") + " |",
         "",
         f"Per-round A/B: {', '.join(f'{x:.3f}' for x in paired)}. Failed responses: {failed}.\n",
     ]
