@@ -78,9 +78,13 @@ class Etcd:
             return "\n".join(f.read().splitlines()[-n:])
 
     def call(self, path, body):
-        self.conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-        r = self.conn.getresponse()
-        data = r.read()
+        try:
+            self.conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+            r = self.conn.getresponse()
+            data = r.read()
+        except (OSError, http.client.HTTPException) as e:
+            self.conn.close()
+            raise RuntimeError(f"etcd {path}: {e!r} (etcd {'running' if self.proc.poll() is None else 'exited'})")
         if r.status != 200:
             raise RuntimeError(f"etcd {path}: {r.status} {data[:200]!r}")
         return json.loads(data)
