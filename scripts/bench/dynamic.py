@@ -148,13 +148,16 @@ def answer(port):
         c.close()
 
 
-def follow(nodes, workers, new, old, t0, timeout):
-    """Polls until every worker of every node sent a request to backend `new`: per-worker seconds
-    since t0 (None: not within `timeout`), requests sent, stale (old after new), failed, unknown pids."""
+def follow(nodes, workers, new, old, t0, timeout, after=8):
+    """Polls until every worker of every node sent a request to backend `new` (and `after` more
+    requests to each node then): per-worker seconds since t0 (None: not within `timeout`),
+    requests sent, stale (old after new), failed, unknown pids."""
     seen = {}
     stale = failed = unknown = sent = 0
     pending = {(port, w) for port, ws in zip(nodes, workers) for w in ws}
-    while pending and time.monotonic() - t0 < timeout:
+    while (pending or after > 0) and time.monotonic() - t0 < timeout:
+        if not pending:
+            after -= 1
         for port in nodes:
             w, b = answer(port)
             sent += 1
@@ -308,7 +311,8 @@ def run(cfg):
         f"(a) {len(chg)} changes, each one etcd transaction (the gateway's /v3/kv/txn) moving the service "
         "between two backends; time from just before the write until every worker of both nodes had sent a "
         "request to the new backend (as the backend saw it: the worker's pid in `X-Worker`), requests on "
-        f"fresh connections alternating between the nodes; a miss after {CHANGE_TIMEOUT:.0f} s. Sorted, ms: "
+        "fresh connections alternating between the nodes, 8 more to each node after that to catch a worker "
+        f"going back to the old backend (stale); a miss after {CHANGE_TIMEOUT:.0f} s. Sorted, ms: "
         f"{', '.join(f'{x:.0f}' for x in ms)}.\n",
         "| change | kind | etcd write ms | worker 1, 2 of node 1; 1, 2 of node 2 (ms) | every worker ms | requests | "
         "stale | failed | unknown pids |",
