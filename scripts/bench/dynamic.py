@@ -27,7 +27,7 @@ import random
 import shutil
 import time
 
-from lib import WORK, Nginx, Row, cpu_ns, fmt, log, median, spawn, stop_proc, wait_port, wrk
+from lib import WORK, Nginx, Row, cpu_ns, fmt, log, median, spawn, stop_proc, wrk
 
 ETCD = "/usr/bin/etcd"
 ETCD_CLIENT, ETCD_PEER = 8190, 8191
