@@ -15,9 +15,9 @@
 - (b) Request path: wrk through (A) an nginx whose upstream's three peers come from etcd
   (`max_peers=64`: nginx's round robin scans the 64 reserved peers and the replaced static one
   at each pick) and (B) the same three as static servers (both checked every 100 ms), with a
-  control C identical to B (the noise floor of the A/B ratio), D like A with `max_peers=4`
-  (what the reserved peers cost) and the floor F, wrk straight at the backend without a proxy,
-  in rotating order."""
+  control C identical to B (the noise floor of the A/B ratio), D and E like A with
+  `max_peers=4` and `max_peers=256` (what the reserved peers cost) and the floor F, wrk
+  straight at the backend without a proxy, in rotating order."""
 
 import base64
 import http.client
@@ -34,10 +34,12 @@ ETCD_CLIENT, ETCD_PEER = 8190, 8191
 PREFIX = "/bench/"
 BACKENDS = (8181, 8182, 8183)
 NODES = (8171, 8172)
-PORTS = {"A": 8174, "B": 8175, "C": 8176, "D": 8177, "F": BACKENDS[0]}
+PORTS = {"A": 8174, "B": 8175, "C": 8176, "D": 8177, "E": 8178, "F": BACKENDS[0]}
 MAX_PEERS = 64  # A's
-SMALL_MAX_PEERS = 4  # D's: near the fleet's real size, as the README advises
-SIDES = "ABCDF"
+# The dynamic sides' max_peers: D near the fleet's real size (as the README advises), E the issue's example.
+DYNAMIC = {"A": MAX_PEERS, "D": 4, "E": 256}
+SIDES = "ABCDEF"
+PROXIED = "ABCDE"
 CHANGE_TIMEOUT = 5.0  # a change not seen on every worker by then is a miss (the target is 1 s)
 DOWN = '{"status": "down"}'
 
@@ -114,9 +116,12 @@ def backend():
 
 
 def front(name, port, dynamic, workers, max_peers=MAX_PEERS):
+    """One nginx proxying to upstream `app`: its peers from etcd (`dynamic`, with `max_peers`
+    reserved) or the three backends as static servers."""
     if dynamic:
         servers = (f"        server 127.0.0.1:{BACKENDS[0]};\n"
-                   f"        upstream_healthcheck_dynamic max_peers={max_peers};\n        zone app 256k;\n")
+                   f"        upstream_healthcheck_dynamic max_peers={max_peers};\n"
+                   f"        zone app {256 if max_peers <= 64 else 1024}k;\n")
         etcd = f"    upstream_healthcheck_etcd http://127.0.0.1:{ETCD_CLIENT} prefix={PREFIX};\n"
     else:
         servers = "".join(f"        server 127.0.0.1:{p};\n" for p in BACKENDS) + "        zone app 256k;\n"
@@ -232,12 +237,10 @@ def orders(sides, rounds):
 def request_path(cfg, etcd):
     rounds, secs = cfg["rp_rounds"], cfg["rp_seconds"]
     etcd.txn([(key(port), "{}") for port in BACKENDS])
-    inst = {"A": front("dyn-A", PORTS["A"], True, 1).start(wait_for=("127.0.0.1", PORTS["A"])),
-            "B": front("dyn-B", PORTS["B"], False, 1).start(wait_for=("127.0.0.1", PORTS["B"])),
-            "C": front("dyn-C", PORTS["C"], False, 1).start(wait_for=("127.0.0.1", PORTS["C"])),
-            "D": front("dyn-D", PORTS["D"], True, 1, SMALL_MAX_PEERS).start(wait_for=("127.0.0.1", PORTS["D"]))}
-    # A and D serve etcd's three peers, not their static one alone.
-    for k in "AD":
+    inst = {k: front(f"dyn-{k}", PORTS[k], k in DYNAMIC, 1, DYNAMIC.get(k, 0)).start(
+        wait_for=("127.0.0.1", PORTS[k])) for k in PROXIED}
+    # The dynamic sides serve etcd's three peers, not their static one alone.
+    for k in DYNAMIC:
         seen, end = set(), time.monotonic() + 20
         while len(seen) < 3:
             if time.monotonic() > end:
@@ -277,13 +280,12 @@ def run(cfg):
     stale = sum(c["stale"] for c in chg)
     write_ms = median([c["write"] * 1000 for c in chg])
     rps = {k: median([w["rps"] for w in res[k]]) for k in SIDES}
-    cpu = {k: median([w["us_per_req"] for w in res[k]]) for k in "ABCD"}
+    cpu = {k: median([w["us_per_req"] for w in res[k]]) for k in PROXIED}
     paired = sorted(x["rps"] / y["rps"] for x, y in zip(res["A"], res["B"]))
     pairedcpu = sorted(x["us_per_req"] / y["us_per_req"] for x, y in zip(res["A"], res["B"]))
     ctl = sorted(x["rps"] / y["rps"] for x, y in zip(res["B"], res["C"]))
     ratio = rps["A"] / rps["B"]
     failed = sum(w["failed"] for k in SIDES for w in res[k])
-    small = sorted(x["us_per_req"] / y["us_per_req"] for x, y in zip(res["D"], res["B"]))
     worst_txt = f"never within {CHANGE_TIMEOUT:.0f} s ({missed} changes)" if missed else f"{worst:.0f} ms"
     rows = [
         Row("9a. etcd write to the change on every worker of two nodes (2 workers each): median",
@@ -297,10 +299,10 @@ def run(cfg):
         Row("9b. Request path: nginx worker CPU per request, dynamic / static (less noisy than throughput "
             "on a shared machine)", f"{cpu['A'] / cpu['B']:.3f} ({cpu['A']:.2f} vs {cpu['B']:.2f} µs; per-round "
             f"{pairedcpu[0]:.2f}–{pairedcpu[-1]:.2f})", "(info)", None),
-        Row(f"9b. Request path with max_peers={SMALL_MAX_PEERS} (the same three peers from etcd) / static: "
-            "throughput; nginx worker CPU per request",
-            f"{rps['D'] / rps['B']:.3f} ({fmt(rps['D'], 0)} req/s); {cpu['D'] / cpu['B']:.3f} ({cpu['D']:.2f} µs; "
-            f"per-round {small[0]:.2f}–{small[-1]:.2f})", "(info: the cost of reserved peers)", None),
+        Row(f"9b. Request path with max_peers={DYNAMIC['D']} / {DYNAMIC['E']} (the same three peers from etcd) "
+            "/ static: nginx worker CPU per request; throughput",
+            " / ".join(f"{cpu[k] / cpu['B']:.3f} ({cpu[k]:.2f} µs); {rps[k] / rps['B']:.3f}" for k in "DE"),
+            "(info: what reserved peers cost)", None),
         Row("9b. Request path, control: two identical static upstreams (B/C), throughput; floor: wrk "
             "straight at the backend",
             f"{rps['B'] / rps['C']:.3f} (per-round {ctl[0]:.2f}–{ctl[-1]:.2f}); floor {fmt(rps['F'], 0)} req/s "
@@ -326,18 +328,19 @@ def run(cfg):
     details += [
         "",
         f"(b) wrk -t1 -c32, {cfg['rp_rounds']} rounds of {cfg['rp_seconds']} s per side in rotating order: "
-        f"A dynamic (max_peers={MAX_PEERS}, three peers from etcd), B static, C static (control), D dynamic "
-        f"(max_peers={SMALL_MAX_PEERS}, the same three), F wrk straight at the backend; worker_processes 1, keepalive 32, checks every 100 ms on A, B, C and D.\n",
+        f"A dynamic (max_peers={MAX_PEERS}, three peers from etcd), B static, C static (control), D and E "
+        f"dynamic (max_peers={DYNAMIC['D']} and {DYNAMIC['E']}, the same three), F wrk straight at the backend; "
+        "worker_processes 1, keepalive 32, checks every 100 ms on every proxy.\n",
         "| round | " + " | ".join(f"{k} req/s" for k in SIDES) + " | "
-        + " | ".join(f"{k} µs CPU/req" for k in "ABCD") + " |",
-        "|---|" + "---|" * (len(SIDES) + 4),
+        + " | ".join(f"{k} µs CPU/req" for k in PROXIED) + " |",
+        "|---|" + "---|" * (len(SIDES) + len(PROXIED)),
     ]
     for i in range(len(res["A"])):
         details.append(f"| {i + 1} | " + " | ".join(f"{res[k][i]['rps']:.0f}" for k in SIDES) + " | "
-                       + " | ".join(f"{res[k][i]['us_per_req']:.2f}" for k in "ABCD") + " |")
+                       + " | ".join(f"{res[k][i]['us_per_req']:.2f}" for k in PROXIED) + " |")
     details += [
         "| median | " + " | ".join(f"{rps[k]:.0f}" for k in SIDES) + " | "
-        + " | ".join(f"{cpu[k]:.2f}" for k in "ABCD") + " |",
+        + " | ".join(f"{cpu[k]:.2f}" for k in PROXIED) + " |",
         "",
         f"Per-round A/B: {', '.join(f'{x:.3f}' for x in paired)}. Failed responses: {failed}.\n",
     ]
