@@ -6,8 +6,8 @@
 # prints a Markdown table
 # and writes it to target/bench/results.md. Needs root and the packages of scripts/setup.sh.
 # Usage: scripts/bench.sh [--quick] [--only 1,3,...] [--profile]
-#   --quick    ~7-minute smoke run (shorter windows, fewer rounds); the full run takes ~28 minutes
-#              (measurement 2 alone: ~2 and ~9 minutes; 7: ~2.5 and ~5.5; 8: ~0.6 and ~2.5)
+#   --quick    ~7-minute smoke run (shorter windows, fewer rounds); the full run takes ~31 minutes
+#              (measurement 2 alone: ~2 and ~9 minutes; 7: ~2.5 and ~5.5; 8: ~0.6 and ~2.5; 9: ~0.7 and ~5)
 #   --only     run only these measurements (numbers as in the table)
 #   --profile  also record perf profiles of the workers at 10,000 and 100,000 peers (needs linux-perf)
 set -euo pipefail

@@ -318,18 +318,19 @@ def wrk(url, seconds, conns=32, threads=1):
 
 
 def alternate(sides, urls, rounds, secs, orders, label):
-    """wrk through each side (`sides`: name -> Nginx with one worker, `urls`: name -> URL) for
-    `secs` seconds per round, in the order `orders[round % len(orders)]`, after a one-second
-    warm-up each: {name: [wrk result with `us_per_req`, the worker's CPU per request]}."""
+    """wrk through each side (`sides`: name -> Nginx with one worker, or None for a bare
+    backend, the floor; `urls`: name -> URL) for `secs` seconds per round, in the order
+    `orders[round % len(orders)]`, after a one-second warm-up each: {name: [wrk result with
+    `us_per_req`, the worker's CPU per request (nan for the floor)]}."""
     for k in sides:
         wrk(urls[k], 1)
     res = {k: [] for k in sides}
     for r in range(rounds):
         for k in orders[r % len(orders)]:
-            pid = sides[k].worker_pids[0]
-            c0 = cpu_ns(pid)
+            pid = sides[k].worker_pids[0] if sides[k] is not None else None
+            c0 = cpu_ns(pid) if pid else 0
             w = wrk(urls[k], secs)
-            w["us_per_req"] = (cpu_ns(pid) - c0) / 1e3 / max(w["requests"], 1)
+            w["us_per_req"] = (cpu_ns(pid) - c0) / 1e3 / max(w["requests"], 1) if pid else float("nan")
             res[k].append(w)
             log(f"  {label} round {r + 1}/{rounds} {k:2}: {w['rps']:.0f} req/s, p99 {w['p99']:.2f} ms, "
                 f"worker {w['us_per_req']:.2f} us CPU/request, failed {w['failed']}")
