@@ -617,6 +617,7 @@ impl Nginx {
             if !self.wait_all_gone(Duration::from_secs(2)) {
                 for &pid in self.seen_workers.lock().unwrap().iter() {
                     if pid_alive(pid) {
+                        self.keep_stack_of(pid);
                         signal("KILL", pid);
                     }
                 }
@@ -630,6 +631,29 @@ impl Nginx {
             let _ = child.wait();
         }
         graceful
+    }
+
+    /// Shows and keeps (`stuck-PID.txt` in the prefix) the stack of a process that would not
+    /// stop, with gdb when the machine has it, for the post-mortem of the test that left it.
+    fn keep_stack_of(&self, pid: u32) {
+        let mut out = format!(
+            "wchan: {}\n",
+            fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default()
+        );
+        if let Ok(o) = Command::new("gdb")
+            .args([
+                "-p",
+                &pid.to_string(),
+                "-batch",
+                "-ex",
+                "thread apply all bt",
+            ])
+            .output()
+        {
+            out.push_str(&String::from_utf8_lossy(&o.stdout));
+        }
+        eprintln!("process {pid} did not stop; its stack:\n{out}");
+        let _ = fs::write(self.prefix.path().join(format!("stuck-{pid}.txt")), out);
     }
 
     fn wait_all_gone(&mut self, timeout: Duration) -> bool {
