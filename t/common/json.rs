@@ -26,3 +26,13 @@ pub fn json_peer<'a>(doc: &'a Value, upstream: &str, peer: &str) -> &'a Value {
         .find(|p| p["name"] == peer)
         .unwrap_or_else(|| panic!("no peer {peer} in upstream {upstream:?}: {doc}"))
 }
+
+/// A JSON peer taken out by passive checks shows it: `last_error` (the last check's) is
+/// "passive", unless a probe passed since the ejection (the first of the `rise` good probes it
+/// needs to come back).
+pub fn shows_passive_ejection(peer: &Value) -> bool {
+    let health = &peer["health"];
+    let rising = health["rise_count"].as_u64().unwrap_or(0) > 0;
+    health["status"] == "down"
+        && (health["last_error"] == "passive" || rising && health["last_error"].is_null())
+}
